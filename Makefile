@@ -1,0 +1,42 @@
+# TierLab: `make run` serves everything on http://127.0.0.1:$(PORT); `make test` runs the suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-unit test-integration test-e2e lint format setup clean
+
+# (Re)install only when requirements.txt changes; a second `make run` starts in seconds.
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: TierLab needs Python 3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+	mkdir -p var
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py createcachetable
+	$(BIN)/python manage.py seed_tiers
+	$(BIN)/python -c "import os,sys; sys.exit(os.environ.get('TIERLAB_PRODUCTION','') in ('1','true','True','yes','on'))" \
+		&& $(BIN)/python manage.py seed_demo || echo "Production mode: no demo account."
+
+run: setup
+	@$(BIN)/python manage.py tierlab_banner --port $(PORT)
+	WEB_PORT=$(PORT) $(BIN)/honcho start -f Procfile
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf var/celery var/static

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from config.health import healthz
+
+admin.site.site_header = "TierLab operations"
+admin.site.site_title = "TierLab admin"
+admin.site.index_title = "Tiers, customers and billing"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+    path("healthz", healthz, name="healthz"),
+    path("", include("tiers.urls")),
+    path("", include("usage.urls")),
+]

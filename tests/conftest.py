@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tiers import services as tier_services
+
+
+def pytest_collection_modifyitems(config, items):
+    # The integration group needs PostgreSQL and Redis, which .ci/run starts and announces with
+    # TIERLAB_INTEGRATION=1; elsewhere it is skipped with the reason shown.
+    if os.environ.get("TIERLAB_INTEGRATION") == "1":
+        return
+    skip = pytest.mark.skip(
+        reason="integration group: run by .ci/run against PostgreSQL + Redis (TIERLAB_INTEGRATION=1)"
+    )
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def catalog(db):
+    """The seed catalog (models and the free/plus/pro/enterprise tiers)."""
+    tier_services.tier_catalog_seed()
+    from tiers.models import Tier
+
+    return {tier.slug: tier for tier in Tier.objects.all()}
+
+
+@pytest.fixture
+def free_tier(catalog):
+    return catalog["free"]

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.http import HttpRequest
+
+from tiers import services
+from tiers.models import LanguageModel, Subscription, Tier
+from tiers.templatetags.tier_format import limit, money
+
+
+@admin.register(LanguageModel)
+class LanguageModelAdmin(admin.ModelAdmin):
+    list_display = ["model_id", "display_name", "owned_by", "context_window", "released_on", "is_active"]
+    list_filter = ["is_active", "owned_by"]
+    search_fields = ["model_id", "display_name"]
+
+
+@admin.register(Tier)
+class TierAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "price",
+        "billing_interval",
+        "rpm",
+        "tpm",
+        "rpd",
+        "monthly",
+        "overage",
+        "is_public",
+        "is_archived",
+        "subscriber_count",
+    ]
+    list_filter = ["is_archived", "is_public", "is_paid", "overage_policy", "billing_interval", "currency"]
+    search_fields = ["name", "slug", "description"]
+    prepopulated_fields = {"slug": ("name",)}
+    filter_horizontal = ["allowed_models"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["archive_tiers", "unarchive_tiers"]
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "description", "sort_order", "is_public", "is_archived")}),
+        ("Price", {"fields": ("is_paid", "price_cents", "currency", "billing_interval", "trial_days")}),
+        (
+            "Limits (empty means unlimited)",
+            {"fields": ("requests_per_minute", "tokens_per_minute", "requests_per_day", "monthly_tokens")},
+        ),
+        ("Past the monthly quota", {"fields": ("overage_policy", "overage_cents_per_million_tokens")}),
+        ("Models", {"fields": ("allowed_models",)}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_subscribers=Count("subscriptions", filter=~Q(subscriptions__status="canceled")))
+        )
+
+    @admin.display(description="Price", ordering="price_cents")
+    def price(self, tier: Tier) -> str:
+        return money(tier.price_cents, tier.currency) if tier.is_paid else "Free"
+
+    @admin.display(description="Req/min", ordering="requests_per_minute")
+    def rpm(self, tier: Tier) -> str:
+        return limit(tier.requests_per_minute)
+
+    @admin.display(description="Tok/min", ordering="tokens_per_minute")
+    def tpm(self, tier: Tier) -> str:
+        return limit(tier.tokens_per_minute)
+
+    @admin.display(description="Req/day", ordering="requests_per_day")
+    def rpd(self, tier: Tier) -> str:
+        return limit(tier.requests_per_day)
+
+    @admin.display(description="Tokens/month", ordering="monthly_tokens")
+    def monthly(self, tier: Tier) -> str:
+        return limit(tier.monthly_tokens)
+
+    @admin.display(description="Overage")
+    def overage(self, tier: Tier) -> str:
+        if not tier.bills_overage:
+            return "Hard cap"
+        return f"{money(tier.overage_cents_per_million_tokens, tier.currency)}/M"
+
+    @admin.display(description="Subscribers", ordering="_subscribers")
+    def subscriber_count(self, tier: Tier) -> int:
+        return tier._subscribers
+
+    def has_delete_permission(self, request: HttpRequest, obj: Tier | None = None) -> bool:
+        # A tier anyone has subscribed to is history (invoices, usage): archive it instead.
+        if obj is not None and services.tier_has_subscribers(tier=obj):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        # The bulk "delete selected" action: refuse the whole batch if any tier has subscribers.
+        blocked = [t.name for t in queryset if services.tier_has_subscribers(tier=t)]
+        if blocked:
+            self.message_user(
+                request,
+                f"Not deleted: {', '.join(blocked)} ha{'s' if len(blocked) == 1 else 've'} subscribers. "
+                "Archive instead.",
+                messages.ERROR,
+            )
+            return
+        super().delete_queryset(request, queryset)
+
+    @admin.action(description="Archive selected tiers (keep subscribers, hide from new sign-ups)")
+    def archive_tiers(self, request: HttpRequest, queryset) -> None:
+        for tier in queryset:
+            services.tier_archive(tier=tier)
+        self.message_user(request, f"Archived {queryset.count()} tier(s).", messages.SUCCESS)
+
+    @admin.action(description="Unarchive selected tiers")
+    def unarchive_tiers(self, request: HttpRequest, queryset) -> None:
+        for tier in queryset:
+            services.tier_unarchive(tier=tier)
+        self.message_user(request, f"Unarchived {queryset.count()} tier(s).", messages.SUCCESS)
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = ["team", "tier", "status", "current_period_start", "current_period_end", "cancel_at_period_end"]
+    list_filter = ["status", "tier", "cancel_at_period_end"]
+    search_fields = ["team__name", "team__memberships__user__email"]
+    list_select_related = ["team", "tier"]
+    autocomplete_fields = ["team"]
+    # Tier changes, cancellation and periods move through the billing services (with proration and
+    # invoices), never by editing fields here.
+    readonly_fields = [
+        "team",
+        "tier",
+        "status",
+        "billing_anchor",
+        "current_period_start",
+        "current_period_end",
+        "trial_end",
+        "cancel_at_period_end",
+        "pending_tier",
+        "canceled_at",
+        "created_at",
+        "updated_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -1,0 +1,33 @@
+"""Billing-period arithmetic.
+
+Periods are anchored to the moment a subscription starts (the "billing anchor"), as Stripe and
+Zulip's billing do. Adding months clamps to the last day of a shorter month: a subscription started
+on Jan 31 renews on Feb 28 (Feb 29 in leap years), then on Mar 31 again, because every period end is
+computed from the anchor and the period count, never from the previous (already clamped) end.
+Computing from the previous end would drift: Jan 31 -> Feb 28 -> Mar 28 -> ...
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime
+
+
+def add_months(anchor: datetime, months: int) -> datetime:
+    """``anchor`` plus ``months`` calendar months, the day clamped to the target month's length."""
+    month_index = anchor.month - 1 + months
+    year = anchor.year + month_index // 12
+    month = month_index % 12 + 1
+    day = min(anchor.day, calendar.monthrange(year, month)[1])
+    return anchor.replace(year=year, month=month, day=day)
+
+
+def interval_months(interval: str) -> int:
+    """Months in one billing interval ("month" or "year")."""
+    return {"month": 1, "year": 12}[interval]
+
+
+def period_bounds(anchor: datetime, interval: str, index: int) -> tuple[datetime, datetime]:
+    """Start and end of the ``index``-th period (0-based) of a subscription anchored at ``anchor``."""
+    step = interval_months(interval)
+    return add_months(anchor, step * index), add_months(anchor, step * (index + 1))

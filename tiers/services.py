@@ -1,0 +1,129 @@
+"""Every write to tiers and subscriptions goes through here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import ApplicationError
+from tiers import catalog
+from tiers.models import LanguageModel, Subscription, Tier
+from tiers.periods import period_bounds
+
+if TYPE_CHECKING:
+    from accounts.models import Team
+
+
+class InvalidTierChange(ApplicationError):
+    code = "invalid_tier_change"
+
+
+class TierUnavailable(ApplicationError):
+    code = "tier_unavailable"
+
+
+@dataclass
+class CatalogSeedResult:
+    created_models: list[str] = field(default_factory=list)
+    created_tiers: list[str] = field(default_factory=list)
+
+
+@transaction.atomic
+def tier_catalog_seed() -> CatalogSeedResult:
+    """Create the seed models and tiers that do not exist yet.
+
+    Idempotent, and never overwrites: a model or tier that exists (by id/slug) is left exactly as the
+    operator last edited it, including its model entitlements. Only objects created now get the seed
+    values.
+    """
+    result = CatalogSeedResult()
+    models_by_id = {m.model_id: m for m in LanguageModel.objects.all()}
+    for spec in catalog.SEED_MODELS:
+        if spec["model_id"] not in models_by_id:
+            model = LanguageModel(**spec)
+            model.full_clean()
+            model.save()
+            models_by_id[model.model_id] = model
+            result.created_models.append(model.model_id)
+
+    existing_slugs = set(Tier.objects.values_list("slug", flat=True))
+    for spec in catalog.SEED_TIERS:
+        if spec["slug"] in existing_slugs:
+            continue
+        values = {k: v for k, v in spec.items() if k != "models"}
+        tier = Tier(**values)
+        tier.full_clean()
+        tier.save()
+        tier.allowed_models.set([models_by_id[model_id] for model_id in spec["models"]])
+        result.created_tiers.append(tier.slug)
+    return result
+
+
+def tier_get_for_signup(*, slug: str | None = None) -> Tier:
+    """The tier a new team starts on: ``slug`` if given, else the free tier. Archived tiers are refused."""
+    slug = slug or catalog.FREE_TIER_SLUG
+    tier = Tier.objects.filter(slug=slug).first()
+    if tier is None:
+        raise TierUnavailable(
+            f"Tier '{slug}' does not exist. Run `manage.py seed_tiers` to create the catalog.",
+            extra={"tier": slug},
+        )
+    if tier.is_archived:
+        raise TierUnavailable(f"Tier '{slug}' is archived and cannot be chosen.", extra={"tier": slug})
+    return tier
+
+
+@transaction.atomic
+def subscription_create(*, team: Team, tier: Tier, now: datetime | None = None) -> Subscription:
+    """Start ``team`` on ``tier`` now. The billing anchor is ``now``; the first period is one interval.
+
+    A paid tier with trial days starts ``trialing``. Charging for paid tiers is the billing engine's
+    job; this only records the entitlement.
+    """
+    now = now or timezone.now()
+    if tier.is_archived:
+        raise TierUnavailable(f"Tier '{tier.slug}' is archived and cannot be chosen.")
+    start, end = period_bounds(now, tier.billing_interval, 0)
+    trial_end = None
+    status = Subscription.Status.ACTIVE
+    if tier.is_paid and tier.trial_days:
+        status = Subscription.Status.TRIALING
+        trial_end = now + timedelta(days=tier.trial_days)
+    subscription = Subscription(
+        team=team,
+        tier=tier,
+        status=status,
+        billing_anchor=now,
+        current_period_start=start,
+        current_period_end=end,
+        trial_end=trial_end,
+    )
+    subscription.full_clean()
+    subscription.save()
+    return subscription
+
+
+@transaction.atomic
+def tier_archive(*, tier: Tier) -> Tier:
+    """Hide ``tier`` from new sign-ups and changes; its current subscribers keep it."""
+    if not tier.is_archived:
+        tier.is_archived = True
+        tier.save(update_fields=["is_archived", "updated_at"])
+    return tier
+
+
+@transaction.atomic
+def tier_unarchive(*, tier: Tier) -> Tier:
+    if tier.is_archived:
+        tier.is_archived = False
+        tier.save(update_fields=["is_archived", "updated_at"])
+    return tier
+
+
+def tier_has_subscribers(*, tier: Tier) -> bool:
+    """True if any subscription (current, past or pending) refers to ``tier``: then it can only be archived."""
+    return tier.subscriptions.exists() or tier.pending_subscriptions.exists()
