@@ -16,8 +16,13 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 if not os.environ.get("CACHE_URL"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-# A file, not :memory:, so processes a test starts (Celery worker, beat) see the test database.
+# A file, not :memory:, so processes a test starts (Celery worker, beat) see the test database; one
+# file per pytest process (kept in the environment, so processes it starts inherit the name), so
+# test runs side by side do not share a database.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    _test_db = os.environ.setdefault("TIERLAB_TEST_DB", str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3"))
+    DATABASES["default"]["TEST"] = {"NAME": _test_db}
 DEBUG = False
 LOGGING["root"]["level"] = "WARNING"
+# WhiteNoise warns when STATIC_ROOT is missing; tests serve static files through the finders.
+(VAR_DIR / "static").mkdir(parents=True, exist_ok=True)

@@ -32,3 +32,12 @@ def catalog(db):
 @pytest.fixture
 def free_tier(catalog):
     return catalog["free"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # allauth keeps rate limits in the cache; tests must not inherit each other's counters.
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

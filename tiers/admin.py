@@ -88,23 +88,11 @@ class TierAdmin(admin.ModelAdmin):
         return tier._subscribers
 
     def has_delete_permission(self, request: HttpRequest, obj: Tier | None = None) -> bool:
-        # A tier anyone has subscribed to is history (invoices, usage): archive it instead.
+        # A tier anyone has subscribed to is history (invoices, usage): archive it instead. The bulk
+        # "delete selected" action is refused by Django itself, since subscriptions PROTECT tiers.
         if obj is not None and services.tier_has_subscribers(tier=obj):
             return False
         return super().has_delete_permission(request, obj)
-
-    def delete_queryset(self, request, queryset):
-        # The bulk "delete selected" action: refuse the whole batch if any tier has subscribers.
-        blocked = [t.name for t in queryset if services.tier_has_subscribers(tier=t)]
-        if blocked:
-            self.message_user(
-                request,
-                f"Not deleted: {', '.join(blocked)} ha{'s' if len(blocked) == 1 else 've'} subscribers. "
-                "Archive instead.",
-                messages.ERROR,
-            )
-            return
-        super().delete_queryset(request, queryset)
 
     @admin.action(description="Archive selected tiers (keep subscribers, hide from new sign-ups)")
     def archive_tiers(self, request: HttpRequest, queryset) -> None:

@@ -91,7 +91,9 @@ class Tier(models.Model):
         ordering = ["sort_order", "price_cents", "slug"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(overage_policy="block") | Q(overage_cents_per_million_tokens__gt=0),
+                # isnull too: a CHECK on NULL > 0 is "unknown", which SQL lets through.
+                condition=Q(overage_policy="block")
+                | Q(overage_cents_per_million_tokens__isnull=False, overage_cents_per_million_tokens__gt=0),
                 name="tiers_tier_overage_priced",
             ),
             models.CheckConstraint(
