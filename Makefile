@@ -19,6 +19,7 @@ setup: $(STAMP)
 	mkdir -p var
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py createcachetable
+	$(BIN)/python manage.py collectstatic --no-input -v0
 	$(BIN)/python manage.py seed_tiers
 	$(BIN)/python -c "import os,sys; sys.exit(os.environ.get('TIERLAB_PRODUCTION','') in ('1','true','True','yes','on'))" \
 		&& $(BIN)/python manage.py seed_demo || echo "Production mode: no demo account."
@@ -27,8 +28,10 @@ run: setup
 	@$(BIN)/python manage.py tierlab_banner --port $(PORT)
 	WEB_PORT=$(PORT) $(BIN)/honcho start -f Procfile
 
+# PYTEST_ARGS passes options to pytest, e.g. `make test PYTEST_ARGS='-m "not e2e" -x'` (.ci/run uses it).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	mkdir -p var
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

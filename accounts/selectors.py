@@ -1,6 +1,16 @@
 from __future__ import annotations
 
-from accounts.models import Membership, Team, User
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from accounts.models import ApiKey, Membership, Team, User
+from accounts.services import API_KEY_MARKER, API_KEY_PREFIX_LENGTH, api_key_hash
+from config.local_cache import TTLCache
 
 
 def team_for_user(*, user: User) -> Team | None:
@@ -15,3 +25,72 @@ def team_for_user(*, user: User) -> Team | None:
         .first()
     )
     return membership.team if membership else None
+
+
+def team_for_request(request) -> Team | None:
+    """The team an account-API request acts for: the API key's team, or the logged-in user's team.
+    Memoised on the request."""
+    if not hasattr(request, "_tierlab_team"):
+        principal_team = getattr(request.user, "team", None)
+        if principal_team is not None:
+            request._tierlab_team = principal_team
+        elif request.user.is_authenticated:
+            request._tierlab_team = team_for_user(user=request.user)
+        else:
+            request._tierlab_team = None
+    return request._tierlab_team
+
+
+def api_key_list(*, team: Team) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(team=team).select_related("created_by").order_by("revoked_at", "-created_at")
+
+
+@dataclass(frozen=True)
+class AuthenticatedKey:
+    key_id: int
+    team_id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class _KeyRow:
+    key_id: int
+    team_id: int
+    name: str
+    secret_hash: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+_key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+
+
+def _load_key_row(prefix: str) -> _KeyRow | None:
+    row = (
+        ApiKey.objects.filter(prefix=prefix)
+        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at")
+        .first()
+    )
+    return _KeyRow(*row) if row else None
+
+
+def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> AuthenticatedKey | None:
+    """The key ``raw_key`` names, if it exists, matches, is not revoked and has not expired.
+
+    One indexed lookup by prefix (cached in-process for TIERLAB_AUTH_CACHE_SECONDS, misses too), then a
+    constant-time comparison of SHA-256 hashes. A revocation is therefore seen within that TTL.
+    """
+    if not raw_key.startswith(API_KEY_MARKER) or len(raw_key) < API_KEY_PREFIX_LENGTH + 16:
+        return None
+    row = _key_cache.get_or_load(raw_key[:API_KEY_PREFIX_LENGTH], lambda: _load_key_row(raw_key[:API_KEY_PREFIX_LENGTH]))
+    if row is None or not hmac.compare_digest(api_key_hash(raw_key), row.secret_hash):
+        return None
+    now = now or timezone.now()
+    if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    return AuthenticatedKey(key_id=row.key_id, team_id=row.team_id, name=row.name)
+
+
+def api_key_cache_clear() -> None:
+    """For tests and for operators' scripts that need a revocation seen at once in this process."""
+    _key_cache.clear()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+import hashlib
+import secrets
+from datetime import datetime
 
-from accounts.models import Membership, Team, User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey, Membership, Team, User
+from config.errors import ApplicationError
 from tiers import services as tier_services
 
 
@@ -67,3 +73,58 @@ def operator_ensure(*, email: str, password: str) -> tuple[User, bool]:
         user.is_superuser = True
         user.save(update_fields=["is_staff", "is_superuser"])
     return user, created
+
+
+# --- API keys -----------------------------------------------------------------------------------------
+# A key reads "tl-" + 45 URL-safe characters (about 270 random bits). Its first API_KEY_PREFIX_LENGTH
+# characters are stored in the clear as the lookup prefix (shown in lists to tell keys apart); the
+# whole key is stored only as its SHA-256 hash.
+API_KEY_MARKER = "tl-"
+API_KEY_PREFIX_LENGTH = 15
+
+
+class ApiKeyError(ApplicationError):
+    code = "invalid_api_key_request"
+
+
+def api_key_hash(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@transaction.atomic
+def api_key_create(
+    *, team: Team, name: str, created_by: User | None = None, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key for ``team``; returns (key, secret). The secret is not stored and cannot be shown again."""
+    name = (name or "").strip()
+    if not name:
+        raise ApiKeyError("Give the key a name, e.g. the app that will use it.", extra={"field": "name"})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApiKeyError("The expiry must be in the future.", extra={"field": "expires_at"})
+    for _ in range(3):
+        raw = API_KEY_MARKER + secrets.token_urlsafe(34)
+        key = ApiKey(
+            team=team,
+            name=name,
+            prefix=raw[:API_KEY_PREFIX_LENGTH],
+            secret_hash=api_key_hash(raw),
+            created_by=created_by,
+            expires_at=expires_at,
+        )
+        key.full_clean(exclude=["prefix"])
+        try:
+            with transaction.atomic():
+                key.save()
+        except IntegrityError:  # a prefix collision: 2^-72 per pair, but cheap to handle
+            continue
+        return key, raw
+    raise ApiKeyError("Could not create a unique key; try again.")
+
+
+@transaction.atomic
+def api_key_revoke(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
+    """Revoke ``key`` (idempotent). The model API refuses it within the auth cache's TTL (seconds)."""
+    if key.revoked_at is None:
+        key.revoked_at = now or timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key

@@ -40,6 +40,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "allauth",
     "allauth.account",
@@ -184,10 +186,37 @@ if PRODUCTION:
 
 # --- Django REST framework --------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsTeamMember"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    # `?format=csv` on /api/v1/usage is the export, not DRF's renderer override.
+    "URL_FORMAT_OVERRIDE": None,
+    # Abuse protection only (DESIGN.md): billable quotas never go through DRF throttles.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"user": "600/min", "anon": "60/min"},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "TierLab account API",
+    "DESCRIPTION": "Your team, tiers, API keys and usage. The model API (/v1, /compat/v1) follows the Llama and OpenAI APIs.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the drf-spectacular-sidecar package: served as static files, nothing from the internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery -----------------------------------------------------------------------------------------
@@ -223,6 +252,16 @@ CELERY_BEAT_SCHEDULE = {
 # A beat older than this makes /healthz report the scheduler as stale (it stays 200: a stale beat
 # does not stop the site from serving).
 TIERLAB_HEARTBEAT_STALE_AFTER_SECONDS = env.int("TIERLAB_HEARTBEAT_STALE_AFTER_SECONDS", default=120)
+# The model API's quota backend: "database" (embedded default: conditional UPDATEs in SQLite or
+# PostgreSQL) or "redis" (production: one Lua script per check, usage events via a Redis stream).
+TIERLAB_QUOTA_BACKEND = env.str("TIERLAB_QUOTA_BACKEND", default="redis" if PRODUCTION else "database")
+# How stale the model API's in-process view of keys and entitlements may be: a revoked key or a tier
+# change takes effect within this many seconds on every web process.
+TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0)
+# Off only for the overhead benchmark's baseline (bench/api_overhead.py): the same API with no key
+# check, quota or usage record. Production mode refuses to turn it off.
+TIERLAB_METERING = True if PRODUCTION else env.bool("TIERLAB_METERING", default=True)
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 TIERLAB_DEMO_OPERATOR_EMAIL = "operator@tierlab.localhost"
 TIERLAB_DEMO_OPERATOR_PASSWORD = "tierlab-demo-operator"
 

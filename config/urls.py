@@ -11,6 +11,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("healthz", healthz, name="healthz"),
+    path("", include("config.api_urls")),
     path("", include("tiers.urls")),
     path("", include("usage.urls")),
+    path("", include("accounts.urls")),
 ]

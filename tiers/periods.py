@@ -31,3 +31,22 @@ def period_bounds(anchor: datetime, interval: str, index: int) -> tuple[datetime
     """Start and end of the ``index``-th period (0-based) of a subscription anchored at ``anchor``."""
     step = interval_months(interval)
     return add_months(anchor, step * index), add_months(anchor, step * (index + 1))
+
+
+def period_containing(anchor: datetime, interval: str, now: datetime) -> tuple[datetime, datetime]:
+    """The period of a subscription anchored at ``anchor`` that contains ``now`` (``now`` >= anchor).
+
+    Used where usage must be counted per period even if the billing engine has not advanced the
+    subscription's stored period yet (free tiers are never invoiced, so nothing else advances them).
+    """
+    step = interval_months(interval)
+    months = (now.year - anchor.year) * 12 + (now.month - anchor.month)
+    index = max(0, months // step)
+    start, end = period_bounds(anchor, interval, index)
+    while now < start and index > 0:  # day/time of month not reached yet: the previous period
+        index -= 1
+        start, end = period_bounds(anchor, interval, index)
+    while now >= end:
+        index += 1
+        start, end = period_bounds(anchor, interval, index)
+    return start, end

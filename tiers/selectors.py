@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.db.models import QuerySet
 
-from tiers.models import Subscription, Tier
+from config.local_cache import TTLCache
+from tiers.models import LanguageModel, Subscription, Tier
+from tiers.periods import period_containing
 
 if TYPE_CHECKING:
     from accounts.models import Team
@@ -23,3 +28,71 @@ def subscription_current(*, team: Team) -> Subscription | None:
         .exclude(status=Subscription.Status.CANCELED)
         .first()
     )
+
+
+def language_model_list_active() -> QuerySet[LanguageModel]:
+    return LanguageModel.objects.filter(is_active=True)
+
+
+@dataclass(frozen=True)
+class Entitlements:
+    """What a team may do on the model API right now: its tier's limits and models, its period."""
+
+    team_id: int
+    tier_slug: str
+    subscription_status: str
+    billing_anchor: datetime
+    billing_interval: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    requests_per_day: int | None
+    monthly_tokens: int | None
+    bills_overage: bool
+    allowed_models: frozenset[str]
+
+    def period_at(self, now: datetime) -> tuple[datetime, datetime]:
+        return period_containing(self.billing_anchor, self.billing_interval, now)
+
+    @property
+    def is_active(self) -> bool:
+        # Past-due subscriptions keep access until the billing engine suspends them after the grace period.
+        return self.subscription_status in {"trialing", "active", "past_due"}
+
+
+_entitlements_cache: TTLCache[int, Entitlements | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+
+
+def _load_entitlements(team_id: int) -> Entitlements | None:
+    subscription = (
+        Subscription.objects.select_related("tier")
+        .filter(team_id=team_id)
+        .exclude(status=Subscription.Status.CANCELED)
+        .first()
+    )
+    if subscription is None:
+        return None
+    tier = subscription.tier
+    models = frozenset(tier.allowed_models.filter(is_active=True).values_list("model_id", flat=True))
+    return Entitlements(
+        team_id=team_id,
+        tier_slug=tier.slug,
+        subscription_status=subscription.status,
+        billing_anchor=subscription.billing_anchor,
+        billing_interval=tier.billing_interval,
+        requests_per_minute=tier.requests_per_minute,
+        tokens_per_minute=tier.tokens_per_minute,
+        requests_per_day=tier.requests_per_day,
+        monthly_tokens=tier.monthly_tokens,
+        bills_overage=tier.bills_overage,
+        allowed_models=models,
+    )
+
+
+def entitlements_for_team(*, team_id: int) -> Entitlements | None:
+    """The team's entitlements (None without a current subscription), cached in-process for
+    TIERLAB_AUTH_CACHE_SECONDS: a tier or subscription change is seen within that time."""
+    return _entitlements_cache.get_or_load(team_id, lambda: _load_entitlements(team_id))
+
+
+def entitlements_cache_clear() -> None:
+    _entitlements_cache.clear()

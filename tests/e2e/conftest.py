@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-# Playwright's sync API runs an asyncio event loop in the test thread; Django would then refuse the
-# synchronous ORM calls the test makes between browser steps. Nothing here is async code really.
+# Playwright's sync API runs an asyncio event loop in the test thread (in a greenlet), and Django refuses
+# synchronous ORM calls from a thread with a running loop: the tests' own queries between browser steps,
+# and any later test's while the session-scoped browser is alive. Nothing here is async code, so the
+# guard is switched off for the process, which is why this is set at import and not per test.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = os.environ.get("TIERLAB_CHROMIUM", "/usr/bin/chromium")
@@ -70,7 +72,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def e2e_db(transactional_db, settings):
+def e2e_db(transactional_db):
     """A clean database the live server's thread can see, and a clean cache.
 
     allauth's rate limits (failed logins, password resets) live in the cache; the locmem cache outlives
@@ -114,9 +116,30 @@ def page(browser, live_server, e2e_db, results_dir, request):
     context.set_default_timeout(STEP_TIMEOUT_MS)
     context.set_default_navigation_timeout(STEP_TIMEOUT_MS)
     page = context.new_page()
-    console_errors: list[str] = []
-    page.on("pageerror", lambda exc: console_errors.append(str(exc)))
-    page.e2e_console_errors = console_errors  # type: ignore[attr-defined]
+    # What went wrong in the page, for the tests to assert on at the end: uncaught script errors, and
+    # same-origin requests (stylesheets, scripts, images) that failed. The browser's own /favicon.ico
+    # probe is not the page's doing.
+    script_errors: list[str] = []
+    broken_requests: dict[str, str] = {}  # url -> what went wrong
+    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+
+    def ours(url: str) -> bool:
+        return url.startswith(live_server.url) and not url.endswith("/favicon.ico")
+
+    def note_response(response) -> None:
+        if response.status >= 400 and response.request.resource_type != "document" and ours(response.url):
+            broken_requests[response.url] = f"HTTP {response.status}"
+
+    def note_failure(request) -> None:
+        # ERR_ABORTED is the browser dropping a request because the page navigated away (or had already
+        # been answered with an error status, noted above): not a broken resource.
+        if ours(request.url) and "ERR_ABORTED" not in (request.failure or ""):
+            broken_requests.setdefault(request.url, request.failure or "failed")
+
+    page.on("response", note_response)
+    page.on("requestfailed", note_failure)
+    page.e2e_script_errors = script_errors  # type: ignore[attr-defined]
+    page.e2e_broken_requests = broken_requests  # type: ignore[attr-defined]
     try:
         yield page
     finally:

@@ -35,3 +35,14 @@ def test_periods_are_contiguous_and_do_not_drift():
         ends.append(end)
     assert ends == [dt(2026, 2, 28), dt(2026, 3, 31), dt(2026, 4, 30), dt(2026, 5, 31)]
     assert period_bounds(anchor, "year", 0) == (anchor, dt(2027, 1, 31))
+
+
+def test_period_containing_finds_the_current_period_from_the_anchor():
+    from tiers.periods import period_containing
+
+    anchor = dt(2026, 1, 31, 10)
+    assert period_containing(anchor, "month", dt(2026, 1, 31, 10)) == (anchor, dt(2026, 2, 28, 10))
+    assert period_containing(anchor, "month", dt(2026, 2, 28, 9)) == (anchor, dt(2026, 2, 28, 10))
+    assert period_containing(anchor, "month", dt(2026, 2, 28, 10)) == (dt(2026, 2, 28, 10), dt(2026, 3, 31, 10))
+    assert period_containing(anchor, "month", dt(2026, 3, 15)) == (dt(2026, 2, 28, 10), dt(2026, 3, 31, 10))
+    assert period_containing(anchor, "year", dt(2027, 1, 31, 9)) == (anchor, dt(2027, 1, 31, 10))

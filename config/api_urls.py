@@ -1,0 +1,18 @@
+"""The account REST API under /api/v1/, its OpenAPI schema and the offline Swagger UI."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from accounts.api import ApiKeyDetailApi, ApiKeyListCreateApi, MeApi
+from tiers.api import TierListApi
+from usage.api import UsageApi
+
+urlpatterns = [
+    path("api/v1/me", MeApi.as_view(), name="api-me"),
+    path("api/v1/tiers", TierListApi.as_view(), name="api-tiers"),
+    path("api/v1/keys", ApiKeyListCreateApi.as_view(), name="api-keys"),
+    path("api/v1/keys/<int:key_id>", ApiKeyDetailApi.as_view(), name="api-key"),
+    path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

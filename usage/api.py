@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, time, timedelta
+
+from django.http import HttpResponse
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.selectors import team_for_request
+from usage.selectors import usage_series
+
+MAX_RANGE = {"day": timedelta(days=400), "hour": timedelta(days=31)}
+CSV_COLUMNS = ["period", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens"]
+
+
+def _instant(value: str, *, param: str) -> datetime:
+    """An ISO date (midnight UTC) or datetime (UTC if it has no offset)."""
+    parsed = parse_datetime(value)
+    if parsed is None:
+        day = parse_date(value)
+        if day is None:
+            raise serializers.ValidationError({param: [f"'{value}' is not an ISO date or datetime."]})
+        parsed = datetime.combine(day, time.min)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    start = serializers.CharField(required=False, help_text="ISO date or datetime; default: 30 days ago.")
+    end = serializers.CharField(required=False, help_text="ISO date or datetime, exclusive; default: now.")
+    granularity = serializers.ChoiceField(choices=["day", "hour"], default="day")
+
+    def validate(self, attrs):
+        now = timezone.now()
+        end = _instant(attrs["end"], param="end") if attrs.get("end") else now
+        start = _instant(attrs["start"], param="start") if attrs.get("start") else end - timedelta(days=30)
+        if start >= end:
+            raise serializers.ValidationError({"start": ["'start' must be before 'end'."]})
+        if end - start > MAX_RANGE[attrs["granularity"]]:
+            days = MAX_RANGE[attrs["granularity"]].days
+            raise serializers.ValidationError({"start": [f"At most {days} days at {attrs['granularity']} granularity."]})
+        return {"start": start, "end": end, "granularity": attrs["granularity"]}
+
+
+class UsageRowSerializer(serializers.Serializer):
+    period = serializers.DateTimeField()
+    model = serializers.CharField()
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class UsageSeriesSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    granularity = serializers.ChoiceField(choices=["day", "hour"])
+    data = UsageRowSerializer(many=True)
+
+
+class UsageApi(APIView):
+    """Your team's requests and tokens per period and model. `?format=csv` downloads the same rows."""
+
+    @extend_schema(
+        parameters=[
+            UsageQuerySerializer,
+            OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], description="csv for a download"),
+        ],
+        responses=UsageSeriesSerializer,
+    )
+    def get(self, request):
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        rows = usage_series(team_id=team_for_request(request).pk, **params)
+        if request.query_params.get("format") == "csv":
+            return self._csv(rows, params)
+        return Response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                "granularity": params["granularity"],
+                "data": rows,
+            }
+        )
+
+    def _csv(self, rows: list[dict], params: dict) -> HttpResponse:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "period": row["period"].isoformat()})
+        name = f"usage-{params['start']:%Y%m%d}-{params['end']:%Y%m%d}-{params['granularity']}.csv"
+        return HttpResponse(
+            buffer.getvalue(),
+            content_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )

@@ -1,0 +1,81 @@
+"""Errors of the client-facing model API, in the shape its clients expect:
+``{"error": {"message", "type", "code", "param"}}`` with the HTTP status the official SDKs map to
+their typed exceptions (401 AuthenticationError, 403 PermissionDeniedError, 429 RateLimitError, ...)."""
+
+from __future__ import annotations
+
+from config.errors import ApplicationError
+
+
+class ModelApiError(ApplicationError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message, code=code)
+        self.param = param
+        self.retry_after = retry_after
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+
+class InvalidRequest(ModelApiError):
+    """400: the body is malformed; ``param`` names the field."""
+
+
+class InvalidApiKey(ModelApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotAllowed(ModelApiError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class ModelNotFound(ModelApiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RateLimited(ModelApiError):
+    """429 for a per-minute/day window: retry after ``retry_after`` seconds."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(ModelApiError):
+    """429 for the monthly quota under a hard cap (or a spend cap): retry in the next period."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class SubscriptionInactive(ModelApiError):
+    """429 for a suspended, canceled or long past-due subscription: fix billing first."""
+
+    status = 429
+    type = "billing_error"
+    code = "subscription_inactive"
+
+
+class MethodNotAllowed(ModelApiError):
+    status = 405
+    code = "method_not_allowed"

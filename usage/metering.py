@@ -1,0 +1,200 @@
+"""The metered request path of the model API (DESIGN.md, "Request path"): authenticate the key, read
+the team's entitlements, check the model, reserve every limit in one atomic step, and afterwards
+settle the reservation to the actual tokens, which records the usage exactly once.
+
+Everything here is on the hot path: keys and entitlements come from short-lived in-process caches,
+and the only shared-state operations are the quota backend's reserve and settle.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+
+from accounts.selectors import AuthenticatedKey, api_key_authenticate
+from config.local_cache import TTLCache
+from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
+from usage import errors
+from usage.quotas import get_quota_backend
+from usage.quotas.base import Decision, Limit, LimitName, Reservation, UsageEvent, day_window, minute_window
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+
+_models_cache: TTLCache[str, frozenset[str]] = TTLCache(ttl=30)
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: AuthenticatedKey
+    entitlements: Entitlements
+
+    @property
+    def team_id(self) -> int:
+        return self.key.team_id
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted request: settle or refund ``reservation`` (None for a replayed duplicate)."""
+
+    caller: Caller
+    request_id: str
+    model: str
+    limits: tuple[Limit, ...]
+    decision: Decision
+
+    @property
+    def duplicate(self) -> bool:
+        return self.decision.duplicate
+
+
+def request_id_from_header(value: str | None) -> str:
+    """The client's ``X-Request-Id`` if it sent a valid one (so its retries are not counted twice),
+    else a fresh id."""
+    if value is None or value == "":
+        return f"req_{uuid.uuid4().hex}"
+    if not _REQUEST_ID.match(value):
+        raise errors.InvalidRequest(
+            "X-Request-Id must be 1-100 characters of letters, digits, '.', '_', ':' or '-'.",
+            param="X-Request-Id",
+        )
+    return value
+
+
+def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
+    """The caller of a model-API request from its ``Authorization: Bearer <key>`` header."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise errors.InvalidApiKey("Missing API key: send 'Authorization: Bearer <your TierLab API key>'.")
+    key = api_key_authenticate(raw_key=authorization[7:].strip(), now=now)
+    if key is None:
+        raise errors.InvalidApiKey("Invalid API key: it is wrong, revoked or expired.")
+    entitlements = entitlements_for_team(team_id=key.team_id)
+    if entitlements is None or not entitlements.is_active:
+        status = entitlements.subscription_status if entitlements else "none"
+        raise errors.SubscriptionInactive(
+            f"Your team's subscription is not active (status: {status}). Update billing to continue.",
+        )
+    return Caller(key=key, entitlements=entitlements)
+
+
+def known_models() -> frozenset[str]:
+    return _models_cache.get_or_load(
+        "all", lambda: frozenset(language_model_list_active().values_list("model_id", flat=True))
+    )
+
+
+def model_check(*, caller: Caller, model: str) -> None:
+    if model not in caller.entitlements.allowed_models:
+        if model not in known_models():
+            raise errors.ModelNotFound(f"The model '{model}' does not exist.", param="model")
+        raise errors.ModelNotAllowed(
+            f"The model '{model}' is not included in your tier ({caller.entitlements.tier_slug}). "
+            "Upgrade to use it.",
+            param="model",
+        )
+
+
+def limits_for(*, entitlements: Entitlements, now: datetime) -> tuple[Limit, ...]:
+    minute_start, minute_end = minute_window(now)
+    day_start, day_end = day_window(now)
+    period_start, period_end = entitlements.period_at(now)
+    return (
+        Limit(LimitName.MONTHLY_TOKENS, entitlements.monthly_tokens, period_start, period_end,
+              enforced=not entitlements.bills_overage),
+        Limit(LimitName.REQUESTS_PER_MINUTE, entitlements.requests_per_minute, minute_start, minute_end),
+        Limit(LimitName.TOKENS_PER_MINUTE, entitlements.tokens_per_minute, minute_start, minute_end),
+        Limit(LimitName.REQUESTS_PER_DAY, entitlements.requests_per_day, day_start, day_end),
+    )  # fmt: skip
+
+
+def rate_limit_headers(*, limits: tuple[Limit, ...], used: dict[LimitName, int], now: datetime) -> dict[str, str]:
+    """OpenAI-style ``x-ratelimit-*`` headers for the per-minute request and token windows (and the
+    daily and monthly ones under their own names). Unlimited limits are left out."""
+    headers: dict[str, str] = {}
+    names = {
+        LimitName.REQUESTS_PER_MINUTE: "requests",
+        LimitName.TOKENS_PER_MINUTE: "tokens",
+        LimitName.REQUESTS_PER_DAY: "requests-day",
+        LimitName.MONTHLY_TOKENS: "tokens-month",
+    }
+    for limit in limits:
+        if limit.capacity is None:
+            continue
+        suffix = names[limit.name]
+        headers[f"x-ratelimit-limit-{suffix}"] = str(limit.capacity)
+        headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, limit.capacity - used.get(limit.name, 0)))
+        headers[f"x-ratelimit-reset-{suffix}"] = f"{limit.seconds_until_reset(now)}s"
+    return headers
+
+
+def admit(
+    *, caller: Caller, model: str, request_id: str, tokens: int, now: datetime, check_model: bool = True
+) -> Admission:
+    """Check the model and reserve ``tokens`` (prompt + maximum completion) against every limit.
+    Raises the 4xx the client should see if the request may not run. ``check_model`` is False for the
+    moderation model, which every tier may call."""
+    if check_model:
+        model_check(caller=caller, model=model)
+    limits = limits_for(entitlements=caller.entitlements, now=now)
+    decision = get_quota_backend().reserve(
+        team_id=caller.team_id, request_id=request_id, limits=limits, tokens=tokens, now=now
+    )
+    if not decision.allowed:
+        headers = rate_limit_headers(limits=limits, used=decision.used, now=now)
+        headers["Retry-After"] = str(decision.retry_after)
+        limit = next(lim for lim in limits if lim.name == decision.denied)
+        if decision.denied is LimitName.MONTHLY_TOKENS:
+            raise errors.QuotaExceeded(
+                f"You have used your tier's {limit.capacity:,} tokens for this period. It renews in "
+                f"{decision.retry_after} s; upgrade your tier for more.",
+                retry_after=decision.retry_after,
+                headers=headers,
+            )
+        raise errors.RateLimited(
+            f"Rate limit reached: {limit.capacity:,} {decision.denied.value.replace('_', ' ')}. "
+            f"Retry in {decision.retry_after} s.",
+            retry_after=decision.retry_after,
+            headers=headers,
+        )
+    return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
+
+
+def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, now: datetime) -> None:
+    """Record the admitted request with its actual tokens (exactly once) and correct the reservation."""
+    reservation: Reservation | None = admission.decision.reservation
+    if reservation is None:  # a replayed duplicate: already recorded, nothing was reserved
+        return
+    event = UsageEvent(
+        request_id=admission.request_id,
+        team_id=admission.caller.team_id,
+        api_key_id=admission.caller.key.key_id,
+        model=admission.model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        created_at=now,
+    )
+    get_quota_backend().settle(reservation=reservation, event=event)
+
+
+def refund(*, admission: Admission) -> None:
+    if admission.decision.reservation is not None:
+        get_quota_backend().refund(reservation=admission.decision.reservation)
+
+
+def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:
+    """Rate-limit headers for an admitted request, from the counts its reservation returned, corrected
+    by the tokens settled back (``tokens_delta`` = actual - reserved; usually negative)."""
+    used = dict(admission.decision.used)
+    for name in (LimitName.TOKENS_PER_MINUTE, LimitName.MONTHLY_TOKENS):
+        if name in used:
+            used[name] = max(0, used[name] + tokens_delta)
+    return rate_limit_headers(limits=admission.limits, used=used, now=now)
+
+
+def metering_enabled() -> bool:
+    """False only for the overhead benchmark's baseline run (TIERLAB_METERING=0, never in production)."""
+    return settings.TIERLAB_METERING

@@ -1,0 +1,443 @@
+"""The client-facing model API: the native Llama shape under /v1/ and the OpenAI-compatible shape
+under /compat/v1/, so `llama_api_client.LlamaAPIClient(base_url=".../v1")` and
+`openai.OpenAI(base_url=".../compat/v1")` work unchanged.
+
+Plain Django views, not DRF: this is the hot path, and content negotiation, DRF's request wrapper and
+throttles buy nothing here. Views parse and validate the body, then call the metering service
+(usage/metering.py) and the simulated model (usage/simulator.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from tiers.selectors import language_model_list_active
+from usage import errors, metering
+from usage.simulator import complete, count_message_tokens, iter_chunks, moderate
+
+logger = logging.getLogger(__name__)
+
+NATIVE = "llama"
+COMPAT = "openai"
+ROLES = {"system", "user", "assistant", "tool"}
+MODERATION_MODEL = "Llama-Guard-4-12B"
+# The simulated model never writes more than this; reserving more would only block other requests.
+MAX_COMPLETION_TOKENS = 512
+
+
+def _json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
+    return JsonResponse(body, status=status, headers=headers, safe=False, json_dumps_params={"separators": (",", ":")})
+
+
+def model_api_view(*methods: str) -> Callable:
+    """Wraps a model-API view: CSRF-exempt (API keys, not cookies), method check, and every error
+    rendered in the ``{"error": {...}}`` shape with its status and headers."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            try:
+                if request.method not in methods:
+                    raise errors.MethodNotAllowed(f"Use {' or '.join(methods)} for this endpoint.")
+                return view(request, *args, **kwargs)
+            except errors.ModelApiError as exc:
+                headers = dict(exc.headers)
+                if exc.retry_after is not None:
+                    headers["Retry-After"] = str(exc.retry_after)
+                return _json_response(exc.body(), status=exc.status, headers=headers)
+            except Exception:
+                logger.exception("model API failure")
+                body = {"error": {"message": "Internal error.", "type": "server_error", "code": "internal_error", "param": None}}
+                return _json_response(body, status=500)
+
+        return wrapper
+
+    return decorator
+
+
+# --- Request parsing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[dict]
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+    temperature: float | None
+    seed: int | None
+
+
+def _body(request: HttpRequest) -> dict:
+    try:
+        body = json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _int(body: dict, name: str, *, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise errors.InvalidRequest(f"'{name}' must be an integer >= {minimum}.", param=name)
+    return value
+
+
+def _number(body: dict, name: str, *, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise errors.InvalidRequest(f"'{name}' must be a number from {low} to {high}.", param=name)
+    return float(value)
+
+
+def _messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.InvalidRequest("'messages' must be a non-empty list of messages.", param="messages")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise errors.InvalidRequest(f"'{where}' must be an object with 'role' and 'content'.", param=where)
+        if message.get("role") not in ROLES:
+            raise errors.InvalidRequest(
+                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.", param=f"{where}.role"
+            )
+        content = message.get("content")
+        if content is None and message.get("role") == "assistant":
+            continue
+        if isinstance(content, str):
+            continue
+        if isinstance(content, dict):  # the Llama API also accepts a single content item
+            content = [content]
+        if not isinstance(content, list) or not all(
+            isinstance(part, dict) and part.get("type") in {"text", "image_url"} for part in content
+        ):
+            raise errors.InvalidRequest(
+                f"'{where}.content' must be a string or a list of text/image_url parts.", param=f"{where}.content"
+            )
+        for part_index, part in enumerate(content):
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                param = f"{where}.content[{part_index}].text"
+                raise errors.InvalidRequest(f"'{param}' must be a string.", param=param)
+    return messages
+
+
+def _chat_request(body: dict, *, flavor: str) -> ChatRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.InvalidRequest("'model' is required: the id of a model your tier includes.", param="model")
+    messages = _messages(body)
+    max_tokens = _int(body, "max_completion_tokens", minimum=1)
+    if max_tokens is None and flavor == COMPAT:
+        max_tokens = _int(body, "max_tokens", minimum=1)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise errors.InvalidRequest("'stream' must be true or false.", param="stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise errors.InvalidRequest("'stream_options' must be an object like {\"include_usage\": true}.",
+                                        param="stream_options")  # fmt: skip
+        include_usage = options.get("include_usage", False)
+    _number(body, "top_p", low=0, high=1)
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        stream=stream,
+        include_usage=include_usage,
+        temperature=_number(body, "temperature", low=0, high=2),
+        seed=_int(body, "seed", minimum=0),
+    )
+
+
+# --- Response shapes -----------------------------------------------------------------------------------
+
+
+def _completion_id(request_id: str) -> str:
+    return f"chatcmpl-{request_id}"
+
+
+def _native_metrics(prompt_tokens: int, completion_tokens: int) -> list[dict]:
+    return [
+        {"metric": "num_completion_tokens", "value": completion_tokens, "unit": "tokens"},
+        {"metric": "num_prompt_tokens", "value": prompt_tokens, "unit": "tokens"},
+        {"metric": "num_total_tokens", "value": prompt_tokens + completion_tokens, "unit": "tokens"},
+    ]
+
+
+def _native_body(request_id: str, completion) -> dict:
+    return {
+        "id": _completion_id(request_id),
+        "completion_message": {
+            "role": "assistant",
+            "content": {"type": "text", "text": completion.text},
+            "stop_reason": completion.stop_reason,
+        },
+        "metrics": _native_metrics(completion.prompt_tokens, completion.completion_tokens),
+    }
+
+
+def _compat_body(request_id: str, model: str, created: int, completion) -> dict:
+    return {
+        "id": _completion_id(request_id),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text, "refusal": None},
+                "finish_reason": completion.stop_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+    }
+
+
+def _sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def _native_stream(request_id: str, completion, chunks: Iterator[str]) -> Iterator[bytes]:
+    cid = _completion_id(request_id)
+    yield _sse({"id": cid, "event": {"event_type": "start", "delta": {"type": "text", "text": ""}}})
+    for text in chunks:
+        yield _sse({"id": cid, "event": {"event_type": "progress", "delta": {"type": "text", "text": text}}})
+    yield _sse(
+        {
+            "id": cid,
+            "event": {"event_type": "complete", "delta": {"type": "text", "text": ""}, "stop_reason": completion.stop_reason},
+        }
+    )
+    yield _sse(
+        {
+            "id": cid,
+            "event": {
+                "event_type": "metrics",
+                "delta": {"type": "text", "text": ""},
+                "metrics": _native_metrics(completion.prompt_tokens, completion.completion_tokens),
+            },
+        }
+    )
+
+
+def _compat_stream(request_id: str, model: str, created: int, completion, chunks: Iterator[str], include_usage: bool):
+    base = {"id": _completion_id(request_id), "object": "chat.completion.chunk", "created": created, "model": model}
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    for text in chunks:
+        yield chunk({"content": text})
+    yield chunk({}, completion.stop_reason)
+    if include_usage:
+        usage = {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        }
+        yield _sse({**base, "choices": [], "usage": usage})
+    yield _sse("[DONE]")
+
+
+# --- Views ---------------------------------------------------------------------------------------------
+
+
+def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
+    now = timezone.now()
+    if not metering.metering_enabled():
+        return _chat_unmetered(request, flavor=flavor)
+    caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
+    request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
+    chat = _chat_request(_body(request), flavor=flavor)
+    prompt_tokens = count_message_tokens(chat.messages)
+    reserve = prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
+    admission = metering.admit(caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now)
+    try:
+        completion = complete(
+            model=chat.model, messages=chat.messages, max_tokens=chat.max_tokens, temperature=chat.temperature, seed=chat.seed
+        )
+    except Exception:
+        metering.refund(admission=admission)
+        raise
+    created = int(now.timestamp())
+    headers = {"x-request-id": request_id}
+
+    if chat.stream:
+        return _stream_response(request_id, chat, completion, admission, reserve, created, flavor, headers)
+
+    try:
+        metering.settle(
+            admission=admission, prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens, now=now
+        )
+    except Exception:
+        metering.refund(admission=admission)
+        raise
+    headers.update(
+        metering.headers_after(
+            admission=admission, tokens_delta=completion.prompt_tokens + completion.completion_tokens - reserve, now=now
+        )
+    )
+    body = _native_body(request_id, completion) if flavor == NATIVE else _compat_body(request_id, chat.model, created, completion)
+    return _json_response(body, headers=headers)
+
+
+def _stream_response(request_id, chat, completion, admission, reserve, created, flavor, headers) -> StreamingHttpResponse:
+    sent = {"tokens": 0}
+    pieces = list(iter_chunks(completion))
+
+    def counted_chunks() -> Iterator[str]:
+        for piece in pieces:
+            yield piece
+            sent["tokens"] += 1
+
+    def events() -> Iterator[bytes]:
+        try:
+            if flavor == NATIVE:
+                yield from _native_stream(request_id, completion, counted_chunks())
+            else:
+                yield from _compat_stream(request_id, chat.model, created, completion, counted_chunks(), chat.include_usage)
+        finally:
+            # Settled once the stream ends, or when the client goes away: then only what was generated
+            # up to that point is counted (a proportional share of the completion's tokens).
+            if sent["tokens"] >= len(pieces):
+                completion_tokens = completion.completion_tokens
+            else:
+                completion_tokens = completion.completion_tokens * sent["tokens"] // max(1, len(pieces))
+            metering.settle(
+                admission=admission,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion_tokens,
+                now=timezone.now(),
+            )
+
+    headers.update(
+        metering.headers_after(
+            admission=admission,
+            tokens_delta=completion.prompt_tokens + completion.completion_tokens - reserve,
+            now=timezone.now(),
+        )
+    )
+    response = StreamingHttpResponse(events(), content_type="text/event-stream", headers=headers)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _chat_unmetered(request: HttpRequest, *, flavor: str) -> HttpResponse:
+    """The benchmark baseline: the same parsing and simulated model, no key, no quota, no record."""
+    chat = _chat_request(_body(request), flavor=flavor)
+    completion = complete(model=chat.model, messages=chat.messages, max_tokens=chat.max_tokens,
+                          temperature=chat.temperature, seed=chat.seed)  # fmt: skip
+    request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
+    created = int(time.time())
+    body = _native_body(request_id, completion) if flavor == NATIVE else _compat_body(request_id, chat.model, created, completion)
+    return _json_response(body)
+
+
+@model_api_view("POST")
+def native_chat_completions(request: HttpRequest) -> HttpResponse:
+    return _chat(request, flavor=NATIVE)
+
+
+@model_api_view("POST")
+def compat_chat_completions(request: HttpRequest) -> HttpResponse:
+    return _chat(request, flavor=COMPAT)
+
+
+def _model_objects(caller: metering.Caller) -> list[dict]:
+    allowed = caller.entitlements.allowed_models
+    return [
+        {
+            "id": model.model_id,
+            "object": "model",
+            "created": int(datetime.combine(model.released_on, datetime.min.time()).timestamp()),
+            "owned_by": model.owned_by,
+        }
+        for model in language_model_list_active()
+        if model.model_id in allowed
+    ]
+
+
+def _models(request: HttpRequest, *, flavor: str, model_id: str | None = None) -> HttpResponse:
+    caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=timezone.now())
+    objects = _model_objects(caller)
+    if model_id is not None:
+        found = next((m for m in objects if m["id"] == model_id), None)
+        if found is None:
+            metering.model_check(caller=caller, model=model_id)  # raises 404 or 403 with the right code
+        return _json_response(found)
+    body = {"data": objects} if flavor == NATIVE else {"object": "list", "data": objects}
+    return _json_response(body)
+
+
+@model_api_view("GET")
+def native_models(request: HttpRequest, model_id: str | None = None) -> HttpResponse:
+    return _models(request, flavor=NATIVE, model_id=model_id)
+
+
+@model_api_view("GET")
+def compat_models(request: HttpRequest, model_id: str | None = None) -> HttpResponse:
+    return _models(request, flavor=COMPAT, model_id=model_id)
+
+
+@model_api_view("POST")
+def native_moderations(request: HttpRequest) -> HttpResponse:
+    """A simulated Llama Guard. Free, like the providers' moderation endpoints: it needs a valid key
+    and counts as a request against the per-minute and per-day windows, but no tokens are billed."""
+    now = timezone.now()
+    caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
+    request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
+    body = _body(request)
+    messages = _messages(body)
+    model = body.get("model") or MODERATION_MODEL
+    if not isinstance(model, str):
+        raise errors.InvalidRequest("'model' must be a string.", param="model")
+    admission = metering.admit(
+        caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False
+    )
+    texts = [_message_text(m) for m in messages]
+    results = moderate(texts)
+    metering.settle(admission=admission, prompt_tokens=0, completion_tokens=0, now=now)
+    payload = {
+        "model": model,
+        "results": [{"flagged": r.flagged, "flagged_categories": list(r.flagged_categories)} for r in results],
+    }
+    return _json_response(payload, headers={"x-request-id": request_id, **metering.headers_after(admission=admission, tokens_delta=0, now=now)})
+
+
+def _message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    return " ".join(part.get("text", "") for part in content or [] if part.get("type") == "text")

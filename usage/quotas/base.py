@@ -1,0 +1,192 @@
+"""The quota interface: value objects and the backend contract.
+
+Every billable limit of a request is checked and consumed in ONE atomic step (``reserve``), so N
+clients racing for a remaining quota of Q never get more than Q admitted. Tokens are reserved up
+front (prompt + max completion tokens), then ``settle`` corrects the reservation to the actual tokens
+and records the usage event exactly once; ``refund`` gives a reservation back when the request fails.
+
+Windows are fixed and aligned: the minute (UTC, :00 to :00), the UTC day, and the subscription's
+current billing period for monthly tokens. Fixed windows are what a single atomic counter update can
+enforce exactly; their cost is the known burst at a window edge (up to twice the per-minute limit
+across two adjacent minutes), which we accept as OpenAI's and Stripe's fixed windows do.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+class LimitName(enum.StrEnum):
+    REQUESTS_PER_MINUTE = "requests_per_minute"
+    TOKENS_PER_MINUTE = "tokens_per_minute"
+    REQUESTS_PER_DAY = "requests_per_day"
+    MONTHLY_TOKENS = "monthly_tokens"
+
+    @property
+    def unit(self) -> str:
+        return "requests" if self in (LimitName.REQUESTS_PER_MINUTE, LimitName.REQUESTS_PER_DAY) else "tokens"
+
+    @property
+    def refusal_code(self) -> str:
+        # Per-minute/day windows: slow down and retry. The monthly quota: out of quota until the period ends.
+        return "insufficient_quota" if self is LimitName.MONTHLY_TOKENS else "rate_limit_exceeded"
+
+
+# Stands in for "no limit" in the atomic comparisons: larger than any count we can reach.
+UNLIMITED = 2**62
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit on one team, for the window containing ``now`` when it was built.
+
+    ``capacity`` None means unlimited. ``enforced`` False means counted but never refused (the monthly
+    quota of a tier that bills overage).
+    """
+
+    name: LimitName
+    capacity: int | None
+    window_start: datetime
+    window_end: datetime
+    enforced: bool = True
+
+    def __post_init__(self) -> None:
+        if self.capacity is not None and self.capacity < 0:
+            raise ValueError(f"{self.name}: capacity must be >= 0, got {self.capacity}")
+        if self.window_end <= self.window_start:
+            raise ValueError(f"{self.name}: window must end after it starts")
+        if self.window_start.tzinfo is None:
+            raise ValueError(f"{self.name}: window bounds must be timezone-aware")
+
+    @property
+    def effective_capacity(self) -> int:
+        """What the atomic check compares against."""
+        if self.capacity is None or not self.enforced:
+            return UNLIMITED
+        return self.capacity
+
+    def cost(self, *, tokens: int) -> int:
+        """What one request with ``tokens`` tokens consumes of this limit."""
+        return 1 if self.name.unit == "requests" else tokens
+
+    def seconds_until_reset(self, now: datetime) -> int:
+        return max(1, int((self.window_end - now).total_seconds() + 0.999))
+
+
+def minute_window(now: datetime) -> tuple[datetime, datetime]:
+    start = now.replace(second=0, microsecond=0)
+    return start, start + timedelta(minutes=1)
+
+
+def day_window(now: datetime) -> tuple[datetime, datetime]:
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """One admitted request, as it will be stored as a ``UsageRecord`` (unique on team + request_id)."""
+
+    request_id: str
+    team_id: int
+    api_key_id: int | None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    created_at: datetime
+    partner_id: int | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Reservation:
+    team_id: int
+    request_id: str
+    tokens: int
+    limits: tuple[Limit, ...]
+    reserved_at: datetime
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of ``reserve``.
+
+    allowed: admitted; ``reservation`` must then be settled or refunded.
+    duplicate: a request with this request id was already admitted and recorded for this team: serve
+        it again, but nothing was consumed and nothing must be settled (``reservation`` is None).
+    Otherwise refused by ``denied``: ``code`` says why and ``retry_after`` (seconds) when to retry.
+    ``used`` maps each limit to its count in the current window after this decision.
+    """
+
+    allowed: bool
+    reservation: Reservation | None = None
+    duplicate: bool = False
+    denied: LimitName | None = None
+    retry_after: int = 0
+    used: dict[LimitName, int] = field(default_factory=dict)
+
+    @property
+    def code(self) -> str | None:
+        return self.denied.refusal_code if self.denied else None
+
+
+class QuotaBackend(abc.ABC):
+    """Check-and-consume of every limit of a request at once. Implementations must be safe under
+    concurrency across threads and processes (web workers on several machines)."""
+
+    @abc.abstractmethod
+    def reserve(
+        self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, now: datetime
+    ) -> Decision:
+        """Atomically: if every enforced limit has room for this request (1 request, ``tokens`` tokens),
+        consume it from all of them and return an allowed decision; otherwise consume nothing and return
+        the first limit that refused (monthly quota before per-minute/day windows, so "out of quota" is
+        never reported as "slow down")."""
+
+    @abc.abstractmethod
+    def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
+        """Correct the reserved tokens to ``event.total_tokens`` (in the same windows that were reserved,
+        if they are still current) and record ``event`` exactly once. Returns False, giving the whole
+        reservation back, if a usage event with the same (team, request id) was already recorded."""
+
+    @abc.abstractmethod
+    def refund(self, *, reservation: Reservation) -> None:
+        """Give back everything ``reservation`` consumed (the request failed before producing output)."""
+
+    @abc.abstractmethod
+    def used(self, *, team_id: int, limits: Sequence[Limit]) -> dict[LimitName, int]:
+        """Current counts of ``limits``' windows, without consuming anything."""
+
+
+# The order in which refusals are reported: out of quota first (retrying soon cannot help), then the
+# window that resets last, so the reported retry_after is the one worth waiting for.
+REFUSAL_ORDER = (
+    LimitName.MONTHLY_TOKENS,
+    LimitName.REQUESTS_PER_DAY,
+    LimitName.REQUESTS_PER_MINUTE,
+    LimitName.TOKENS_PER_MINUTE,
+)
+
+
+def refusal(
+    limits: Sequence[Limit], used: Mapping[LimitName, int], *, tokens: int, now: datetime
+) -> tuple[LimitName | None, int]:
+    """Explain a refusal: which of ``limits`` (with counts ``used``) has no room for one request of
+    ``tokens`` tokens, in ``REFUSAL_ORDER``, and retry_after: seconds until every refusing window has
+    reset. ``(None, 0)`` if all have room. Backends decide atomically; this only names the reason."""
+    refusing = [
+        limit
+        for limit in limits
+        if used.get(limit.name, 0) + limit.cost(tokens=tokens) > limit.effective_capacity
+    ]
+    if not refusing:
+        return None, 0
+    refusing.sort(key=lambda limit: REFUSAL_ORDER.index(limit.name))
+    return refusing[0].name, max(limit.seconds_until_reset(now) for limit in refusing)
