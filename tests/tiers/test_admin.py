@@ -92,7 +92,7 @@ def test_operator_creates_edits_and_archives_a_tier(operator_client):
     assert response.status_code == 302
     tier.refresh_from_db()
     assert tier.is_archived
-    assert "team" not in operator_client.get(reverse("pricing")).content.decode()
+    assert 'data-tier="team"' not in operator_client.get(reverse("pricing")).content.decode()
 
 
 @pytest.mark.django_db

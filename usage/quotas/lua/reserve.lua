@@ -4,7 +4,7 @@
 -- KEYS[1]      the request-id key (tl:q:<team>:rid:<request id>)
 -- KEYS[2..n]   one counter per limit (tl:q:<team>:<limit>:<window start epoch>)
 -- ARGV[1]      TTL of the request-id key, seconds
--- then 4 per counter: cost, capacity, expire-at (unix seconds), must-exist (1: the monthly counter,
+-- then 4 per counter: cost, capacity, TTL (seconds), must-exist (1: the monthly counter,
 --              which the caller initialises from the database when it is missing; 0: starts at 0)
 --
 -- Returns {status, count_1, ..., count_n}: the counts after the decision.
@@ -40,7 +40,7 @@ end
 for i = 2, #KEYS do
     local base = 2 + (i - 2) * 4
     counts[i - 1] = redis.call('INCRBY', KEYS[i], ARGV[base])
-    redis.call('EXPIREAT', KEYS[i], ARGV[base + 2])
+    redis.call('EXPIRE', KEYS[i], ARGV[base + 2])
 end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return {'ok', unpack(counts)}
