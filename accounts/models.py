@@ -117,7 +117,7 @@ class ApiKey(models.Model):
 
     @property
     def status(self) -> str:
-        """"active", "revoked" or "expired"."""
+        """ "active", "revoked" or "expired"."""
         from django.utils import timezone
 
         if self.revoked_at is not None:

@@ -82,7 +82,9 @@ def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> Authen
     """
     if not raw_key.startswith(API_KEY_MARKER) or len(raw_key) < API_KEY_PREFIX_LENGTH + 16:
         return None
-    row = _key_cache.get_or_load(raw_key[:API_KEY_PREFIX_LENGTH], lambda: _load_key_row(raw_key[:API_KEY_PREFIX_LENGTH]))
+    row = _key_cache.get_or_load(
+        raw_key[:API_KEY_PREFIX_LENGTH], lambda: _load_key_row(raw_key[:API_KEY_PREFIX_LENGTH])
+    )
     if row is None or not hmac.compare_digest(api_key_hash(raw_key), row.secret_hash):
         return None
     now = now or timezone.now()

@@ -11,7 +11,7 @@ from accounts.forms import ApiKeyCreateForm
 from accounts.selectors import api_key_list, team_for_user
 
 # The new secret is kept in the session just long enough to show it once after the redirect.
-_NEW_SECRET = "tierlab_new_api_key_secret"
+_NEW_SECRET = "tierlab_new_api_key_secret"  # noqa: S105 (a session key name, not a secret)
 
 
 @login_required
@@ -20,7 +20,10 @@ def keys(request: HttpRequest) -> HttpResponse:
     form = ApiKeyCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         key, secret = services.api_key_create(
-            team=team, name=form.cleaned_data["name"], expires_at=form.cleaned_data["expires_at"], created_by=request.user
+            team=team,
+            name=form.cleaned_data["name"],
+            expires_at=form.cleaned_data["expires_at"],
+            created_by=request.user,
         )
         request.session[_NEW_SECRET] = {"id": key.pk, "secret": secret}
         return redirect("keys")

@@ -210,7 +210,9 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "TierLab account API",
-    "DESCRIPTION": "Your team, tiers, API keys and usage. The model API (/v1, /compat/v1) follows the Llama and OpenAI APIs.",
+    "DESCRIPTION": (
+        "Your team, tiers, API keys and usage. The model API (/v1, /compat/v1) follows the Llama and OpenAI APIs."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI from the drf-spectacular-sidecar package: served as static files, nothing from the internet.

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from config.health import healthz
+from usage.urls_model_api import compat_urlpatterns, native_urlpatterns
 
 admin.site.site_header = "TierLab operations"
 admin.site.site_title = "TierLab admin"
@@ -11,6 +12,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("healthz", healthz, name="healthz"),
+    path("v1/", include(native_urlpatterns)),
+    path("compat/v1/", include(compat_urlpatterns)),
     path("", include("config.api_urls")),
     path("", include("tiers.urls")),
     path("", include("usage.urls")),

@@ -81,7 +81,8 @@ class CeleryProcess:
     killed: bool = False
 
     def log_tail(self, lines: int = 40) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()
         return f"--- {self.name} (pid {self.popen.pid}, exit {self.popen.poll()}), {self.log_path}:\n" + "\n".join(
             text[-lines:]

@@ -44,7 +44,9 @@ class UsageQuerySerializer(serializers.Serializer):
             raise serializers.ValidationError({"start": ["'start' must be before 'end'."]})
         if end - start > MAX_RANGE[attrs["granularity"]]:
             days = MAX_RANGE[attrs["granularity"]].days
-            raise serializers.ValidationError({"start": [f"At most {days} days at {attrs['granularity']} granularity."]})
+            raise serializers.ValidationError(
+                {"start": [f"At most {days} days at {attrs['granularity']} granularity."]}
+            )
         return {"start": start, "end": end, "granularity": attrs["granularity"]}
 
 

@@ -92,8 +92,7 @@ def model_check(*, caller: Caller, model: str) -> None:
         if model not in known_models():
             raise errors.ModelNotFound(f"The model '{model}' does not exist.", param="model")
         raise errors.ModelNotAllowed(
-            f"The model '{model}' is not included in your tier ({caller.entitlements.tier_slug}). "
-            "Upgrade to use it.",
+            f"The model '{model}' is not included in your tier ({caller.entitlements.tier_slug}). Upgrade to use it.",
             param="model",
         )
 

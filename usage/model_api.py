@@ -59,7 +59,14 @@ def model_api_view(*methods: str) -> Callable:
                 return _json_response(exc.body(), status=exc.status, headers=headers)
             except Exception:
                 logger.exception("model API failure")
-                body = {"error": {"message": "Internal error.", "type": "server_error", "code": "internal_error", "param": None}}
+                body = {
+                    "error": {
+                        "message": "Internal error.",
+                        "type": "server_error",
+                        "code": "internal_error",
+                        "param": None,
+                    }
+                }
                 return _json_response(body, status=500)
 
         return wrapper
@@ -233,7 +240,11 @@ def _native_stream(request_id: str, completion, chunks: Iterator[str]) -> Iterat
     yield _sse(
         {
             "id": cid,
-            "event": {"event_type": "complete", "delta": {"type": "text", "text": ""}, "stop_reason": completion.stop_reason},
+            "event": {
+                "event_type": "complete",
+                "delta": {"type": "text", "text": ""},
+                "stop_reason": completion.stop_reason,
+            },
         }
     )
     yield _sse(
@@ -252,7 +263,9 @@ def _compat_stream(request_id: str, model: str, created: int, completion, chunks
     base = {"id": _completion_id(request_id), "object": "chat.completion.chunk", "created": created, "model": model}
 
     def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
+        return _sse(
+            {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+        )
 
     yield chunk({"role": "assistant", "content": ""})
     for text in chunks:
@@ -283,7 +296,11 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     admission = metering.admit(caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now)
     try:
         completion = complete(
-            model=chat.model, messages=chat.messages, max_tokens=chat.max_tokens, temperature=chat.temperature, seed=chat.seed
+            model=chat.model,
+            messages=chat.messages,
+            max_tokens=chat.max_tokens,
+            temperature=chat.temperature,
+            seed=chat.seed,
         )
     except Exception:
         metering.refund(admission=admission)
@@ -296,7 +313,10 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
 
     try:
         metering.settle(
-            admission=admission, prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens, now=now
+            admission=admission,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            now=now,
         )
     except Exception:
         metering.refund(admission=admission)
@@ -306,11 +326,17 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
             admission=admission, tokens_delta=completion.prompt_tokens + completion.completion_tokens - reserve, now=now
         )
     )
-    body = _native_body(request_id, completion) if flavor == NATIVE else _compat_body(request_id, chat.model, created, completion)
+    body = (
+        _native_body(request_id, completion)
+        if flavor == NATIVE
+        else _compat_body(request_id, chat.model, created, completion)
+    )
     return _json_response(body, headers=headers)
 
 
-def _stream_response(request_id, chat, completion, admission, reserve, created, flavor, headers) -> StreamingHttpResponse:
+def _stream_response(
+    request_id, chat, completion, admission, reserve, created, flavor, headers
+) -> StreamingHttpResponse:
     sent = {"tokens": 0}
     pieces = list(iter_chunks(completion))
 
@@ -324,7 +350,9 @@ def _stream_response(request_id, chat, completion, admission, reserve, created, 
             if flavor == NATIVE:
                 yield from _native_stream(request_id, completion, counted_chunks())
             else:
-                yield from _compat_stream(request_id, chat.model, created, completion, counted_chunks(), chat.include_usage)
+                yield from _compat_stream(
+                    request_id, chat.model, created, completion, counted_chunks(), chat.include_usage
+                )
         finally:
             # Settled once the stream ends, or when the client goes away: then only what was generated
             # up to that point is counted (a proportional share of the completion's tokens).
@@ -359,7 +387,11 @@ def _chat_unmetered(request: HttpRequest, *, flavor: str) -> HttpResponse:
                           temperature=chat.temperature, seed=chat.seed)  # fmt: skip
     request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
     created = int(time.time())
-    body = _native_body(request_id, completion) if flavor == NATIVE else _compat_body(request_id, chat.model, created, completion)
+    body = (
+        _native_body(request_id, completion)
+        if flavor == NATIVE
+        else _compat_body(request_id, chat.model, created, completion)
+    )
     return _json_response(body)
 
 
@@ -421,9 +453,7 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
     model = body.get("model") or MODERATION_MODEL
     if not isinstance(model, str):
         raise errors.InvalidRequest("'model' must be a string.", param="model")
-    admission = metering.admit(
-        caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False
-    )
+    admission = metering.admit(caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False)
     texts = [_message_text(m) for m in messages]
     results = moderate(texts)
     metering.settle(admission=admission, prompt_tokens=0, completion_tokens=0, now=now)
@@ -431,7 +461,10 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
         "model": model,
         "results": [{"flagged": r.flagged, "flagged_categories": list(r.flagged_categories)} for r in results],
     }
-    return _json_response(payload, headers={"x-request-id": request_id, **metering.headers_after(admission=admission, tokens_delta=0, now=now)})
+    return _json_response(
+        payload,
+        headers={"x-request-id": request_id, **metering.headers_after(admission=admission, tokens_delta=0, now=now)},
+    )
 
 
 def _message_text(message: dict) -> str:

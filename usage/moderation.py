@@ -195,11 +195,13 @@ _LEXICON: dict[str, tuple[str, ...]] = {
 
 def _compile(fragments: Sequence[str]) -> re.Pattern[str]:
     # (?<!\w) / (?!\w) instead of \b: a phrase may start or end with a non-word character ("rm -rf /").
+    # Matching runs on lower-cased text: re.IGNORECASE would make the scan about five times slower.
     body = "|".join(fragment.replace(" ", r"\s+") for fragment in fragments)
-    return re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+    return re.compile(rf"(?<!\w)(?:{body})(?!\w)")
 
 
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((code, _compile(_LEXICON[code])) for code in CATEGORIES)
+_ANY = _compile([fragment for code in CATEGORIES for fragment in _LEXICON[code]])  # one pass for benign text
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ def moderate(texts: Sequence[str]) -> list[ModerationResult]:
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"moderate() takes strings, not {type(text).__name__}")
-        codes = [code for code, pattern in _PATTERNS if pattern.search(text)]
+        lowered = text.lower()
+        codes = [code for code, pattern in _PATTERNS if pattern.search(lowered)] if _ANY.search(lowered) else []
         results.append(ModerationResult(flagged=bool(codes), flagged_categories=codes))
     return results

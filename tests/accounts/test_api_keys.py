@@ -64,7 +64,7 @@ def test_authenticate_accepts_only_the_exact_live_key(alice):
 @pytest.mark.django_db
 def test_expired_key_is_refused(alice):
     team = team_for_user(user=alice)
-    key, secret = services.api_key_create(team=team, name="k", expires_at=timezone.now() + timedelta(hours=1))
+    _, secret = services.api_key_create(team=team, name="k", expires_at=timezone.now() + timedelta(hours=1))
     assert api_key_authenticate(raw_key=secret) is not None
     assert api_key_authenticate(raw_key=secret, now=timezone.now() + timedelta(hours=2)) is None
 

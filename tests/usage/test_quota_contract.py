@@ -211,9 +211,7 @@ def test_unlimited_limits_never_refuse(backend, team):
 
 
 def test_a_zero_capacity_refuses_everything(backend, team):
-    decision = backend.reserve(
-        team_id=team.id, request_id="r", limits=limits_at(NOW, monthly=0), tokens=1, now=NOW
-    )
+    decision = backend.reserve(team_id=team.id, request_id="r", limits=limits_at(NOW, monthly=0), tokens=1, now=NOW)
     assert decision.denied is MONTHLY
 
 

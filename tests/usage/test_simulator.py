@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from usage import simulator
+from usage import moderation, simulator
 from usage.moderation import CATEGORIES
 from usage.simulator import (
     MAX_COMPLETION_TOKENS,
@@ -181,13 +185,38 @@ def test_same_request_same_answer():
     )
 
 
+def test_answers_do_not_depend_on_the_process_hash_seed():
+    # str hashes are randomised per process; nothing in the simulator may depend on set/hash order.
+    code = (
+        "from usage.simulator import complete; print(complete(model='Llama-3.3-70B-Instruct', "
+        "messages=[{'role': 'user', 'content': 'Compare Redis streams and Kafka topics for events'}], "
+        "max_tokens=None, seed=3).text)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for hash_seed in ("1", "2", "3")
+    }
+    assert len(outputs) == 1
+
+
 def test_different_requests_different_answers():
     messages = _user("How do I shard a Postgres table?")
     base = complete(model=MODELS[0], messages=messages, max_tokens=None).text
     assert complete(model=MODELS[0], messages=_user("What is a Bloom filter?"), max_tokens=None).text != base
     assert complete(model=MODELS[0], messages=messages, max_tokens=None, seed=1).text != base
     assert complete(model=MODELS[1], messages=messages, max_tokens=None).text != base
-    texts = {complete(model=MODELS[0], messages=_user(f"Question {i} about caching"), max_tokens=None).text for i in range(50)}
+    texts = {
+        complete(model=MODELS[0], messages=_user(f"Question {i} about caching"), max_tokens=None).text
+        for i in range(50)
+    }
     assert len(texts) == 50
 
 
@@ -325,6 +354,14 @@ def test_moderation_leaves_benign_text_alone():
     assert len(results) == len(benign)
     assert [r.flagged for r in results] == [False] * len(benign)
     assert all(r.flagged_categories == [] for r in results)
+
+
+def test_lexicon_is_lower_case():
+    # moderate() lower-cases the text instead of matching with re.IGNORECASE (five times faster).
+    for fragments in moderation._LEXICON.values():
+        for fragment in fragments:
+            assert fragment == fragment.lower()
+    assert set(moderation._LEXICON) == set(CATEGORIES)
 
 
 def test_moderation_returns_one_result_per_text_in_order():

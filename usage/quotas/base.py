@@ -182,9 +182,7 @@ def refusal(
     ``tokens`` tokens, in ``REFUSAL_ORDER``, and retry_after: seconds until every refusing window has
     reset. ``(None, 0)`` if all have room. Backends decide atomically; this only names the reason."""
     refusing = [
-        limit
-        for limit in limits
-        if used.get(limit.name, 0) + limit.cost(tokens=tokens) > limit.effective_capacity
+        limit for limit in limits if used.get(limit.name, 0) + limit.cost(tokens=tokens) > limit.effective_capacity
     ]
     if not refusing:
         return None, 0

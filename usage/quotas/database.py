@@ -25,6 +25,7 @@ recorded; refund 1.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,6 +85,13 @@ def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _adapted(vendor: str, value: datetime) -> Any:
+    """The database's form of a window start. The same few windows recur on every request, and
+    Django's conversion (to naive UTC text on SQLite) was a tenth of the hot path's time."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
 def _positive(expression: str) -> str:
     # Portable MAX(0, x): SQLite spells it MAX, PostgreSQL GREATEST.
     return f"CASE WHEN {expression} > 0 THEN {expression} ELSE 0 END"
@@ -104,12 +112,10 @@ def _sql() -> dict[str, str]:
     period_tokens = _current("period_tokens", "period_start", "period")
 
     def reserve(with_period: bool) -> str:
-        period_set = (
-            f", period_tokens = {period_tokens} + %(tokens)s, period_start = %(period)s" if with_period else ""
-        )
+        period_set = f", period_tokens = {period_tokens} + %(tokens)s, period_start = %(period)s" if with_period else ""
         period_check = f" AND {period_tokens} + %(tokens)s <= %(monthly_tokens)s" if with_period else ""
         return (
-            f"UPDATE {quota} SET"
+            f"UPDATE {quota} SET"  # noqa: S608 - identifiers from _meta, values as parameters
             f" minute_requests = {minute_requests} + 1,"
             f" minute_tokens = {minute_tokens} + %(tokens)s,"
             " minute_start = %(minute)s,"
@@ -138,7 +144,7 @@ def _sql() -> dict[str, str]:
         # Why a reserve changed nothing: is the request id recorded, does the row exist, the counts.
         # The LEFT JOIN from a one-row table answers all three in one statement.
         "explain": (
-            f"SELECT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_id = %(request_id)s),"
+            f"SELECT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_id = %(request_id)s),"  # noqa: S608 - identifiers from _meta, values as parameters
             f" q.team_id, {_current('q.minute_requests', 'q.minute_start', 'minute')},"
             f" {_current('q.minute_tokens', 'q.minute_start', 'minute')},"
             f" {_current('q.day_requests', 'q.day_start', 'day')},"
@@ -146,11 +152,11 @@ def _sql() -> dict[str, str]:
             f" FROM (SELECT 1 AS one) AS d LEFT JOIN {quota} AS q ON q.team_id = %(team)s"
         ),
         "used": (
-            f"SELECT {minute_requests}, {minute_tokens}, {day_requests}, {period_tokens}"
+            f"SELECT {minute_requests}, {minute_tokens}, {day_requests}, {period_tokens}"  # noqa: S608 - identifiers from _meta, values as parameters
             f" FROM {quota} WHERE team_id = %(team)s"
         ),
         "adjust": (
-            f"UPDATE {quota} SET"
+            f"UPDATE {quota} SET"  # noqa: S608 - identifiers from _meta, values as parameters
             f" {adjust('minute_requests', 'minute_start', 'minute', 'requests')},"
             f" {adjust('minute_tokens', 'minute_start', 'minute', 'tokens')},"
             f" {adjust('day_requests', 'day_start', 'day', 'requests')},"
@@ -179,11 +185,11 @@ class DatabaseQuotaBackend(QuotaBackend):
 
     @staticmethod
     def _window_params(windows: _Windows) -> dict[str, Any]:
-        adapt = connection.ops.adapt_datetimefield_value
+        vendor = connection.vendor
         return {
-            "minute": adapt(windows.minute),
-            "day": adapt(windows.day),
-            "period": adapt(windows.period) if windows.period is not None else None,
+            "minute": _adapted(vendor, windows.minute),
+            "day": _adapted(vendor, windows.day),
+            "period": _adapted(vendor, windows.period) if windows.period is not None else None,
         }
 
     @staticmethod

@@ -177,9 +177,7 @@ class RedisQuotaBackend(QuotaBackend):
         # Duplicates are refused at reserve by the request-id key, so every settle records its event
         # (a repeat older than the key's TTL is dropped by the unique constraint when drained).
         token_keys = [
-            self._counter_key(reservation.team_id, limit)
-            for limit in reservation.limits
-            if limit.name.unit == "tokens"
+            self._counter_key(reservation.team_id, limit) for limit in reservation.limits if limit.name.unit == "tokens"
         ]
         self._settle(
             keys=[self.stream, *token_keys],
