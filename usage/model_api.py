@@ -24,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from tiers.selectors import language_model_list_active
 from usage import errors, metering
-from usage.simulator import complete, count_message_tokens, iter_chunks, moderate
+from usage.simulator import MAX_COMPLETION_TOKENS, complete, count_message_tokens, iter_chunks, moderate
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ NATIVE = "llama"
 COMPAT = "openai"
 ROLES = {"system", "user", "assistant", "tool"}
 MODERATION_MODEL = "Llama-Guard-4-12B"
-# The simulated model never writes more than this; reserving more would only block other requests.
-MAX_COMPLETION_TOKENS = 512
 
 
 def _json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
@@ -292,6 +290,8 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
     chat = _chat_request(_body(request), flavor=flavor)
     prompt_tokens = count_message_tokens(chat.messages)
+    # The simulated model never writes more than MAX_COMPLETION_TOKENS: reserving more would only block
+    # other requests of the team.
     reserve = prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
     admission = metering.admit(caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now)
     try:

@@ -450,6 +450,7 @@ def test_drain_stores_every_event_exactly_once(redis_quota, team):
 
     assert redis_quota.drain_usage_stream(batch_size=2) == 5
     assert redis_quota.drain_usage_stream(batch_size=2) == 0
+    assert redis_quota.drain_usage_stream(block_ms=50) == 0  # waits for new events, then gives up
     assert records_of(team) == (5, 50)
     assert redis_quota.client.xlen(redis_quota.stream) == 0
 
