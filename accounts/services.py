@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Team, User
@@ -128,3 +128,11 @@ def api_key_revoke(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
         key.revoked_at = now or timezone.now()
         key.save(update_fields=["revoked_at"])
     return key
+
+
+def api_key_mark_used(*, used_at: dict[int, datetime]) -> None:
+    """Move each key's ``last_used_at`` forward to the given time (never back)."""
+    for key_id, when in used_at.items():
+        ApiKey.objects.filter(pk=key_id).filter(
+            models.Q(last_used_at__isnull=True) | models.Q(last_used_at__lt=when)
+        ).update(last_used_at=when)

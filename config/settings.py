@@ -248,6 +248,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Synced into django-celery-beat's tables when beat starts; operators may then edit it in the admin.
 CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "usage.tasks.heartbeat_record", "schedule": 30.0},
+    # Redis quota backend only (a no-op otherwise): usage events from the stream into UsageRecord.
+    "usage-stream-drain": {"task": "usage.tasks.usage_stream_drain", "schedule": 2.0},
 }
 
 # --- TierLab ----------------------------------------------------------------------------------------

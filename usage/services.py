@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
 from django.db.models import F
 from django.utils import timezone
 
+from accounts import services as account_services
 from usage.models import Heartbeat, UsageRecord
 from usage.quotas.base import UsageEvent
 
@@ -51,7 +53,30 @@ def usage_records_create(*, events: Sequence[UsageEvent]) -> int:
         team_id__in=team_ids, request_id__in={request_id for _, request_id in keys}
     ).count()
     UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+    _api_keys_mark_used(events)
     after = UsageRecord.objects.filter(
         team_id__in=team_ids, request_id__in={request_id for _, request_id in keys}
     ).count()
     return after - before
+
+
+# Each process moves a key's last-used time at most once a minute, so the database backend does not
+# add an UPDATE to every request; the time shown is at most that stale.
+_KEY_MARK_INTERVAL_SECONDS = 60.0
+_key_marked_at: dict[int, float] = {}
+
+
+def _api_keys_mark_used(events: Sequence[UsageEvent]) -> None:
+    now = time.monotonic()
+    due: dict[int, datetime] = {}
+    for event in events:
+        if event.api_key_id is None:
+            continue
+        if now - _key_marked_at.get(event.api_key_id, float("-inf")) < _KEY_MARK_INTERVAL_SECONDS:
+            continue
+        if event.api_key_id not in due or due[event.api_key_id] < event.created_at:
+            due[event.api_key_id] = event.created_at
+    if due:
+        account_services.api_key_mark_used(used_at=due)
+        for key_id in due:
+            _key_marked_at[key_id] = now

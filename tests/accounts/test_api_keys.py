@@ -183,3 +183,21 @@ def test_create_api_key_command_bad_input_is_a_clear_error_and_changes_nothing(c
     with pytest.raises(CommandError, match="does not exist"):
         call_command("create_api_key", "--email", "new@example.com", "--name", "x", "--tier", "platinum")
     assert not User.objects.exists() and not ApiKey.objects.exists()
+
+
+@pytest.mark.django_db
+def test_last_used_time_moves_forward_when_the_key_is_used(alice, client):
+    from usage import services as usage_services
+
+    usage_services._key_marked_at.clear()
+    key, secret = services.api_key_create(team=team_for_user(user=alice), name="k")
+    assert key.last_used_at is None
+    response = client.post(
+        "/v1/chat/completions",
+        {"model": "Llama-3.3-8B-Instruct", "messages": [{"role": "user", "content": "hi"}]},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 200
+    key.refresh_from_db()
+    assert key.last_used_at is not None and abs((timezone.now() - key.last_used_at).total_seconds()) < 30
