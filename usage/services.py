@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -33,6 +34,8 @@ def usage_records_create(*, events: Sequence[UsageEvent]) -> int:
     """
     if not events:
         return 0
+    if len(events) == 1:
+        return _usage_record_insert_one(events[0])
     rows = [
         UsageRecord(
             request_id=e.request_id,
@@ -58,6 +61,34 @@ def usage_records_create(*, events: Sequence[UsageEvent]) -> int:
         team_id__in=team_ids, request_id__in={request_id for _, request_id in keys}
     ).count()
     return after - before
+
+
+def _usage_record_insert_one(event: UsageEvent) -> int:
+    """The request path's insert: one statement, exact under concurrency (INSERT ... ON CONFLICT DO
+    NOTHING RETURNING works on SQLite >= 3.35 and PostgreSQL), instead of the ORM's count-insert-count."""
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {qn(UsageRecord._meta.db_table)} (request_id, team_id, api_key_id, model,"  # noqa: S608
+            " prompt_tokens, completion_tokens, total_tokens, partner_id, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (team_id, request_id) DO NOTHING RETURNING id",
+            [
+                event.request_id,
+                event.team_id,
+                event.api_key_id,
+                event.model,
+                event.prompt_tokens,
+                event.completion_tokens,
+                event.total_tokens,
+                event.partner_id,
+                connection.ops.adapt_datetimefield_value(event.created_at),
+            ],
+        )
+        created = cursor.fetchone() is not None
+    if created:
+        _api_keys_mark_used([event])
+    return int(created)
 
 
 # Each process moves a key's last-used time at most once a minute, so the database backend does not
