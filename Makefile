@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration test-e2e lint format setup clean
+.PHONY: run test lint format setup clean
 
 # (Re)install only when requirements.txt changes; a second `make run` starts in seconds.
 $(STAMP): requirements.txt

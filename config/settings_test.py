@@ -26,3 +26,6 @@ DEBUG = False
 LOGGING["root"]["level"] = "WARNING"
 # WhiteNoise warns when STATIC_ROOT is missing; tests serve static files through the finders.
 (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
+# No persistent connections in tests: live-server threads must not hold connections that keep
+# PostgreSQL from dropping the test database at the end.
+DATABASES["default"]["CONN_MAX_AGE"] = 0

@@ -1,0 +1,176 @@
+"""Django-side helpers of bench/api_overhead.py, run in a subprocess with the project's virtualenv:
+
+    .venv/bin/python -m bench._django_tasks setup  --spec '{"run_id": ..., "keys": [...]}'
+    .venv/bin/python -m bench._django_tasks drain
+    .venv/bin/python -m bench._django_tasks drain-loop --interval 2
+    .venv/bin/python -m bench._django_tasks verify --spec '{"keys": [...], "redis_url": ...}'
+
+The environment (DATABASE_URL, REDIS_URL, TIERLAB_QUOTA_BACKEND, ...) comes from the caller. Each
+command prints one JSON object alone on its last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import sys
+import time
+
+BENCH_TIER = "bench-high-limits"
+# Every limit applies and is enforced (a hard monthly cap), so the metered path does all its work
+# (four counters, four pairs of headers), but none can refuse during a run: PositiveIntegerField's
+# ceiling for the per-minute/day limits, 10^15 tokens a month.
+BENCH_TIER_LIMITS = {
+    "requests_per_minute": 2_000_000_000,
+    "tokens_per_minute": 2_000_000_000,
+    "requests_per_day": 2_000_000_000,
+    "monthly_tokens": 10**15,
+}
+
+
+def _django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def _emit(payload: dict) -> None:
+    sys.stdout.write("\n" + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def setup(spec: dict) -> dict:
+    """Migrate, seed the catalog, make sure the bench tier exists, and create one user + personal team
+    + API key per requested label with ``create_api_key`` (so counts per key are separable)."""
+    _django()
+    from django.core.management import call_command
+
+    from accounts.models import ApiKey
+    from accounts.services import API_KEY_PREFIX_LENGTH
+    from tiers.models import LanguageModel, Tier
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("seed_tiers", stdout=io.StringIO())
+    tier = Tier.objects.filter(slug=BENCH_TIER).first()
+    if tier is None:
+        tier = Tier(
+            slug=BENCH_TIER,
+            name="Bench (high limits)",
+            description="bench/api_overhead.py: every limit enforced, none reachable in a run.",
+            sort_order=900,
+            is_paid=False,
+            price_cents=0,
+            is_public=False,
+            overage_policy="block",
+            **BENCH_TIER_LIMITS,
+        )
+        tier.full_clean()
+        tier.save()
+        tier.allowed_models.set(LanguageModel.objects.filter(is_active=True))
+    keys = {}
+    for label in spec["keys"]:
+        out = io.StringIO()
+        call_command(
+            "create_api_key",
+            email=f"bench-{spec['run_id']}-{label}@bench.tierlab.localhost",
+            name=f"bench {label}",
+            tier=BENCH_TIER,
+            stdout=out,
+            stderr=io.StringIO(),
+        )
+        secret = out.getvalue().strip().splitlines()[-1].strip()
+        key = ApiKey.objects.get(prefix=secret[:API_KEY_PREFIX_LENGTH])
+        keys[label] = {"secret": secret, "key_id": key.id, "team_id": key.team_id}
+    return {"keys": keys, "models": sorted(tier.allowed_models.values_list("model_id", flat=True))}
+
+
+def drain() -> dict:
+    """The Celery task's body, run in-process: the Redis stream into UsageRecord."""
+    _django()
+    from usage.tasks import usage_stream_drain
+
+    started = time.monotonic()
+    written = 0
+    while True:  # the task returns when caught up; one more pass proves it
+        batch = usage_stream_drain()
+        written += batch
+        if batch == 0:
+            break
+    return {"written": written, "seconds": round(time.monotonic() - started, 3)}
+
+
+def drain_loop(interval: float) -> dict:
+    """What beat + a worker do in production: drain every ``interval`` seconds, until SIGTERM."""
+    _django()
+    from usage.tasks import usage_stream_drain
+
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    written = passes = 0
+    while not stop["now"]:
+        written += usage_stream_drain()
+        passes += 1
+        deadline = time.monotonic() + interval
+        while not stop["now"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return {"written": written, "passes": passes}
+
+
+def verify(spec: dict) -> dict:
+    """Per key: usage records (count, tokens) and the quota backend's counters of today's window
+    (requests per day = requests admitted today) from the backend that metered it."""
+    _django()
+    from django.db.models import Count, Sum
+    from django.utils import timezone
+
+    from tiers.selectors import entitlements_for_team
+    from usage import metering
+    from usage.models import UsageRecord
+    from usage.quotas.base import LimitName
+    from usage.quotas.database import DatabaseQuotaBackend
+    from usage.quotas.redis import RedisQuotaBackend
+
+    backends = {"database": DatabaseQuotaBackend(), "redis": RedisQuotaBackend(url=spec["redis_url"])}
+    now = timezone.now()
+    result = {}
+    for label, info in spec["keys"].items():
+        rows = UsageRecord.objects.filter(api_key_id=info["key_id"]).aggregate(
+            n=Count("id"), tokens=Sum("total_tokens")
+        )
+        entry = {"records": rows["n"], "record_tokens": int(rows["tokens"] or 0)}
+        backend_name = info.get("backend")
+        if backend_name:
+            entitlements = entitlements_for_team(team_id=info["team_id"])
+            limits = metering.limits_for(entitlements=entitlements, now=now)
+            used = backends[backend_name].used(team_id=info["team_id"], limits=limits)
+            entry["counter_requests_today"] = used.get(LimitName.REQUESTS_PER_DAY)
+            entry["counter_tokens_period"] = used.get(LimitName.MONTHLY_TOKENS)
+        result[label] = entry
+    backends["redis"].close()
+    return {"keys": result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["setup", "drain", "drain-loop", "verify"])
+    parser.add_argument("--spec", default="{}")
+    parser.add_argument("--interval", type=float, default=2.0)
+    args = parser.parse_args()
+    spec = json.loads(args.spec)
+    if args.command == "setup":
+        _emit(setup(spec))
+    elif args.command == "drain":
+        _emit(drain())
+    elif args.command == "drain-loop":
+        _emit(drain_loop(args.interval))
+    else:
+        _emit(verify(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,886 @@
+#!/usr/bin/env python3
+"""What metering costs on the model API (DESIGN.md, "Request path of the model API").
+
+Serves the same app under the same WSGI server (gunicorn, sync workers) and drives it from a
+loopback load generator (wrk, from Debian) in one run, alternating three configurations:
+
+  a  POST /v1/chat/completions with accounting switched off (TIERLAB_METERING=0): the same parsing
+     and simulated model, no key check, no quota, no usage record. The baseline.
+  b  the full metered path with the Redis quota backend (usage events go to a Redis stream, drained
+     into UsageRecord off the request path).
+  c  the full metered path with the database quota backend (SQLite by default, or --database-url).
+
+For each it prints requests/s, p50 and p99, and the ratios b/a and c/a, computed within each round
+(the rounds rotate the order of the three) and as the median over rounds. Goals on a 2-core machine:
+b/a >= 0.60 with no SQL write on the request path, c/a >= 0.25. When a goal is missed (or with
+--profile) a cProfile run inside the gunicorn workers says where the time goes.
+
+It also checks correctness: per run, usage records == 200 responses the server sent == the quota
+backend's request counter (after draining the Redis stream, as the Celery task does), and records'
+tokens == the token counter; wrk's own 2xx count may be lower by the requests it abandoned in flight
+when its time ran out (at most one per connection).
+
+Self-contained and self-stopping: a temporary data dir with its own SQLite database, its own
+redis-server on a free loopback port (no persistence), one gunicorn per run; everything binds
+127.0.0.1, every step has a timeout, and every child is killed on exit.
+
+    .venv/bin/python bench/api_overhead.py            # 3 rounds x 10 s per configuration
+    .venv/bin/python bench/api_overhead.py --quick    # 1 round x 3 s: a smoke run
+    .venv/bin/python bench/api_overhead.py --database-url postgres://u:p@127.0.0.1/tierlab_bench
+
+Needs wrk (`apt-get install -y wrk`) and redis-server. Exit status: 0 when the benchmark ran (goals
+met or not; --fail-on-miss makes a missed goal or a failed check exit 1), 2 when wrk or redis-server
+is missing, 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import http.client
+import json
+import os
+import platform
+import pstats
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+PYTHON = VENV_BIN / "python"
+GUNICORN = VENV_BIN / "gunicorn"
+ENDPOINT = "/v1/chat/completions"
+MODEL = "Llama-3.3-8B-Instruct"  # in every tier, so the bench tier's entitlements are ordinary
+REQUEST_BODY = {
+    "model": MODEL,
+    "messages": [
+        {"role": "system", "content": "You are a concise assistant for developers."},
+        {
+            "role": "user",
+            "content": "How does a fixed-window rate limiter differ from a token bucket, and when is each the "
+            "better choice for a metered API?",
+        },
+    ],
+    "max_completion_tokens": 64,
+}
+GOALS = {"b": 0.60, "c": 0.25}
+
+
+@dataclass(frozen=True)
+class Config:
+    code: str
+    title: str
+    metering: bool
+    backend: str  # quota backend (irrelevant when metering is off)
+
+
+CONFIGS = (
+    Config("a", "baseline: metering off", False, "redis"),
+    Config("b", "metered, Redis backend", True, "redis"),
+    Config("c", "metered, database backend", True, "database"),
+)
+
+
+@dataclass
+class RunResult:
+    config: Config
+    round: int
+    label: str  # the API key's label, e.g. "b2"
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    server_responses: dict[int, int] = field(default_factory=dict)  # status -> count, this run's key
+    sql: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU during the measured window
+    drain: dict | None = None
+
+    @property
+    def wrk_2xx(self) -> int:
+        return self.requests - self.non_2xx
+
+
+# --- children: started in their own process groups, all killed on exit ----------------------------------
+_children: list[subprocess.Popen] = []
+
+
+def _spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    _children.append(proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen, *, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Ask ``proc`` to stop (``sig`` to it alone, so gunicorn stops its workers in order), then kill
+    its process group if it is still there after ``grace`` seconds."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (gunicorn workers)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def _stop_all() -> None:
+    for proc in list(_children):
+        _stop(proc, grace=3.0)
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+# --- small helpers -----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def _last_json(output: str) -> dict:
+    for line in reversed(output.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no JSON in output:\n{output[-2000:]}")
+
+
+def _run_django(command: str, env: dict, *, spec: dict | None = None, timeout: float = 300) -> dict:
+    cmd = [str(PYTHON), "-m", "bench._django_tasks", command]
+    if spec is not None:
+        cmd += ["--spec", json.dumps(spec)]
+    proc = _spawn(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc, grace=1)
+        raise RuntimeError(f"bench._django_tasks {command} took more than {timeout} s") from None
+    finally:
+        if proc in _children:
+            _children.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench._django_tasks {command} failed ({proc.returncode}):\n{err[-4000:]}")
+    return _last_json(out)
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _fmt_ms(value: float) -> str:
+    return f"{value:6.2f} ms"
+
+
+# --- redis ----------------------------------------------------------------------------------------------------
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp),
+        "--maxmemory-policy",
+        "noeviction",
+        "--loglevel",
+        "warning",
+        "--logfile",
+        str(tmp / "redis.log"),
+        "--daemonize",
+        "no",
+    ]
+    proc = _spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited ({proc.returncode}); see {tmp / 'redis.log'}")
+        if _redis_ping(port):
+            return proc, port
+        time.sleep(0.05)
+    raise RuntimeError("redis-server did not answer PING within 15 s")
+
+
+# --- gunicorn ---------------------------------------------------------------------------------------------
+def _post_ok(port: int, secret: str, timeout: float = 5.0) -> int | None:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.request(
+            "POST",
+            ENDPOINT,
+            body=json.dumps(REQUEST_BODY),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {secret}"},
+        )
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return response.status
+    except OSError:
+        return None
+
+
+def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    cmd = [
+        str(GUNICORN),
+        app,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "sync",
+        "-c",
+        str(ROOT / "bench" / "gunicorn_hooks.py"),
+        "--graceful-timeout",
+        "10",
+        "--timeout",
+        "60",
+        "--log-level",
+        "warning",
+        "--error-logfile",
+        str(log),
+    ]
+    proc = _spawn(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    status = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited ({proc.returncode}):\n{_tail(log)}")
+        status = _post_ok(port, probe_secret)
+        if status == 200:
+            # Both workers must be up: gunicorn answers as soon as the first one is.
+            if len(_children_of(proc.pid)) >= workers:
+                return proc, port
+        elif status is not None:
+            raise RuntimeError(f"gunicorn answered {status} to the probe request:\n{_tail(log)}")
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn not ready within 60 s (last status {status}):\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def read_worker_stats(folder: Path) -> tuple[dict[str, int], dict[str, int], list[Path]]:
+    responses: dict[str, int] = {}
+    sql: dict[str, int] = {}
+    profiles = []
+    for path in sorted(folder.glob("worker-*.json")):
+        data = json.loads(path.read_text())
+        for key, count in data.get("responses", {}).items():
+            responses[key] = responses.get(key, 0) + count
+        for kind, count in data.get("sql", {}).items():
+            sql[kind] = sql.get(kind, 0) + count
+        if data.get("profile"):
+            profiles.append(Path(data["profile"]["path"]))
+    return responses, sql, profiles
+
+
+# --- wrk ----------------------------------------------------------------------------------------------------
+LUA_TEMPLATE = """-- written by bench/api_overhead.py
+wrk.method = "POST"
+wrk.body = [==[{body}]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {secret}"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {{"requests":%d,"duration_us":%d,"status":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def write_lua(tmp: Path, label: str, secret: str) -> Path:
+    path = tmp / f"post-{label}.lua"
+    path.write_text(LUA_TEMPLATE.format(body=json.dumps(REQUEST_BODY, separators=(",", ":")), secret=secret))
+    return path
+
+
+_LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _parse_wrk_text(out: str) -> dict:
+    """Fallback for wrk's human output (--latency): Requests/sec, 50%/99%, Non-2xx."""
+
+    def latency(pct: str) -> float:
+        match = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(match.group(1)) * _LATENCY_UNITS[match.group(2)] if match else float("nan")
+
+    requests = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return {
+        "requests": int(requests.group(1)) if requests else 0,
+        "status": int(non2xx.group(1)) if non2xx else 0,
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "socket_errors": 0,
+    }
+
+
+def run_wrk(url: str, lua: Path, *, seconds: float, connections: int, threads: int) -> dict:
+    cmd = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds:g}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+        url,
+    ]
+    proc = _spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        _stop(proc, grace=1)
+        raise RuntimeError("wrk did not finish in time") from None
+    finally:
+        if proc in _children:
+            _children.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {err.strip()}\n{out}")
+    match = re.search(r"^BENCH_JSON (\{.*\})$", out, re.M)
+    if not match:
+        return _parse_wrk_text(out)
+    data = json.loads(match.group(1))
+    return {
+        "requests": data["requests"],
+        "status": data["status"],
+        "rps": data["requests"] / (data["duration_us"] / 1e6),
+        "p50_ms": data["p50_us"] / 1000,
+        "p99_ms": data["p99_us"] / 1000,
+        "socket_errors": data["connect"] + data["read"] + data["write"] + data["timeout"],
+    }
+
+
+# --- the benchmark ------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.keys: dict[str, dict] = {}
+        self.redis_proc: subprocess.Popen | None = None
+        self.redis_port = 0
+        self.database_url = args.database_url or f"sqlite:///{tmp / 'bench.sqlite3'}"
+        self.db_vendor = "postgresql" if self.database_url.startswith(("postgres", "pgsql")) else "sqlite"
+
+    def env(self, config: Config | None = None, **extra: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERLAB_", "CELERY_", "BENCH_"))}
+        env.update(
+            DJANGO_SETTINGS_MODULE="config.settings",
+            DEBUG="0",
+            LOG_LEVEL="WARNING",
+            DATABASE_URL=self.database_url,
+            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            CELERY_BROKER_DIR=str(self.tmp / "celery"),
+            CACHE_URL="locmemcache://",
+            TIERLAB_PRODUCTION="0",
+            TIERLAB_METERING="1" if config is None or config.metering else "0",
+            TIERLAB_QUOTA_BACKEND=config.backend if config else "redis",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def setup(self) -> None:
+        self.redis_proc, self.redis_port = start_redis(self.tmp)
+        labels = ["warm", "pa", "pb", "pc"] + [f"{c.code}{r}" for r in range(1, self.args.rounds + 1) for c in CONFIGS]
+        run_id = f"{int(time.time())}-{os.getpid()}"
+        result = _run_django("setup", self.env(), spec={"run_id": run_id, "keys": labels}, timeout=600)
+        self.keys = result["keys"]
+        for label, info in self.keys.items():
+            info["lua"] = write_lua(self.tmp, label, info["secret"])
+
+    def _serve(self, config: Config, name: str, *, profile: bool = False):
+        stats_dir = self.tmp / "stats" / name
+        env = self.env(config, BENCH_STATS_DIR=str(stats_dir), BENCH_PROFILE="1" if profile else "0")
+        app = "bench.profiled_wsgi:application" if profile else "config.wsgi:application"
+        proc, port = start_gunicorn(
+            env,
+            app=app,
+            workers=self.args.workers,
+            log=self.tmp / f"gunicorn-{name}.log",
+            probe_secret=self.keys["warm"]["secret"],
+        )
+        return proc, port, stats_dir
+
+    def measure(self, config: Config, round_no: int) -> RunResult:
+        args = self.args
+        label = f"{config.code}{round_no}"
+        proc, port, stats_dir = self._serve(config, label)
+        drainer = None
+        try:
+            url = f"http://127.0.0.1:{port}{ENDPOINT}"
+            if args.warmup > 0:
+                run_wrk(
+                    url,
+                    self.keys["warm"]["lua"],
+                    seconds=args.warmup,
+                    connections=args.connections,
+                    threads=args.threads,
+                )
+            if args.drain_during and config.code == "b":
+                drainer = _spawn(
+                    [str(PYTHON), "-m", "bench._django_tasks", "drain-loop", "--interval", "2"],
+                    cwd=ROOT,
+                    env=self.env(config),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                time.sleep(2.0)  # let it import Django before the measured window
+            pids = {"workers": _children_of(proc.pid), "redis": [self.redis_proc.pid]}
+            if drainer is not None:
+                pids["drainer"] = [drainer.pid]
+            before = {k: sum(_cpu_ticks(p) for p in v) for k, v in pids.items()}
+            before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            result = run_wrk(
+                url, self.keys[label]["lua"], seconds=args.duration, connections=args.connections, threads=args.threads
+            )
+            after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            hz = os.sysconf("SC_CLK_TCK")
+            cpu = {k: (sum(_cpu_ticks(p) for p in v) - before[k]) / hz for k, v in pids.items()}
+            cpu["wrk"] = (after_children.ru_utime + after_children.ru_stime) - (
+                before_children.ru_utime + before_children.ru_stime
+            )
+            drain = None
+            if drainer is not None:
+                _stop(drainer, grace=30)
+                out = drainer.stdout.read() if drainer.stdout else ""
+                with contextlib.suppress(RuntimeError):
+                    drain = _last_json(out)
+                drainer = None
+        finally:
+            if drainer is not None:
+                _stop(drainer, grace=5)
+            _stop(proc, grace=20)
+        responses, sql, _ = read_worker_stats(stats_dir)
+        suffix = self.keys[label]["secret"][-8:]
+        server = {}
+        for key, count in responses.items():
+            key_suffix, status = key.rsplit(" ", 1)
+            if key_suffix == suffix:
+                server[int(status)] = server.get(int(status), 0) + count
+        run = RunResult(
+            config=config,
+            round=round_no,
+            label=label,
+            rps=result["rps"],
+            p50_ms=result["p50_ms"],
+            p99_ms=result["p99_ms"],
+            requests=result["requests"],
+            non_2xx=result["status"],
+            socket_errors=result["socket_errors"],
+            server_responses=server,
+            sql=sql,
+            cpu=cpu,
+            drain=drain,
+        )
+        if config.backend == "redis" and config.metering:
+            # What the Celery task does in production, off the request path (untimed here).
+            run.drain = {**(run.drain or {}), "after": _run_django("drain", self.env(config), timeout=600)}
+        return run
+
+    def profile(self, config: Config) -> dict:
+        """A short run with cProfile inside both workers; returns the merged stats' summary."""
+        label = f"p{config.code}"
+        proc, port, stats_dir = self._serve(config, f"profile-{config.code}", profile=True)
+        try:
+            url = f"http://127.0.0.1:{port}{ENDPOINT}"
+            run_wrk(
+                url, self.keys["warm"]["lua"], seconds=1, connections=self.args.connections, threads=self.args.threads
+            )
+            result = run_wrk(
+                url,
+                self.keys[label]["lua"],
+                seconds=self.args.profile_seconds,
+                connections=self.args.connections,
+                threads=self.args.threads,
+            )
+        finally:
+            _stop(proc, grace=20)
+        if config.backend == "redis" and config.metering:
+            _run_django("drain", self.env(config), timeout=600)
+        _, sql, profiles = read_worker_stats(stats_dir)
+        if not profiles:
+            raise RuntimeError(f"no profile written for {config.code}: see {self.tmp}/gunicorn-profile-*.log")
+        stats = pstats.Stats(*[str(p) for p in profiles])
+        requests = sum(json.loads(p.with_suffix(".json").read_text())["profile"]["requests"] for p in profiles)
+        return {"stats": stats, "requests": requests, "rps": result["rps"], "sql": sql}
+
+    def verify(self, runs: list[RunResult]) -> dict:
+        spec_keys = {}
+        for run in runs:
+            info = self.keys[run.label]
+            spec_keys[run.label] = {
+                "key_id": info["key_id"],
+                "team_id": info["team_id"],
+                "backend": run.config.backend if run.config.metering else None,
+            }
+        spec = {"keys": spec_keys, "redis_url": f"redis://127.0.0.1:{self.redis_port}/0"}
+        return _run_django("verify", self.env(), spec=spec, timeout=600)["keys"]
+
+
+# --- reporting ----------------------------------------------------------------------------------------------
+BREAKDOWN = (
+    # (label, path fragment, function name)
+    ("whole request in Django (WSGIHandler)", "django/core/handlers/wsgi.py", "__call__"),
+    ("  the view (model_api.native_chat_completions)", "usage/model_api.py", "native_chat_completions"),
+    ("    key check: metering.caller_authenticate", "usage/metering.py", "caller_authenticate"),
+    ("    parsing: model_api._chat_request", "usage/model_api.py", "_chat_request"),
+    ("    quota check: metering.admit", "usage/metering.py", "admit"),
+    ("      backend.reserve (redis)", "usage/quotas/redis.py", "reserve"),
+    ("      backend.reserve (database)", "usage/quotas/database.py", "reserve"),
+    ("    simulated model: simulator.complete", "usage/simulator.py", "complete"),
+    ("    settle + usage event/record: metering.settle", "usage/metering.py", "settle"),
+    ("      backend.settle (redis)", "usage/quotas/redis.py", "settle"),
+    ("      backend.settle (database)", "usage/quotas/database.py", "settle"),
+    ("        usage_records_create (COUNT, INSERT, COUNT)", "usage/services.py", "usage_records_create"),
+    ("    rate-limit headers: metering.headers_after", "usage/metering.py", "headers_after"),
+    ("    JSON body: model_api._json_response", "usage/model_api.py", "_json_response"),
+    ("  redis-py Script calls (EVALSHA round trips)", "redis/commands/core.py", "__call__"),
+    ("  SQL: CursorWrapper.execute (all statements)", "django/db/backends/utils.py", "execute"),
+    ("  SQLite/PG connect (new connection per request?)", "django/db/backends/base/base.py", "connect"),
+    ("  transaction.atomic exit (COMMIT)", "django/db/transaction.py", "__exit__"),
+    ("  response close: request_finished (closes DB)", "django/http/response.py", "close"),
+)
+
+
+def _cumulative(stats: pstats.Stats, fragment: str, name: str) -> float:
+    total = 0.0
+    for (filename, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        if func == name and filename.replace("\\", "/").endswith(fragment):
+            total += ct
+    return total
+
+
+def print_profile(config: Config, data: dict, baseline: dict | None) -> None:
+    stats: pstats.Stats = data["stats"]
+    n = max(1, data["requests"])
+    in_app_us = stats.total_tt / n * 1e6
+    _say(
+        f"\nProfile of ({config.code}) {config.title}: {data['requests']} requests under cProfile "
+        f"({data['rps']:.0f} req/s with the profiler on); microseconds per request, cumulative"
+    )
+    _say(
+        f"  in-app time per request: {in_app_us:7.0f} us"
+        + (
+            f"   (baseline a: {baseline['stats'].total_tt / max(1, baseline['requests']) * 1e6:.0f} us)"
+            if baseline
+            else ""
+        )
+    )
+    for label, fragment, name in BREAKDOWN:
+        value = _cumulative(stats, fragment, name) / n * 1e6
+        if value >= 0.5:
+            _say(f"  {label:<52} {value:7.0f} us  {value / in_app_us * 100:5.1f}%")
+    _say("  top functions by own time (tottime), us per request:")
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:15]
+    for (filename, line, func), (_cc, nc, tt, ct, _callers) in rows:
+        short = filename.replace(str(ROOT) + "/", "")
+        short = re.sub(r"^.*/site-packages/", "", short)
+        short = re.sub(r"^.*/lib/python3\.\d+/", "stdlib/", short)
+        _say(f"    {tt / n * 1e6:7.1f} us own  {ct / n * 1e6:7.1f} us cum  {nc / n:5.1f} calls  {short}:{line}:{func}")
+    sql = data["sql"]
+    if sql:
+        _say(
+            f"  SQL per request in this run: reads {sql.get('read', 0) / n:.2f}, writes {sql.get('write', 0) / n:.2f}, "
+            f"other {sql.get('other', 0) / n:.2f}"
+        )
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(bench: Bench, runs: list[RunResult], checks: dict, args: argparse.Namespace) -> tuple[bool, list[str]]:
+    """Prints the table, the ratios and the checks; returns (all goals and checks passed, missed goals)."""
+    by_round: dict[int, dict[str, RunResult]] = {}
+    for run in runs:
+        by_round.setdefault(run.round, {})[run.config.code] = run
+    _say("")
+    _say(
+        f"TierLab model API overhead: POST {ENDPOINT} ({MODEL}, max_completion_tokens 64), "
+        f"gunicorn {args.workers} sync workers, wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
+        f"{args.rounds} round(s), {os.cpu_count()} CPUs"
+    )
+    _say(
+        f"database: {bench.db_vendor}{' (temporary file)' if bench.db_vendor == 'sqlite' else ''}; "
+        f"redis-server on 127.0.0.1:{bench.redis_port} (no persistence); order rotates each round"
+    )
+    _say("")
+    header = f"{'round':>5}  {'configuration':<30} {'req/s':>9} {'p50':>10} {'p99':>10} {'non-2xx':>8} {'x a':>7}"
+    _say(header)
+    _say("-" * len(header))
+    ratios: dict[str, list[float]] = {"b": [], "c": []}
+    for round_no in sorted(by_round):
+        row = by_round[round_no]
+        base = row.get("a")
+        for config in CONFIGS:
+            run = row.get(config.code)
+            if run is None:
+                continue
+            ratio = run.rps / base.rps if base and base.rps else float("nan")
+            if config.code in ratios and base:
+                ratios[config.code].append(ratio)
+            _say(
+                f"{round_no:>5}  {config.code} {config.title:<28} {run.rps:9.1f} {_fmt_ms(run.p50_ms):>10} "
+                f"{_fmt_ms(run.p99_ms):>10} {run.non_2xx + run.socket_errors:>8} {ratio:7.3f}"
+            )
+    _say("-" * len(header))
+    med_rps = {}
+    for config in CONFIGS:
+        rs = [r for r in runs if r.config.code == config.code]
+        med_rps[config.code] = _median([r.rps for r in rs])
+        ratio = med_rps[config.code] / med_rps["a"] if med_rps.get("a") else float("nan")
+        _say(
+            f"{'median':>6} {config.code} {config.title:<28} {med_rps[config.code]:9.1f} "
+            f"{_fmt_ms(_median([r.p50_ms for r in rs])):>10} {_fmt_ms(_median([r.p99_ms for r in rs])):>10} "
+            f"{'':>8} {ratio:7.3f}"
+        )
+    _say("")
+    missed = []
+    for code, goal in GOALS.items():
+        values = ratios[code]
+        median = _median(values)
+        ok = median >= goal
+        if not ok:
+            missed.append(code)
+        per_round = "  ".join(f"{v:.3f}" for v in values)
+        _say(f"{code}/a per round: {per_round}   median {median:.3f}   goal >= {goal:.2f}: {'MET' if ok else 'MISSED'}")
+
+    # CPU and SQL per request: where the machine's time went during the measured windows.
+    _say("")
+    _say("CPU seconds per 1000 requests during the measured window (all rounds), and SQL per request:")
+    for config in CONFIGS:
+        rs = [r for r in runs if r.config.code == config.code]
+        served = sum(sum(r.server_responses.values()) for r in rs) or 1
+        wrk_done = sum(r.requests for r in rs) or 1
+        cpu = {}
+        for r in rs:
+            for k, v in r.cpu.items():
+                cpu[k] = cpu.get(k, 0.0) + v
+        cpu_text = ", ".join(f"{k} {v / wrk_done * 1000:.2f}" for k, v in cpu.items())
+        sql = {}
+        for r in rs:
+            for k, v in r.sql.items():
+                sql[k] = sql.get(k, 0) + v
+        _say(
+            f"  {config.code}: {cpu_text}; SQL reads {sql.get('read', 0) / served:.3f}, writes "
+            f"{sql.get('write', 0) / served:.3f} per request, requests with a SQL write: "
+            f"{sql.get('requests_with_write', 0)} of {served}"
+        )
+
+    # Correctness.
+    _say("")
+    _say(
+        "Correctness per run (server = 200 responses counted inside gunicorn for the run's key; "
+        "counter = the quota backend's requests-today counter):"
+    )
+    _say(
+        f"  {'run':<4} {'wrk 2xx':>8} {'server 200':>11} {'other':>6} {'records':>8} {'counter':>8} "
+        f"{'tokens rec/counter':>22}  records == admitted"
+    )
+    all_ok = True
+    for run in runs:
+        check = checks.get(run.label, {})
+        served = run.server_responses.get(200, 0)
+        other = sum(v for s, v in run.server_responses.items() if s != 200)
+        records = check.get("records", -1)
+        if run.config.metering:
+            counter = check.get("counter_requests_today")
+            tokens_ok = check.get("record_tokens") == check.get("counter_tokens_period")
+            in_flight = served - run.wrk_2xx
+            ok = (
+                records == served
+                and counter == served
+                and tokens_ok
+                and other == 0
+                and 0 <= in_flight <= args.connections
+            )
+            tokens = f"{check.get('record_tokens')}/{check.get('counter_tokens_period')}"
+        else:
+            counter, tokens = "-", "-"
+            ok = records == 0 and other == 0  # the baseline records nothing
+        all_ok &= ok
+        _say(
+            f"  {run.label:<4} {run.wrk_2xx:>8} {served:>11} {other:>6} {records:>8} {counter!s:>8} {tokens:>22}  "
+            f"{'yes' if ok else 'NO'}"
+        )
+        if run.drain:
+            after = run.drain.get("after") or {}
+            during = run.drain.get("written")
+            text = f"drained after the run: {after.get('written', 0)} in {after.get('seconds', 0):.2f} s"
+            if after.get("seconds"):
+                text += f" ({after.get('written', 0) / after['seconds']:.0f} records/s incl. Django start-up)"
+            if during is not None:
+                text += f"; drained during the run: {during}"
+            _say(f"       {text}")
+    b_sql = sum(r.sql.get("requests_with_write", 0) for r in runs if r.config.code == "b")
+    _say(f"records == admitted: {'yes' if all_ok else 'no'}")
+    _say(f"no SQL write on the request path with the Redis backend (b): {'yes' if b_sql == 0 else f'no ({b_sql})'}")
+    _say(
+        "  (wrk 2xx can be lower than server 200 by the requests in flight when wrk stopped: at most one per "
+        "connection)"
+    )
+    return (not missed and all_ok and b_sql == 0), missed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per configuration and round")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each run")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s, 1 s warm-up")
+    parser.add_argument("--database-url", help="run against this database (e.g. PostgreSQL) instead of SQLite")
+    parser.add_argument("--profile", action="store_true", help="profile b and c even if the goals are met")
+    parser.add_argument("--no-profile", action="store_true", help="never profile")
+    parser.add_argument("--profile-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--drain-during",
+        action="store_true",
+        help="run the usage-stream drain loop (as beat + a Celery worker would) during b's runs",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, DB)")
+    parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 if a goal or check fails")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup, args.profile_seconds = 1, 3.0, 1.0, 3.0
+
+    missing = [tool for tool in ("wrk", "redis-server") if shutil.which(tool) is None]
+    if missing:
+        _say(
+            f"{' and '.join(missing)} not found. Install from Debian: apt-get install -y "
+            f"{' '.join('wrk' if t == 'wrk' else 'redis-server' for t in missing)}"
+        )
+        return 2
+    if not GUNICORN.exists():
+        _say(f"{GUNICORN} not found: create the virtualenv first (make setup).")
+        return 2
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    atexit.register(_stop_all)
+    tmp = Path(tempfile.mkdtemp(prefix="tierlab-bench-"))
+    started = time.monotonic()
+    try:
+        bench = Bench(args, tmp)
+        _say(f"bench dir {tmp}; setting up (migrate, seed, keys, redis) ...")
+        bench.setup()
+        runs: list[RunResult] = []
+        for round_no in range(1, args.rounds + 1):
+            shift = (round_no - 1) % len(CONFIGS)
+            order = CONFIGS[shift:] + CONFIGS[:shift]
+            for config in order:
+                run = bench.measure(config, round_no)
+                runs.append(run)
+                _say(
+                    f"  round {round_no} {config.code}: {run.rps:8.1f} req/s  p50 {run.p50_ms:.2f} ms  "
+                    f"p99 {run.p99_ms:.2f} ms  non-2xx {run.non_2xx}"
+                )
+        checks = bench.verify(runs)
+        ok, missed_codes = report(bench, runs, checks, args)
+        missed = [c for c in CONFIGS if c.code in missed_codes]
+        to_profile = [] if args.no_profile else ([c for c in CONFIGS if c.code != "a"] if args.profile else missed)
+        if to_profile:
+            _say("")
+            _say("Goal missed: profiling where the time goes." if missed else "Profiling (--profile).")
+            _say("(cProfile inflates per-call costs, Python-heavy code most; read the shares, not the absolute us)")
+            baseline = bench.profile(CONFIGS[0])
+            print_profile(CONFIGS[0], baseline, None)
+            for config in to_profile:
+                print_profile(config, bench.profile(config), baseline)
+        _say(
+            f"\ntotal time {time.monotonic() - started:.0f} s; python {platform.python_version()}; "
+            f"{'kept ' + str(tmp) if args.keep else 'temporary files removed'}"
+        )
+        return 1 if (args.fail_on_miss and not ok) else 0
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        _say(f"benchmark failed: {error}")
+        _say(f"logs in {tmp}")
+        args.keep = True
+        return 1
+    finally:
+        _stop_all()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
