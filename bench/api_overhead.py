@@ -104,6 +104,9 @@ class RunResult:
     non_2xx: int
     socket_errors: int
     server_responses: dict[int, int] = field(default_factory=dict)  # status -> count, this run's key
+    server_total: int = 0  # responses of this gunicorn, all keys (probe and warm-up included)
+    foreign_cpu: float = 0.0  # CPU seconds other programs used during the measured window
+    foreign_top: str = ""
     sql: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU during the measured window
     drain: dict | None = None
@@ -191,6 +194,35 @@ def _cpu_ticks(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return 0
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _all_ticks() -> dict[int, tuple[str, int]]:
+    """Every process's (name, utime + stime ticks)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        fields = tail.split()
+        found[int(entry.name)] = (head.split("(", 1)[-1], int(fields[11]) + int(fields[12]))
+    return found
+
+
+def _foreign_cpu(before: dict, after: dict, ours: set[int]) -> tuple[float, str]:
+    """CPU seconds used meanwhile by processes that are not this benchmark's, and the top users."""
+    hz = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid, (name, ticks) in after.items():
+        if pid in ours:
+            continue
+        delta = (ticks - before.get(pid, (name, 0))[1]) / hz
+        if delta > 0:
+            used[name] = used.get(name, 0.0) + delta
+    top = sorted(used.items(), key=lambda item: -item[1])[:3]
+    return sum(used.values()), ", ".join(f"{name} {seconds:.1f}s" for name, seconds in top)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -297,7 +329,8 @@ def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret
         "--error-logfile",
         str(log),
     ]
-    proc = _spawn(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log.with_suffix(".out"), "ab") as output:  # Django's own logging goes to stderr
+        proc = _spawn(cmd, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline:
@@ -315,10 +348,11 @@ def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret
 
 
 def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
+    text = []
+    for candidate in (path, path.with_suffix(".out")):
+        with contextlib.suppress(FileNotFoundError):
+            text += candidate.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(text) or "(no log)"
 
 
 def read_worker_stats(folder: Path) -> tuple[dict[str, int], dict[str, int], list[Path]]:
@@ -462,9 +496,9 @@ class Bench:
         for label, info in self.keys.items():
             info["lua"] = write_lua(self.tmp, label, info["secret"])
 
-    def _serve(self, config: Config, name: str, *, profile: bool = False):
+    def _serve(self, config: Config, name: str, *, profile: str = ""):
         stats_dir = self.tmp / "stats" / name
-        env = self.env(config, BENCH_STATS_DIR=str(stats_dir), BENCH_PROFILE="1" if profile else "0")
+        env = self.env(config, BENCH_STATS_DIR=str(stats_dir), BENCH_PROFILE=profile)
         app = "bench.profiled_wsgi:application" if profile else "config.wsgi:application"
         proc, port = start_gunicorn(
             env,
@@ -505,15 +539,20 @@ class Bench:
                 pids["drainer"] = [drainer.pid]
             before = {k: sum(_cpu_ticks(p) for p in v) for k, v in pids.items()}
             before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ticks_before = _all_ticks()
             result = run_wrk(
                 url, self.keys[label]["lua"], seconds=args.duration, connections=args.connections, threads=args.threads
             )
             after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ticks_after = _all_ticks()
             hz = os.sysconf("SC_CLK_TCK")
             cpu = {k: (sum(_cpu_ticks(p) for p in v) - before[k]) / hz for k, v in pids.items()}
             cpu["wrk"] = (after_children.ru_utime + after_children.ru_stime) - (
                 before_children.ru_utime + before_children.ru_stime
             )
+            # Other programs competing for the CPUs make the run unrepresentative: say so.
+            ours = {os.getpid(), proc.pid, *(p for v in pids.values() for p in v)}
+            foreign, foreign_top = _foreign_cpu(ticks_before, ticks_after, ours)
             drain = None
             if drainer is not None:
                 _stop(drainer, grace=30)
@@ -546,20 +585,28 @@ class Bench:
             sql=sql,
             cpu=cpu,
             drain=drain,
+            server_total=sum(responses.values()),
+            foreign_cpu=foreign,
+            foreign_top=foreign_top,
         )
         if config.backend == "redis" and config.metering:
             # What the Celery task does in production, off the request path (untimed here).
             run.drain = {**(run.drain or {}), "after": _run_django("drain", self.env(config), timeout=600)}
         return run
 
-    def profile(self, config: Config) -> dict:
-        """A short run with cProfile inside both workers; returns the merged stats' summary."""
+    def profile(self, config: Config, mode: str) -> dict:
+        """A short run with ``mode`` ("timers" or "cprofile") inside both workers; returns the merged data."""
         label = f"p{config.code}"
-        proc, port, stats_dir = self._serve(config, f"profile-{config.code}", profile=True)
+        proc, port, stats_dir = self._serve(config, f"{mode}-{config.code}", profile=mode)
         try:
             url = f"http://127.0.0.1:{port}{ENDPOINT}"
+            warm = max(1.0, self.args.warmup)
             run_wrk(
-                url, self.keys["warm"]["lua"], seconds=1, connections=self.args.connections, threads=self.args.threads
+                url,
+                self.keys["warm"]["lua"],
+                seconds=warm,
+                connections=self.args.connections,
+                threads=self.args.threads,
             )
             result = run_wrk(
                 url,
@@ -572,12 +619,23 @@ class Bench:
             _stop(proc, grace=20)
         if config.backend == "redis" and config.metering:
             _run_django("drain", self.env(config), timeout=600)
-        _, sql, profiles = read_worker_stats(stats_dir)
+        _, _, profiles = read_worker_stats(stats_dir)
         if not profiles:
-            raise RuntimeError(f"no profile written for {config.code}: see {self.tmp}/gunicorn-profile-*.log")
-        stats = pstats.Stats(*[str(p) for p in profiles])
+            raise RuntimeError(f"no profile written for {config.code}: see {self.tmp}/gunicorn-{mode}-*.log")
         requests = sum(json.loads(p.with_suffix(".json").read_text())["profile"]["requests"] for p in profiles)
-        return {"stats": stats, "requests": requests, "rps": result["rps"], "sql": sql}
+        data = {"requests": requests, "rps": result["rps"], "p50_ms": result["p50_ms"]}
+        if mode == "cprofile":
+            data["stats"] = pstats.Stats(*[str(p) for p in profiles])
+        else:
+            timers: dict[str, list[float]] = {}
+            for path in profiles:
+                for name, (calls, wall, cpu) in json.loads(path.read_text()).items():
+                    entry = timers.setdefault(name, [0, 0.0, 0.0])
+                    entry[0] += calls
+                    entry[1] += wall
+                    entry[2] += cpu
+            data["timers"] = timers
+        return data
 
     def verify(self, runs: list[RunResult]) -> dict:
         spec_keys = {}
@@ -625,38 +683,99 @@ def _cumulative(stats: pstats.Stats, fragment: str, name: str) -> float:
     return total
 
 
-def print_profile(config: Config, data: dict, baseline: dict | None) -> None:
+TIMER_ORDER = (
+    "whole app (Django, incl. response close)",
+    "view: model_api._chat",
+    "unmetered view: model_api._chat_unmetered",
+    "key check: metering.caller_authenticate",
+    "parsing: model_api._chat_request",
+    "quota check: metering.admit",
+    "RedisQuotaBackend.reserve",
+    "DatabaseQuotaBackend.reserve",
+    "simulated model: model_api.complete",
+    "settle: metering.settle",
+    "RedisQuotaBackend.settle",
+    "DatabaseQuotaBackend.settle",
+    "usage_records_create",
+    "headers: metering.headers_after",
+    "JSON body: model_api._json_response",
+    "redis Script call (EVALSHA round trip)",
+    "SQL CursorWrapper.execute",
+    "DB commit",
+    "DB connect",
+)
+_NESTING = {
+    "whole app (Django, incl. response close)": 0,
+    "view: model_api._chat": 1,
+    "unmetered view: model_api._chat_unmetered": 1,
+    "RedisQuotaBackend.reserve": 3,
+    "DatabaseQuotaBackend.reserve": 3,
+    "RedisQuotaBackend.settle": 3,
+    "DatabaseQuotaBackend.settle": 3,
+    "usage_records_create": 4,
+    "redis Script call (EVALSHA round trip)": 1,
+    "SQL CursorWrapper.execute": 1,
+    "DB commit": 1,
+    "DB connect": 1,
+}
+_WHOLE = "whole app (Django, incl. response close)"
+
+
+def print_timers(config: Config, data: dict, baseline: dict | None) -> None:
+    n = max(1, data["requests"])
+    timers = data["timers"]
+    _say(
+        f"\nStep timers, ({config.code}) {config.title}: {data['requests']} requests measured "
+        f"({data['rps']:.0f} req/s, p50 {data['p50_ms']:.2f} ms during the run); per request:"
+    )
+    _say(f"  {'step':<56} {'calls':>5} {'wall us':>8} {'cpu us':>7} {'wait us':>8}")
+    for name in TIMER_ORDER:
+        calls, wall, cpu = timers.get(name, (0, 0.0, 0.0))
+        if not calls:
+            continue
+        label = "  " * _NESTING.get(name, 2) + name
+        _say(f"  {label:<56} {calls / n:5.2f} {wall / n * 1e6:8.1f} {cpu / n * 1e6:7.1f} {(wall - cpu) / n * 1e6:8.1f}")
+    whole = timers.get(_WHOLE, [0, 0.0, 0.0])
+    view = timers.get("view: model_api._chat", [0, 0.0, 0.0])
+    if view[0]:
+        wall, cpu = (whole[1] - view[1]) / n * 1e6, (whole[2] - view[2]) / n * 1e6
+        label = "  Django around the view (middleware, URLs, response)"
+        _say(f"  {label:<56} {'':>5} {wall:8.1f} {cpu:7.1f} {wall - cpu:8.1f}")
+    if baseline is not None:
+        base = baseline["timers"][_WHOLE]
+        base_n = max(1, baseline["requests"])
+        base_wall, base_cpu = base[1] / base_n * 1e6, base[2] / base_n * 1e6
+        wall, cpu = whole[1] / n * 1e6, whole[2] / n * 1e6
+        _say(
+            f"  => metering adds {wall - base_wall:.0f} us wall, {cpu - base_cpu:.0f} us CPU per request inside the "
+            f"app ({wall:.0f} / {cpu:.0f} us vs {base_wall:.0f} / {base_cpu:.0f} us for the baseline)"
+        )
+
+
+def _short(filename: str) -> str:
+    short = filename.replace(str(ROOT) + "/", "")
+    short = re.sub(r"^.*/site-packages/", "", short)
+    return re.sub(r"^.*/lib/python3\.\d+/", "stdlib/", short)
+
+
+def print_profile(config: Config, data: dict, top: int = 15) -> None:
     stats: pstats.Stats = data["stats"]
     n = max(1, data["requests"])
     in_app_us = stats.total_tt / n * 1e6
     _say(
-        f"\nProfile of ({config.code}) {config.title}: {data['requests']} requests under cProfile "
-        f"({data['rps']:.0f} req/s with the profiler on); microseconds per request, cumulative"
-    )
-    _say(
-        f"  in-app time per request: {in_app_us:7.0f} us"
-        + (
-            f"   (baseline a: {baseline['stats'].total_tt / max(1, baseline['requests']) * 1e6:.0f} us)"
-            if baseline
-            else ""
-        )
+        f"\ncProfile, ({config.code}) {config.title}: {data['requests']} requests "
+        f"({data['rps']:.0f} req/s with the profiler on); {in_app_us:.0f} us in the app per request"
     )
     for label, fragment, name in BREAKDOWN:
         value = _cumulative(stats, fragment, name) / n * 1e6
         if value >= 0.5:
-            _say(f"  {label:<52} {value:7.0f} us  {value / in_app_us * 100:5.1f}%")
-    _say("  top functions by own time (tottime), us per request:")
-    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:15]
+            _say(f"  {label:<52} {value:7.0f} us cum  {value / in_app_us * 100:5.1f}%")
+    _say("  top functions by own time (tottime), per request:")
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
     for (filename, line, func), (_cc, nc, tt, ct, _callers) in rows:
-        short = filename.replace(str(ROOT) + "/", "")
-        short = re.sub(r"^.*/site-packages/", "", short)
-        short = re.sub(r"^.*/lib/python3\.\d+/", "stdlib/", short)
-        _say(f"    {tt / n * 1e6:7.1f} us own  {ct / n * 1e6:7.1f} us cum  {nc / n:5.1f} calls  {short}:{line}:{func}")
-    sql = data["sql"]
-    if sql:
         _say(
-            f"  SQL per request in this run: reads {sql.get('read', 0) / n:.2f}, writes {sql.get('write', 0) / n:.2f}, "
-            f"other {sql.get('other', 0) / n:.2f}"
+            f"    {tt / n * 1e6:7.1f} us own {ct / n * 1e6:7.1f} us cum {nc / n:6.1f} calls  "
+            f"{_short(filename)}:{line}:{func}"
         )
 
 
@@ -725,7 +844,7 @@ def report(bench: Bench, runs: list[RunResult], checks: dict, args: argparse.Nam
     _say("CPU seconds per 1000 requests during the measured window (all rounds), and SQL per request:")
     for config in CONFIGS:
         rs = [r for r in runs if r.config.code == config.code]
-        served = sum(sum(r.server_responses.values()) for r in rs) or 1
+        served = sum(r.server_total for r in rs) or 1
         wrk_done = sum(r.requests for r in rs) or 1
         cpu = {}
         for r in rs:
@@ -739,7 +858,7 @@ def report(bench: Bench, runs: list[RunResult], checks: dict, args: argparse.Nam
         _say(
             f"  {config.code}: {cpu_text}; SQL reads {sql.get('read', 0) / served:.3f}, writes "
             f"{sql.get('write', 0) / served:.3f} per request, requests with a SQL write: "
-            f"{sql.get('requests_with_write', 0)} of {served}"
+            f"{sql.get('requests_with_write', 0)} of {served} (warm-up included)"
         )
 
     # Correctness.
@@ -853,6 +972,11 @@ def main(argv: list[str] | None = None) -> int:
                 _say(
                     f"  round {round_no} {config.code}: {run.rps:8.1f} req/s  p50 {run.p50_ms:.2f} ms  "
                     f"p99 {run.p99_ms:.2f} ms  non-2xx {run.non_2xx}"
+                    + (
+                        f"  WARNING: other programs used {run.foreign_cpu:.1f} CPU-s meanwhile ({run.foreign_top})"
+                        if run.foreign_cpu > 0.05 * args.duration
+                        else ""
+                    )
                 )
         checks = bench.verify(runs)
         ok, missed_codes = report(bench, runs, checks, args)
@@ -860,12 +984,15 @@ def main(argv: list[str] | None = None) -> int:
         to_profile = [] if args.no_profile else ([c for c in CONFIGS if c.code != "a"] if args.profile else missed)
         if to_profile:
             _say("")
-            _say("Goal missed: profiling where the time goes." if missed else "Profiling (--profile).")
-            _say("(cProfile inflates per-call costs, Python-heavy code most; read the shares, not the absolute us)")
-            baseline = bench.profile(CONFIGS[0])
-            print_profile(CONFIGS[0], baseline, None)
+            _say("Goal missed: where the time goes." if missed else "Profile (--profile): where the time goes.")
+            _say("Step timers first (wall and thread CPU around each step, ~1 us per wrapped call), then cProfile")
+            _say("(cProfile inflates per-call costs, Python-heavy code most: read its shares, not its microseconds).")
+            timed_base = bench.profile(CONFIGS[0], "timers")
+            print_timers(CONFIGS[0], timed_base, None)
             for config in to_profile:
-                print_profile(config, bench.profile(config), baseline)
+                print_timers(config, bench.profile(config, "timers"), timed_base)
+            for config in to_profile:
+                print_profile(config, bench.profile(config, "cprofile"))
         _say(
             f"\ntotal time {time.monotonic() - started:.0f} s; python {platform.python_version()}; "
             f"{'kept ' + str(tmp) if args.keep else 'temporary files removed'}"

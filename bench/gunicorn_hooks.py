@@ -9,9 +9,10 @@ when its time is up, so its count can be a few lower than what the server admitt
   requests executed at least one write: "no SQL write on the request path" is checked, not assumed.
 
 Each worker writes its counts to ``$BENCH_STATS_DIR/worker-<pid>.json`` when it exits. With
-``BENCH_PROFILE=1`` the WSGI app is ``bench.profiled_wsgi:application`` and the worker also dumps its
-cProfile stats there. The per-request cost of these hooks is a dict increment (plus one small call per
-SQL statement) and is the same in all three configurations.
+``BENCH_PROFILE=cprofile`` or ``timers`` the WSGI app is ``bench.profiled_wsgi:application`` and the
+worker also dumps its cProfile stats (``.pstats``) or step timers (``.timers``) there. The per-request
+cost of these hooks is a dict increment (plus one small call per SQL statement) and is the same in all
+three configurations.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def worker_exit(server, worker):
         return
     os.makedirs(folder, exist_ok=True)
     payload = {"pid": os.getpid(), "responses": dict(_responses), "sql": dict(_sql)}
-    if os.environ.get("BENCH_PROFILE") == "1":
+    mode = os.environ.get("BENCH_PROFILE", "")
+    if mode in ("cprofile", "timers"):
         from bench import profiled_wsgi
 
-        payload["profile"] = profiled_wsgi.dump(os.path.join(folder, f"worker-{os.getpid()}.pstats"))
+        suffix = "pstats" if mode == "cprofile" else "timers"
+        payload["profile"] = profiled_wsgi.dump(os.path.join(folder, f"worker-{os.getpid()}.{suffix}"))
     with open(os.path.join(folder, f"worker-{os.getpid()}.json"), "w") as handle:
         json.dump(payload, handle)

@@ -252,7 +252,29 @@ CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "usage.tasks.heartbeat_record", "schedule": 30.0},
     # Redis quota backend only (a no-op otherwise): usage events from the stream into UsageRecord.
     "usage-stream-drain": {"task": "usage.tasks.usage_stream_drain", "schedule": 2.0},
+    # Period close, charges due and dunning (tiers/billing.py).
+    "billing-run": {"task": "tiers.tasks.billing_run", "schedule": 60.0},
 }
+
+# --- Stripe -----------------------------------------------------------------------------------------
+# Embedded default: localstripe (a stateful fake Stripe) on loopback, started by `make run`, CI and a
+# test fixture (`manage.py localstripe`). Production: real Stripe test mode keys, STRIPE_API_BASE empty.
+if PRODUCTION:
+    STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY")
+    STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET")
+    STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+else:
+    STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_tierlab_localstripe")
+    STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_tierlab_localstripe")
+    STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="http://127.0.0.1:8420")
+LOCALSTRIPE_PORT = env.int("LOCALSTRIPE_PORT", default=8420)
+
+# --- Billing ----------------------------------------------------------------------------------------
+# Dunning: after a failed charge, retry this many days after the first failure; after the last
+# failure the team is moved to the free tier and emailed.
+TIERLAB_DUNNING_RETRY_DAYS = env.list("TIERLAB_DUNNING_RETRY_DAYS", cast=int, default=[1, 3, 5])
+# A past-due subscription keeps API access this long, then gets `subscription_inactive`.
+TIERLAB_PAST_DUE_GRACE_DAYS = env.int("TIERLAB_PAST_DUE_GRACE_DAYS", default=3)
 
 # --- TierLab ----------------------------------------------------------------------------------------
 # A beat older than this makes /healthz report the scheduler as stale (it stays 200: a stale beat

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -49,14 +49,19 @@ class Entitlements:
     monthly_tokens: int | None
     bills_overage: bool
     allowed_models: frozenset[str]
+    past_due_since: datetime | None = None
 
     def period_at(self, now: datetime) -> tuple[datetime, datetime]:
         return period_containing(self.billing_anchor, self.billing_interval, now)
 
-    @property
-    def is_active(self) -> bool:
-        # Past-due subscriptions keep access until the billing engine suspends them after the grace period.
-        return self.subscription_status in {"trialing", "active", "past_due"}
+    def is_active_at(self, now: datetime) -> bool:
+        """Trialing and active subscriptions may call the API; past-due ones only during the grace
+        period after the first failed charge (TIERLAB_PAST_DUE_GRACE_DAYS)."""
+        if self.subscription_status in {"trialing", "active"}:
+            return True
+        if self.subscription_status == "past_due" and self.past_due_since is not None:
+            return now < self.past_due_since + timedelta(days=settings.TIERLAB_PAST_DUE_GRACE_DAYS)
+        return False
 
 
 _entitlements_cache: TTLCache[int, Entitlements | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
@@ -85,6 +90,7 @@ def _load_entitlements(team_id: int) -> Entitlements | None:
         monthly_tokens=tier.monthly_tokens,
         bills_overage=tier.bills_overage,
         allowed_models=models,
+        past_due_since=subscription.past_due_since,
     )
 
 

@@ -73,7 +73,7 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
     if key is None:
         raise errors.InvalidApiKey("Invalid API key: it is wrong, revoked or expired.")
     entitlements = entitlements_for_team(team_id=key.team_id)
-    if entitlements is None or not entitlements.is_active:
+    if entitlements is None or not entitlements.is_active_at(now):
         status = entitlements.subscription_status if entitlements else "none"
         raise errors.SubscriptionInactive(
             f"Your team's subscription is not active (status: {status}). Update billing to continue.",

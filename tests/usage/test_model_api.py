@@ -302,3 +302,23 @@ def test_one_team_cannot_use_another_teams_key_or_see_its_usage(account, catalog
     client.force_login(other_user)
     assert client.get("/api/v1/usage").json()["data"] == []
     assert other_team.pk != team.pk
+
+
+@pytest.mark.django_db
+def test_past_due_keeps_access_during_the_grace_period_only(account, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    team, _, secret = account
+    Subscription.objects.filter(team=team).update(
+        status=Subscription.Status.PAST_DUE, past_due_since=timezone.now() - timedelta(days=1)
+    )
+    entitlements_cache_clear()
+    assert post(CHAT, chat_body(), secret).status_code == 200
+    Subscription.objects.filter(team=team).update(
+        past_due_since=timezone.now() - timedelta(days=settings.TIERLAB_PAST_DUE_GRACE_DAYS, seconds=1)
+    )
+    entitlements_cache_clear()
+    response = post(CHAT, chat_body(), secret)
+    assert (response.status_code, response.json()["error"]["code"]) == (429, "subscription_inactive")
