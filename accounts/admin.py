@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 
-from accounts.models import Membership, Team, User
+from accounts import services
+from accounts.models import ApiKey, Membership, Team, User
 
 
 class EmailUserCreationForm(UserCreationForm):
@@ -55,3 +56,30 @@ class TeamAdmin(admin.ModelAdmin):
     def current_tier(self, team: Team) -> str:
         current = [s for s in team.subscriptions.all() if s.status != "canceled"]
         return current[0].tier.name if current else "—"
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Operators see keys (never secrets: only the prefix exists) and can revoke them."""
+
+    list_display = ["name", "prefix", "team", "status", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "team__name", "team__memberships__user__email"]
+    list_select_related = ["team"]
+    readonly_fields = [
+        "team", "name", "prefix", "created_by", "created_at", "expires_at", "last_used_at", "revoked_at",
+    ]  # fmt: skip
+    exclude = ["secret_hash"]
+    actions = ["revoke_keys"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # keys are created by their team (page, API, command): the secret is shown once there
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # usage records refer to keys: revoke instead
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request, queryset) -> None:
+        for key in queryset:
+            services.api_key_revoke(key=key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s); they are refused within seconds.")

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from usage.models import Heartbeat
+from usage.models import Heartbeat, UsageRecord
 
 
 @admin.register(Heartbeat)
@@ -9,4 +9,25 @@ class HeartbeatAdmin(admin.ModelAdmin):
     readonly_fields = ["name", "beat_at", "count"]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """Read-only: usage is written by the model API, exactly once per request."""
+
+    list_display = ["created_at", "team", "api_key", "model", "prompt_tokens", "completion_tokens", "total_tokens"]
+    list_filter = ["model"]
+    search_fields = ["request_id", "team__name", "team__memberships__user__email"]
+    list_select_related = ["team", "api_key"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # no COUNT(*) over a large table on every page
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

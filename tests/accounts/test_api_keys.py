@@ -201,3 +201,15 @@ def test_last_used_time_moves_forward_when_the_key_is_used(alice, client):
     assert response.status_code == 200
     key.refresh_from_db()
     assert key.last_used_at is not None and abs((timezone.now() - key.last_used_at).total_seconds()) < 30
+
+
+@pytest.mark.django_db
+def test_operator_revokes_a_key_in_the_admin_and_never_sees_a_secret(client, alice):
+    key, secret = services.api_key_create(team=team_for_user(user=alice), name="leaked")
+    services.operator_ensure(email="ops@example.com", password="operator-password-1")
+    client.login(email="ops@example.com", password="operator-password-1")
+    page = client.get(reverse("admin:accounts_apikey_change", args=[key.pk])).content.decode()
+    assert key.prefix in page and key.secret_hash not in page and secret not in page
+    client.post(reverse("admin:accounts_apikey_changelist"), {"action": "revoke_keys", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert key.revoked_at is not None

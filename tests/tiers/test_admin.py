@@ -135,6 +135,8 @@ def test_other_admin_pages_render(operator_client):
         "admin:tiers_subscription_changelist",
         "admin:tiers_languagemodel_changelist",
         "admin:usage_heartbeat_changelist",
+        "admin:usage_usagerecord_changelist",
+        "admin:accounts_apikey_changelist",
         "admin:accounts_user_add",
     ]:
         assert operator_client.get(reverse(name)).status_code == 200, name
