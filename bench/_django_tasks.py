@@ -85,7 +85,20 @@ def setup(spec: dict) -> dict:
         secret = out.getvalue().strip().splitlines()[-1].strip()
         key = ApiKey.objects.get(prefix=secret[:API_KEY_PREFIX_LENGTH])
         keys[label] = {"secret": secret, "key_id": key.id, "team_id": key.team_id}
-    return {"keys": keys, "models": sorted(tier.allowed_models.values_list("model_id", flat=True))}
+    import django
+    import redis.utils
+    from django.db import connection
+
+    return {
+        "keys": keys,
+        "versions": {
+            "django": django.get_version(),
+            "redis-py": redis.__version__,
+            "hiredis": redis.utils.HIREDIS_AVAILABLE,
+            "database": connection.vendor
+            + (f" {connection.Database.sqlite_version}" if connection.vendor == "sqlite" else ""),
+        },
+    }
 
 
 def drain() -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 
 _responses: Counter = Counter()
@@ -69,9 +70,8 @@ def worker_exit(server, worker):
     os.makedirs(folder, exist_ok=True)
     payload = {"pid": os.getpid(), "responses": dict(_responses), "sql": dict(_sql)}
     mode = os.environ.get("BENCH_PROFILE", "")
-    if mode in ("cprofile", "timers"):
-        from bench import profiled_wsgi
-
+    profiled_wsgi = sys.modules.get("bench.profiled_wsgi")  # absent if the worker failed to boot
+    if mode in ("cprofile", "timers") and profiled_wsgi is not None:
         suffix = "pstats" if mode == "cprofile" else "timers"
         payload["profile"] = profiled_wsgi.dump(os.path.join(folder, f"worker-{os.getpid()}.{suffix}"))
     with open(os.path.join(folder, f"worker-{os.getpid()}.json"), "w") as handle:

@@ -51,29 +51,30 @@ def _timed(name: str, function):
 
 
 def _install_timers() -> None:
-    import redis.commands.core
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.backends.utils import CursorWrapper
+    from redis.commands.core import Script
 
     from usage import metering, model_api
-    from usage.quotas import database, redis
+    from usage.quotas import database
+    from usage.quotas import redis as quota_redis
 
     targets = [
         ("view: model_api._chat", model_api, "_chat"),
         ("key check: metering.caller_authenticate", metering, "caller_authenticate"),
         ("parsing: model_api._chat_request", model_api, "_chat_request"),
         ("quota check: metering.admit", metering, "admit"),
-        ("RedisQuotaBackend.reserve", redis.RedisQuotaBackend, "reserve"),
+        ("RedisQuotaBackend.reserve", quota_redis.RedisQuotaBackend, "reserve"),
         ("DatabaseQuotaBackend.reserve", database.DatabaseQuotaBackend, "reserve"),
         ("simulated model: model_api.complete", model_api, "complete"),
         ("settle: metering.settle", metering, "settle"),
-        ("RedisQuotaBackend.settle", redis.RedisQuotaBackend, "settle"),
+        ("RedisQuotaBackend.settle", quota_redis.RedisQuotaBackend, "settle"),
         ("DatabaseQuotaBackend.settle", database.DatabaseQuotaBackend, "settle"),
         ("usage_records_create", database, "usage_records_create"),
         ("headers: metering.headers_after", metering, "headers_after"),
         ("JSON body: model_api._json_response", model_api, "_json_response"),
         ("unmetered view: model_api._chat_unmetered", model_api, "_chat_unmetered"),
-        ("redis Script call (EVALSHA round trip)", redis.commands.core.Script, "__call__"),
+        ("redis Script call (EVALSHA round trip)", Script, "__call__"),
         ("SQL CursorWrapper.execute", CursorWrapper, "execute"),
         ("DB connect", BaseDatabaseWrapper, "connect"),
         ("DB commit", BaseDatabaseWrapper, "commit"),
@@ -91,11 +92,17 @@ TIMERS["whole app (Django, incl. response close)"] = _app_timer
 
 def _start() -> tuple[float, float] | None:
     _state["seen"] += 1
+    return _start_again()
+
+
+def _start_again() -> tuple[float, float] | None:
+    """Measure from here if this request is past the skipped ones (its response too, once it was)."""
     if _state["seen"] <= SKIP:
         return None
     _state["on"] = True
     if MODE == "cprofile":
-        PROFILE.enable()
+        PROFILE.enable()  # no clocks of our own: they would show up in the profile
+        return (0.0, 0.0)
     return time.perf_counter(), time.thread_time()
 
 
@@ -104,9 +111,10 @@ def _stop(started: tuple[float, float] | None) -> None:
         return
     if MODE == "cprofile":
         PROFILE.disable()
+    else:
+        _app_timer[1] += time.perf_counter() - started[0]
+        _app_timer[2] += time.thread_time() - started[1]
     _state["on"] = False
-    _app_timer[1] += time.perf_counter() - started[0]
-    _app_timer[2] += time.thread_time() - started[1]
 
 
 class _InstrumentedResponse:
@@ -130,16 +138,6 @@ class _InstrumentedResponse:
             close()
         finally:
             _stop(started)
-
-
-def _start_again() -> tuple[float, float] | None:
-    # The same request's response: measured iff its start was.
-    if _state["seen"] <= SKIP:
-        return None
-    _state["on"] = True
-    if MODE == "cprofile":
-        PROFILE.enable()
-    return time.perf_counter(), time.thread_time()
 
 
 def application(environ, start_response):

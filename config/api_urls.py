@@ -4,12 +4,15 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api import ApiKeyDetailApi, ApiKeyListCreateApi, MeApi
-from tiers.api import TierListApi
+from tiers.api import InvoiceDetailApi, InvoiceListApi, SubscriptionApi, TierListApi
 from usage.api import UsageApi
 
 urlpatterns = [
     path("api/v1/me", MeApi.as_view(), name="api-me"),
     path("api/v1/tiers", TierListApi.as_view(), name="api-tiers"),
+    path("api/v1/subscription", SubscriptionApi.as_view(), name="api-subscription"),
+    path("api/v1/invoices", InvoiceListApi.as_view(), name="api-invoices"),
+    path("api/v1/invoices/<str:number>", InvoiceDetailApi.as_view(), name="api-invoice"),
     path("api/v1/keys", ApiKeyListCreateApi.as_view(), name="api-keys"),
     path("api/v1/keys/<int:key_id>", ApiKeyDetailApi.as_view(), name="api-key"),
     path("api/v1/usage", UsageApi.as_view(), name="api-usage"),

@@ -1,7 +1,8 @@
 """/healthz: is this node able to serve? 200 when the database and the broker answer, else 503.
 
-The body reports each part. The scheduler's last beat is reported but does not fail the check: a
-stalled beat must be visible, yet it does not stop the web node from serving requests.
+The body reports each part. The scheduler's last beat and Stripe's reachability are reported but do
+not fail the check: a stalled beat or an unreachable Stripe must be visible, yet neither stops the web
+node from serving requests (charges wait and are retried by the billing engine).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from config.celery import app as celery_app
+from tiers import stripe_gateway
 from usage.selectors import heartbeat_last
 
 
@@ -70,6 +72,15 @@ def _scheduler_state() -> dict[str, Any]:
     }
 
 
+def _stripe_state() -> dict[str, Any]:
+    started = time.perf_counter()
+    reachable = stripe_gateway.ping()  # never raises; bounded by the gateway's ping timeout
+    return {
+        "status": "ok" if reachable else "unreachable",
+        "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -79,6 +90,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "status": "ok" if healthy else "error",
         "checks": checks,
         "scheduler": _scheduler_state(),
+        "stripe": _stripe_state(),
         "time": timezone.now().isoformat(),
     }
     return JsonResponse(body, status=200 if healthy else 503)

@@ -221,6 +221,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Subscriptions and invoices both have a "status": name their enums apart in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "SubscriptionStatusEnum": "tiers.models.Subscription.Status",
+        "InvoiceStatusEnum": "tiers.models.Invoice.Status",
+    },
 }
 
 # --- Celery -----------------------------------------------------------------------------------------
@@ -254,11 +259,14 @@ CELERY_BEAT_SCHEDULE = {
     "usage-stream-drain": {"task": "usage.tasks.usage_stream_drain", "schedule": 2.0},
     # Period close, charges due and dunning (tiers/billing.py).
     "billing-run": {"task": "tiers.tasks.billing_run", "schedule": 60.0},
+    # Webhook events whose processing was never queued (broker down at receipt) are picked up here.
+    "stripe-events-sweep": {"task": "tiers.tasks_webhooks.stripe_events_pending_process_task", "schedule": 300.0},
 }
 
 # --- Stripe -----------------------------------------------------------------------------------------
 # Embedded default: localstripe (a stateful fake Stripe) on loopback, started by `make run`, CI and a
 # test fixture (`manage.py localstripe`). Production: real Stripe test mode keys, STRIPE_API_BASE empty.
+LOCALSTRIPE_PORT = env.int("LOCALSTRIPE_PORT", default=8420)
 if PRODUCTION:
     STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY")
     STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET")
@@ -266,8 +274,7 @@ if PRODUCTION:
 else:
     STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_tierlab_localstripe")
     STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_tierlab_localstripe")
-    STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="http://127.0.0.1:8420")
-LOCALSTRIPE_PORT = env.int("LOCALSTRIPE_PORT", default=8420)
+    STRIPE_API_BASE = env.str("STRIPE_API_BASE", default=f"http://127.0.0.1:{LOCALSTRIPE_PORT}")
 
 # --- Billing ----------------------------------------------------------------------------------------
 # Dunning: after a failed charge, retry this many days after the first failure; after the last
@@ -299,5 +306,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},
 }

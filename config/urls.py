@@ -15,6 +15,7 @@ urlpatterns = [
     path("v1/", include(native_urlpatterns)),
     path("compat/v1/", include(compat_urlpatterns)),
     path("", include("config.api_urls")),
+    path("", include("tiers.urls_webhooks")),
     path("", include("tiers.urls")),
     path("", include("usage.urls")),
     path("", include("accounts.urls")),

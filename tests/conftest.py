@@ -6,6 +6,8 @@ import pytest
 
 from tiers import services as tier_services
 
+pytest_plugins = ["tests.stripe_fixtures"]
+
 
 def pytest_collection_modifyitems(config, items):
     # The integration group needs PostgreSQL and Redis, which .ci/run starts and announces with

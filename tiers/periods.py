@@ -34,16 +34,19 @@ def period_bounds(anchor: datetime, interval: str, index: int) -> tuple[datetime
 
 
 def period_containing(anchor: datetime, interval: str, now: datetime) -> tuple[datetime, datetime]:
-    """The period of a subscription anchored at ``anchor`` that contains ``now`` (``now`` >= anchor).
+    """The period of a subscription anchored at ``anchor`` that contains ``now``.
 
     Used where usage must be counted per period even if the billing engine has not advanced the
     subscription's stored period yet (free tiers are never invoiced, so nothing else advances them).
+    ``now`` may be before the anchor: a trial anchors the subscription at the trial's end (the first
+    paid period starts there), so during the trial ``now`` lies in a period before the anchor (negative
+    index). That keeps trial usage in a quota window of its own instead of the first paid period's.
     """
     step = interval_months(interval)
     months = (now.year - anchor.year) * 12 + (now.month - anchor.month)
-    index = max(0, months // step)
+    index = months // step  # floor division: negative before the anchor
     start, end = period_bounds(anchor, interval, index)
-    while now < start and index > 0:  # day/time of month not reached yet: the previous period
+    while now < start:  # day/time of month not reached yet: the previous period
         index -= 1
         start, end = period_bounds(anchor, interval, index)
     while now >= end:

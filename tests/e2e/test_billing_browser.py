@@ -1,0 +1,139 @@
+"""A subscriber pays in a real browser: signs up, subscribes to a paid tier with a Stripe test card (a
+declined card first), reads the paid invoice, upgrades and reads the prorated invoice.
+
+The real billing engine and a real localstripe process (``stripe_local``) run behind the live server.
+Each step is checked on the page and in the database.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.helpers import assert_page_health, fill_fields, link_in_email, main_text, path_of, submit_form_with
+from tests.tiers.billing_state import needs_engine, paid_tier_without_trial
+
+pytestmark = pytest.mark.e2e
+
+EMAIL = "grace.hopper@example.com"
+PASSWORD = "Compiler-A0-1952-Cobol"
+
+
+def _choose_card(page, payment_method: str) -> None:
+    page.locator(f"input[name='payment_method'][value='{payment_method}']").check()
+
+
+def _submit_checkout(page) -> None:
+    with page.expect_navigation():
+        page.locator("#checkout-submit").click()
+
+
+def _money(cents: int) -> str:
+    return f"${cents // 100:,}.{cents % 100:02d}" if cents >= 0 else f"-{_money(-cents)}"
+
+
+@needs_engine
+def test_subscribe_pay_read_invoice_then_upgrade(page, shot, seeded_catalog, stripe_local, mailoutbox):
+    from accounts.selectors import team_for_user
+    from accounts.models import User
+    from tiers import billing
+    from tiers.models import Invoice, Payment
+    from tiers.selectors import subscription_current
+
+    # Plus and Pro start with a trial: a tier that charges at once shows the paid invoice.
+    team_tier = paid_tier_without_trial(slug="team", price_cents=5_000)
+
+    # --- Sign up and confirm the email address: a new user on the free tier.
+    page.goto("/accounts/signup/")
+    fill_fields(page, email=EMAIL, password1=PASSWORD, password2=PASSWORD)
+    submit_form_with(page, "password1")
+    page.goto(link_in_email(mailoutbox[0], r"/accounts/confirm-email/[^/]+/$"))
+    with page.expect_navigation():
+        page.get_by_role("button", name=re.compile(r"confirm", re.I)).click()
+    team = team_for_user(user=User.objects.get(email=EMAIL))
+    assert subscription_current(team=team).tier.slug == "free"
+    billing.billing_overview(team=team)  # the engine is there (its stub raises NotImplementedError)
+
+    # --- Pricing -> the Team tier's checkout: it says what will be charged, and offers the test cards.
+    page.goto("/pricing/")
+    with page.expect_navigation():
+        page.locator("[data-tier='team']").get_by_role("link", name="Choose this tier").click()
+    assert path_of(page.url) == "/billing/checkout/team/", page.url
+    expect(page.locator("#checkout-plan")).to_contain_text("$50.00")
+    expect(page.locator("input[name='payment_method']")).to_have_count(4)
+    expect(page.locator("input[name='payment_method'][value='pm_card_visa']")).to_be_checked()
+
+    # --- A card declined at once: a form error, and nothing changed.
+    _choose_card(page, "pm_card_visa_chargeDeclined")
+    _submit_checkout(page)
+    assert path_of(page.url) == "/billing/checkout/team/", page.url
+    expect(page.locator("#checkout-form")).to_contain_text("Your card was declined")
+    expect(page.locator("input[name='payment_method'][value='pm_card_visa_chargeDeclined']")).to_be_checked()
+    shot("checkout-declined")
+    assert subscription_current(team=team).tier.slug == "free"
+    assert not Payment.objects.filter(invoice__team=team, status="succeeded").exists()
+
+    # --- Visa: subscribed, charged at once, the paid invoice on /billing/.
+    _choose_card(page, "pm_card_visa")
+    _submit_checkout(page)
+    assert path_of(page.url) == "/billing/", page.url
+    invoice = Invoice.objects.get(team=team, status="paid")
+    assert invoice.total_cents == 5_000
+    assert subscription_current(team=team).tier == team_tier
+    expect(page.locator(".messages")).to_contain_text(f"We charged $50.00 — invoice {invoice.number}")
+    expect(page.locator("#subscription [data-tier='team']")).to_be_visible()
+    expect(page.locator("#card-on-file")).to_contain_text("4242")
+    row = page.locator(f"#invoice-table tr[data-invoice='{invoice.number}']")
+    expect(row).to_contain_text("$50.00")
+    expect(row).to_contain_text("Paid")
+    shot("billing-subscribed")
+
+    # --- The invoice page: lines, total, the payment; printable.
+    with page.expect_navigation():
+        row.get_by_role("link", name=invoice.number).click()
+    assert path_of(page.url) == f"/billing/invoices/{invoice.number}/", page.url
+    expect(page.locator("#invoice")).to_have_attribute("data-status", "paid")
+    expect(page.locator("#invoice-total")).to_have_text("$50.00")
+    expect(page.locator("#invoice-payments")).to_contain_text("Succeeded")
+    expect(page.get_by_role("button", name="Print")).to_be_visible()
+    shot("invoice-paid")
+    page.emulate_media(media="print")
+    expect(page.locator(".site-header")).to_be_hidden()
+    expect(page.get_by_role("button", name="Print")).to_be_hidden()
+    shot("invoice-paid-print")
+    page.emulate_media(media="screen")
+
+    # --- Upgrade to Pro with the card on file: the prorated difference is charged now, on a new invoice.
+    page.goto("/pricing/")
+    with page.expect_navigation():
+        page.locator("[data-tier='pro']").get_by_role("link", name="Choose this tier").click()
+    expect(page.locator("#checkout-plan")).to_have_attribute("data-plan", "upgrade")
+    expect(page.locator("#checkout-plan")).to_contain_text("prorated difference")
+    expect(page.locator("input[name='payment_method'][value='on_file']")).to_be_checked()
+    shot("checkout-upgrade")
+    _submit_checkout(page)
+    assert path_of(page.url) == "/billing/", page.url
+    assert subscription_current(team=team).tier.slug == "pro"
+    proration = Invoice.objects.get(team=team, kind=Invoice.Kind.PRORATION)
+    assert proration.status == "paid" and 0 < proration.total_cents <= 20_000 - 5_000
+    expect(page.locator(".messages")).to_contain_text(proration.number)
+    expect(page.locator("#subscription [data-tier='pro']")).to_be_visible()
+    shot("billing-upgraded")
+
+    with page.expect_navigation():
+        page.locator(f"#invoice-table tr[data-invoice='{proration.number}']").get_by_role(
+            "link", name=proration.number
+        ).click()
+    lines = page.locator("#invoice-lines")
+    expect(page.locator("#invoice-total")).to_have_text(_money(proration.total_cents))
+    for line in proration.lines.all():
+        expect(lines).to_contain_text(line.description)
+        expect(lines).to_contain_text(_money(line.amount_cents))
+    assert any(line.amount_cents < 0 for line in proration.lines.all()), "the unused Team time is credited"
+    expect(page.locator("#invoice-payments")).to_contain_text(_money(proration.total_cents))
+    shot("invoice-proration")
+    assert "Tier change" in main_text(page)
+
+    assert_page_health(page)
