@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
+from django.urls import reverse
+from django.utils.html import format_html_join
 
 from accounts import services
 from accounts.models import ApiKey, Membership, Team, User
@@ -48,6 +50,23 @@ class TeamAdmin(admin.ModelAdmin):
     list_filter = ["is_personal"]
     search_fields = ["name", "memberships__user__email"]
     inlines = [MembershipInline]
+    readonly_fields = ["customer_records"]
+
+    @admin.display(description="Customer records")
+    def customer_records(self, team: Team) -> str:
+        """Links to everything an operator looks up for a customer, each filtered to this team."""
+        if team.pk is None:
+            return "—"
+        links = [
+            ("Subscription", "admin:tiers_subscription_changelist"),
+            ("Invoices", "admin:tiers_invoice_changelist"),
+            ("Billing audit trail", "admin:tiers_billingauditentry_changelist"),
+            ("API keys", "admin:accounts_apikey_changelist"),
+            ("Usage records", "admin:usage_usagerecord_changelist"),
+        ]
+        return format_html_join(
+            " · ", '<a href="{}?team__id__exact={}">{}</a>', ((reverse(url), team.pk, label) for label, url in links)
+        )
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("subscriptions__tier")

@@ -214,6 +214,13 @@ def _all_ticks() -> dict[int, tuple[str, int]]:
     return found
 
 
+def _busy_seconds() -> float:
+    """CPU seconds all processes have spent so far (user, nice, system; not the interrupts, which are
+    mostly our own loopback traffic), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:4]]
+    return sum(fields) / os.sysconf("SC_CLK_TCK")
+
+
 def _foreign_cpu(before: dict, after: dict, ours: set[int]) -> tuple[float, str]:
     """CPU seconds used meanwhile by processes that are not this benchmark's, and the top users."""
     hz = os.sysconf("SC_CLK_TCK")
@@ -585,10 +592,12 @@ class Bench:
             before = {k: sum(_cpu_ticks(p) for p in v) for k, v in pids.items()}
             before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
             ticks_before = _all_ticks()
+            busy_before = _busy_seconds()
             result = run_wrk(
                 url, self.keys[label]["lua"], seconds=args.duration, connections=args.connections, threads=args.threads
             )
             after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy = _busy_seconds() - busy_before
             ticks_after = _all_ticks()
             hz = os.sysconf("SC_CLK_TCK")
             cpu = {k: (sum(_cpu_ticks(p) for p in v) - before[k]) / hz for k, v in pids.items()}
@@ -598,6 +607,12 @@ class Bench:
             # Other programs competing for the CPUs make the run unrepresentative: say so.
             ours = {os.getpid(), proc.pid, *(p for v in pids.values() for p in v)}
             foreign, foreign_top = _foreign_cpu(ticks_before, ticks_after, ours)
+            # Processes that came and went meanwhile are missing from the snapshots: the machine's busy
+            # time minus ours catches them (it also holds some kernel work for our loopback traffic).
+            unattributed = max(0.0, busy - sum(cpu.values()) - foreign)
+            if unattributed > 0.05:
+                foreign += unattributed
+                foreign_top += f"{', ' if foreign_top else ''}short-lived or unattributed {unattributed:.1f}s"
             drain = None
             if drainer is not None:
                 _stop(drainer, grace=30)
@@ -642,6 +657,8 @@ class Bench:
     def profile(self, config: Config, mode: str) -> dict:
         """A short run with ``mode`` ("timers" or "cprofile") inside both workers; returns the merged data."""
         label = f"p{config.code}"
+        if self.args.quiet_wait > 0:
+            self.wait_quiet()
         proc, port, stats_dir = self._serve(config, f"{mode}-{config.code}", profile=mode)
         try:
             url = f"http://127.0.0.1:{port}{ENDPOINT}"

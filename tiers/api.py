@@ -10,8 +10,7 @@ from rest_framework.views import APIView
 from accounts.models import User
 from accounts.selectors import team_for_request
 from tiers import billing
-from tiers.models import Invoice
-from tiers.selectors import subscription_current, tier_list_public
+from tiers.selectors import invoice_list_for_team, subscription_current, tier_list_public
 from tiers.serializers import (
     InvoiceSerializer,
     SubscriptionChangeSerializer,
@@ -73,13 +72,7 @@ class SubscriptionApi(APIView):
 
 
 def _team_invoices(request):
-    # Scoped to the caller's team: another team's invoice is simply not found. Drafts have no number
-    # yet and are not shown.
-    return (
-        Invoice.objects.filter(team=team_for_request(request), number__isnull=False)
-        .prefetch_related("lines")
-        .order_by("-issued_at", "-id")
-    )
+    return invoice_list_for_team(team=team_for_request(request)).prefetch_related("lines")
 
 
 class InvoiceListApi(generics.ListAPIView):

@@ -93,6 +93,7 @@ LIST_PAGE_SIZE = 100
 TEST_CARD_NUMBERS = {
     "pm_card_authenticationRequired": "4000002760003184",
     "pm_card_threeDSecure2Required": "4000000000003220",
+    "pm_card_mastercard": "5555555555554444",
 }
 
 T = TypeVar("T")

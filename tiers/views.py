@@ -17,8 +17,14 @@ from config.errors import ApplicationError
 from tiers import billing
 from tiers.forms import DECLINED_MESSAGE, CardChangeForm, CheckoutForm
 from tiers.models import BillingCustomer, Invoice, Subscription, Tier
-from tiers.selectors import subscription_current, tier_list_public
-from tiers.stripe_gateway import PaymentDeclined, PaymentProviderUnavailable, PaymentRequiresAction
+from tiers.proration import proration_compute
+from tiers.selectors import invoice_list_for_team, subscription_current, tier_list_public
+from tiers.stripe_gateway import (
+    PaymentDeclined,
+    PaymentInvalidRequest,
+    PaymentProviderUnavailable,
+    PaymentRequiresAction,
+)
 from tiers.templatetags.tier_format import money
 
 if TYPE_CHECKING:
@@ -56,6 +62,8 @@ def _payment_error_message(exc: ApplicationError) -> str:
         return (
             "This card needs the cardholder to authenticate (3-D Secure), which cannot happen here: try another card."
         )
+    if isinstance(exc, PaymentInvalidRequest):
+        return f"The payment provider refused this card ({exc.message}). Nothing was charged or changed: try another."
     if isinstance(exc, PaymentProviderUnavailable):
         return "We could not reach the payment provider. Nothing was charged or changed: try again in a minute."
     return exc.message
@@ -100,26 +108,44 @@ class CheckoutPlan:
     contract (billing.subscription_change) for display; the engine decides, and the message after the
     POST reports what it actually did."""
 
-    kind: str  # "current", "subscribe", "trial", "upgrade", "downgrade"
+    kind: str  # "current", "subscribe", "trial", "trial_switch", "upgrade", "downgrade"
     card_needed: bool
     effective_at: datetime | None = None  # the trial's end, or the downgrade's date
+    estimate_cents: int | None = None  # an upgrade's prorated difference, estimated now
 
 
 def _checkout_plan(*, team: Team, subscription: Subscription | None, tier: Tier) -> CheckoutPlan:
+    # Mirrors billing.subscription_change's branches (see its docstring) to say what will happen.
+    # TODO(billing): replace with a preview from the engine once it offers one.
     current = subscription.tier if subscription is not None else None
     if current is not None and current.pk == tier.pk:
         return CheckoutPlan(kind="current", card_needed=False)
     if current is None or current.is_free:
         if tier.is_free:
             return CheckoutPlan(kind="current", card_needed=False)
-        # Trials are once per team: a team that has had one pays at once.
-        had_trial = Subscription.objects.filter(team=team, trial_end__isnull=False).exists()
-        if tier.trial_days and not had_trial:
+        if tier.trial_days and not billing.team_has_trialed(team=team):
             trial_end = timezone.now() + timedelta(days=tier.trial_days)
             return CheckoutPlan(kind="trial", card_needed=True, effective_at=trial_end)
         return CheckoutPlan(kind="subscribe", card_needed=True)
-    if tier.price_cents > current.price_cents:
-        return CheckoutPlan(kind="upgrade", card_needed=True)
+    # An upgrade is a dearer tier on the same interval and currency; anything else waits for the period end.
+    is_upgrade = (
+        tier.price_cents > current.price_cents
+        and tier.billing_interval == current.billing_interval
+        and tier.currency == current.currency
+    )
+    if is_upgrade and subscription.status == Subscription.Status.TRIALING:
+        return CheckoutPlan(kind="trial_switch", card_needed=True, effective_at=subscription.trial_end)
+    if is_upgrade:
+        # The engine's own proration arithmetic, at this moment: the charge at the POST, seconds later,
+        # can only be smaller (by a cent or so), never larger.
+        proration = proration_compute(
+            old_price_cents=current.price_cents,
+            new_price_cents=tier.price_cents,
+            period_start=subscription.current_period_start,
+            period_end=subscription.current_period_end,
+            at=timezone.now(),
+        )
+        return CheckoutPlan(kind="upgrade", card_needed=True, estimate_cents=proration.total_cents)
     return CheckoutPlan(kind="downgrade", card_needed=False, effective_at=subscription.current_period_end)
 
 
@@ -190,14 +216,17 @@ def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
     subscription = subscription_current(team=team)
     plan = _checkout_plan(team=team, subscription=subscription, tier=tier)
     customer = BillingCustomer.objects.filter(team=team).first()
-    form = CheckoutForm(request.POST or None, customer=customer, card_needed=plan.card_needed)
+    data = request.POST if request.method == "POST" else None  # a POST without a card is empty, yet bound
+    form = CheckoutForm(data, customer=customer, card_needed=plan.card_needed)
     if request.method == "POST" and form.is_valid():
         try:
             result = billing.subscription_change(
                 team=team, tier=tier, payment_method=form.selected_payment_method, actor=request.user
             )
         except ApplicationError as exc:
-            is_card_error = isinstance(exc, (PaymentDeclined, PaymentRequiresAction, billing.PaymentMethodRequired))
+            is_card_error = isinstance(
+                exc, (PaymentDeclined, PaymentRequiresAction, PaymentInvalidRequest, billing.PaymentMethodRequired)
+            )
             field = "payment_method" if is_card_error and "payment_method" in form.fields else None
             form.add_error(field, _payment_error_message(exc))
         else:
@@ -214,11 +243,7 @@ def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
 @login_required
 def billing_invoice(request: HttpRequest, number: str) -> HttpResponse:
     team = _team(request)
-    # Scoped to the team: another team's invoice number is simply not found.
-    invoice = get_object_or_404(
-        Invoice.objects.filter(team=team).select_related("team", "subscription__tier"),
-        number=number,
-    )
+    invoice = get_object_or_404(invoice_list_for_team(team=team).select_related("team"), number=number)
     lines = list(invoice.lines.select_related("tier"))
     payments = list(invoice.payments.prefetch_related("refunds").order_by("attempt"))
     return render(

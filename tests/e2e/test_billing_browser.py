@@ -8,12 +8,14 @@ Each step is checked on the page and in the database.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
+import time_machine
 from playwright.sync_api import expect
 
 from tests.e2e.helpers import assert_page_health, fill_fields, link_in_email, main_text, path_of, submit_form_with
-from tests.tiers.billing_state import needs_engine, paid_tier_without_trial
+from tests.tiers.billing_state import paid_tier_without_trial
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +36,11 @@ def _money(cents: int) -> str:
     return f"${cents // 100:,}.{cents % 100:02d}" if cents >= 0 else f"-{_money(-cents)}"
 
 
-@needs_engine
 def test_subscribe_pay_read_invoice_then_upgrade(page, shot, seeded_catalog, stripe_local, mailoutbox):
-    from accounts.selectors import team_for_user
     from accounts.models import User
-    from tiers import billing
+    from accounts.selectors import team_for_user
     from tiers.models import Invoice, Payment
+    from tiers.proration import proration_compute
     from tiers.selectors import subscription_current
 
     # Plus and Pro start with a trial: a tier that charges at once shows the paid invoice.
@@ -54,7 +55,6 @@ def test_subscribe_pay_read_invoice_then_upgrade(page, shot, seeded_catalog, str
         page.get_by_role("button", name=re.compile(r"confirm", re.I)).click()
     team = team_for_user(user=User.objects.get(email=EMAIL))
     assert subscription_current(team=team).tier.slug == "free"
-    billing.billing_overview(team=team)  # the engine is there (its stub raises NotImplementedError)
 
     # --- Pricing -> the Team tier's checkout: it says what will be charged, and offers the test cards.
     page.goto("/pricing/")
@@ -105,35 +105,54 @@ def test_subscribe_pay_read_invoice_then_upgrade(page, shot, seeded_catalog, str
     shot("invoice-paid-print")
     page.emulate_media(media="screen")
 
-    # --- Upgrade to Pro with the card on file: the prorated difference is charged now, on a new invoice.
-    page.goto("/pricing/")
-    with page.expect_navigation():
-        page.locator("[data-tier='pro']").get_by_role("link", name="Choose this tier").click()
-    expect(page.locator("#checkout-plan")).to_have_attribute("data-plan", "upgrade")
-    expect(page.locator("#checkout-plan")).to_contain_text("prorated difference")
-    expect(page.locator("input[name='payment_method'][value='on_file']")).to_be_checked()
-    shot("checkout-upgrade")
-    _submit_checkout(page)
-    assert path_of(page.url) == "/billing/", page.url
-    assert subscription_current(team=team).tier.slug == "pro"
-    proration = Invoice.objects.get(team=team, kind=Invoice.Kind.PRORATION)
-    assert proration.status == "paid" and 0 < proration.total_cents <= 20_000 - 5_000
-    expect(page.locator(".messages")).to_contain_text(proration.number)
-    expect(page.locator("#subscription [data-tier='pro']")).to_be_visible()
-    shot("billing-upgraded")
+    # --- Ten days later, upgrade to Pro with the card on file: the prorated difference for the rest of
+    # the period is charged now, on a new invoice (credit for the unused Team time, charge for Pro's).
+    period = subscription_current(team=team)
+    with time_machine.travel(period.current_period_start + timedelta(days=10), tick=True):
+        page.goto("/pricing/")
+        with page.expect_navigation():
+            page.locator("[data-tier='pro']").get_by_role("link", name="Choose this tier").click()
+        plan = page.locator("#checkout-plan")
+        expect(plan).to_have_attribute("data-plan", "upgrade")
+        expect(plan).to_contain_text("prorated difference")
+        expect(page.locator("#due-today")).to_contain_text("About $")
+        expect(page.locator("input[name='payment_method'][value='on_file']")).to_be_checked()
+        shot("checkout-upgrade")
+        _submit_checkout(page)
+        assert path_of(page.url) == "/billing/", page.url
+        assert subscription_current(team=team).tier.slug == "pro"
+        proration = Invoice.objects.get(team=team, kind=Invoice.Kind.PRORATION)
+        expected = proration_compute(
+            old_price_cents=5_000,
+            new_price_cents=20_000,
+            period_start=period.current_period_start,
+            period_end=period.current_period_end,
+            at=proration.issued_at,
+        )
+        # Exactly the engine's proration of the remaining ~2/3 of the period, to the cent.
+        assert proration.status == "paid" and proration.total_cents == expected.total_cents
+        assert 0 < proration.total_cents < 20_000 - 5_000
+        assert sorted(line.amount_cents for line in proration.lines.all()) == [
+            expected.credit_cents,
+            expected.charge_cents,
+        ]
+        expect(page.locator(".messages")).to_contain_text(
+            f"{_money(proration.total_cents)} — invoice {proration.number}"
+        )
+        expect(page.locator("#subscription [data-tier='pro']")).to_be_visible()
+        shot("billing-upgraded")
 
-    with page.expect_navigation():
-        page.locator(f"#invoice-table tr[data-invoice='{proration.number}']").get_by_role(
-            "link", name=proration.number
-        ).click()
-    lines = page.locator("#invoice-lines")
-    expect(page.locator("#invoice-total")).to_have_text(_money(proration.total_cents))
-    for line in proration.lines.all():
-        expect(lines).to_contain_text(line.description)
-        expect(lines).to_contain_text(_money(line.amount_cents))
-    assert any(line.amount_cents < 0 for line in proration.lines.all()), "the unused Team time is credited"
-    expect(page.locator("#invoice-payments")).to_contain_text(_money(proration.total_cents))
-    shot("invoice-proration")
-    assert "Tier change" in main_text(page)
+        row = page.locator(f"#invoice-table tr[data-invoice='{proration.number}']")
+        with page.expect_navigation():
+            row.get_by_role("link", name=proration.number).click()
+        lines = page.locator("#invoice-lines")
+        expect(page.locator("#invoice-total")).to_have_text(_money(proration.total_cents))
+        for line in proration.lines.all():
+            expect(lines).to_contain_text(line.description)
+            expect(lines).to_contain_text(_money(line.amount_cents))
+        expect(page.locator("#invoice-payments")).to_contain_text(_money(proration.total_cents))
+        expect(page.locator("#invoice-payments")).to_contain_text("Succeeded")
+        assert "Tier change" in main_text(page)
+        shot("invoice-proration")
 
     assert_page_health(page)

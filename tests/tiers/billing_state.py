@@ -1,12 +1,9 @@
 """Billing state built directly with the models, for tests of the read-only billing views (invoice page,
-lists, admin) that must not depend on the billing engine or Stripe; and the markers of the flow tests
-that do need them."""
+lists, admin) that must not depend on the billing engine or Stripe."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-
-import pytest
 
 from accounts.selectors import team_for_user
 from accounts.services import user_create
@@ -15,10 +12,6 @@ from tiers.models import BillingCustomer, Invoice, InvoiceLine, Payment, Subscri
 PASSWORD = "correct-horse-battery-9"
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB_1 = datetime(2026, 2, 1, tzinfo=UTC)
-
-# Flow tests run the real billing engine (tiers/billing.py) against localstripe. Until the engine lands its
-# functions raise NotImplementedError: such a test is then an expected failure; any other error fails.
-needs_engine = pytest.mark.xfail(raises=NotImplementedError, strict=False, reason="billing engine not landed yet")
 
 
 def subscriber(email: str, tier_slug: str = "free"):

@@ -140,3 +140,22 @@ def test_other_admin_pages_render(operator_client):
         "admin:accounts_user_add",
     ]:
         assert operator_client.get(reverse(name)).status_code == 200, name
+
+
+@pytest.mark.django_db
+def test_team_page_links_to_the_customers_records_filtered_to_the_team(operator_client):
+    from accounts.models import Team
+
+    team = account_setup_new_user(user=UserFactory())
+    page = operator_client.get(reverse("admin:accounts_team_change", args=[team.pk])).content.decode()
+    for url in [
+        "admin:tiers_subscription_changelist",
+        "admin:tiers_invoice_changelist",
+        "admin:tiers_billingauditentry_changelist",
+        "admin:accounts_apikey_changelist",
+        "admin:usage_usagerecord_changelist",
+    ]:
+        link = f"{reverse(url)}?team__id__exact={team.pk}"
+        assert link in page, url
+        assert operator_client.get(link).status_code == 200, url
+    assert Team.objects.count() == 2  # the operator's team and this one

@@ -2,7 +2,7 @@
 
 Two kinds of tests: the pages' own contract (what they render, which service they call with what, how
 they show its errors), with the billing services replaced where needed; and flows through the real
-billing engine and a real localstripe (``needs_engine``).
+billing engine and a real localstripe (``stripe_local``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+import time_machine
 from django.test import Client
 
 from tests.tiers.billing_state import (
@@ -17,7 +18,6 @@ from tests.tiers.billing_state import (
     card_on_file,
     invoice_paid,
     invoice_prorated,
-    needs_engine,
     paid_tier_without_trial,
     subscriber,
 )
@@ -214,6 +214,18 @@ def test_checkout_explains_a_trial(alice, client):
     assert 'data-plan="trial"' in page and "7-day free trial" in page and "nothing is charged today" in page
 
 
+def test_checkout_during_a_trial_explains_the_switch_and_a_team_gets_one_trial_only(alice, client, catalog):
+    trial_end = datetime(2026, 1, 8, tzinfo=UTC)
+    Subscription.objects.filter(team=alice).update(tier=catalog["plus"], status="trialing", trial_end=trial_end)
+    card_on_file(alice)
+    page = client.get("/billing/checkout/pro/").content.decode()
+    assert 'data-plan="trial_switch"' in page and "your trial goes on" in page and "Jan 8, 2026" in page
+    # Back on free after the trial, Plus is charged at once: the trial was used.
+    Subscription.objects.filter(team=alice).update(tier=catalog["free"], status="active")
+    page = client.get("/billing/checkout/plus/").content.decode()
+    assert 'data-plan="subscribe"' in page and "free trial" not in page
+
+
 def test_checkout_defaults_to_the_card_on_file(alice, client, team_tier):
     card_on_file(alice, brand="mastercard", last4="4444")
     response = client.get("/billing/checkout/team/")
@@ -236,6 +248,17 @@ def test_checkout_explains_upgrade_downgrade_and_current_tier(alice, client, cat
 
     current = client.get("/billing/checkout/team/").content.decode()
     assert 'data-plan="current"' in current and "already on Team" in current and 'id="checkout-form"' not in current
+
+
+def test_checkout_estimates_the_prorated_difference_of_an_upgrade(alice, client, catalog, team_tier):
+    # Team ($50) to Pro ($200) half-way through a 31-day period: -$25.00 + $100.00.
+    Subscription.objects.filter(team=alice).update(
+        tier=team_tier, current_period_start=datetime(2026, 1, 1, tzinfo=UTC), current_period_end=FEB_1
+    )
+    with time_machine.travel(datetime(2026, 1, 16, 12, tzinfo=UTC), tick=False):
+        response = client.get("/billing/checkout/pro/")
+    assert response.context["plan"].estimate_cents == 7_500
+    assert "about <strong>$75.00</strong>" in response.content.decode()
 
 
 @pytest.mark.parametrize("slug", ["enterprise", "archived", "no-such-tier"])
@@ -331,8 +354,8 @@ def test_invoice_page_is_printable_with_lines_total_and_payments(alice, client, 
     response = client.get("/billing/invoices/TL-0000001/")
     page = response.content.decode()
     assert response.status_code == 200
-    assert "Invoice <span class=\"invoice-number\">TL-0000001</span>" in page
-    assert "Team tier, monthly fee" in page and "Jan 1, 2026 – Feb 1, 2026" in page
+    assert 'Invoice <span class="invoice-number">TL-0000001</span>' in page
+    assert "Team tier, monthly fee" in page and "Jan 1, 2026 \u2013 Feb 1, 2026" in page
     assert 'id="invoice-total">$50.00<' in page
     assert 'data-status="paid"' in page and 'data-payment-status="succeeded"' in page and "pi_test_TL-0000001" in page
     assert "window.print()" in page and "tiers/billing.css" in page  # Print button and the print stylesheet
@@ -360,7 +383,6 @@ def test_invoices_are_private_to_their_team(alice, client, catalog, team_tier):
 # --- Flows through the real engine and localstripe ---------------------------------------------------
 
 
-@needs_engine
 def test_checkout_flow_subscribe_decline_upgrade_downgrade_cancel_undo(alice, client, catalog, stripe_local):
     team_tier = paid_tier_without_trial()
     # A declined card: a form error, nothing changed, nothing charged.
@@ -386,7 +408,8 @@ def test_checkout_flow_subscribe_decline_upgrade_downgrade_cancel_undo(alice, cl
     assert proration.number in response.content.decode()
 
     # Downgrade: scheduled, shown as pending, undone.
-    client.post("/billing/checkout/free/", {})
+    response = client.post("/billing/checkout/free/", {}, follow=True)
+    assert response.redirect_chain == [("/billing/", 302)]
     assert subscription_current(team=alice).pending_tier.slug == "free"
     page = client.get("/billing/").content.decode()
     assert "Undo" in page
@@ -400,14 +423,45 @@ def test_checkout_flow_subscribe_decline_upgrade_downgrade_cancel_undo(alice, cl
     assert not subscription_current(team=alice).cancel_at_period_end
 
 
-@needs_engine
 def test_billing_page_with_the_real_overview(alice, client, catalog, stripe_local):
     paid_tier_without_trial()
-    client.post("/billing/checkout/team/", {"payment_method": "pm_card_mastercard"})
+    client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"})
     page = client.get("/billing/").content.decode()
-    sub = subscription_current(team=alice)
-    end = sub.current_period_end
-    assert 'data-tier="team"' in page and "•••• 4444" in page
-    assert f"$50.00 on {end:%b} {end.day}, {end.year}" in page
-    # Past the period end the engine renews; this page only reads its overview.
-    assert sub.current_period_end > datetime.now(tz=UTC)
+    end = subscription_current(team=alice).current_period_end
+    assert 'data-tier="team"' in page and "•••• 4242" in page
+    assert f"$50.00 on {end:%b} {end.day}, {end.year}" in page  # the next renewal
+    invoice = Invoice.objects.get(team=alice)
+    assert f'data-invoice="{invoice.number}"' in page
+
+    # Change the card on file (declined first: a form error, the old card stays).
+    response = client.post("/billing/payment-method/", {"payment_method": "pm_card_visa_chargeDeclined"})
+    assert response.status_code == 400 and "Your card was declined" in response.content.decode()
+    assert BillingCustomer.objects.get(team=alice).card_last4 == "4242"
+    response = client.post("/billing/payment-method/", {"payment_method": "pm_card_chargeCustomerFail"}, follow=True)
+    assert "Your card on file is now" in response.content.decode() and "•••• 0341" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("payment_method", "outcome", "last4"),
+    [
+        ("pm_card_visa", "subscribed", "4242"),
+        ("pm_card_mastercard", "subscribed", "4444"),
+        ("pm_card_visa_chargeDeclined", "declined", None),
+        ("pm_card_chargeCustomerFail", "declined", None),  # attaches, then the charge fails: nothing changes
+    ],
+)
+def test_every_offered_test_card_does_what_its_label_says(
+    alice, client, catalog, stripe_local, payment_method, outcome, last4
+):
+    team_tier = paid_tier_without_trial()
+    response = client.post("/billing/checkout/team/", {"payment_method": payment_method})
+    if outcome == "subscribed":
+        assert response.status_code == 302, response.context["form"].errors
+        assert subscription_current(team=alice).tier == team_tier
+        assert BillingCustomer.objects.get(team=alice).card_last4 == last4
+        assert Invoice.objects.get(team=alice).status == "paid"
+    else:
+        assert response.status_code == 400
+        assert "Your card was declined" in response.context["form"].errors["payment_method"][0]
+        assert subscription_current(team=alice).tier.slug == "free"
+        assert not Invoice.objects.filter(team=alice, status__in=["open", "paid"]).exists()
