@@ -21,10 +21,13 @@ tokens == the token counter; wrk's own 2xx count may be lower by the requests it
 when its time ran out (at most one per connection).
 
 Self-contained and self-stopping: a temporary data dir with its own SQLite database, its own
-redis-server on a free loopback port (no persistence), one gunicorn per run; everything binds
-127.0.0.1, every step has a timeout, and every child is killed on exit.
+redis-server on a free loopback port (no persistence), one gunicorn per configuration, all three up for
+the whole run so the measured slices alternate quickly (a slow change in the machine's load then hits
+a, b and c alike); everything binds 127.0.0.1, every step has a timeout, every child is killed on
+exit. The machine must be otherwise idle: the CPU used by other programs during each slice is
+measured, the script waits for quiet before a slice and measures a slice again when it was disturbed.
 
-    .venv/bin/python bench/api_overhead.py            # 3 rounds x 10 s per configuration
+    .venv/bin/python bench/api_overhead.py            # 5 rounds x 6 s per configuration, alternating
     .venv/bin/python bench/api_overhead.py --quick    # 1 round x 3 s: a smoke run
     .venv/bin/python bench/api_overhead.py --database-url postgres://u:p@127.0.0.1/tierlab_bench
 
@@ -106,11 +109,9 @@ class RunResult:
     non_2xx: int
     socket_errors: int
     server_responses: dict[int, int] = field(default_factory=dict)  # status -> count, this run's key
-    server_total: int = 0  # responses of this gunicorn, all keys (probe and warm-up included)
     foreign_cpu: float = 0.0  # CPU seconds other programs used during the measured window
     discarded: bool = False  # measured again: other programs were busy
     foreign_top: str = ""
-    sql: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU during the measured window
     drain: dict | None = None
 
@@ -559,16 +560,59 @@ class Bench:
                 _say(f"    waiting up to {self.args.quiet_wait:g} s for other programs to finish ({top})")
                 said = True
 
+    def start_servers(self) -> None:
+        """One gunicorn per configuration, all up for the whole run (an idle one costs nothing), so the
+        measured slices can alternate quickly: slow changes in the machine's load then hit a, b and c
+        alike, and the ratios within a round stay fair."""
+        self.servers: dict[str, tuple[subprocess.Popen, int, Path]] = {}
+        for config in CONFIGS:
+            proc, port, stats_dir = self._serve(config, config.code)
+            self.servers[config.code] = (proc, port, stats_dir)
+            if self.args.warmup > 0:  # imports, caches, the team's first quota row: not measured
+                run_wrk(
+                    f"http://127.0.0.1:{port}{ENDPOINT}",
+                    self.keys["warm"]["lua"],
+                    seconds=2 * self.args.warmup,
+                    connections=self.args.connections,
+                    threads=self.args.threads,
+                )
+
+    def stop_servers(self, runs: list[RunResult]) -> dict[str, dict[str, int]]:
+        """Stop the servers; fill each run's server-side response counts (by its key); returns the SQL
+        counts per configuration."""
+        sql_by_config: dict[str, dict[str, int]] = {}
+        responses: dict[str, int] = {}
+        for code, (proc, _port, stats_dir) in self.servers.items():
+            _stop(proc, grace=20)
+            server_responses, sql, _ = read_worker_stats(stats_dir)
+            sql["responses"] = sum(server_responses.values())
+            sql_by_config[code] = sql
+            responses.update(server_responses)  # the keys' suffixes differ between servers' runs
+        for run in runs:
+            suffix = self.keys[run.label]["secret"][-8:]
+            run.server_responses = {}
+            for key, count in responses.items():
+                key_suffix, status = key.rsplit(" ", 1)
+                if key_suffix == suffix:
+                    run.server_responses[int(status)] = run.server_responses.get(int(status), 0) + count
+        self.servers = {}
+        return sql_by_config
+
     def measure(self, config: Config, round_no: int, attempt: int = 0) -> RunResult:
         args = self.args
         label = f"{config.code}{round_no}" + (f"r{attempt}" if attempt else "")
         if args.quiet_wait > 0:
             self.wait_quiet()
-        proc, port, stats_dir = self._serve(config, label)
+        proc, port, _stats_dir = self.servers[config.code]
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"gunicorn for {config.code} exited ({proc.returncode}):\n"
+                f"{_tail(self.tmp / f'gunicorn-{config.code}.log')}"
+            )
+        url = f"http://127.0.0.1:{port}{ENDPOINT}"
         drainer = None
         try:
-            url = f"http://127.0.0.1:{port}{ENDPOINT}"
-            if args.warmup > 0:
+            if args.warmup > 0:  # the other servers just had the CPUs: back to a steady state first
                 run_wrk(
                     url,
                     self.keys["warm"]["lua"],
@@ -605,10 +649,12 @@ class Bench:
                 before_children.ru_utime + before_children.ru_stime
             )
             # Other programs competing for the CPUs make the run unrepresentative: say so.
-            ours = {os.getpid(), proc.pid, *(p for v in pids.values() for p in v)}
+            ours = {os.getpid(), *(p for v in pids.values() for p in v)}
+            for server, _, _ in self.servers.values():
+                ours |= {server.pid, *_children_of(server.pid)}
             foreign, foreign_top = _foreign_cpu(ticks_before, ticks_after, ours)
             # Processes that came and went meanwhile are missing from the snapshots: the machine's busy
-            # time minus ours catches them (it also holds some kernel work for our loopback traffic).
+            # time minus ours catches them.
             unattributed = max(0.0, busy - sum(cpu.values()) - foreign)
             if unattributed > 0.05:
                 foreign += unattributed
@@ -623,14 +669,6 @@ class Bench:
         finally:
             if drainer is not None:
                 _stop(drainer, grace=5)
-            _stop(proc, grace=20)
-        responses, sql, _ = read_worker_stats(stats_dir)
-        suffix = self.keys[label]["secret"][-8:]
-        server = {}
-        for key, count in responses.items():
-            key_suffix, status = key.rsplit(" ", 1)
-            if key_suffix == suffix:
-                server[int(status)] = server.get(int(status), 0) + count
         run = RunResult(
             config=config,
             round=round_no,
@@ -641,16 +679,13 @@ class Bench:
             requests=result["requests"],
             non_2xx=result["status"],
             socket_errors=result["socket_errors"],
-            server_responses=server,
-            sql=sql,
             cpu=cpu,
             drain=drain,
-            server_total=sum(responses.values()),
             foreign_cpu=foreign,
             foreign_top=foreign_top,
         )
         if config.backend == "redis" and config.metering:
-            # What the Celery task does in production, off the request path (untimed here).
+            # What the Celery task does in production, off the request path (untimed, between runs).
             run.drain = {**(run.drain or {}), "after": _run_django("drain", self.env(config), timeout=600)}
         return run
 
@@ -845,7 +880,9 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(bench: Bench, runs: list[RunResult], checks: dict, args: argparse.Namespace) -> tuple[bool, list[str]]:
+def report(
+    bench: Bench, runs: list[RunResult], checks: dict, sql_by_config: dict, args: argparse.Namespace
+) -> tuple[bool, list[str]]:
     """Prints the table, the ratios and the checks; returns (all goals and checks passed, missed goals)."""
     attempts, runs = runs, [r for r in runs if not r.discarded]
     by_round: dict[int, dict[str, RunResult]] = {}
@@ -922,21 +959,18 @@ def report(bench: Bench, runs: list[RunResult], checks: dict, args: argparse.Nam
     _say("CPU seconds per 1000 requests during the measured window (all rounds), and SQL per request:")
     for config in CONFIGS:
         rs = [r for r in runs if r.config.code == config.code]
-        served = sum(r.server_total for r in rs) or 1
+        sql = sql_by_config.get(config.code, {})
+        served = sql.get("responses", 0) or 1
         wrk_done = sum(r.requests for r in rs) or 1
         cpu = {}
         for r in rs:
             for k, v in r.cpu.items():
                 cpu[k] = cpu.get(k, 0.0) + v
         cpu_text = ", ".join(f"{k} {v / wrk_done * 1000:.2f}" for k, v in cpu.items())
-        sql = {}
-        for r in rs:
-            for k, v in r.sql.items():
-                sql[k] = sql.get(k, 0) + v
         _say(
             f"  {config.code}: {cpu_text}; SQL reads {sql.get('read', 0) / served:.3f}, writes "
             f"{sql.get('write', 0) / served:.3f} per request, requests with a SQL write: "
-            f"{sql.get('requests_with_write', 0)} of {served} (warm-up included)"
+            f"{sql.get('requests_with_write', 0)} of {served} (all of this server's requests, warm-up included)"
         )
 
     # Correctness.
@@ -984,7 +1018,7 @@ def report(bench: Bench, runs: list[RunResult], checks: dict, args: argparse.Nam
             if during is not None:
                 text += f"; drained during the run: {during}"
             _say(f"       {text}")
-    b_sql = sum(r.sql.get("requests_with_write", 0) for r in attempts if r.config.code == "b")
+    b_sql = sql_by_config.get("b", {}).get("requests_with_write", 0)
     _say(f"records == admitted: {'yes' if all_ok else 'no'}")
     _say(f"no SQL write on the request path with the Redis backend (b): {'yes' if b_sql == 0 else f'no ({b_sql})'}")
     _say(
@@ -998,12 +1032,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per configuration and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of a, b, c (the order rotates each round)")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per configuration and round")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each run")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of unmeasured load before each run (twice that at start)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s, 1 s warm-up")
     parser.add_argument("--database-url", help="run against this database (e.g. PostgreSQL) instead of SQLite")
     parser.add_argument("--profile", action="store_true", help="profile b and c even if the goals are met")
@@ -1057,6 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, tmp)
         _say(f"bench dir {tmp}; setting up (migrate, seed, keys, redis) ...")
         bench.setup()
+        bench.start_servers()
         runs: list[RunResult] = []
         for round_no in range(1, args.rounds + 1):
             shift = (round_no - 1) % len(CONFIGS)
@@ -1079,8 +1116,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if not run.discarded:
                         break
+        sql = bench.stop_servers(runs)
         checks = bench.verify(runs)
-        ok, missed_codes = report(bench, runs, checks, args)
+        ok, missed_codes = report(bench, runs, checks, sql, args)
         missed = [c for c in CONFIGS if c.code in missed_codes]
         to_profile = [] if args.no_profile else ([c for c in CONFIGS if c.code != "a"] if args.profile else missed)
         if to_profile:

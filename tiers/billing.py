@@ -478,6 +478,13 @@ def _checkout_charge(
         current = sub.tier
         if current.pk != subscription.tier_id:
             raise InvalidTierChange("The subscription changed meanwhile; please try again.", code="concurrent_change")
+        # Under the subscription's lock: a second checkout that started before this one committed (a
+        # double click) finds this one's invoice here and stops, rather than charging again.
+        if Invoice.objects.filter(subscription=sub, kind__in=CHECKOUT_KINDS, status=Invoice.Status.OPEN).exists():
+            raise BillingError(
+                "A payment for this subscription is still in progress; try again in a minute.",
+                code="payment_in_progress",
+            )
         if kind == Invoice.Kind.INITIAL:
             # The anchor becomes now: the first paid period starts at the moment of payment.
             start, end = period_bounds(now, tier.billing_interval, 0)
@@ -1157,13 +1164,14 @@ def _invoice_settle_without_charge(*, invoice_id: int, now: datetime) -> None:
 
 
 def _dunning_sweep(*, now: datetime) -> int:
-    """End dunning for open renewal invoices that are out of attempts with nothing scheduled (e.g.
-    after TIERLAB_DUNNING_RETRY_DAYS was shortened). Normally the last failure ends it at once."""
+    """End dunning for open renewal invoices that are out of attempts: normally the last failure ends
+    it at once, but TIERLAB_DUNNING_RETRY_DAYS may have been shortened meanwhile (a retry still
+    scheduled, or none, for an invoice that has had all the attempts the new schedule allows)."""
     exhausted = (
         Invoice.objects.filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
             status=Invoice.Status.OPEN,
             kind=Invoice.Kind.RENEWAL,
-            next_attempt_at__isnull=True,
             attempt_count__gte=1 + len(settings.TIERLAB_DUNNING_RETRY_DAYS),
         )
         .exclude(Exists(Payment.objects.filter(invoice=OuterRef("pk"), status=Payment.Status.PENDING)))
@@ -1173,7 +1181,7 @@ def _dunning_sweep(*, now: datetime) -> int:
     for invoice_id in list(exhausted):
         with transaction.atomic():
             invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
-            if invoice.status != Invoice.Status.OPEN or invoice.next_attempt_at is not None:
+            if invoice.status != Invoice.Status.OPEN or invoice.payments.filter(status=Payment.Status.PENDING).exists():
                 continue
             _dunning_end(sub=_lock_subscription(invoice.subscription_id), invoice=invoice, now=now)
             ended += 1

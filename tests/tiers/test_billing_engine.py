@@ -306,6 +306,47 @@ def test_two_period_closes_at_once_issue_one_invoice_per_subscription(catalog):
     }
 
 
+# --- Dunning without a card (no Stripe call is made) ---------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_renewal_without_a_card_on_file_goes_into_dunning_without_calling_stripe(catalog, settings):
+    settings.TIERLAB_DUNNING_RETRY_DAYS = [1, 3, 5]
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # anything reaching Stripe would fail the pass
+    team = team_on(catalog["plus"], anchor=JAN_31)
+
+    result = billing.billing_run(now=FEB_28)
+
+    assert (result.payments_failed, result.errors) == (1, [])
+    invoice = renewal_of(team)
+    payment = invoice.payments.get()
+    assert (payment.status, payment.failure_code, payment.stripe_payment_intent_id) == (
+        "failed",
+        "no_payment_method",
+        None,
+    )
+    invoice.refresh_from_db()
+    sub = subscription_of(team)
+    assert (sub.status, sub.past_due_since, invoice.next_attempt_at) == ("past_due", FEB_28, dt(2026, 3, 1))
+
+
+@pytest.mark.django_db
+def test_dunning_ends_when_the_retry_schedule_was_shortened(catalog, settings):
+    settings.TIERLAB_DUNNING_RETRY_DAYS = [1, 3, 5]
+    team = team_on(catalog["plus"], anchor=JAN_31)
+    billing.billing_run(now=FEB_28)
+    billing.billing_run(now=dt(2026, 3, 1))
+    invoice = renewal_of(team)
+    assert (invoice.attempt_count, invoice.next_attempt_at) == (2, dt(2026, 3, 3))
+
+    settings.TIERLAB_DUNNING_RETRY_DAYS = [1]  # two attempts in all: this invoice has had them
+    result = billing.billing_run(now=dt(2026, 3, 3))
+
+    assert (result.payments_attempted, result.downgraded) == (0, 1)
+    invoice.refresh_from_db()
+    assert invoice.status == "uncollectible" and subscription_of(team).tier.slug == "free"
+
+
 # --- Scheduling and operator actions (no charge involved) ----------------------------------------------
 
 

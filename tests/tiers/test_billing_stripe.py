@@ -142,6 +142,24 @@ def test_a_charge_declined_at_checkout_voids_its_invoice_and_changes_nothing(tea
     assert len(payment_intents_for_invoice(stripe_local, invoice.pk)) == 1  # never retried
 
 
+def test_a_double_submitted_checkout_charges_once(team_tier, stripe_local):
+    team = new_team()
+    billing.payment_method_update(team=team, payment_method="pm_card_visa")
+
+    def checkout():
+        return billing.subscription_change(team=team, tier=team_tier, now=JAN_31)
+
+    outcomes = run_in_threads([checkout, checkout])
+
+    results = [o for o in outcomes if isinstance(o, billing.CheckoutResult)]
+    refused = [o for o in outcomes if not isinstance(o, billing.CheckoutResult)]
+    assert len(results) == 1 and results[0].change == "subscribed"
+    [error] = refused
+    assert error.code in {"payment_in_progress", "invalid_tier_change"}, error  # in flight, or done already
+    [invoice] = Invoice.objects.filter(team=team)
+    assert invoice.status == "paid" and len(payment_intents_for_invoice(stripe_local, invoice.pk)) == 1
+
+
 def test_a_trial_starts_without_a_charge_and_only_once_per_team(catalog, stripe_local):
     plus = catalog["plus"]  # 7 trial days
     team = new_team()
