@@ -362,6 +362,42 @@ def subscription_change(
     )
 
 
+@dataclass(frozen=True)
+class CheckoutPlan:
+    """What ``subscription_change`` would do now, for the checkout page to say before the POST."""
+
+    kind: str  # "current", "subscribe", "trial", "trial_switch", "upgrade", "downgrade"
+    card_needed: bool
+    effective_at: datetime | None = None  # the trial's end, or the scheduled change's date
+    estimate_cents: int | None = None  # an upgrade's prorated difference, at ``now``
+
+
+def subscription_change_preview(*, team: Team, tier: Tier, now: datetime | None = None) -> CheckoutPlan:
+    """The branch ``subscription_change`` takes for ``tier`` at ``now``, without changing anything.
+    The charge at the POST, seconds later, can only be smaller than the estimate (by a cent or so)."""
+    now = _now(now)
+    subscription = subscription_current(team=team)
+    current = subscription.tier if subscription is not None else None
+    if (current is not None and current.pk == tier.pk) or ((current is None or current.is_free) and tier.is_free):
+        return CheckoutPlan(kind="current", card_needed=False)
+    if current is None or current.is_free:
+        if tier.trial_days and not team_has_trialed(team=team):
+            return CheckoutPlan(kind="trial", card_needed=True, effective_at=now + timedelta(days=tier.trial_days))
+        return CheckoutPlan(kind="subscribe", card_needed=True)
+    if tier.is_free or not _is_upgrade(current, tier):
+        return CheckoutPlan(kind="downgrade", card_needed=False, effective_at=subscription.current_period_end)
+    if subscription.status == Subscription.Status.TRIALING:
+        return CheckoutPlan(kind="trial_switch", card_needed=True, effective_at=subscription.trial_end)
+    proration = proration_compute(
+        old_price_cents=current.price_cents,
+        new_price_cents=tier.price_cents,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+        at=now,
+    )
+    return CheckoutPlan(kind="upgrade", card_needed=True, estimate_cents=proration.total_cents)
+
+
 def _change_schedule(*, subscription: Subscription, tier: Tier, actor: User | None, now: datetime) -> CheckoutResult:
     """A downgrade (to a cheaper tier or to free) at the end of the period the customer paid for."""
     with transaction.atomic():

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.contrib import messages
@@ -9,15 +8,13 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import date as date_filter
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.selectors import team_for_user
 from config.errors import ApplicationError
 from tiers import billing
 from tiers.forms import DECLINED_MESSAGE, CardChangeForm, CheckoutForm
-from tiers.models import BillingCustomer, Invoice, Subscription, Tier
-from tiers.proration import proration_compute
+from tiers.models import BillingCustomer, Invoice
 from tiers.selectors import invoice_list_for_team, subscription_current, tier_list_public
 from tiers.stripe_gateway import (
     PaymentDeclined,
@@ -102,53 +99,6 @@ def _result_message(result: billing.CheckoutResult) -> str:
     return f"Your subscription is on {tier.name}.{charged}"
 
 
-@dataclass(frozen=True)
-class CheckoutPlan:
-    """What the checkout page tells the subscriber will happen. It only describes the billing engine's
-    contract (billing.subscription_change) for display; the engine decides, and the message after the
-    POST reports what it actually did."""
-
-    kind: str  # "current", "subscribe", "trial", "trial_switch", "upgrade", "downgrade"
-    card_needed: bool
-    effective_at: datetime | None = None  # the trial's end, or the downgrade's date
-    estimate_cents: int | None = None  # an upgrade's prorated difference, estimated now
-
-
-def _checkout_plan(*, team: Team, subscription: Subscription | None, tier: Tier) -> CheckoutPlan:
-    # Mirrors billing.subscription_change's branches (see its docstring) to say what will happen.
-    # TODO(billing): replace with a preview from the engine once it offers one.
-    current = subscription.tier if subscription is not None else None
-    if current is not None and current.pk == tier.pk:
-        return CheckoutPlan(kind="current", card_needed=False)
-    if current is None or current.is_free:
-        if tier.is_free:
-            return CheckoutPlan(kind="current", card_needed=False)
-        if tier.trial_days and not billing.team_has_trialed(team=team):
-            trial_end = timezone.now() + timedelta(days=tier.trial_days)
-            return CheckoutPlan(kind="trial", card_needed=True, effective_at=trial_end)
-        return CheckoutPlan(kind="subscribe", card_needed=True)
-    # An upgrade is a dearer tier on the same interval and currency; anything else waits for the period end.
-    is_upgrade = (
-        tier.price_cents > current.price_cents
-        and tier.billing_interval == current.billing_interval
-        and tier.currency == current.currency
-    )
-    if is_upgrade and subscription.status == Subscription.Status.TRIALING:
-        return CheckoutPlan(kind="trial_switch", card_needed=True, effective_at=subscription.trial_end)
-    if is_upgrade:
-        # The engine's own proration arithmetic, at this moment: the charge at the POST, seconds later,
-        # can only be smaller (by a cent or so), never larger.
-        proration = proration_compute(
-            old_price_cents=current.price_cents,
-            new_price_cents=tier.price_cents,
-            period_start=subscription.current_period_start,
-            period_end=subscription.current_period_end,
-            at=timezone.now(),
-        )
-        return CheckoutPlan(kind="upgrade", card_needed=True, estimate_cents=proration.total_cents)
-    return CheckoutPlan(kind="downgrade", card_needed=False, effective_at=subscription.current_period_end)
-
-
 def _billing_page(request: HttpRequest, team: Team, card_form: CardChangeForm, *, status: int = 200) -> HttpResponse:
     overview = billing.billing_overview(team=team)
     return render(
@@ -214,7 +164,7 @@ def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
     # Archived and non-public tiers cannot be chosen: they are not found here.
     tier = get_object_or_404(tier_list_public(), slug=tier_slug)
     subscription = subscription_current(team=team)
-    plan = _checkout_plan(team=team, subscription=subscription, tier=tier)
+    plan = billing.subscription_change_preview(team=team, tier=tier)
     customer = BillingCustomer.objects.filter(team=team).first()
     data = request.POST if request.method == "POST" else None  # a POST without a card is empty, yet bound
     form = CheckoutForm(data, customer=customer, card_needed=plan.card_needed)

@@ -1,0 +1,466 @@
+"""Django-side steps of bench/billing_close.py, each run in a subprocess of the project's virtualenv:
+
+    .venv/bin/python -m bench._billing_close_tasks migrate
+    .venv/bin/python -m bench._billing_close_tasks seed      --spec '{"n": 100000, "now": ISO, ...}'
+    .venv/bin/python -m bench._billing_close_tasks close     --spec '{"now": ISO, "profile": false, ...}'
+    .venv/bin/python -m bench._billing_close_tasks customers --spec '{"n": 1000, "out": PATH}'
+    .venv/bin/python -m bench._billing_close_tasks pay       --spec '{"now": ISO, ...}'
+
+The caller sets DJANGO_SETTINGS_MODULE, DATABASE_URL (the bench's own database), STRIPE_API_BASE (the
+bench's localstripe), EMAIL_URL and DEBUG. Each step prints one JSON object alone on the last line of
+its stdout. Nothing here edits tiers/: the engine is called through its public functions
+(tiers.billing.billing_periods_close, tiers.billing.billing_run) and the gateway
+(tiers.stripe_gateway.customer_create, payment_method_attach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import io
+import json
+import os
+import pstats
+import re
+import signal
+import sys
+import time
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+# Subscriptions alternate between Plus (fee only) and Pro (fee + overage billing). Every Pro team has
+# one usage record in the period that ended; every OVERAGE_EVERY-th Pro team used more than Pro's
+# 200M included tokens, so its renewal invoice gets an overage line as well.
+ANCHOR_DAYS = 31  # anchors on Jan 1..31 (clamped month ends included: Jan 29-31 renew on Feb 28)
+OVERAGE_EVERY = 10
+OVERAGE_TOKENS = 250_000_000  # 50M past Pro's 200M: 50 x 60 cents = 3,000 cents
+SMALL_TOKENS = 12_345
+PLUS, PRO = "plus", "pro"
+
+
+def _django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def _emit(payload: dict) -> None:
+    sys.stdout.write("\n" + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_now(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+# --- Counting statements --------------------------------------------------------------------------------
+
+
+class StatementCounter:
+    """A connection.execute_wrapper: counts and times every statement by kind (no SQL kept)."""
+
+    _INSERT = re.compile(r'\bINSERT INTO "?(\w+)', re.I)
+    _UPDATE = re.compile(r'\bUPDATE "?(\w+)', re.I)
+    _FROM = re.compile(r'\bFROM "?(\w+)', re.I)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.kinds: dict[str, list] = {}  # kind -> [count, seconds]
+
+    def kind(self, sql: str) -> str:
+        if m := self._INSERT.search(sql):
+            return f"insert {m.group(1)}"
+        if m := self._UPDATE.search(sql):
+            return f"update {m.group(1)}"
+        head = sql.lstrip()[:20].upper()
+        if head.startswith(("SELECT", "WITH")):
+            if "usage_usagerecord" in sql:
+                return "select usage_usagerecord"
+            m = self._FROM.search(sql)
+            return f"select {m.group(1) if m else '?'}"
+        return head.split(" ", 1)[0].lower() or "?"
+
+    def __call__(self, execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            took = time.perf_counter() - started
+            self.count += 1
+            self.seconds += took
+            entry = self.kinds.setdefault(self.kind(sql), [0, 0.0])
+            entry[0] += 1
+            entry[1] += took
+
+    def as_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "seconds": self.seconds,
+            "kinds": {k: {"count": c, "seconds": s} for k, (c, s) in sorted(self.kinds.items())},
+        }
+
+
+def _counts(now: datetime) -> dict:
+    from django.db.models import Sum
+
+    from tiers.models import BillingAuditEntry, Invoice, InvoiceLine, Payment, Subscription
+
+    due = Subscription.objects.filter(
+        current_period_end__lte=now, status__in=[Subscription.Status.ACTIVE, Subscription.Status.TRIALING]
+    ).count()
+    return {
+        "subscriptions": Subscription.objects.count(),
+        "due": due,
+        "invoices": Invoice.objects.count(),
+        "invoices_open": Invoice.objects.filter(status=Invoice.Status.OPEN).count(),
+        "invoices_paid": Invoice.objects.filter(status=Invoice.Status.PAID).count(),
+        "lines": InvoiceLine.objects.count(),
+        "overage_lines": InvoiceLine.objects.filter(kind=InvoiceLine.Kind.OVERAGE).count(),
+        "invoiced_cents": int(Invoice.objects.aggregate(t=Sum("total_cents"))["t"] or 0),
+        "payments": Payment.objects.count(),
+        "payments_succeeded": Payment.objects.filter(status=Payment.Status.SUCCEEDED).count(),
+        "audit": BillingAuditEntry.objects.count(),
+    }
+
+
+# --- Steps --------------------------------------------------------------------------------------------------
+
+
+def migrate(spec: dict) -> dict:
+    _django()
+    from django.core.management import call_command
+
+    started = time.perf_counter()
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("seed_tiers", stdout=io.StringIO())
+    return {"seconds": time.perf_counter() - started}
+
+
+def _profiles(now: datetime) -> list[tuple[int, datetime, datetime, datetime, datetime]]:
+    """(k, anchor, period start, period end, usage time) for k = i % ANCHOR_DAYS: the period that ended
+    most recently before ``now`` for an anchor on Jan k+1 (hours vary), computed with tiers/periods.py."""
+    from tiers.periods import period_containing
+
+    rows = []
+    for k in range(ANCHOR_DAYS):
+        anchor = datetime(now.year if now.month > 1 else now.year - 1, 1, k + 1, (5 * k) % 24, 17, tzinfo=UTC)
+        current_start, _ = period_containing(anchor, "month", now)
+        start, end = period_containing(anchor, "month", current_start - timedelta(microseconds=1))
+        assert end == current_start <= now, (anchor, start, end, now)
+        rows.append((k, anchor, start, end, start + timedelta(days=1, minutes=k)))
+    return rows
+
+
+def seed(spec: dict) -> dict:
+    """``n`` teams, each with an owner, a subscription due at ``now`` on Plus or Pro (active, no trial),
+    a BillingCustomer (fake ids, or the real localstripe ones in ``customers``), and one usage record per
+    Pro team. Set-based: one INSERT ... SELECT over a generated series per table (generate_series on
+    PostgreSQL, a recursive CTE on SQLite)."""
+    _django()
+    from django.db import connection, transaction
+
+    from accounts.models import Membership, Team, User
+    from tiers.models import BillingCustomer, Subscription, Tier
+    from usage.models import UsageRecord
+
+    n = int(spec["n"])
+    now = _parse_now(spec["now"])
+    customers = None
+    if spec.get("customers"):
+        with open(spec["customers"]) as fh:
+            customers = json.load(fh)[:n]
+        if len(customers) < n:
+            raise SystemExit(f"only {len(customers)} Stripe customers for {n} teams")
+    pg = connection.vendor == "postgresql"
+    qn = connection.ops.quote_name
+    tiers = {t.slug: t for t in Tier.objects.filter(slug__in=[PLUS, PRO])}
+    dt = connection.ops.adapt_datetimefield_value if not pg else (lambda v: v)
+    ts = "CAST(%s AS timestamptz)" if pg else "%s"
+
+    profiles = _profiles(now)
+    values = ", ".join(f"({k}, {ts}, {ts}, {ts}, {ts})" for k, *_ in profiles)
+    profile_params = [dt(v) for _, *times in profiles for v in times]
+    if pg:
+        series_with = f"p(k, anchor, pstart, pend, used) AS (VALUES {values})"
+        series_from = f"generate_series(1, {n}) AS g(i) JOIN p ON p.k = g.i %% {ANCHOR_DAYS}"
+        with_kw = "WITH"
+    else:
+        series_with = (
+            f"g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n}),"
+            f" p(k, anchor, pstart, pend, used) AS (VALUES {values})"
+        )
+        series_from = f"g JOIN p ON p.k = g.i %% {ANCHOR_DAYS}"
+        with_kw = "WITH RECURSIVE"
+    text_i = "CAST(g.i AS text)"
+    created = dt(now - timedelta(days=90))
+
+    def insert(model, columns: list[str], select: list[str], params: list, where: str = "") -> int:
+        sql = (
+            f"{with_kw} {series_with} INSERT INTO {qn(model._meta.db_table)} ({', '.join(columns)})"
+            f" SELECT {', '.join(select)} FROM {series_from} {where}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*profile_params, *params])
+            return cursor.rowcount
+
+    started = time.perf_counter()
+    with transaction.atomic():
+        user0 = User.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        team0 = Team.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        insert(
+            User,
+            ["id", "password", "is_superuser", "first_name", "last_name", "is_staff", "is_active", "date_joined",
+             "email"],
+            [f"{user0} + g.i", "'!'", "%s", "''", "''", "%s", "%s", ts, f"'bench-' || {text_i} || '@bench.invalid'"],
+            [False, False, True, created],
+        )
+        insert(
+            Team,
+            ["id", "name", "is_personal", "created_at"],
+            [f"{team0} + g.i", f"'Bench team ' || {text_i}", "%s", ts],
+            [True, created],
+        )
+        insert(
+            Membership,
+            ["user_id", "team_id", "role", "created_at"],
+            [f"{user0} + g.i", f"{team0} + g.i", "'owner'", ts],
+            [created],
+        )
+        insert(
+            Subscription,
+            ["team_id", "tier_id", "status", "billing_anchor", "current_period_start", "current_period_end",
+             "cancel_at_period_end", "created_at", "updated_at"],
+            [f"{team0} + g.i", f"CASE WHEN g.i %% 2 = 0 THEN {tiers[PRO].pk} ELSE {tiers[PLUS].pk} END", "'active'",
+             "p.anchor", "p.pstart", "p.pend", "%s", ts, ts],
+            [False, created, created],
+        )
+        insert(
+            UsageRecord,
+            ["request_id", "team_id", "model", "prompt_tokens", "completion_tokens", "total_tokens", "created_at"],
+            [f"'bench-' || {text_i}", f"{team0} + g.i", "'Llama-3.3-70B-Instruct'", "0",
+             f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END",
+             f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END", "p.used"],
+            [],
+            where="WHERE g.i %% 2 = 0",
+        )
+        if customers is None:
+            insert(
+                BillingCustomer,
+                ["team_id", "stripe_customer_id", "default_payment_method_id", "card_brand", "card_last4",
+                 "created_at", "updated_at"],
+                [f"{team0} + g.i", f"'cus_bench_' || {text_i}", f"'pm_bench_' || {text_i}", "'visa'", "'4242'", ts,
+                 ts],
+                [created, created],
+            )
+        else:
+            BillingCustomer.objects.bulk_create(
+                [
+                    BillingCustomer(
+                        team_id=team0 + i + 1,
+                        stripe_customer_id=c["customer"],
+                        default_payment_method_id=c["payment_method"],
+                        card_brand=c["brand"],
+                        card_last4=c["last4"],
+                    )
+                    for i, c in enumerate(customers)
+                ]
+            )
+        if pg:
+            with connection.cursor() as cursor:
+                for model in (User, Team):
+                    table = model._meta.db_table
+                    cursor.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {qn(table)}))"
+                    )
+    seeded = time.perf_counter() - started
+    if pg:
+        # What autovacuum would do soon after a bulk load; the close's plans should not depend on luck.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+    overage = n // (2 * OVERAGE_EVERY)
+    plus, pro = (n + 1) // 2, n // 2
+    expected_cents = plus * tiers[PLUS].price_cents + pro * tiers[PRO].price_cents + overage * 3_000
+    return {
+        "n": n,
+        "seconds": seeded,
+        "analyze_seconds": time.perf_counter() - started - seeded,
+        "expected": {"invoices": n, "lines": n + overage, "overage_lines": overage, "cents": expected_cents},
+        "counts": _counts(now),
+    }
+
+
+def _profile_top(profiler: cProfile.Profile, top: int) -> dict:
+    out = {}
+    for key in ("cumulative", "tottime"):
+        buffer = io.StringIO()
+        stats = pstats.Stats(profiler, stream=buffer)
+        stats.strip_dirs().sort_stats(key).print_stats(top)
+        text = buffer.getvalue()
+        start = text.find("   ncalls")
+        out[key] = text[start:].rstrip() if start >= 0 else text.rstrip()
+    return out
+
+
+def close(spec: dict) -> dict:
+    """billing_periods_close twice on the seeded database: the first closes every due period (timed,
+    statements counted), the second must find nothing."""
+    _django()
+    from django.db import connection
+
+    from tiers import billing, billing_close
+
+    now = _parse_now(spec["now"])
+    batch_size = int(spec.get("batch_size") or billing_close.CLOSE_BATCH_SIZE)
+    before = _counts(now)  # also opens the connection: not part of the timing
+    counter = StatementCounter()
+    profiler = cProfile.Profile() if spec.get("profile") else None
+    with connection.execute_wrapper(counter):
+        started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        result = billing.billing_periods_close(now=now, batch_size=batch_size)
+        if profiler is not None:
+            profiler.disable()
+        seconds = time.perf_counter() - started
+    after = _counts(now)
+    counter2 = StatementCounter()
+    with connection.execute_wrapper(counter2):
+        started = time.perf_counter()
+        result2 = billing.billing_periods_close(now=now, batch_size=batch_size)
+        seconds2 = time.perf_counter() - started
+    after2 = _counts(now)
+    payload = {
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "result": vars(result),
+        "statements": counter.as_dict(),
+        "before": before,
+        "after": after,
+        "again": {"seconds": seconds2, "result": vars(result2), "statements": counter2.as_dict(), "after": after2},
+        "vendor": connection.vendor,
+        "server_version": _server_version(),
+    }
+    if profiler is not None:
+        payload["profile"] = _profile_top(profiler, int(spec.get("top", 25)))
+    return payload
+
+
+def _server_version() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+        else:
+            cursor.execute("SELECT sqlite_version()")
+        return str(cursor.fetchone()[0])
+
+
+def customers(spec: dict) -> dict:
+    """``n`` Stripe customers, each with pm_card_visa attached as its default, through the gateway.
+    Written to ``out`` (JSON) for ``seed``; no database is used."""
+    _django()
+    from tiers import stripe_gateway as gateway
+
+    n = int(spec["n"])
+    made = []
+    started = time.perf_counter()
+    for i in range(1, n + 1):
+        customer_id = gateway.customer_create(
+            email=f"bench-{i}@bench.invalid", team_id=i, idempotency_key=f"bench:team:{i}:customer"
+        )
+        card = gateway.payment_method_attach(customer_id=customer_id, payment_method="pm_card_visa", make_default=True)
+        made.append(
+            {"customer": customer_id, "payment_method": card.payment_method_id, "brand": card.brand, "last4": card.last4}
+        )
+    seconds = time.perf_counter() - started
+    with open(spec["out"], "w") as fh:
+        json.dump(made, fh)
+    return {"n": n, "seconds": seconds, "requests": 3 * n}
+
+
+def _stripe_payment_intents() -> int:
+    """How many PaymentIntents localstripe holds (listed 100 at a time)."""
+    from django.conf import settings
+
+    base = settings.STRIPE_API_BASE.rstrip("/")
+    auth = "Basic " + base64.b64encode(f"{settings.STRIPE_SECRET_KEY}:".encode()).decode()
+    total, after = 0, None
+    for _ in range(100_000):
+        query = {"limit": "100", **({"starting_after": after} if after else {})}
+        request = urllib.request.Request(f"{base}/v1/payment_intents?{urllib.parse.urlencode(query)}")
+        request.add_header("Authorization", auth)
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - 127.0.0.1
+            page = json.load(response)
+        data = page.get("data") or []
+        total += len(data)
+        if not page.get("has_more") or not data:
+            return total
+        after = data[-1]["id"]
+    raise RuntimeError("listing PaymentIntents did not end")
+
+
+def pay(spec: dict) -> dict:
+    """The whole pass through localstripe: the local close (timed on its own), then billing_run (which
+    finds no period left to close and charges every invoice due, off-session), then billing_run again,
+    which must create and charge nothing."""
+    _django()
+    from django.core import mail
+    from django.db import connection
+
+    from tiers import billing
+
+    now = _parse_now(spec["now"])
+    before = _counts(now)
+    intents_before = _stripe_payment_intents()
+    local = StatementCounter()
+    with connection.execute_wrapper(local):
+        started = time.perf_counter()
+        closed = billing.billing_periods_close(now=now)
+        local_seconds = time.perf_counter() - started
+    charge = StatementCounter()
+    with connection.execute_wrapper(charge):
+        started = time.perf_counter()
+        run = billing.billing_run(now=now)
+        charge_seconds = time.perf_counter() - started
+    after = _counts(now)
+    intents_after = _stripe_payment_intents()
+    emails = len(getattr(mail, "outbox", []))
+    again = StatementCounter()
+    with connection.execute_wrapper(again):
+        started = time.perf_counter()
+        run2 = billing.billing_run(now=now)
+        again_seconds = time.perf_counter() - started
+    after2 = _counts(now)
+    intents_after2 = _stripe_payment_intents()
+    return {
+        "vendor": connection.vendor,
+        "local": {"seconds": local_seconds, "result": vars(closed), "statements": local.as_dict()},
+        "charge": {"seconds": charge_seconds, "result": vars(run), "statements": charge.as_dict()},
+        "again": {"seconds": again_seconds, "result": vars(run2), "statements": again.as_dict(), "after": after2},
+        "before": before,
+        "after": after,
+        "emails": emails,
+        "intents": {"before": intents_before, "after": intents_after, "after_again": intents_after2},
+    }
+
+
+STEPS = {"migrate": migrate, "seed": seed, "close": close, "customers": customers, "pay": pay}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("step", choices=sorted(STEPS))
+    parser.add_argument("--spec", default="{}")
+    args = parser.parse_args()
+    # The parent stops us with SIGTERM on its own exit or timeout: leave at once, no traceback.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(143))
+    _emit(STEPS[args.step](json.loads(args.spec)))
+
+
+if __name__ == "__main__":
+    main()
