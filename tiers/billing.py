@@ -637,17 +637,8 @@ def subscription_cancel(
         if sub.tier.is_free:
             raise InvalidTierChange("The free tier has nothing to cancel.", code="nothing_to_cancel")
         if immediately:
-            free = _free_tier()
             old = sub.tier
-            start, end = period_bounds(now, free.billing_interval, 0)
-            sub.tier = free
-            sub.status = Subscription.Status.ACTIVE
-            sub.pending_tier = None
-            sub.cancel_at_period_end = False
-            sub.canceled_at = now
-            sub.past_due_since = None
-            sub.billing_anchor, sub.current_period_start, sub.current_period_end = now, start, end
-            sub.save()
+            free = _subscription_restart_on_free(sub=sub, now=now, canceled=True)
             _audit(
                 team_id=sub.team_id,
                 actor=actor,
@@ -1161,22 +1152,31 @@ def _payment_failed(*, payment: Payment, invoice: Invoice, now: datetime) -> Non
     transaction.on_commit(lambda: emails.payment_failed_send(payment_id=payment_id, next_attempt_at=next_attempt_at))
 
 
-def _dunning_end(*, sub: Subscription, invoice: Invoice, now: datetime) -> None:
-    """The last retry failed: write the invoice off and move the team to the free tier now, with a
-    period starting now (its quota starts afresh). Nothing is deleted; the invoice stays on record."""
-    invoice.status = Invoice.Status.UNCOLLECTIBLE
-    invoice.next_attempt_at = None
-    invoice.save(update_fields=["status", "next_attempt_at"])
+def _subscription_restart_on_free(*, sub: Subscription, now: datetime, canceled: bool = False) -> Tier:
+    """Move ``sub`` (locked by the caller) to the free tier now, with a period starting now, so its
+    quota starts afresh; scheduled changes and dunning state are cleared. Returns the free tier."""
     free = _free_tier()
-    old = sub.tier
     start, end = period_bounds(now, free.billing_interval, 0)
     sub.tier = free
     sub.status = Subscription.Status.ACTIVE
     sub.pending_tier = None
     sub.cancel_at_period_end = False
     sub.past_due_since = None
+    if canceled:
+        sub.canceled_at = now
     sub.billing_anchor, sub.current_period_start, sub.current_period_end = now, start, end
     sub.save()
+    return free
+
+
+def _dunning_end(*, sub: Subscription, invoice: Invoice, now: datetime) -> None:
+    """The last retry failed: write the invoice off and move the team to the free tier now, with a
+    period starting now (its quota starts afresh). Nothing is deleted; the invoice stays on record."""
+    invoice.status = Invoice.Status.UNCOLLECTIBLE
+    invoice.next_attempt_at = None
+    invoice.save(update_fields=["status", "next_attempt_at"])
+    old = sub.tier
+    free = _subscription_restart_on_free(sub=sub, now=now)
     _audit(
         team_id=sub.team_id,
         action="downgraded_after_dunning",
