@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 # one usage record in the period that ended; every OVERAGE_EVERY-th Pro team used more than Pro's
 # 200M included tokens, so its renewal invoice gets an overage line as well.
 ANCHOR_DAYS = 31  # anchors on Jan 1..31 (clamped month ends included: Jan 29-31 renew on Feb 28)
+ANCHOR_JITTER_SECONDS = 2400
 OVERAGE_EVERY = 10
 OVERAGE_TOKENS = 250_000_000  # 50M past Pro's 200M: 50 x 60 cents = 3,000 cents
 SMALL_TOKENS = 12_345
@@ -63,7 +64,7 @@ class StatementCounter:
     """A connection.execute_wrapper: counts and times every statement by kind (no SQL kept)."""
 
     _INSERT = re.compile(r'\bINSERT INTO "?(\w+)', re.I)
-    _UPDATE = re.compile(r'\bUPDATE "?(\w+)', re.I)
+    _UPDATE = re.compile(r'(?<!FOR )\bUPDATE "?(\w+)', re.I)  # not SELECT ... FOR UPDATE
     _FROM = re.compile(r'\bFROM "?(\w+)', re.I)
 
     def __init__(self) -> None:
@@ -102,6 +103,82 @@ class StatementCounter:
             "seconds": self.seconds,
             "kinds": {k: {"count": c, "seconds": s} for k, (c, s) in sorted(self.kinds.items())},
         }
+
+
+# --- Other programs on the machine ------------------------------------------------------------------------
+# The figures are wall-clock times on a small machine: a load test running meanwhile shows up in them.
+# Each measurement records how much CPU other programs used during it (as bench/api_overhead.py does):
+# every live process except this one, the bench's database server (the postmaster and its children,
+# BENCH_PG_POSTMASTER) and localstripe (BENCH_LOCALSTRIPE_PID).
+
+
+def cpu_snapshot() -> dict[int, tuple[int, str, int]]:
+    """Every process: (parent pid, name, utime + stime ticks)."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                head, tail = fh.read().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        fields = tail.split()
+        found[int(entry.name)] = (int(fields[1]), head.split("(", 1)[-1], int(fields[11]) + int(fields[12]))
+    return found
+
+
+def _ours(snapshots: list[dict], roots: set[int]) -> set[int]:
+    parents = {pid: info[0] for snap in snapshots for pid, info in snap.items()}
+    ours = set()
+    for pid in parents:
+        seen, current = 0, pid
+        while current and seen < 64:
+            if current in roots:
+                ours.add(pid)
+                break
+            current, seen = parents.get(current, 0), seen + 1
+    return ours
+
+
+def bench_roots() -> set[int]:
+    roots = {os.getpid()}
+    for name in ("BENCH_PG_POSTMASTER", "BENCH_LOCALSTRIPE_PID", "BENCH_PARENT_PID"):
+        if os.environ.get(name, "").isdigit():
+            roots.add(int(os.environ[name]))
+    return roots
+
+
+def foreign_cpu(before: dict, after: dict, roots: set[int]) -> dict:
+    """CPU seconds that processes other than the bench's used between two snapshots, and the top ones."""
+    hz = os.sysconf("SC_CLK_TCK")
+    ours = _ours([before, after], roots)
+    used: dict[str, float] = {}
+    for pid, (_, name, ticks) in after.items():
+        if pid in ours:
+            continue
+        delta = (ticks - before.get(pid, (0, name, 0))[2]) / hz
+        if delta > 0:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    name = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:50] or name
+            except OSError:
+                pass
+            used[name] = used.get(name, 0.0) + delta
+    top = sorted(used.items(), key=lambda item: -item[1])[:3]
+    return {"seconds": sum(used.values()), "top": ", ".join(f"{name} {sec:.1f}s" for name, sec in top)}
+
+
+class CpuWatch:
+    """``with CpuWatch() as watch: ...``; then ``watch.result`` (see foreign_cpu)."""
+
+    def __enter__(self) -> CpuWatch:
+        self.roots = bench_roots()
+        self.before = cpu_snapshot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.result = foreign_cpu(self.before, cpu_snapshot(), self.roots)
 
 
 def _counts(now: datetime) -> dict:
@@ -190,17 +267,30 @@ def seed(spec: dict) -> dict:
         with_kw = "WITH"
     else:
         series_with = (
-            f"g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n}),"
+            f"g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n}),"  # noqa: S608 - n is an int
             f" p(k, anchor, pstart, pend, used) AS (VALUES {values})"
         )
         series_from = f"g JOIN p ON p.k = g.i %% {ANCHOR_DAYS}"
         with_kw = "WITH RECURSIVE"
     text_i = "CAST(g.i AS text)"
+    # Anchors differ per subscription, as real ones do (the moment of the first payment): the profile's
+    # time plus 0 to 39:59 minutes, which never crosses a day (profile times are at :17 past the hour),
+    # so the periods stay the ones tiers/periods.py computes for the shifted anchor.
+    offset = f"((g.i * 7919) %% {ANCHOR_JITTER_SECONDS})"
+    if pg:
+
+        def shifted(column: str) -> str:
+            return f"({column} + {offset} * interval '1 second')"
+    else:
+
+        def shifted(column: str) -> str:
+            return f"datetime({column}, '+' || {offset} || ' seconds')"
+
     created = dt(now - timedelta(days=90))
 
     def insert(model, columns: list[str], select: list[str], params: list, where: str = "") -> int:
         sql = (
-            f"{with_kw} {series_with} INSERT INTO {qn(model._meta.db_table)} ({', '.join(columns)})"
+            f"{with_kw} {series_with} INSERT INTO {qn(model._meta.db_table)} ({', '.join(columns)})"  # noqa: S608 - ours
             f" SELECT {', '.join(select)} FROM {series_from} {where}"
         )
         with connection.cursor() as cursor:
@@ -213,8 +303,17 @@ def seed(spec: dict) -> dict:
         team0 = Team.objects.order_by("-id").values_list("id", flat=True).first() or 0
         insert(
             User,
-            ["id", "password", "is_superuser", "first_name", "last_name", "is_staff", "is_active", "date_joined",
-             "email"],
+            [
+                "id",
+                "password",
+                "is_superuser",
+                "first_name",
+                "last_name",
+                "is_staff",
+                "is_active",
+                "date_joined",
+                "email",
+            ],
             [f"{user0} + g.i", "'!'", "%s", "''", "''", "%s", "%s", ts, f"'bench-' || {text_i} || '@bench.invalid'"],
             [False, False, True, created],
         )
@@ -232,28 +331,58 @@ def seed(spec: dict) -> dict:
         )
         insert(
             Subscription,
-            ["team_id", "tier_id", "status", "billing_anchor", "current_period_start", "current_period_end",
-             "cancel_at_period_end", "created_at", "updated_at"],
-            [f"{team0} + g.i", f"CASE WHEN g.i %% 2 = 0 THEN {tiers[PRO].pk} ELSE {tiers[PLUS].pk} END", "'active'",
-             "p.anchor", "p.pstart", "p.pend", "%s", ts, ts],
+            [
+                "team_id",
+                "tier_id",
+                "status",
+                "billing_anchor",
+                "current_period_start",
+                "current_period_end",
+                "cancel_at_period_end",
+                "created_at",
+                "updated_at",
+            ],
+            [
+                f"{team0} + g.i",
+                f"CASE WHEN g.i %% 2 = 0 THEN {tiers[PRO].pk} ELSE {tiers[PLUS].pk} END",
+                "'active'",
+                shifted("p.anchor"),
+                shifted("p.pstart"),
+                shifted("p.pend"),
+                "%s",
+                ts,
+                ts,
+            ],
             [False, created, created],
         )
         insert(
             UsageRecord,
             ["request_id", "team_id", "model", "prompt_tokens", "completion_tokens", "total_tokens", "created_at"],
-            [f"'bench-' || {text_i}", f"{team0} + g.i", "'Llama-3.3-70B-Instruct'", "0",
-             f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END",
-             f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END", "p.used"],
+            [
+                f"'bench-' || {text_i}",
+                f"{team0} + g.i",
+                "'Llama-3.3-70B-Instruct'",
+                "0",
+                f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END",
+                f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END",
+                "p.used",
+            ],
             [],
             where="WHERE g.i %% 2 = 0",
         )
         if customers is None:
             insert(
                 BillingCustomer,
-                ["team_id", "stripe_customer_id", "default_payment_method_id", "card_brand", "card_last4",
-                 "created_at", "updated_at"],
-                [f"{team0} + g.i", f"'cus_bench_' || {text_i}", f"'pm_bench_' || {text_i}", "'visa'", "'4242'", ts,
-                 ts],
+                [
+                    "team_id",
+                    "stripe_customer_id",
+                    "default_payment_method_id",
+                    "card_brand",
+                    "card_last4",
+                    "created_at",
+                    "updated_at",
+                ],
+                [f"{team0} + g.i", f"'cus_bench_' || {text_i}", f"'pm_bench_' || {text_i}", "'visa'", "'4242'", ts, ts],
                 [created, created],
             )
         else:
@@ -274,7 +403,7 @@ def seed(spec: dict) -> dict:
                 for model in (User, Team):
                     table = model._meta.db_table
                     cursor.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {qn(table)}))"
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {qn(table)}))"  # noqa: S608
                     )
     seeded = time.perf_counter() - started
     if pg:
@@ -318,7 +447,7 @@ def close(spec: dict) -> dict:
     before = _counts(now)  # also opens the connection: not part of the timing
     counter = StatementCounter()
     profiler = cProfile.Profile() if spec.get("profile") else None
-    with connection.execute_wrapper(counter):
+    with connection.execute_wrapper(counter), CpuWatch() as watch:
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -343,6 +472,7 @@ def close(spec: dict) -> dict:
         "again": {"seconds": seconds2, "result": vars(result2), "statements": counter2.as_dict(), "after": after2},
         "vendor": connection.vendor,
         "server_version": _server_version(),
+        "foreign_cpu": watch.result,
     }
     if profiler is not None:
         payload["profile"] = _profile_top(profiler, int(spec.get("top", 25)))
@@ -375,7 +505,12 @@ def customers(spec: dict) -> dict:
         )
         card = gateway.payment_method_attach(customer_id=customer_id, payment_method="pm_card_visa", make_default=True)
         made.append(
-            {"customer": customer_id, "payment_method": card.payment_method_id, "brand": card.brand, "last4": card.last4}
+            {
+                "customer": customer_id,
+                "payment_method": card.payment_method_id,
+                "brand": card.brand,
+                "last4": card.last4,
+            }
         )
     seconds = time.perf_counter() - started
     with open(spec["out"], "w") as fh:
@@ -392,7 +527,8 @@ def _stripe_payment_intents() -> int:
     total, after = 0, None
     for _ in range(100_000):
         query = {"limit": "100", **({"starting_after": after} if after else {})}
-        request = urllib.request.Request(f"{base}/v1/payment_intents?{urllib.parse.urlencode(query)}")
+        url = f"{base}/v1/payment_intents?{urllib.parse.urlencode(query)}"
+        request = urllib.request.Request(url)  # noqa: S310 - the bench's localstripe, http://127.0.0.1
         request.add_header("Authorization", auth)
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - 127.0.0.1
             page = json.load(response)
@@ -402,6 +538,27 @@ def _stripe_payment_intents() -> int:
             return total
         after = data[-1]["id"]
     raise RuntimeError("listing PaymentIntents did not end")
+
+
+def _time_gateway_calls() -> dict[str, list[float]]:
+    """Time every call the engine makes into tiers.stripe_gateway (the engine calls them as module
+    attributes, ``gateway.payment_intent_create(...)``): the wall time of each call, per function, so
+    the charge's cost splits into Stripe round trips and our own work. Only this process is affected."""
+    from tiers import stripe_gateway as gateway
+
+    calls: dict[str, list[float]] = {}
+    for name in ("payment_intent_create", "payment_intent_find", "payment_intent_retrieve"):
+        original = getattr(gateway, name)
+
+        def timed(*args, _original=original, _name=name, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                calls.setdefault(_name, []).append(time.perf_counter() - started)
+
+        setattr(gateway, name, timed)
+    return calls
 
 
 def pay(spec: dict) -> dict:
@@ -417,13 +574,14 @@ def pay(spec: dict) -> dict:
     now = _parse_now(spec["now"])
     before = _counts(now)
     intents_before = _stripe_payment_intents()
+    stripe_calls = _time_gateway_calls()
     local = StatementCounter()
     with connection.execute_wrapper(local):
         started = time.perf_counter()
         closed = billing.billing_periods_close(now=now)
         local_seconds = time.perf_counter() - started
     charge = StatementCounter()
-    with connection.execute_wrapper(charge):
+    with connection.execute_wrapper(charge), CpuWatch() as watch:
         started = time.perf_counter()
         run = billing.billing_run(now=now)
         charge_seconds = time.perf_counter() - started
@@ -446,6 +604,8 @@ def pay(spec: dict) -> dict:
         "after": after,
         "emails": emails,
         "intents": {"before": intents_before, "after": intents_after, "after_again": intents_after2},
+        "stripe_calls": stripe_calls,
+        "foreign_cpu": watch.result,
     }
 
 

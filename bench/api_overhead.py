@@ -532,8 +532,11 @@ class Bench:
 
     def _serve(self, config: Config, name: str, *, profile: str = ""):
         stats_dir = self.tmp / "stats" / name
-        env = self.env(config, BENCH_STATS_DIR=str(stats_dir), BENCH_PROFILE=profile)
+        whatif = self.args.what_if if config.code == "b" and not profile else ""
+        env = self.env(config, BENCH_STATS_DIR=str(stats_dir), BENCH_PROFILE=profile, BENCH_WHATIF=whatif)
         app = "bench.profiled_wsgi:application" if profile else "config.wsgi:application"
+        if whatif:
+            app = "bench.whatif_wsgi:application"
         proc, port = start_gunicorn(
             env,
             app=app,
@@ -909,6 +912,7 @@ def report(
     _say(header)
     _say("-" * len(header))
     ratios: dict[str, list[float]] = {"b": [], "c": []}
+    clean: dict[str, list[float]] = {"b": [], "c": []}  # rounds where neither run was disturbed
     for round_no in sorted(by_round):
         row = by_round[round_no]
         base = row.get("a")
@@ -919,6 +923,8 @@ def report(
             ratio = run.rps / base.rps if base and base.rps else float("nan")
             if config.code in ratios and base:
                 ratios[config.code].append(ratio)
+                if max(run.foreign_cpu, base.foreign_cpu) <= BUSY_SHARE * args.duration:
+                    clean[config.code].append(ratio)
             _say(
                 f"{round_no:>5}  {config.code} {config.title:<28} {run.rps:9.1f} {_fmt_ms(run.p50_ms):>10} "
                 f"{_fmt_ms(run.p99_ms):>10} {run.non_2xx + run.socket_errors:>8} {ratio:7.3f} "
@@ -953,6 +959,12 @@ def report(
             missed.append(code)
         per_round = "  ".join(f"{v:.3f}" for v in values)
         _say(f"{code}/a per round: {per_round}   median {median:.3f}   goal >= {goal:.2f}: {'MET' if ok else 'MISSED'}")
+        if len(clean[code]) < len(values):
+            _say(
+                f"      undisturbed rounds only ({len(clean[code])} of {len(values)}): "
+                + ("  ".join(f"{v:.3f}" for v in clean[code]) or "none")
+                + (f"   median {_median(clean[code]):.3f}" if clean[code] else "")
+            )
 
     # CPU and SQL per request: where the machine's time went during the measured windows.
     _say("")
@@ -989,6 +1001,12 @@ def report(
         served = run.server_responses.get(200, 0)
         other = sum(v for s, v in run.server_responses.items() if s != 200)
         records = check.get("records", -1)
+        if run.config.code == "b" and args.what_if:
+            _say(
+                f"  {run.label:<4} {run.wrk_2xx:>8} {served:>11} {other:>6} {records:>8}   "
+                f"not checked: --what-if {args.what_if}"
+            )
+            continue
         if run.config.metering:
             counter = check.get("counter_requests_today")
             tokens_ok = check.get("record_tokens") == check.get("counter_tokens_period")
@@ -1066,6 +1084,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=120.0,
         help="before each run, wait up to this many seconds for other programs to stop using the CPUs",
+    )
+    parser.add_argument(
+        "--what-if",
+        choices=["no-settle"],
+        default="",
+        help="experiment: (b) without its settle step (no 2nd Redis round trip, no usage record): an upper bound",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, DB)")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 if a goal or check fails")

@@ -279,9 +279,12 @@ def invoice_numbers_assign(invoice_ids: Iterable[int]) -> None:
         return
     table = connection.ops.quote_name(Invoice._meta.db_table)
     cte, params = rows_cte("n", [_column(Invoice, "id")], ids)
+    # The id IN (subquery) form, not UPDATE ... FROM n: SQLite's planner otherwise drives the update
+    # from the unique index on `number` (all NULL here) and rescans the batch for every row, which was
+    # quadratic (6 s per 5,000 invoices, measured by bench/billing_close.py; 10 ms this way).
     sql = (
         f"WITH {cte} UPDATE {table} SET number = {_invoice_number_sql(f'{table}.id')}"  # noqa: S608 - identifiers from _meta, values as parameters
-        f" FROM n WHERE {table}.id = n.id AND {table}.number IS NULL"
+        f" WHERE {table}.id IN (SELECT id FROM n) AND {table}.number IS NULL"
     )
     _execute(sql, params)
 
