@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -546,6 +547,19 @@ class Bench:
         )
         return proc, port, stats_dir
 
+    def postgres_pids(self) -> list[int]:
+        """The PostgreSQL server processes of the benchmark's database (with --database-url): the
+        backends connected to it and their postmaster's other children (WAL writer, checkpointer, ...)."""
+        dbname = urllib.parse.urlsplit(self.database_url).path.lstrip("/")
+        postmasters = set()
+        for pid, (_name, _ticks) in _all_ticks().items():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if cmdline.startswith("postgres: ") and f" {dbname} " in cmdline:
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    postmasters.add(int(stat[1]))
+        return [p for master in postmasters for p in (master, *_children_of(master))]
+
     def wait_quiet(self) -> None:
         """Wait (at most --quiet-wait seconds) until other programs leave the CPUs alone."""
         deadline = time.monotonic() + self.args.quiet_wait
@@ -634,6 +648,8 @@ class Bench:
                 )
                 time.sleep(2.0)  # let it import Django before the measured window
             pids = {"workers": _children_of(proc.pid), "redis": [self.redis_proc.pid]}
+            if self.db_vendor == "postgresql":
+                pids["postgres"] = self.postgres_pids()
             if drainer is not None:
                 pids["drainer"] = [drainer.pid]
             before = {k: sum(_cpu_ticks(p) for p in v) for k, v in pids.items()}
