@@ -142,6 +142,43 @@ def admit(
     decision = get_quota_backend().reserve(
         team_id=caller.team_id, request_id=request_id, limits=limits, tokens=tokens, now=now
     )
+    _raise_if_refused(decision=decision, limits=limits, now=now)
+    return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
+
+
+def admit_and_record(
+    *,
+    caller: Caller,
+    model: str,
+    request_id: str,
+    tokens: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    now: datetime,
+) -> Admission:
+    """``admit`` and ``settle`` in one step, for a request whose output is already computed (a
+    non-streaming completion): checked against every limit with ``tokens`` (prompt + maximum
+    completion, exactly as ``admit`` reserves), consumed and recorded at the actual tokens. One quota
+    backend call (one Redis round trip) instead of two."""
+    model_check(caller=caller, model=model)
+    limits = limits_for(entitlements=caller.entitlements, now=now)
+    event = UsageEvent(
+        request_id=request_id,
+        team_id=caller.team_id,
+        api_key_id=caller.key.key_id,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        created_at=now,
+    )
+    decision = get_quota_backend().consume(
+        team_id=caller.team_id, request_id=request_id, limits=limits, tokens=tokens, event=event, now=now
+    )
+    _raise_if_refused(decision=decision, limits=limits, now=now)
+    return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
+
+
+def _raise_if_refused(*, decision: Decision, limits: tuple[Limit, ...], now: datetime) -> None:
     if not decision.allowed:
         headers = rate_limit_headers(limits=limits, used=decision.used, now=now)
         headers["Retry-After"] = str(decision.retry_after)
@@ -159,7 +196,6 @@ def admit(
             retry_after=decision.retry_after,
             headers=headers,
         )
-    return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
 
 
 def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, now: datetime) -> None:

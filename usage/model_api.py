@@ -290,48 +290,54 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
     chat = _chat_request(_body(request), flavor=flavor)
     prompt_tokens = count_message_tokens(chat.messages)
-    # The simulated model never writes more than MAX_COMPLETION_TOKENS: reserving more would only block
-    # other requests of the team.
+    # What a request reserves: its prompt and its maximum completion. The simulated model never writes
+    # more than MAX_COMPLETION_TOKENS, so reserving more would only block other requests of the team.
     reserve = prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
-    admission = metering.admit(caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now)
-    try:
-        completion = complete(
-            model=chat.model,
-            messages=chat.messages,
-            max_tokens=chat.max_tokens,
-            temperature=chat.temperature,
-            seed=chat.seed,
-        )
-    except Exception:
-        metering.refund(admission=admission)
-        raise
     created = int(now.timestamp())
     headers = {"x-request-id": request_id}
 
     if chat.stream:
+        # Streamed output is produced (and may be cut by the client) after admission: reserve, stream,
+        # then settle to what was sent.
+        admission = metering.admit(caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now)
+        try:
+            completion = _complete(chat)
+        except Exception:
+            metering.refund(admission=admission)
+            raise
         return _stream_response(request_id, chat, completion, admission, reserve, created, flavor, headers)
 
-    try:
-        metering.settle(
-            admission=admission,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            now=now,
-        )
-    except Exception:
-        metering.refund(admission=admission)
-        raise
-    headers.update(
-        metering.headers_after(
-            admission=admission, tokens_delta=completion.prompt_tokens + completion.completion_tokens - reserve, now=now
-        )
+    # Not streamed: the simulated completion is cheap (about 0.1 ms) and its tokens are known before it
+    # is sent, so it is computed first and admitted, consumed and recorded in ONE quota call (one Redis
+    # round trip), checked against the same reservation (prompt + maximum completion) as a streamed
+    # request. Same admissions and refusals as reserve-then-settle, half the round trips.
+    completion = _complete(chat)
+    admission = metering.admit_and_record(
+        caller=caller,
+        model=chat.model,
+        request_id=request_id,
+        tokens=reserve,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        now=now,
     )
+    headers.update(metering.headers_after(admission=admission, tokens_delta=0, now=now))
     body = (
         _native_body(request_id, completion)
         if flavor == NATIVE
         else _compat_body(request_id, chat.model, created, completion)
     )
     return _json_response(body, headers=headers)
+
+
+def _complete(chat: ChatRequest):
+    return complete(
+        model=chat.model,
+        messages=chat.messages,
+        max_tokens=chat.max_tokens,
+        temperature=chat.temperature,
+        seed=chat.seed,
+    )
 
 
 def _stream_response(

@@ -536,3 +536,67 @@ def test_drain_usage_stream_drains_the_configured_backend(fresh_backend_cache, r
     assert admit(redis_quota, team, limits_at(NOW)).allowed
     assert drain_usage_stream(batch_size=10) == 1
     assert records_of(team) == (1, 100)
+
+
+# --- consume: reserve and settle as one step (non-streaming requests) ---------------------------------
+
+
+def test_consume_checks_like_reserve_and_records_the_actual_tokens_once(backend, team):
+    limits = limits_at(NOW, tpm=1_000, rpd=10, monthly=10_000)
+    decision = backend.consume(
+        team_id=team.id, request_id="one", limits=limits, tokens=400, event=event_for(team, "one", tokens=120), now=NOW
+    )
+    assert decision.allowed and not decision.duplicate and decision.reservation is None
+    assert decision.used == {RPM: 1, TPM: 120, RPD: 1, MONTHLY: 120}
+    assert backend.used(team_id=team.id, limits=limits) == {RPM: 1, TPM: 120, RPD: 1, MONTHLY: 120}
+
+    # Checked against the reservation (900 would not fit in 1,000 - 120), though only 50 would be used.
+    refused = backend.consume(
+        team_id=team.id, request_id="two", limits=limits, tokens=900, event=event_for(team, "two", tokens=50), now=NOW
+    )
+    assert not refused.allowed and refused.denied is TPM and refused.code == "rate_limit_exceeded"
+
+    again = backend.consume(
+        team_id=team.id, request_id="one", limits=limits, tokens=400, event=event_for(team, "one", tokens=120), now=NOW
+    )
+    assert again.allowed and again.duplicate
+    drained(backend)
+    assert records_of(team) == (1, 120)
+    assert backend.used(team_id=team.id, limits=limits) == {RPM: 1, TPM: 120, RPD: 1, MONTHLY: 120}
+
+
+def test_fifty_consumers_racing_for_ten_admit_exactly_ten(backend, team):
+    limits = limits_at(NOW, rpd=10, monthly=1_000_000)
+    start = threading.Barrier(50)
+    decisions: list[Decision] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        try:
+            start.wait(timeout=30)
+            request_id = f"consume-{number}"
+            decision = backend.consume(
+                team_id=team.id, request_id=request_id, limits=limits, tokens=200,
+                event=event_for(team, request_id, tokens=60), now=NOW,
+            )  # fmt: skip
+            with lock:
+                decisions.append(decision)
+        except BaseException as error:
+            with lock:
+                errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and len(decisions) == 50
+    assert sum(d.allowed for d in decisions) == 10
+    assert {d.denied for d in decisions if not d.allowed} == {RPD}
+    drained(backend)
+    assert records_of(team) == (10, 600)
+    used = backend.used(team_id=team.id, limits=limits)
+    assert (used[RPD], used[MONTHLY]) == (10, 600)

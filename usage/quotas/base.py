@@ -160,6 +160,25 @@ class QuotaBackend(abc.ABC):
     def refund(self, *, reservation: Reservation) -> None:
         """Give back everything ``reservation`` consumed (the request failed before producing output)."""
 
+    def consume(
+        self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, event: UsageEvent, now: datetime
+    ) -> Decision:
+        """``reserve`` (checked with ``tokens``, the prompt plus maximum completion) and ``settle`` to
+        ``event``'s actual tokens as one step, for a request whose output is known before it is admitted
+        (a non-streaming completion of the simulated model). Admits and refuses exactly as reserve would;
+        an allowed decision has no reservation left to settle or refund. Backends may do it in one round
+        trip; this default does the two steps."""
+        decision = self.reserve(team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, now=now)
+        if decision.allowed and decision.reservation is not None:
+            if not self.settle(reservation=decision.reservation, event=event):
+                return Decision(allowed=True, duplicate=True, used=decision.used)
+            delta = event.total_tokens - tokens
+            used = {
+                name: max(0, count + delta) if name.unit == "tokens" else count for name, count in decision.used.items()
+            }
+            return Decision(allowed=True, used=used)
+        return decision
+
     @abc.abstractmethod
     def used(self, *, team_id: int, limits: Sequence[Limit]) -> dict[LimitName, int]:
         """Current counts of ``limits``' windows, without consuming anything."""

@@ -148,11 +148,41 @@ class RedisQuotaBackend(QuotaBackend):
     def reserve(
         self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, now: datetime
     ) -> Decision:
+        return self._check_and_consume(team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, now=now)
+
+    def consume(
+        self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, event: UsageEvent, now: datetime
+    ) -> Decision:
+        # One script call: checked with the reserved ``tokens``, consumed and streamed at the actual ones.
+        return self._check_and_consume(
+            team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, now=now, event=event
+        )
+
+    def _check_and_consume(
+        self,
+        *,
+        team_id: int,
+        request_id: str,
+        limits: Sequence[Limit],
+        tokens: int,
+        now: datetime,
+        event: UsageEvent | None = None,
+    ) -> Decision:
         keys = [self._request_id_key(team_id, request_id)] + [self._counter_key(team_id, limit) for limit in limits]
-        args: list[int] = [REQUEST_ID_TTL_SECONDS]
+        args: list[int | str] = [REQUEST_ID_TTL_SECONDS, len(limits)]
+        charged = tokens if event is None else event.total_tokens
         for limit in limits:
             must_exist = 1 if limit.name is LimitName.MONTHLY_TOKENS else 0
-            args += [limit.cost(tokens=tokens), limit.effective_capacity, _ttl(limit, now), must_exist]
+            args += [
+                limit.cost(tokens=tokens),
+                limit.cost(tokens=charged),
+                limit.effective_capacity,
+                _ttl(limit, now),
+                must_exist,
+            ]
+        if event is not None:
+            keys.append(self.stream)
+            args += _event_fields(event)
         # Twice at most: the second run finds the monthly counter initialised.
         for _ in range(3):
             status, *counts = self._reserve(keys=keys, args=args)
@@ -160,6 +190,8 @@ class RedisQuotaBackend(QuotaBackend):
                 self._period_initialise(team_id=team_id, limit=limits[int(counts[0]) - 1], now=now)
                 continue
             used = {limit.name: int(count) for limit, count in zip(limits, counts, strict=True)}
+            if status == "ok" and event is not None:  # consumed and recorded: nothing left to settle
+                return Decision(allowed=True, used=used)
             if status == "ok":
                 reservation = Reservation(
                     team_id=team_id, request_id=request_id, tokens=tokens, limits=tuple(limits), reserved_at=now
