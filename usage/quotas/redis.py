@@ -24,6 +24,7 @@ Redis lost the counter), settle 1, refund 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -75,21 +76,33 @@ def _ttl(limit: Limit, now: datetime) -> int:
     return max(1, math.ceil((max(limit.window_end, now) - now + grace).total_seconds()))
 
 
+# The usage event travels as ONE stream field, "e": a JSON array in this order. Two values instead of
+# sixteen per XADD (each value is packed by redis-py on the request path).
+_EVENT_ORDER = (
+    "request_id", "team_id", "api_key_id", "model", "prompt_tokens", "completion_tokens", "created_at", "partner_id",
+)  # fmt: skip
+
+
 def _event_fields(event: UsageEvent) -> list[str]:
-    fields = {
-        "request_id": event.request_id,
-        "team_id": event.team_id,
-        "api_key_id": "" if event.api_key_id is None else event.api_key_id,
-        "model": event.model,
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "created_at": event.created_at.isoformat(),
-        "partner_id": "" if event.partner_id is None else event.partner_id,
-    }
-    return [str(part) for pair in fields.items() for part in pair]
+    packed = [
+        event.request_id,
+        event.team_id,
+        event.api_key_id,
+        event.model,
+        event.prompt_tokens,
+        event.completion_tokens,
+        event.created_at.isoformat(),
+        event.partner_id,
+    ]
+    return ["e", json.dumps(packed, separators=(",", ":"))]
 
 
 def _event_parse(fields: dict[str, str]) -> UsageEvent:
+    if "e" in fields:
+        fields = {
+            name: ("" if value is None else str(value))
+            for name, value in zip(_EVENT_ORDER, json.loads(fields["e"]), strict=True)
+        }
     created_at = datetime.fromisoformat(fields["created_at"])
     if created_at.tzinfo is None:
         raise ValueError(f"created_at must be timezone-aware: {fields['created_at']!r}")
@@ -128,6 +141,14 @@ class RedisQuotaBackend(QuotaBackend):
         self._settle = self.client.register_script((_LUA / "settle.lua").read_text())
         self._refund = self.client.register_script((_LUA / "refund.lua").read_text())
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+
+    def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script by its SHA with one plain command (the request path's call: it skips
+        redis-py's Script wrapper and argument filters); loads the script if Redis does not have it."""
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return script(keys=keys, args=args)
 
     def close(self) -> None:
         self.client.close()
@@ -185,7 +206,7 @@ class RedisQuotaBackend(QuotaBackend):
             args += _event_fields(event)
         # Twice at most: the second run finds the monthly counter initialised.
         for _ in range(3):
-            status, *counts = self._reserve(keys=keys, args=args)
+            status, *counts = self._evalsha(self._reserve, keys, args)
             if status == "init":
                 self._period_initialise(team_id=team_id, limit=limits[int(counts[0]) - 1], now=now)
                 continue
