@@ -24,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from tiers.selectors import language_model_list_active
 from usage import errors, metering
-from usage.simulator import MAX_COMPLETION_TOKENS, complete, count_message_tokens, iter_chunks, moderate
+from usage.simulator import MAX_COMPLETION_TOKENS, complete, iter_chunks, moderate
 
 logger = logging.getLogger(__name__)
 
@@ -289,29 +289,24 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
     request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
     chat = _chat_request(_body(request), flavor=flavor)
-    prompt_tokens = count_message_tokens(chat.messages)
+    # The simulated completion is deterministic and cheap (about 0.1 ms), so it is computed before
+    # admission; its prompt count is the tokenizer's (no second count of the messages).
+    completion = _complete(chat)
     # What a request reserves: its prompt and its maximum completion. The simulated model never writes
     # more than MAX_COMPLETION_TOKENS, so reserving more would only block other requests of the team.
-    reserve = prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
+    reserve = completion.prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
     created = int(now.timestamp())
     headers = {"x-request-id": request_id}
 
     if chat.stream:
-        # Streamed output is produced (and may be cut by the client) after admission: reserve, stream,
-        # then settle to what was sent.
+        # Streamed output is sent (and may be cut by the client) after admission: reserve, stream, then
+        # settle to what was sent.
         admission = metering.admit(caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now)
-        try:
-            completion = _complete(chat)
-        except Exception:
-            metering.refund(admission=admission)
-            raise
         return _stream_response(request_id, chat, completion, admission, reserve, created, flavor, headers)
 
-    # Not streamed: the simulated completion is cheap (about 0.1 ms) and its tokens are known before it
-    # is sent, so it is computed first and admitted, consumed and recorded in ONE quota call (one Redis
-    # round trip), checked against the same reservation (prompt + maximum completion) as a streamed
-    # request. Same admissions and refusals as reserve-then-settle, half the round trips.
-    completion = _complete(chat)
+    # Not streamed: admitted, consumed and recorded in ONE quota call (one Redis round trip), checked
+    # against the same reservation (prompt + maximum completion) as a streamed request. Same admissions
+    # and refusals as reserve-then-settle, half the round trips.
     admission = metering.admit_and_record(
         caller=caller,
         model=chat.model,
