@@ -50,6 +50,7 @@ class AuthenticatedKey:
     key_id: int
     team_id: int
     name: str
+    partner_id: int | None = None  # the hosting partner whose channel this key belongs to, if any
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class _KeyRow:
     secret_hash: str
     expires_at: datetime | None
     revoked_at: datetime | None
+    partner_id: int | None
 
 
 _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
@@ -68,7 +70,7 @@ _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_C
 def _load_key_row(prefix: str) -> _KeyRow | None:
     row = (
         ApiKey.objects.filter(prefix=prefix)
-        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at")
+        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at", "partner_id")
         .first()
     )
     return _KeyRow(*row) if row else None
@@ -90,7 +92,7 @@ def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> Authen
     now = now or timezone.now()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
-    return AuthenticatedKey(key_id=row.key_id, team_id=row.team_id, name=row.name)
+    return AuthenticatedKey(key_id=row.key_id, team_id=row.team_id, name=row.name, partner_id=row.partner_id)
 
 
 def api_key_cache_clear() -> None:

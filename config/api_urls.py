@@ -1,6 +1,6 @@
 """The account REST API under /api/v1/, its OpenAPI schema and the offline Swagger UI."""
 
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api import ApiKeyDetailApi, ApiKeyListCreateApi, MeApi
@@ -16,6 +16,8 @@ urlpatterns = [
     path("api/v1/keys", ApiKeyListCreateApi.as_view(), name="api-keys"),
     path("api/v1/keys/<int:key_id>", ApiKeyDetailApi.as_view(), name="api-key"),
     path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
+    path("", include("usage.urls_partner_api")),
+    path("", include("usage.urls_licensing")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -261,6 +261,14 @@ CELERY_BEAT_SCHEDULE = {
     "billing-run": {"task": "tiers.tasks.billing_run", "schedule": 60.0},
     # Webhook events whose processing was never queued (broker down at receipt) are picked up here.
     "stripe-events-sweep": {"task": "tiers.tasks_webhooks.stripe_events_pending_process_task", "schedule": 300.0},
+    # Usage records folded into hourly and daily rollups (usage/rollups.py), incrementally.
+    "usage-rollup": {"task": "usage.tasks.usage_rollup_fold", "schedule": 30.0},
+    # 80% / 100% of the monthly token quota and spend caps: one alert email per threshold per period.
+    "usage-alerts": {"task": "usage.tasks.usage_alerts_evaluate", "schedule": 60.0},
+    # Partner statements for every closed month not yet stated, exactly once per partner and month.
+    "partner-statements": {"task": "usage.tasks.partner_statements_issue", "schedule": 3600.0},
+    # The licence check for every model release date not yet checked.
+    "license-checks": {"task": "usage.tasks.license_checks_run", "schedule": 3600.0},
 }
 
 # --- Stripe -----------------------------------------------------------------------------------------
@@ -297,6 +305,11 @@ TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0
 # check, quota or usage record. Production mode refuses to turn it off.
 TIERLAB_METERING = True if PRODUCTION else env.bool("TIERLAB_METERING", default=True)
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Licensees whose products had more monthly active users than this in the calendar month before a
+# model's release need a licence agreement for that model and later ones (the Llama licence's 700M).
+TIERLAB_LICENSE_MAU_THRESHOLD = env.int("TIERLAB_LICENSE_MAU_THRESHOLD", default=700_000_000)
+# Quota alerts: emailed once per threshold per billing period (percent of the monthly token quota).
+TIERLAB_ALERT_THRESHOLDS = (80, 100)
 TIERLAB_DEMO_OPERATOR_EMAIL = "operator@tierlab.localhost"
 TIERLAB_DEMO_OPERATOR_PASSWORD = "tierlab-demo-operator"
 

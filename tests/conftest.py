@@ -43,3 +43,16 @@ def _fresh_cache():
 
     cache.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches():
+    # Keys, entitlements, licence gates and refusal counts are cached per process on the request path.
+    from accounts.selectors import api_key_cache_clear
+    from tiers.selectors import entitlements_cache_clear
+    from usage.metering import metering_caches_clear
+
+    api_key_cache_clear()
+    entitlements_cache_clear()
+    metering_caches_clear()
+    yield

@@ -173,6 +173,11 @@ class Subscription(models.Model):
     # Set when a charge fails; cleared when an invoice is paid. The model API refuses a subscription
     # past due for longer than TIERLAB_PAST_DUE_GRACE_DAYS.
     past_due_since = models.DateTimeField(null=True, blank=True)
+    # The subscriber's own monthly spend cap on tiers that bill overage: the most the period's bill
+    # (tier fee + overage) may reach. Hard: the model API refuses with insufficient_quota once the
+    # overage would pass it; notify: an alert email only. Null: no cap.
+    spend_cap_cents = models.PositiveBigIntegerField(null=True, blank=True)
+    spend_cap_hard = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

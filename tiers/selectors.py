@@ -50,6 +50,11 @@ class Entitlements:
     bills_overage: bool
     allowed_models: frozenset[str]
     past_due_since: datetime | None = None
+    price_cents: int = 0
+    currency: str = "usd"
+    overage_cents_per_million_tokens: int | None = None
+    spend_cap_cents: int | None = None
+    spend_cap_hard: bool = True
 
     def period_at(self, now: datetime) -> tuple[datetime, datetime]:
         return period_containing(self.billing_anchor, self.billing_interval, now)
@@ -62,6 +67,19 @@ class Entitlements:
         if self.subscription_status == "past_due" and self.past_due_since is not None:
             return now < self.past_due_since + timedelta(days=settings.TIERLAB_PAST_DUE_GRACE_DAYS)
         return False
+
+    @property
+    def spend_capped_tokens(self) -> int | None:
+        """The period's token allowance under a hard spend cap on a tier that bills overage: the
+        included tokens plus as many overage tokens as the cap leaves room for after the tier fee
+        (rounded down, so the bill never passes the cap). None when no hard cap applies."""
+        if not (self.bills_overage and self.spend_cap_hard and self.spend_cap_cents is not None):
+            return None
+        price = self.overage_cents_per_million_tokens or 0
+        room_cents = max(0, self.spend_cap_cents - self.price_cents)
+        if price <= 0:
+            return None
+        return (self.monthly_tokens or 0) + room_cents * 1_000_000 // price
 
 
 _entitlements_cache: TTLCache[int, Entitlements | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
@@ -91,6 +109,11 @@ def _load_entitlements(team_id: int) -> Entitlements | None:
         bills_overage=tier.bills_overage,
         allowed_models=models,
         past_due_since=subscription.past_due_since,
+        price_cents=tier.price_cents,
+        currency=tier.currency,
+        overage_cents_per_million_tokens=tier.overage_cents_per_million_tokens,
+        spend_cap_cents=subscription.spend_cap_cents,
+        spend_cap_hard=subscription.spend_cap_hard,
     )
 
 

@@ -31,3 +31,9 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# The admin of the other usage topics (each registers its own models).
+import usage.admin_insight  # noqa: E402
+import usage.admin_licensing  # noqa: E402
+import usage.admin_partners  # noqa: E402, F401

@@ -46,6 +46,15 @@ class ModelNotAllowed(ModelApiError):
     code = "model_not_allowed"
 
 
+class LicenseRequired(ModelApiError):
+    """403: the team's products passed the monthly-active-user threshold; models released since need
+    a licence agreement, which operators grant in the admin."""
+
+    status = 403
+    type = "permission_error"
+    code = "license_required"
+
+
 class ModelNotFound(ModelApiError):
     status = 404
     type = "invalid_request_error"

@@ -11,20 +11,22 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from django.conf import settings
 
 from accounts.selectors import AuthenticatedKey, api_key_authenticate
 from config.local_cache import TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
-from usage import errors
+from usage import errors, refusals
 from usage.quotas import get_quota_backend
 from usage.quotas.base import Decision, Limit, LimitName, Reservation, UsageEvent, day_window, minute_window
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 
-_models_cache: TTLCache[str, frozenset[str]] = TTLCache(ttl=30)
+_models_cache: TTLCache[str, dict[str, date]] = TTLCache(ttl=30)
+# The first model release date each team needs a licence for (None: no licence needed, or granted).
+_license_cache: TTLCache[int, date | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,29 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
     entitlements = entitlements_for_team(team_id=key.team_id)
     if entitlements is None or not entitlements.is_active_at(now):
         status = entitlements.subscription_status if entitlements else "none"
+        refusals.refusal_count(
+            team_id=key.team_id,
+            tier_slug=entitlements.tier_slug if entitlements else "",
+            code="subscription_inactive",
+            now=now,
+        )
         raise errors.SubscriptionInactive(
             f"Your team's subscription is not active (status: {status}). Update billing to continue.",
         )
     return Caller(key=key, entitlements=entitlements)
 
 
-def known_models() -> frozenset[str]:
+def known_models() -> dict[str, date]:
+    """Every active model id with its release date."""
     return _models_cache.get_or_load(
-        "all", lambda: frozenset(language_model_list_active().values_list("model_id", flat=True))
+        "all", lambda: dict(language_model_list_active().values_list("model_id", "released_on"))
     )
+
+
+def license_required_from(*, team_id: int) -> date | None:
+    from usage.selectors import license_required_from as load
+
+    return _license_cache.get_or_load(team_id, lambda: load(team_id=team_id))
 
 
 def model_check(*, caller: Caller, model: str) -> None:
@@ -95,15 +110,28 @@ def model_check(*, caller: Caller, model: str) -> None:
             f"The model '{model}' is not included in your tier ({caller.entitlements.tier_slug}). Upgrade to use it.",
             param="model",
         )
+    required_from = license_required_from(team_id=caller.team_id)
+    if required_from is not None:
+        released_on = known_models().get(model)
+        if released_on is not None and released_on >= required_from:
+            raise errors.LicenseRequired(
+                f"The model '{model}' was released on {released_on:%Y-%m-%d}, after your products passed "
+                f"{settings.TIERLAB_LICENSE_MAU_THRESHOLD:,} monthly active users: it needs a licence agreement. "
+                "Contact TierLab to request one.",
+                param="model",
+            )
 
 
 def limits_for(*, entitlements: Entitlements, now: datetime) -> tuple[Limit, ...]:
     minute_start, minute_end = minute_window(now)
     day_start, day_end = day_window(now)
     period_start, period_end = entitlements.period_at(now)
+    capped = entitlements.spend_capped_tokens
     return (
         Limit(LimitName.MONTHLY_TOKENS, entitlements.monthly_tokens, period_start, period_end,
-              enforced=not entitlements.bills_overage),
+              enforced=not entitlements.bills_overage)
+        if capped is None
+        else Limit(LimitName.MONTHLY_TOKENS, capped, period_start, period_end),
         Limit(LimitName.REQUESTS_PER_MINUTE, entitlements.requests_per_minute, minute_start, minute_end),
         Limit(LimitName.TOKENS_PER_MINUTE, entitlements.tokens_per_minute, minute_start, minute_end),
         Limit(LimitName.REQUESTS_PER_DAY, entitlements.requests_per_day, day_start, day_end),
@@ -142,7 +170,7 @@ def admit(
     decision = get_quota_backend().reserve(
         team_id=caller.team_id, request_id=request_id, limits=limits, tokens=tokens, now=now
     )
-    _raise_if_refused(decision=decision, limits=limits, now=now)
+    _raise_if_refused(caller=caller, decision=decision, limits=limits, now=now)
     return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
 
 
@@ -170,19 +198,31 @@ def admit_and_record(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         created_at=now,
+        partner_id=caller.key.partner_id,
     )
     decision = get_quota_backend().consume(
         team_id=caller.team_id, request_id=request_id, limits=limits, tokens=tokens, event=event, now=now
     )
-    _raise_if_refused(decision=decision, limits=limits, now=now)
+    _raise_if_refused(caller=caller, decision=decision, limits=limits, now=now)
     return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
 
 
-def _raise_if_refused(*, decision: Decision, limits: tuple[Limit, ...], now: datetime) -> None:
+def _raise_if_refused(*, caller: Caller, decision: Decision, limits: tuple[Limit, ...], now: datetime) -> None:
     if not decision.allowed:
+        refusals.refusal_count(
+            team_id=caller.team_id, tier_slug=caller.entitlements.tier_slug, code=decision.code or "", now=now
+        )
         headers = rate_limit_headers(limits=limits, used=decision.used, now=now)
         headers["Retry-After"] = str(decision.retry_after)
         limit = next(lim for lim in limits if lim.name == decision.denied)
+        if decision.denied is LimitName.MONTHLY_TOKENS and caller.entitlements.spend_capped_tokens is not None:
+            raise errors.QuotaExceeded(
+                f"Your monthly spend cap of {caller.entitlements.spend_cap_cents / 100:,.2f} "
+                f"{caller.entitlements.currency.upper()} is reached. It renews in {decision.retry_after} s; "
+                "raise or remove the cap on your dashboard to continue.",
+                retry_after=decision.retry_after,
+                headers=headers,
+            )
         if decision.denied is LimitName.MONTHLY_TOKENS:
             raise errors.QuotaExceeded(
                 f"You have used your tier's {limit.capacity:,} tokens for this period. It renews in "
@@ -211,6 +251,7 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         created_at=now,
+        partner_id=admission.caller.key.partner_id,
     )
     get_quota_backend().settle(reservation=reservation, event=event)
 
@@ -228,6 +269,13 @@ def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> 
         if name in used:
             used[name] = max(0, used[name] + tokens_delta)
     return rate_limit_headers(limits=admission.limits, used=used, now=now)
+
+
+def metering_caches_clear() -> None:
+    """Forget the cached model list, licence gates and buffered refusal counts (tests, scripts)."""
+    _models_cache.clear()
+    _license_cache.clear()
+    refusals.refusal_counts_discard()
 
 
 def metering_enabled() -> bool:

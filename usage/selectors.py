@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDay, TruncHour
@@ -31,3 +31,17 @@ def usage_series(*, team_id: int, start: datetime, end: datetime, granularity: s
         .order_by("period", "model")
     )
     return list(rows)
+
+
+def license_required_from(*, team_id: int) -> date | None:
+    """The first model release date the team needs a licence for, unless its licence is granted.
+    The model API refuses the team's requests to models released on or after it (usage/metering.py)."""
+    from usage.models import LicenseAgreement
+
+    row = (
+        LicenseAgreement.objects.filter(team_id=team_id)
+        .exclude(status=LicenseAgreement.Status.GRANTED)
+        .values_list("required_from", flat=True)
+        .first()
+    )
+    return row

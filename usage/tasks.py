@@ -29,3 +29,9 @@ def usage_stream_drain() -> int:
     from usage.quotas.redis import drain_usage_stream
 
     return drain_usage_stream(batch_size=1000)
+
+
+# Tasks of the other usage topics live in their own modules; importing them here registers them.
+from usage.tasks_insight import *  # noqa: E402, F403
+from usage.tasks_licensing import *  # noqa: E402, F403
+from usage.tasks_partners import *  # noqa: E402, F403

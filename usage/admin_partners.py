@@ -1,0 +1,3 @@
+"""Admin for partners (imported by usage/admin.py)."""
+
+from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Counting refused model-API requests for operator analytics without a SQL write per refusal.
+
+Each process buffers counts per (hour, team, tier, code) and flushes them in one upsert when the
+buffer is older than FLUSH_SECONDS (checked on each refusal). A process that dies between flushes
+loses at most those seconds of counts: these are statistics, not money or usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import F
+
+logger = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 2.0
+
+_lock = threading.Lock()
+_pending: Counter[tuple[datetime, int, str, str]] = Counter()
+_last_flush = time.monotonic()
+
+
+def refusal_count(*, team_id: int, tier_slug: str, code: str, now: datetime) -> None:
+    """Count one refused request; flush the buffer if it is due."""
+    global _last_flush
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    with _lock:
+        _pending[(hour, team_id, tier_slug, code)] += 1
+        due = time.monotonic() - _last_flush >= FLUSH_SECONDS
+    if due:
+        refusal_counts_flush()
+
+
+def refusal_counts_flush() -> int:
+    """Write the buffered counts (adding to what is stored); returns how many rows were touched."""
+    global _last_flush
+    from usage.models import QuotaRefusalCount
+
+    with _lock:
+        batch = dict(_pending)
+        _pending.clear()
+        _last_flush = time.monotonic()
+    if not batch:
+        return 0
+    try:
+        with transaction.atomic():
+            for (hour, team_id, tier_slug, code), count in batch.items():
+                updated = QuotaRefusalCount.objects.filter(
+                    hour=hour, team_id=team_id, tier_slug=tier_slug, code=code
+                ).update(count=F("count") + count)
+                if not updated:
+                    _, created = QuotaRefusalCount.objects.get_or_create(
+                        hour=hour, team_id=team_id, tier_slug=tier_slug, code=code, defaults={"count": count}
+                    )
+                    if not created:
+                        QuotaRefusalCount.objects.filter(
+                            hour=hour, team_id=team_id, tier_slug=tier_slug, code=code
+                        ).update(count=F("count") + count)
+    except Exception:
+        # Never turn a refusal into a 500 over statistics: keep the counts for the next flush.
+        logger.exception("Could not flush %d refusal counts; kept for the next flush", len(batch))
+        with _lock:
+            _pending.update(batch)
+        return 0
+    return len(batch)
+
+
+def refusal_counts_discard() -> None:
+    """Drop the buffer (tests: counts must not leak into another test's database)."""
+    with _lock:
+        _pending.clear()

@@ -1,0 +1,3 @@
+"""Celery tasks for licensing (imported by usage/tasks.py, so autodiscovery finds them)."""
+
+from __future__ import annotations
