@@ -158,17 +158,49 @@ def rate_limit_headers(*, limits: tuple[Limit, ...], used: dict[LimitName, int],
     return headers
 
 
+# The limits of each team's current minute, reused by every request of that minute (the per-minute
+# window is the shortest; the entitlements object changes when they are reloaded). The Redis backend
+# keeps its script arguments per limits object, so this also saves rebuilding those per request.
+_current_limits: dict[int, tuple[Entitlements, datetime, tuple[Limit, ...]]] = {}
+
+
+def limits_current(*, entitlements: Entitlements, now: datetime) -> tuple[Limit, ...]:
+    """``limits_for``, memoised per team for the minute containing ``now``."""
+    minute_start = now.replace(second=0, microsecond=0)
+    entry = _current_limits.get(entitlements.team_id)
+    if entry is not None and entry[0] is entitlements and entry[1] == minute_start:
+        return entry[2]
+    limits = limits_for(entitlements=entitlements, now=now)
+    if len(_current_limits) >= 10_000:  # bounded: one entry per active team
+        _current_limits.clear()
+    _current_limits[entitlements.team_id] = (entitlements, minute_start, limits)
+    return limits
+
+
 def admit(
-    *, caller: Caller, model: str, request_id: str, tokens: int, now: datetime, check_model: bool = True
+    *,
+    caller: Caller,
+    model: str,
+    request_id: str,
+    tokens: int,
+    now: datetime,
+    check_model: bool = True,
+    request_id_is_new: bool = False,
 ) -> Admission:
     """Check the model and reserve ``tokens`` (prompt + maximum completion) against every limit.
     Raises the 4xx the client should see if the request may not run. ``check_model`` is False for the
-    moderation model, which every tier may call."""
+    moderation model, which every tier may call. ``request_id_is_new``: the id was generated here (the
+    client sent none), so it cannot be a retry."""
     if check_model:
         model_check(caller=caller, model=model)
-    limits = limits_for(entitlements=caller.entitlements, now=now)
+    limits = limits_current(entitlements=caller.entitlements, now=now)
     decision = get_quota_backend().reserve(
-        team_id=caller.team_id, request_id=request_id, limits=limits, tokens=tokens, now=now
+        team_id=caller.team_id,
+        request_id=request_id,
+        limits=limits,
+        tokens=tokens,
+        now=now,
+        request_id_is_new=request_id_is_new,
     )
     _raise_if_refused(caller=caller, decision=decision, limits=limits, now=now)
     return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
@@ -183,13 +215,14 @@ def admit_and_record(
     prompt_tokens: int,
     completion_tokens: int,
     now: datetime,
+    request_id_is_new: bool = False,
 ) -> Admission:
     """``admit`` and ``settle`` in one step, for a request whose output is already computed (a
     non-streaming completion): checked against every limit with ``tokens`` (prompt + maximum
     completion, exactly as ``admit`` reserves), consumed and recorded at the actual tokens. One quota
     backend call (one Redis round trip) instead of two."""
     model_check(caller=caller, model=model)
-    limits = limits_for(entitlements=caller.entitlements, now=now)
+    limits = limits_current(entitlements=caller.entitlements, now=now)
     event = UsageEvent(
         request_id=request_id,
         team_id=caller.team_id,
@@ -201,7 +234,13 @@ def admit_and_record(
         partner_id=caller.key.partner_id,
     )
     decision = get_quota_backend().consume(
-        team_id=caller.team_id, request_id=request_id, limits=limits, tokens=tokens, event=event, now=now
+        team_id=caller.team_id,
+        request_id=request_id,
+        limits=limits,
+        tokens=tokens,
+        event=event,
+        now=now,
+        request_id_is_new=request_id_is_new,
     )
     _raise_if_refused(caller=caller, decision=decision, limits=limits, now=now)
     return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
@@ -275,6 +314,7 @@ def metering_caches_clear() -> None:
     """Forget the cached model list, licence gates and buffered refusal counts (tests, scripts)."""
     _models_cache.clear()
     _license_cache.clear()
+    _current_limits.clear()
     refusals.refusal_counts_discard()
 
 

@@ -287,7 +287,8 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     if not metering.metering_enabled():
         return _chat_unmetered(request, flavor=flavor)
     caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
-    request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
+    client_request_id = request.headers.get("X-Request-Id")
+    request_id = metering.request_id_from_header(client_request_id)
     chat = _chat_request(_body(request), flavor=flavor)
     # The simulated completion is deterministic and cheap (about 0.1 ms), so it is computed before
     # admission; its prompt count is the tokenizer's (no second count of the messages).
@@ -301,7 +302,14 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     if chat.stream:
         # Streamed output is sent (and may be cut by the client) after admission: reserve, stream, then
         # settle to what was sent.
-        admission = metering.admit(caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now)
+        admission = metering.admit(
+            caller=caller,
+            model=chat.model,
+            request_id=request_id,
+            tokens=reserve,
+            now=now,
+            request_id_is_new=not client_request_id,
+        )
         return _stream_response(request_id, chat, completion, admission, reserve, created, flavor, headers)
 
     # Not streamed: admitted, consumed and recorded in ONE quota call (one Redis round trip), checked
@@ -315,6 +323,7 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
         now=now,
+        request_id_is_new=not client_request_id,
     )
     headers.update(metering.headers_after(admission=admission, tokens_delta=0, now=now))
     body = (

@@ -143,12 +143,22 @@ class QuotaBackend(abc.ABC):
 
     @abc.abstractmethod
     def reserve(
-        self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, now: datetime
+        self,
+        *,
+        team_id: int,
+        request_id: str,
+        limits: Sequence[Limit],
+        tokens: int,
+        now: datetime,
+        request_id_is_new: bool = False,
     ) -> Decision:
         """Atomically: if every enforced limit has room for this request (1 request, ``tokens`` tokens),
         consume it from all of them and return an allowed decision; otherwise consume nothing and return
         the first limit that refused (monthly quota before per-minute/day windows, so "out of quota" is
-        never reported as "slow down")."""
+        never reported as "slow down").
+
+        ``request_id_is_new``: the id was generated for this request (the client sent none), so it
+        cannot be a retry; a backend may skip its duplicate check. Records stay unique on it anyway."""
 
     @abc.abstractmethod
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
@@ -161,7 +171,15 @@ class QuotaBackend(abc.ABC):
         """Give back everything ``reservation`` consumed (the request failed before producing output)."""
 
     def consume(
-        self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, event: UsageEvent, now: datetime
+        self,
+        *,
+        team_id: int,
+        request_id: str,
+        limits: Sequence[Limit],
+        tokens: int,
+        event: UsageEvent,
+        now: datetime,
+        request_id_is_new: bool = False,
     ) -> Decision:
         """``reserve`` (checked with ``tokens``, the prompt plus maximum completion) and ``settle`` to
         ``event``'s actual tokens as one step, for a request whose output is known before it is admitted

@@ -197,7 +197,14 @@ class DatabaseQuotaBackend(QuotaBackend):
         return {limit.name: int(counters[_COUNTER_OF[limit.name]]) for limit in limits}
 
     def reserve(
-        self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, now: datetime
+        self,
+        *,
+        team_id: int,
+        request_id: str,
+        limits: Sequence[Limit],
+        tokens: int,
+        now: datetime,
+        request_id_is_new: bool = False,  # not used: the duplicate check rides in the same statement
     ) -> Decision:
         windows = _windows(limits, now)
         capacity = {name: UNLIMITED for name in LimitName}

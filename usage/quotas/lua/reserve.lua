@@ -7,11 +7,20 @@
 -- KEYS[1]      the request-id key (tl:q:<team>:rid:<request id>)
 -- KEYS[2..n+1] one counter per limit (tl:q:<team>:<limit>:<window start epoch>)
 -- KEYS[n+2]    optional: the usage-event stream
--- ARGV[1]      TTL of the request-id key, seconds
+-- ARGV[1]      TTL of the request-id key, seconds; 0: the id was generated for this request and cannot
+--              repeat, so there is no duplicate check and no key to keep
 -- ARGV[2]      n, the number of counters
--- then 5 per counter: cost to check, cost to consume, capacity, TTL (seconds), must-exist (1: the
---              monthly counter, which the caller initialises from the database when it is missing)
+-- ARGV[3]      now, epoch seconds of the request's clock (TTLs are relative to it, not to Redis's clock,
+--              so simulated and test times behave as real ones)
+-- ARGV[4]      tokens to check (the reservation: prompt + maximum completion)
+-- ARGV[5]      tokens to consume (the same, or the actual tokens when the event is recorded here)
+-- then 5 per counter: unit ("r": one per request, "t": tokens), capacity, window end (epoch s),
+--              grace (s: how long the counter outlives its window), must-exist (1: the monthly
+--              counter, which the caller initialises from the database when it is missing)
 -- then, with a stream key: the event's field/value pairs
+--
+-- These per-counter values are the same for every request of a team within a minute, so the caller
+-- keeps them ready; only ARGV[1], [3], [4] and [5] change per request.
 --
 -- Returns {status, count_1, ..., count_n}: the counts after the decision.
 --   "ok"        admitted: every counter was incremented by its cost to consume
@@ -22,10 +31,9 @@
 local n = tonumber(ARGV[2])
 local counts = {}
 for i = 1, n do
-    local base = 3 + (i - 1) * 5
     local value = redis.call('GET', KEYS[i + 1])
     if not value then
-        if ARGV[base + 4] == '1' then
+        if ARGV[5 + (i - 1) * 5 + 5] == '1' then
             return {'init', i}
         end
         value = 0
@@ -33,28 +41,44 @@ for i = 1, n do
     counts[i] = tonumber(value)
 end
 
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local rid_ttl = tonumber(ARGV[1])
+if rid_ttl > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
     return {'duplicate', unpack(counts)}
 end
 
+local check_tokens = tonumber(ARGV[4])
+local consume_tokens = tonumber(ARGV[5])
 for i = 1, n do
-    local base = 3 + (i - 1) * 5
-    if counts[i] + tonumber(ARGV[base]) > tonumber(ARGV[base + 2]) then
+    local base = 5 + (i - 1) * 5
+    local cost = 1
+    if ARGV[base + 1] == 't' then
+        cost = check_tokens
+    end
+    if counts[i] + cost > tonumber(ARGV[base + 2]) then
         return {'deny', unpack(counts)}
     end
 end
 
+local now = tonumber(ARGV[3])
 for i = 1, n do
-    local base = 3 + (i - 1) * 5
-    local after = redis.call('INCRBY', KEYS[i + 1], ARGV[base + 1])
-    if after == tonumber(ARGV[base + 1]) then
+    local base = 5 + (i - 1) * 5
+    local cost = 1
+    if ARGV[base + 1] == 't' then
+        cost = consume_tokens
+    end
+    local after = redis.call('INCRBY', KEYS[i + 1], cost)
+    if after == cost then
         -- A new counter (or one at zero): give it its TTL. Existing ones keep theirs.
-        redis.call('EXPIRE', KEYS[i + 1], ARGV[base + 3])
+        local window_end = tonumber(ARGV[base + 3])
+        local ttl = math.max(window_end - now, 0) + tonumber(ARGV[base + 4])
+        redis.call('EXPIRE', KEYS[i + 1], math.max(1, math.ceil(ttl)))
     end
     counts[i] = after
 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+if rid_ttl > 0 then
+    redis.call('SET', KEYS[1], '1', 'EX', rid_ttl)
+end
 if #KEYS == n + 2 then
-    redis.call('XADD', KEYS[n + 2], '*', unpack(ARGV, 3 + n * 5))
+    redis.call('XADD', KEYS[n + 2], '*', unpack(ARGV, 6 + n * 5))
 end
 return {'ok', unpack(counts)}
