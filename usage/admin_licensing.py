@@ -1,3 +1,248 @@
-"""Admin for licensing (imported by usage/admin.py)."""
+"""Admin for licensing (imported by usage/admin.py).
+
+Operators review licence agreements and decide them with the grant / refuse actions, which call the
+services in usage/licensing.py (the agreement rows are otherwise read-only). MAU reports can be
+entered or corrected here, through the same service as the API, so a correction after a check is
+held to it. "Run licence checks now" does what the hourly beat task does.
+"""
 
 from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from config.errors import ApplicationError
+from tiers.templatetags.tier_format import money
+from usage import licensing
+from usage.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
+
+# Actions an operator runs without selecting rows (Django requires a selection otherwise).
+NO_SELECTION_ACTIONS = {"run_license_checks"}
+
+
+class LicenseGrantForm(forms.Form):
+    monthly_fee_cents = forms.IntegerField(
+        label="Monthly fee (cents)", min_value=0, help_text="Integer cents, e.g. 2500000 for $25,000.00 a month."
+    )
+    currency = forms.RegexField(
+        regex=r"^[a-z]{3}$", initial="usd", max_length=3, help_text="ISO 4217 code in lower case, e.g. usd."
+    )
+    terms = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False, help_text="Sent to the licensee.")
+
+
+class LicenseRefuseForm(forms.Form):
+    reason = forms.CharField(max_length=500, help_text="Sent to the licensee and kept on the agreement.")
+
+
+def _decision_action(modeladmin, request, queryset, *, action, title, intro, submit_label, form_class, initial, decide):
+    """An action with an intermediate page (Django's delete_selected pattern), on the same template as
+    the billing actions: the first POST shows the selection and the form, "apply" posts it back and
+    ``decide(agreement, cleaned_data)`` calls the service for each selected agreement."""
+    if "apply" in request.POST:
+        form = form_class(request.POST)
+        if form.is_valid():
+            done, failed = [], []
+            for agreement in queryset.select_related("team"):
+                try:
+                    decide(agreement, form.cleaned_data)
+                except (ApplicationError, ValidationError) as exc:
+                    failed.append(f"{agreement}: {getattr(exc, 'message', None) or '; '.join(exc.messages)}")
+                else:
+                    done.append(str(agreement.team))
+                    details = ", ".join(f"{name}={value!r}" for name, value in form.cleaned_data.items())
+                    modeladmin.log_change(request, agreement, f"{title}: {details}")
+            if done:
+                modeladmin.message_user(request, f"{submit_label} for {', '.join(done)}.", messages.SUCCESS)
+            for failure in failed:
+                modeladmin.message_user(request, failure, messages.ERROR)
+            return None
+    else:
+        form = form_class(initial=initial)
+    opts = modeladmin.model._meta
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "intro": intro,
+        "submit_label": submit_label,
+        "objects_name": opts.verbose_name_plural,
+        "queryset": queryset,
+        "form": form,
+        "action": action,
+        "opts": opts,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "media": modeladmin.media + form.media,
+    }
+    return TemplateResponse(request, "admin/tiers/billing_action.html", context)
+
+
+class RunChecksMixin:
+    """The "run licence checks now" action, which needs no selected rows."""
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        if (
+            request.method == "POST"
+            and request.POST.get("action") in NO_SELECTION_ACTIONS
+            and not request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        ):
+            # Django's changelist refuses an action without a selection; this one ignores the
+            # queryset, so a placeholder selection lets it through.
+            post = request.POST.copy()
+            post.setlist(helpers.ACTION_CHECKBOX_NAME, ["0"])
+            request.POST = post
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Run licence checks now (every release date not checked yet)")
+    def run_license_checks(self, request: HttpRequest, queryset) -> None:
+        count = licensing.license_checks_run(now=timezone.now())
+        if count:
+            self.message_user(request, f"Ran {count} licence check(s).", messages.SUCCESS)
+        else:
+            self.message_user(request, "Every model release date has been checked already.", messages.INFO)
+
+
+@admin.register(LicenseAgreement)
+class LicenseAgreementAdmin(RunChecksMixin, admin.ModelAdmin):
+    list_display = ["team", "status", "required_from", "reported", "fee", "decided_at", "decided_by"]
+    list_filter = ["status", "required_from"]
+    search_fields = ["team__name", "team__memberships__user__email"]
+    list_select_related = ["team", "decided_by"]
+    actions = ["grant_licenses", "refuse_licenses", "run_license_checks"]
+    readonly_fields = [
+        "team",
+        "status",
+        "required_from",
+        "reported_mau",
+        "mau_month",
+        "monthly_fee_cents",
+        "currency",
+        "terms",
+        "decided_at",
+        "decided_by",
+        "created_at",
+        "updated_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # agreements come from the checks
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # the record of a decision stays; the model PROTECTs the team for the same reason
+
+    @admin.display(description="MAU reported")
+    def reported(self, agreement: LicenseAgreement) -> str:
+        return f"{agreement.reported_mau:,} ({agreement.mau_month:%Y-%m})"
+
+    @admin.display(description="Monthly fee")
+    def fee(self, agreement: LicenseAgreement) -> str:
+        return (
+            money(agreement.monthly_fee_cents, agreement.currency)
+            if agreement.status == LicenseAgreement.Status.GRANTED
+            else "—"
+        )
+
+    @admin.action(description="Grant selected licences…", permissions=["change"])
+    def grant_licenses(self, request: HttpRequest, queryset):
+        return _decision_action(
+            self,
+            request,
+            queryset,
+            action="grant_licenses",
+            title="Grant licences",
+            intro="Each selected team may use every model its tier includes again, on these fee terms. "
+            "The team's owners are emailed.",
+            submit_label="Granted",
+            form_class=LicenseGrantForm,
+            initial={"currency": "usd"},
+            decide=lambda agreement, data: licensing.license_grant(
+                agreement=agreement,
+                actor=request.user,
+                monthly_fee_cents=data["monthly_fee_cents"],
+                currency=data["currency"],
+                terms=data["terms"],
+                now=timezone.now(),
+            ),
+        )
+
+    @admin.action(description="Refuse selected licences…", permissions=["change"])
+    def refuse_licenses(self, request: HttpRequest, queryset):
+        return _decision_action(
+            self,
+            request,
+            queryset,
+            action="refuse_licenses",
+            title="Refuse licences",
+            intro="Each selected team stays refused the models released on or after its date. The "
+            "team's owners are emailed the reason.",
+            submit_label="Refused",
+            form_class=LicenseRefuseForm,
+            initial={},
+            decide=lambda agreement, data: licensing.license_refuse(
+                agreement=agreement, actor=request.user, reason=data["reason"], now=timezone.now()
+            ),
+        )
+
+
+class MonthlyActiveUsersForm(forms.ModelForm):
+    class Meta:
+        model = MonthlyActiveUsers
+        fields = ["team", "month", "active_users"]
+        help_texts = {"month": "Any day of the month: it is stored as the month's first day."}
+
+    def clean_month(self):
+        month = licensing.month_start(self.cleaned_data["month"])
+        if month > licensing.month_start(timezone.now().date()):
+            raise ValidationError("That month has not started yet.")
+        return month
+
+
+@admin.register(MonthlyActiveUsers)
+class MonthlyActiveUsersAdmin(admin.ModelAdmin):
+    form = MonthlyActiveUsersForm
+    list_display = ["team", "month", "active_users_display", "reported_at"]
+    list_filter = ["month"]
+    search_fields = ["team__name", "team__memberships__user__email"]
+    list_select_related = ["team"]
+    date_hierarchy = "month"
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        # A report is one (team, month): correcting it changes the figure, not which month it is.
+        return ["team", "month", "reported_at"] if obj else ["reported_at"]
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # a report may have triggered an agreement: correct it instead
+
+    @admin.display(description="Active users", ordering="active_users")
+    def active_users_display(self, report: MonthlyActiveUsers) -> str:
+        return f"{report.active_users:,}"
+
+    def save_model(self, request: HttpRequest, obj: MonthlyActiveUsers, form, change: bool) -> None:
+        # Through the service, like the API: a correction after the month's check is held to it.
+        saved = licensing.mau_report_record(
+            team=obj.team, month=obj.month, active_users=obj.active_users, now=timezone.now()
+        )
+        obj.pk, obj.reported_at = saved.pk, saved.reported_at
+
+
+@admin.register(LicenseCheckRun)
+class LicenseCheckRunAdmin(RunChecksMixin, admin.ModelAdmin):
+    list_display = ["release_date", "mau_month", "threshold_display", "flagged", "run_at"]
+    readonly_fields = ["release_date", "mau_month", "threshold", "flagged", "run_at"]
+    actions = ["run_license_checks"]
+
+    @admin.display(description="Threshold (MAU)", ordering="threshold")
+    def threshold_display(self, run: LicenseCheckRun) -> str:
+        return f"{run.threshold:,}"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -1,0 +1,121 @@
+"""The licensee's side of licence agreements: monthly-active-user reports and the licence itself.
+Scoped to the caller's team (session or API key), so no team can name another's reports."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+from django.http import Http404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
+from rest_framework import generics, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.selectors import team_for_request
+from usage import licensing
+from usage.models import LicenseAgreement, MonthlyActiveUsers
+
+MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+# PositiveBigIntegerField's upper bound on PostgreSQL (bigint); SQLite's integer is the same width.
+MAX_ACTIVE_USERS = 2**63 - 1
+
+
+@extend_schema_field({"type": "string", "pattern": r"^\d{4}-\d{2}$", "example": "2026-10"})
+class MonthField(serializers.Field):
+    """A calendar month as "YYYY-MM" <-> the date of its first day."""
+
+    default_error_messages = {"invalid": "A month as YYYY-MM, e.g. 2026-10."}
+
+    def to_internal_value(self, data) -> date:
+        match = MONTH_RE.match(data) if isinstance(data, str) else None
+        if match is None:
+            self.fail("invalid")
+        year, month = int(match[1]), int(match[2])
+        if not (1 <= month <= 12 and year >= 1):
+            self.fail("invalid")
+        return date(year, month, 1)
+
+    def to_representation(self, value: date) -> str:
+        return f"{value:%Y-%m}"
+
+
+class MauReportSerializer(serializers.ModelSerializer):
+    month = MonthField(help_text='The calendar month, "YYYY-MM".')
+    active_users = serializers.IntegerField(min_value=0, max_value=MAX_ACTIVE_USERS)
+
+    class Meta:
+        model = MonthlyActiveUsers
+        fields = ["month", "active_users", "reported_at"]
+        read_only_fields = ["reported_at"]
+        validators: list = []  # the service keys on (team, month): a second report is a correction
+
+
+class LicenseAgreementSerializer(serializers.ModelSerializer):
+    mau_month = MonthField(read_only=True)
+    monthly_fee_cents = serializers.IntegerField(read_only=True, help_text="Integer cents of `currency`.")
+
+    class Meta:
+        model = LicenseAgreement
+        fields = [
+            "status",
+            "required_from",
+            "reported_mau",
+            "mau_month",
+            "monthly_fee_cents",
+            "currency",
+            "terms",
+            "decided_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class MauReportApi(generics.ListAPIView):
+    """Your team's monthly-active-user reports, newest month first. POST reports a month; reporting a
+    month again corrects it. Above the licence threshold, a model released in the following month needs
+    a licence agreement, and so does every later one (see /api/v1/license)."""
+
+    serializer_class = MauReportSerializer
+
+    def get_queryset(self):
+        return licensing.mau_report_list(team=team_for_request(self.request))
+
+    @extend_schema(
+        request=MauReportSerializer,
+        responses={201: MauReportSerializer},
+        examples=[OpenApiExample("October 2026", value={"month": "2026-10", "active_users": 812000000})],
+    )
+    def post(self, request):
+        payload = MauReportSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        report = licensing.mau_report_record(
+            team=team_for_request(request),
+            month=payload.validated_data["month"],
+            active_users=payload.validated_data["active_users"],
+            now=timezone.now(),
+        )
+        return Response(MauReportSerializer(report).data, status=status.HTTP_201_CREATED)
+
+
+class LicenseApi(APIView):
+    """Your team's licence agreement (404 if none is required): status required / requested / granted /
+    refused, the first release date it covers, the MAU figure that triggered it, and the fee terms."""
+
+    @extend_schema(responses=LicenseAgreementSerializer)
+    def get(self, request):
+        agreement = licensing.license_agreement_for_team(team=team_for_request(request))
+        if agreement is None:
+            raise Http404("No licence agreement")
+        return Response(LicenseAgreementSerializer(agreement).data)
+
+
+class LicenseRequestApi(APIView):
+    """Ask for the required licence (status required -> requested); operators decide in the admin.
+    Asking again while requested is harmless; a decided agreement answers 409."""
+
+    @extend_schema(request=None, responses=LicenseAgreementSerializer)
+    def post(self, request):
+        agreement = licensing.license_request(team=team_for_request(request), now=timezone.now())
+        return Response(LicenseAgreementSerializer(agreement).data)
