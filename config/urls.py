@@ -9,6 +9,7 @@ admin.site.site_title = "TierLab admin"
 admin.site.index_title = "Tiers, customers and billing"
 
 urlpatterns = [
+    path("admin/analytics/", include("tiers.admin_analytics")),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("healthz", healthz, name="healthz"),
