@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -12,6 +13,9 @@ from django.utils import timezone
 from accounts.models import ApiKey, Membership, Team, User
 from config.errors import ApplicationError
 from tiers import services as tier_services
+
+if TYPE_CHECKING:
+    from usage.models import Partner
 
 
 @transaction.atomic
@@ -93,9 +97,17 @@ def api_key_hash(raw_key: str) -> str:
 
 @transaction.atomic
 def api_key_create(
-    *, team: Team, name: str, created_by: User | None = None, expires_at: datetime | None = None
+    *,
+    team: Team,
+    name: str,
+    created_by: User | None = None,
+    expires_at: datetime | None = None,
+    partner: Partner | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key for ``team``; returns (key, secret). The secret is not stored and cannot be shown again."""
+    """Create a key for ``team``; returns (key, secret). The secret is not stored and cannot be shown again.
+
+    ``partner``: the hosting partner whose channel the key is issued for; the team's traffic through
+    it is attributed to that partner (usage records, partner statements' direct lines)."""
     name = (name or "").strip()
     if not name:
         raise ApiKeyError("Give the key a name, e.g. the app that will use it.", extra={"field": "name"})
@@ -110,6 +122,7 @@ def api_key_create(
             secret_hash=api_key_hash(raw),
             created_by=created_by,
             expires_at=expires_at,
+            partner=partner,
         )
         key.full_clean(exclude=["prefix"])
         try:

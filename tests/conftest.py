@@ -51,8 +51,10 @@ def _fresh_process_caches():
     from accounts.selectors import api_key_cache_clear
     from tiers.selectors import entitlements_cache_clear
     from usage.metering import metering_caches_clear
+    from usage.partners import partner_key_cache_clear
 
     api_key_cache_clear()
+    partner_key_cache_clear()
     entitlements_cache_clear()
     metering_caches_clear()
     yield

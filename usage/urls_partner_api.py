@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.urls import path
+
+from usage.partner_api import partner_usage_events
+
+urlpatterns: list = [
+    path("api/v1/partner/usage-events", partner_usage_events, name="api-partner-usage-events"),
+]

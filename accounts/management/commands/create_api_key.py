@@ -18,8 +18,20 @@ class Command(BaseCommand):
         parser.add_argument("--email", required=True)
         parser.add_argument("--name", required=True, help="The key's name, e.g. the app that uses it.")
         parser.add_argument("--tier", default=None, help="Tier slug for a new user (default: free).")
+        parser.add_argument(
+            "--partner",
+            default=None,
+            help="Slug of the hosting partner whose channel the key is for (its traffic is attributed to them).",
+        )
 
-    def handle(self, *args, email: str, name: str, tier: str | None, **options):
+    def handle(self, *args, email: str, name: str, tier: str | None, partner: str | None = None, **options):
+        channel = None
+        if partner:
+            from usage.partners import partner_get
+
+            channel = partner_get(slug=partner)
+            if channel is None:
+                raise CommandError(f"No partner with slug '{partner}' (create it with create_partner).")
         try:
             with transaction.atomic():
                 user = User.objects.filter(email__iexact=email).first()
@@ -31,10 +43,13 @@ class Command(BaseCommand):
                 team = team_for_user(user=user)
                 if team is None:
                     team = services.account_setup_new_user(user=user, tier_slug=tier)
-                key, secret = services.api_key_create(team=team, name=name)
+                key, secret = services.api_key_create(team=team, name=name, partner=channel)
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
-        self.stdout.write(f"API key '{key.name}' ({key.prefix}…) for team '{team.name}'. The secret, shown once:")
+        through = f" through partner '{channel.slug}'" if channel else ""
+        self.stdout.write(
+            f"API key '{key.name}' ({key.prefix}…) for team '{team.name}'{through}. The secret, shown once:"
+        )
         self.stdout.write(secret)

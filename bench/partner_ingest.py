@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""How fast partners can report usage: POST /api/v1/partner/usage-events with batches of 1,000 events.
+
+Serves the app under gunicorn (sync workers) on loopback and posts batches of 1,000 distinct events
+from a few client threads (keep-alive connections) for a bounded time; prints the sustained accepted
+events per second. Then, in the same run and on the same database, a plain insert of the same
+number of rows into the same table, two ways: Django's ``bulk_create`` and the cursor's
+``executemany`` (one transaction per 1,000 rows, only the INSERTs timed: no HTTP, no JSON, no
+validation, no duplicate check, one connection), and the ratio of the API's rate to the faster of the
+two. The plain inserts run on one connection while the API has its workers: on PostgreSQL that
+parallelism (and the API's one-statement, one-JSON-parameter insert) is why the API can be faster;
+on SQLite, which has one writer at a time, the in-process executemany is the hard baseline.
+Finally it replays one whole batch already sent and checks that it adds zero rows (the response says
+0 accepted, 1,000 duplicates, and the table's row count does not move), and that the rows stored
+equal the events the server said it accepted.
+
+Goals (the issue): >= 20,000 events/s on PostgreSQL, and >= 50% of the plain bulk-insert rate.
+
+    .venv/bin/python bench/partner_ingest.py                      # embedded default: a fresh SQLite file
+    .venv/bin/python bench/partner_ingest.py --database-url postgres://u:p@127.0.0.1:5432/yourdb
+    .venv/bin/python bench/partner_ingest.py --seconds 5 --clients 3 --workers 2
+
+Self-contained and self-stopping: a temporary directory (SQLite file, broker folder, logs), one
+gunicorn on a free 127.0.0.1 port, killed on exit; every step has a timeout. On PostgreSQL it migrates
+the database it is given and adds its rows under partners of its own ("bench-<run id>-..."), which it
+deletes at the end (--keep keeps them). Exit status 0 when it ran (goals met or not; --fail-on-miss
+makes a missed goal or a failed check exit 1), 1 on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+ENDPOINT = "/api/v1/partner/usage-events"
+BATCH = 1_000
+GOAL_EVENTS_PER_SECOND_PG = 20_000
+GOAL_RATIO = 0.50
+
+# One event, as a partner would send it; the event id is the only part that varies.
+_EVENT = (
+    '{"event_id":"%s","customer":"cust-%d","model":"Llama-3.3-70B-Instruct","prompt_tokens":812,'
+    '"completion_tokens":164,"amount_cents":%d,"currency":"usd","time":"%s"}'
+)
+
+
+_SLOT = b"#########"  # where the batch number goes in every event id of the template
+
+
+def batch_template(prefix: str, when: str) -> bytes:
+    """A batch of 1,000 events whose ids differ by index and carry a slot for the batch number."""
+    slot = _SLOT.decode()
+    events = ",".join(_EVENT % (f"{prefix}-{slot}-{i}", i % 997, 1 + i % 50, when) for i in range(BATCH))
+    return f'{{"events":[{events}]}}'.encode()
+
+
+def batch_body(template: bytes, number: int) -> bytes:
+    """Batch ``number``: the template with its number in every event id. One bytes.replace (tens of
+    microseconds) rather than formatting 1,000 events: the load generator shares the two cores with the
+    server and must take as little of them as it can."""
+    return template.replace(_SLOT, b"%09d" % number)
+
+
+# --- children ----------------------------------------------------------------------------------------------
+_children: list[subprocess.Popen] = []
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # gunicorn's workers, if any are left
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def _stop_all() -> None:
+    for proc in list(_children):
+        _stop(proc)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def _django_side(command: str, env: dict, spec: dict, *, timeout: float = 600) -> dict:
+    """Run ``command`` of this file's Django side in a subprocess; returns the JSON it prints last."""
+    proc = subprocess.Popen(
+        [str(PYTHON), str(Path(__file__).resolve()), "--django-side", command, "--spec", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _children.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise RuntimeError(f"{command} took more than {timeout} s") from None
+    finally:
+        if proc in _children:
+            _children.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} failed ({proc.returncode}):\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _post(conn: http.client.HTTPConnection, secret: str, body: bytes) -> tuple[int, dict]:
+    conn.request(
+        "POST", ENDPOINT, body=body, headers={"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+    )
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def start_gunicorn(env: dict, *, workers: int, secret: str, log: Path) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    cmd = [
+        str(GUNICORN), "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--worker-class", "sync", "--timeout", "60", "--graceful-timeout", "10", "--log-level", "warning",
+        "--error-logfile", str(log),
+    ]  # fmt: skip
+    with open(log.with_suffix(".out"), "ab") as output:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    _children.append(proc)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited ({proc.returncode}): see {log}")
+        with contextlib.suppress(OSError):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            status, body = _post(conn, secret, b'{"events":[]}')
+            conn.close()
+            if status != 200:
+                raise RuntimeError(f"gunicorn answered {status} {body} to the probe: see {log}")
+            return proc, port
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn not ready within 60 s: see {log}")
+
+
+class Load:
+    """Client threads, each on its own keep-alive connection, posting the next unsent batch until the
+    time is up. Counts what the server said it accepted."""
+
+    def __init__(self, port: int, secret: str, template: bytes) -> None:
+        self.port, self.secret, self.template = port, secret, template
+        self._next = 0
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.batches = 0
+        self.errors: list[str] = []
+
+    def _take(self) -> int:
+        with self._lock:
+            number = self._next
+            self._next += 1
+            return number
+
+    def client(self, deadline: float) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            while time.monotonic() < deadline:
+                status, body = _post(conn, self.secret, batch_body(self.template, self._take()))
+                if status != 200:
+                    self.errors.append(f"{status} {body}")
+                    return
+                with self._lock:
+                    self.accepted += body["accepted"]
+                    self.duplicates += body["duplicates"]
+                    self.rejected += body["rejected"]
+                    self.batches += 1
+        except Exception as exc:  # reported, and fails the run's checks
+            self.errors.append(repr(exc))
+        finally:
+            conn.close()
+
+    def run(self, *, clients: int, seconds: float) -> float:
+        started = time.monotonic()
+        deadline = started + seconds
+        threads = [threading.Thread(target=self.client, args=(deadline,), daemon=True) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(seconds + 120)
+        return time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default="", help="PostgreSQL URL (your own database); default: SQLite")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long the load runs (default 10)")
+    parser.add_argument("--clients", type=int, default=3, help="client threads / connections (default 3)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep the bench partners and their rows")
+    parser.add_argument("--fail-on-miss", action="store_true")
+    parser.add_argument("--django-side", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.django_side:
+        return django_side(args.django_side, json.loads(args.spec))
+
+    atexit.register(_stop_all)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="tierlab-partner-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        database_url = args.database_url or f"sqlite:///{tmp / 'bench.sqlite3'}"
+        vendor = "postgresql" if database_url.startswith(("postgres", "pgsql")) else "sqlite"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERLAB_", "CELERY_", "DATABASE_"))}
+        env.update(
+            DJANGO_SETTINGS_MODULE="config.settings",
+            DEBUG="0",
+            LOG_LEVEL="WARNING",
+            DATABASE_URL=database_url,
+            CELERY_BROKER_DIR=str(tmp / "celery"),
+            CACHE_URL="locmemcache://",
+            TIERLAB_PRODUCTION="0",
+            PYTHONUNBUFFERED="1",
+        )
+        run_id = f"bench-{int(time.time())}-{os.getpid()}"
+        setup = _django_side("setup", env, {"run_id": run_id})
+        secret = setup["secret"]
+        _say(f"partner ingest benchmark: {vendor}, gunicorn {args.workers} sync workers, {args.clients} clients, ")
+        _say(f"  batches of {BATCH} events, {args.seconds:g} s of load, {os.cpu_count()} CPUs")
+        proc, port = start_gunicorn(env, workers=args.workers, secret=secret, log=tmp / "gunicorn.log")
+        when = setup["event_time"]
+        try:
+            # Warm-up: every worker connects, loads the key, compiles the statement's plan.
+            Load(port, secret, batch_template(f"{run_id}-warm", when)).run(clients=args.clients, seconds=1.0)
+            template = batch_template(run_id, when)
+            load = Load(port, secret, template)
+            elapsed = load.run(clients=args.clients, seconds=args.seconds)
+            if load.errors:
+                raise RuntimeError(f"the load failed: {load.errors[:3]}")
+            api_rate = load.accepted / elapsed
+            before = _django_side("count", env, {"run_id": run_id})["rows"]
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            replay_status, replay = _post(conn, secret, batch_body(template, 0))
+            conn.close()
+            after = _django_side("count", env, {"run_id": run_id})["rows"]
+        finally:
+            _stop(proc)
+        bulk = _django_side("bulk", env, {"run_id": run_id, "rows": load.accepted, "event_time": when}, timeout=900)
+        if vendor == "postgresql" and not args.keep:  # the SQLite file goes with the temporary directory
+            _django_side("cleanup", env, {"run_id": run_id}, timeout=900)
+
+    # The ratio is taken against the faster of the two plain inserts: the stricter comparison.
+    best = max(bulk.values(), key=lambda timing: timing["rows_per_second"])
+    ratio = api_rate / best["rows_per_second"] if best["rows_per_second"] else 0.0
+    stored_ok = before == load.accepted
+    checks = {
+        "every event accepted (no rejects, no duplicates)": load.rejected == 0 and load.duplicates == 0,
+        "replay: 200, 0 accepted, 1000 duplicates": replay_status == 200
+        and (replay.get("accepted"), replay.get("duplicates")) == (0, BATCH),
+        "replay: 0 rows added": after == before,
+        "rows stored == events accepted": stored_ok,
+    }
+    _say()
+    _say(f"API ingest:        {load.accepted:,} events accepted in {elapsed:.2f} s ({load.batches} batches)")
+    _say(f"                   {api_rate:,.0f} events/s accepted")
+    for way, timing in bulk.items():
+        _say(
+            f"plain {way + ':':13s}{timing['rows']:,} rows in {timing['seconds']:.2f} s (1,000-row transactions), "
+            f"{timing['rows_per_second']:,.0f} rows/s"
+        )
+    _say(f"ratio API / faster plain insert: {ratio:.2f}  (goal >= {GOAL_RATIO:.2f})")
+    if vendor == "postgresql":
+        _say(f"goal on PostgreSQL: >= {GOAL_EVENTS_PER_SECOND_PG:,} events/s")
+    _say(f"replay of a whole batch: accepted {replay.get('accepted')}, duplicates {replay.get('duplicates')}, "
+         f"rows {before:,} -> {after:,} (+{after - before})")  # fmt: skip
+    for name, ok in checks.items():
+        _say(f"  [{'ok' if ok else 'FAILED'}] {name}")
+    missed = ratio < GOAL_RATIO or (vendor == "postgresql" and api_rate < GOAL_EVENTS_PER_SECOND_PG)
+    _say(
+        json.dumps(
+            {
+                "vendor": vendor,
+                "api_events_per_second": round(api_rate),
+                "bulk_create_rows_per_second": round(bulk["bulk_create"]["rows_per_second"]),
+                "executemany_rows_per_second": round(bulk["executemany"]["rows_per_second"]),
+                "ratio": round(ratio, 3),
+                "replay_rows_added": after - before,
+                "checks_ok": all(checks.values()),
+                "goals_met": not missed,
+            }
+        )
+    )
+    if args.fail_on_miss and (missed or not all(checks.values())):
+        return 1
+    return 0
+
+
+# --- the Django side (a subprocess with the bench's environment) ------------------------------------------------
+
+
+def django_side(command: str, spec: dict) -> int:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from datetime import datetime, timedelta
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import transaction
+    from django.utils import timezone
+
+    from usage import partners
+    from usage.models import Partner, PartnerShareRate, PartnerUsageEvent
+
+    run_id = spec["run_id"]
+    if command == "setup":
+        call_command("migrate", interactive=False, verbosity=0)
+        _, secret = partners.partner_create(
+            slug=run_id, name=f"Bench {run_id}", share_bps=1500, contact_email="bench@tierlab.localhost"
+        )
+        # Yesterday noon: inside the accepted window whatever the time of the run.
+        when = (timezone.now() - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+        result = {"secret": secret, "event_time": when.isoformat().replace("+00:00", "Z")}
+    elif command == "count":
+        partner = Partner.objects.get(slug=run_id)
+        rows = PartnerUsageEvent.objects.filter(partner=partner).exclude(event_id__startswith=f"{run_id}-warm").count()
+        result = {"rows": rows}
+    elif command == "bulk":
+        # The same rows, straight into the same table, under partners of their own, two plain ways:
+        # the ORM's bulk_create and the cursor's executemany of one INSERT ... VALUES per row (psycopg 3
+        # pipelines it on PostgreSQL). Only the INSERTs are timed, one transaction per 1,000 rows.
+        from django.db import connection
+
+        when = datetime.fromisoformat(spec["event_time"])
+        now = timezone.now()
+        total = spec["rows"]
+        timings = {}
+        table = connection.ops.quote_name(PartnerUsageEvent._meta.db_table)
+        columns = "partner_id, event_id, customer, model, prompt_tokens, completion_tokens, amount_cents, currency, " \
+            "occurred_at, received_at"  # fmt: skip
+        insert = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * 10)})"  # noqa: S608
+        for way in ("bulk_create", "executemany"):
+            partner = Partner.objects.create(slug=f"{run_id}-{way}", name=way, contact_email="b@tierlab.localhost")
+            seconds = 0.0
+            for start in range(0, total, BATCH):
+                ids = range(start, min(start + BATCH, total))
+                if way == "bulk_create":
+                    rows = [
+                        PartnerUsageEvent(
+                            partner=partner, event_id=f"{run_id}-{i}", customer=f"cust-{i % 997}",
+                            model="Llama-3.3-70B-Instruct", prompt_tokens=812, completion_tokens=164,
+                            amount_cents=1 + i % 50, currency="usd", occurred_at=when, received_at=now,
+                        )
+                        for i in ids
+                    ]  # fmt: skip
+                else:
+                    occurred = connection.ops.adapt_datetimefield_value(when)
+                    received = connection.ops.adapt_datetimefield_value(now)
+                    rows = [
+                        (partner.pk, f"{run_id}-{i}", f"cust-{i % 997}", "Llama-3.3-70B-Instruct", 812, 164,
+                         1 + i % 50, "usd", occurred, received)
+                        for i in ids
+                    ]  # fmt: skip
+                began = time.perf_counter()
+                with transaction.atomic():
+                    if way == "bulk_create":
+                        PartnerUsageEvent.objects.bulk_create(rows, batch_size=BATCH)
+                    else:
+                        with connection.cursor() as cursor:
+                            cursor.executemany(insert, rows)
+                seconds += time.perf_counter() - began
+            timings[way] = {"rows": total, "seconds": seconds, "rows_per_second": total / seconds if seconds else 0.0}
+        result = timings
+    elif command == "cleanup":
+        for partner in Partner.objects.filter(slug__startswith=run_id):
+            PartnerUsageEvent.objects.filter(partner=partner).delete()
+            PartnerShareRate.objects.filter(partner=partner).delete()
+            partner.delete()
+        result = {"ok": True}
+    else:
+        raise SystemExit(f"unknown command {command}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
