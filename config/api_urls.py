@@ -4,13 +4,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api import ApiKeyDetailApi, ApiKeyListCreateApi, MeApi
-from tiers.api import InvoiceDetailApi, InvoiceListApi, SubscriptionApi, TierListApi
+from tiers.api import InvoiceDetailApi, InvoiceListApi, SpendCapApi, SubscriptionApi, TierListApi
 from usage.api import UsageApi
 
 urlpatterns = [
     path("api/v1/me", MeApi.as_view(), name="api-me"),
     path("api/v1/tiers", TierListApi.as_view(), name="api-tiers"),
     path("api/v1/subscription", SubscriptionApi.as_view(), name="api-subscription"),
+    path("api/v1/subscription/spend-cap", SpendCapApi.as_view(), name="api-spend-cap"),
     path("api/v1/invoices", InvoiceListApi.as_view(), name="api-invoices"),
     path("api/v1/invoices/<str:number>", InvoiceDetailApi.as_view(), name="api-invoice"),
     path("api/v1/keys", ApiKeyListCreateApi.as_view(), name="api-keys"),

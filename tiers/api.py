@@ -9,10 +9,12 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.selectors import team_for_request
-from tiers import billing
+from tiers import billing, services
 from tiers.selectors import invoice_list_for_team, subscription_current, tier_list_public
 from tiers.serializers import (
     InvoiceSerializer,
+    SpendCapSerializer,
+    SpendCapStateSerializer,
     SubscriptionChangeSerializer,
     SubscriptionRequestSerializer,
     SubscriptionSerializer,
@@ -92,3 +94,48 @@ class InvoiceDetailApi(generics.RetrieveAPIView):
 
     def get_queryset(self):
         return _team_invoices(self.request)
+
+
+def _spend_cap_state(subscription) -> dict:
+    return {
+        "amount_cents": subscription.spend_cap_cents,
+        "hard": subscription.spend_cap_hard,
+        "currency": subscription.tier.currency,
+        "available": subscription.tier.bills_overage,
+        "fee_cents": subscription.tier.price_cents,
+    }
+
+
+class SpendCapApi(APIView):
+    """The team's own monthly spend cap (tiers that bill overage only). PUT
+    ``{"amount_cents": 5000, "hard": true}`` sets it, ``{"amount_cents": null}`` removes it. A tier
+    without overage answers 409 ``spend_cap_not_available``; a cap below the tier fee 400
+    ``spend_cap_below_fee``; nothing changes on an error."""
+
+    @extend_schema(responses=SpendCapStateSerializer)
+    def get(self, request):
+        subscription = subscription_current(team=team_for_request(request))
+        if subscription is None:
+            raise Http404("No subscription")
+        return Response(SpendCapStateSerializer(_spend_cap_state(subscription)).data)
+
+    @extend_schema(
+        request=SpendCapSerializer,
+        responses=SpendCapStateSerializer,
+        examples=[
+            OpenApiExample("Hard cap at $50", value={"amount_cents": 5000, "hard": True}),
+            OpenApiExample("Email me at $80", value={"amount_cents": 8000, "hard": False}),
+            OpenApiExample("No cap", value={"amount_cents": None}),
+        ],
+    )
+    def put(self, request):
+        payload = SpendCapSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        actor = request.user if isinstance(request.user, User) else None
+        subscription = services.subscription_spend_cap_set(
+            team=team_for_request(request),
+            cap_cents=payload.validated_data["amount_cents"],
+            hard=payload.validated_data["hard"],
+            actor=actor,
+        )
+        return Response(SpendCapStateSerializer(_spend_cap_state(subscription)).data)

@@ -135,3 +135,21 @@ class SubscriptionChangeSerializer(SubscriptionSerializer):
     class Meta(SubscriptionSerializer.Meta):
         fields = [*SubscriptionSerializer.Meta.fields, "change", "invoice"]
         read_only_fields = fields
+
+
+class SpendCapSerializer(serializers.Serializer):
+    """The subscriber's monthly spend cap on a tier that bills overage: the most the period's bill (tier
+    fee + overage) may reach, in cents of the tier's currency. ``amount_cents: null`` removes it."""
+
+    amount_cents = serializers.IntegerField(
+        min_value=0, allow_null=True, help_text="Cents of the tier's currency; null removes the cap."
+    )
+    hard = serializers.BooleanField(
+        default=True, help_text="true: refuse requests past the cap (insufficient_quota); false: email only."
+    )
+
+
+class SpendCapStateSerializer(SpendCapSerializer):
+    currency = serializers.CharField(read_only=True)
+    available = serializers.BooleanField(read_only=True, help_text="Whether the tier bills overage (takes a cap).")
+    fee_cents = serializers.IntegerField(read_only=True, help_text="The tier fee: the lowest cap allowed.")

@@ -15,7 +15,7 @@ from tiers.models import LanguageModel, Subscription, Tier
 from tiers.periods import period_bounds
 
 if TYPE_CHECKING:
-    from accounts.models import Team
+    from accounts.models import Team, User
 
 
 class InvalidTierChange(ApplicationError):
@@ -127,3 +127,73 @@ def tier_unarchive(*, tier: Tier) -> Tier:
 def tier_has_subscribers(*, tier: Tier) -> bool:
     """True if any subscription (current, past or pending) refers to ``tier``: then it can only be archived."""
     return tier.subscriptions.exists() or tier.pending_subscriptions.exists()
+
+
+# --- Spend cap ------------------------------------------------------------------------------------------
+
+
+class SpendCapNotAvailable(ApplicationError):
+    code = "spend_cap_not_available"
+    status = 409  # the request is well formed; the subscription's tier does not allow it
+
+
+class SpendCapBelowFee(ApplicationError):
+    code = "spend_cap_below_fee"
+
+
+@transaction.atomic
+def subscription_spend_cap_set(
+    *, team: Team, cap_cents: int | None, hard: bool, now: datetime | None = None, actor: User | None = None
+) -> Subscription:
+    """Set (or with ``cap_cents=None`` remove) the team's own monthly spend cap: the most the period's
+    bill, tier fee + overage, may reach. ``hard``: the model API refuses with insufficient_quota once
+    the overage would pass it (Entitlements.spend_capped_tokens); otherwise an alert email only.
+
+    Only tiers that bill overage have a bill that grows with usage, so only they take a cap; a cap
+    below the tier fee could never be met, so it is refused rather than blocking the API outright.
+    Applies to the current period at once: the model API sees it when this process's cached
+    entitlements are dropped (after commit, here) and other processes' expire.
+    """
+    from tiers.models import BillingAuditEntry
+    from tiers.selectors import entitlements_cache_clear
+
+    now = now or timezone.now()
+    subscription = (
+        Subscription.objects.select_for_update()
+        .select_related("tier")
+        .filter(team=team)
+        .exclude(status=Subscription.Status.CANCELED)
+        .first()
+    )
+    if subscription is None:
+        raise SpendCapNotAvailable("Your team has no subscription to set a spend cap on.")
+    tier = subscription.tier
+    if cap_cents is not None:
+        if not tier.bills_overage:
+            raise SpendCapNotAvailable(
+                f"The {tier.name} tier does not bill overage, so its bill cannot grow: there is nothing to cap.",
+                extra={"field": "amount_cents"},
+            )
+        if cap_cents < tier.price_cents:
+            raise SpendCapBelowFee(
+                f"The spend cap must be at least the tier fee ({tier.price_cents} cents).",
+                extra={"field": "amount_cents"},
+            )
+    subscription.spend_cap_cents = cap_cents
+    subscription.spend_cap_hard = hard
+    subscription.full_clean()
+    subscription.save(update_fields=["spend_cap_cents", "spend_cap_hard", "updated_at"])
+    BillingAuditEntry.objects.create(
+        team=team,
+        actor=actor,
+        action="spend_cap_set" if cap_cents is not None else "spend_cap_removed",
+        description=(
+            f"Spend cap set to {cap_cents} {tier.currency} cents ({'hard' if hard else 'notify only'})"
+            if cap_cents is not None
+            else "Spend cap removed"
+        ),
+        data={"cap_cents": cap_cents, "hard": hard},
+        created_at=now,
+    )
+    transaction.on_commit(entitlements_cache_clear)
+    return subscription

@@ -1,3 +1,55 @@
-"""Admin for insight (imported by usage/admin.py)."""
+"""Admin for insight (imported by usage/admin.py): rollups, the fold cursor and usage alerts.
+
+Read-only: rollups are derived from records (rebuild them with usage.rollups.usage_rollup_rebuild),
+alerts are created by the evaluation task, once per threshold per period.
+"""
 
 from __future__ import annotations
+
+from django.contrib import admin
+
+from usage.models import RollupCursor, UsageAlert, UsageRollup
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(_ReadOnlyAdmin):
+    list_display = [
+        "bucket_start",
+        "granularity",
+        "team",
+        "model",
+        "api_key_id",
+        "partner_id",
+        "requests",
+        "total_tokens",
+    ]
+    list_filter = ["granularity", "model"]
+    search_fields = ["team__name"]
+    list_select_related = ["team"]
+    date_hierarchy = "bucket_start"
+    show_full_result_count = False  # no COUNT(*) over a large table on every page
+
+
+@admin.register(RollupCursor)
+class RollupCursorAdmin(_ReadOnlyAdmin):
+    list_display = ["name", "last_record_id", "updated_at"]
+
+
+@admin.register(UsageAlert)
+class UsageAlertAdmin(_ReadOnlyAdmin):
+    list_display = ["created_at", "team", "kind", "period_start", "emailed_at", "message"]
+    list_filter = ["kind"]
+    search_fields = ["team__name", "team__memberships__user__email"]
+    list_select_related = ["team"]
+    date_hierarchy = "created_at"

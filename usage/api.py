@@ -35,6 +35,7 @@ class UsageQuerySerializer(serializers.Serializer):
     start = serializers.CharField(required=False, help_text="ISO date or datetime; default: 30 days ago.")
     end = serializers.CharField(required=False, help_text="ISO date or datetime, exclusive; default: now.")
     granularity = serializers.ChoiceField(choices=["day", "hour"], default="day")
+    model = serializers.CharField(required=False, max_length=100, help_text="Only this model; default: every model.")
 
     def validate(self, attrs):
         now = timezone.now()
@@ -47,7 +48,7 @@ class UsageQuerySerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"start": [f"At most {days} days at {attrs['granularity']} granularity."]}
             )
-        return {"start": start, "end": end, "granularity": attrs["granularity"]}
+        return {"start": start, "end": end, "granularity": attrs["granularity"], "model": attrs.get("model")}
 
 
 class UsageRowSerializer(serializers.Serializer):
@@ -63,11 +64,14 @@ class UsageSeriesSerializer(serializers.Serializer):
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     granularity = serializers.ChoiceField(choices=["day", "hour"])
+    model = serializers.CharField(allow_null=True)
     data = UsageRowSerializer(many=True)
 
 
 class UsageApi(APIView):
-    """Your team's requests and tokens per period and model. `?format=csv` downloads the same rows."""
+    """Your team's requests and tokens per period (UTC hour or day) and model, for every period that
+    overlaps [start, end), oldest first; current to the last request. `?format=csv` downloads the same
+    rows (a header row, then one row per period and model)."""
 
     @extend_schema(
         parameters=[
@@ -88,6 +92,7 @@ class UsageApi(APIView):
                 "start": params["start"],
                 "end": params["end"],
                 "granularity": params["granularity"],
+                "model": params["model"],
                 "data": rows,
             }
         )

@@ -1,3 +1,27 @@
 """Celery tasks for insight (imported by usage/tasks.py, so autodiscovery finds them)."""
 
 from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(
+    name="usage.tasks.usage_rollup_fold", acks_late=True, time_limit=600, soft_time_limit=540, ignore_result=True
+)
+def usage_rollup_fold() -> int:
+    """Fold new usage records into the hourly and daily rollups (every 30 s by beat). Safe to run
+    twice or concurrently: the cursor moves with the rollup rows, under a row lock."""
+    from usage.rollups import usage_rollup_fold_settled
+
+    return usage_rollup_fold_settled()
+
+
+@shared_task(
+    name="usage.tasks.usage_alerts_evaluate", acks_late=True, time_limit=300, soft_time_limit=270, ignore_result=True
+)
+def usage_alerts_evaluate() -> int:
+    """Create and email the 80% / 100% / spend-cap alerts (every 60 s by beat); one per threshold per
+    period, by a unique constraint, however often it runs."""
+    from usage.alerts import usage_alerts_evaluate as evaluate
+
+    return evaluate()

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.selectors import team_for_user
 from usage.quotas.base import UsageEvent
+from usage.rollups import usage_rollup_fold
 from usage.services import usage_records_create
 
 
@@ -32,7 +33,10 @@ def history(catalog):
         _event(a.pk, 4, "Llama-3.3-8B-Instruct", datetime(2026, 3, 2, 23, 59, tzinfo=UTC)),
         _event(b.pk, 1, "Llama-3.3-8B-Instruct", datetime(2026, 3, 1, 9, 30, tzinfo=UTC), 1000, 1000),
     ]
-    assert usage_records_create(events=events) == 5
+    # Part of the history folded into rollups, part still only records: the API serves both.
+    assert usage_records_create(events=events[:3]) == 3
+    assert usage_rollup_fold() == 3
+    assert usage_records_create(events=events) == 2
     assert usage_records_create(events=events) == 0  # replays add nothing
     return alice, bob
 
@@ -91,3 +95,31 @@ def test_usage_bad_parameters_are_400_with_the_param(history):
 @pytest.mark.django_db
 def test_usage_needs_authentication(history):
     assert APIClient().get("/api/v1/usage").status_code in (401, 403)
+
+
+@pytest.mark.django_db
+def test_usage_csv_export_by_hour_for_one_model_after_everything_is_folded(history):
+    alice, _ = history
+    assert usage_rollup_fold() == 2
+    client = APIClient()
+    client.force_login(alice)
+    params = {"start": "2026-03-01", "end": "2026-03-03", "granularity": "hour", "format": "csv"}
+    response = client.get("/api/v1/usage", {**params, "model": "Llama-3.3-8B-Instruct"})
+    assert response["Content-Disposition"] == 'attachment; filename="usage-20260301-20260303-hour.csv"'
+    assert list(csv.reader(io.StringIO(response.content.decode()))) == [
+        ["period", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens"],
+        ["2026-03-01T09:00:00+00:00", "Llama-3.3-8B-Instruct", "2", "30", "15", "45"],
+        ["2026-03-02T23:00:00+00:00", "Llama-3.3-8B-Instruct", "1", "10", "5", "15"],
+    ]
+
+
+@pytest.mark.django_db
+def test_a_day_series_starting_mid_day_includes_that_whole_day(history):
+    alice, _ = history
+    client = APIClient()
+    client.force_login(alice)
+    body = client.get("/api/v1/usage", {"start": "2026-03-01T10:00:00Z", "end": "2026-03-02T00:00:00Z"}).json()
+    assert [(r["period"], r["model"], r["requests"]) for r in body["data"]] == [
+        ("2026-03-01T00:00:00Z", "Llama-3.3-70B-Instruct", 1),
+        ("2026-03-01T00:00:00Z", "Llama-3.3-8B-Instruct", 2),
+    ]
