@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
-from rest_framework import generics, serializers, status
+from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -107,7 +106,9 @@ class LicenseApi(APIView):
     def get(self, request):
         agreement = licensing.license_agreement_for_team(team=team_for_request(request))
         if agreement is None:
-            raise Http404("No licence agreement")
+            raise exceptions.NotFound(
+                "Your team has no licence agreement: none is required.", code="license_not_required"
+            )
         return Response(LicenseAgreementSerializer(agreement).data)
 
 

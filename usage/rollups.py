@@ -54,7 +54,9 @@ def _bucket_sql(granularity: str, column: str) -> str:
         return f"(date_trunc('{granularity}', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
     # SQLite stores naive UTC text "YYYY-MM-DD HH:MM:SS[.ffffff]"; the ORM writes a whole hour as
     # "YYYY-MM-DD HH:00:00", exactly what these formats produce.
-    fmt = "%Y-%m-%d %H:00:00" if granularity == "hour" else "%Y-%m-%d 00:00:00"
+    # Every statement using this passes parameters, so a literal % is written %% (the paramstyle's
+    # escape; with DEBUG on, Django's query logging applies ``sql % params`` and a bare % breaks it).
+    fmt = "%%Y-%%m-%%d %%H:00:00" if granularity == "hour" else "%%Y-%%m-%%d 00:00:00"
     return f"strftime('{fmt}', {column})"
 
 

@@ -100,6 +100,17 @@ def test_fold_equals_direct_aggregation_and_a_second_fold_adds_nothing(teams):
 
 
 @pytest.mark.django_db
+def test_fold_and_rebuild_run_with_query_logging_on(teams, django_assert_max_num_queries):
+    # DEBUG=True (make run) logs every query by formatting it with its parameters: a bare % in the
+    # SQL (strftime's %Y on SQLite) would fail there. Query capture uses the same logging cursor.
+    assert usage_records_create(events=_history(teams)) == 300
+    with django_assert_max_num_queries(50):
+        assert usage_rollup_fold() == 300
+        usage_rollup_rebuild(start=T0 - timedelta(days=40), end=T0 + timedelta(days=40))
+    assert rollups_stored() == rollups_by_aggregation()
+
+
+@pytest.mark.django_db
 def test_a_late_record_lands_in_its_old_bucket_once(teams):
     a, _, key_a, _ = teams
     usage_records_create(events=_history(teams, n=50))
