@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from config.admin_base import ReadOnlyAdmin
 from usage.models import Heartbeat, UsageRecord
 
 
@@ -13,7 +14,7 @@ class HeartbeatAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin):
     """Read-only: usage is written by the model API, exactly once per request."""
 
     list_display = ["created_at", "team", "api_key", "model", "prompt_tokens", "completion_tokens", "total_tokens"]
@@ -22,15 +23,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
     list_select_related = ["team", "api_key"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over a large table on every page
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 # The admin of the other usage topics (each registers its own models).

@@ -8,22 +8,12 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from config.admin_base import ReadOnlyAdmin
 from usage.models import RollupCursor, UsageAlert, UsageRollup
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(UsageRollup)
-class UsageRollupAdmin(_ReadOnlyAdmin):
+class UsageRollupAdmin(ReadOnlyAdmin):
     list_display = [
         "bucket_start",
         "granularity",
@@ -42,12 +32,12 @@ class UsageRollupAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(RollupCursor)
-class RollupCursorAdmin(_ReadOnlyAdmin):
+class RollupCursorAdmin(ReadOnlyAdmin):
     list_display = ["name", "last_record_id", "updated_at"]
 
 
 @admin.register(UsageAlert)
-class UsageAlertAdmin(_ReadOnlyAdmin):
+class UsageAlertAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "team", "kind", "period_start", "emailed_at", "message"]
     list_filter = ["kind"]
     search_fields = ["team__name", "team__memberships__user__email"]

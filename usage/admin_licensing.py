@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from config.admin_base import ReadOnlyAdmin
 from config.errors import ApplicationError
 from tiers.templatetags.tier_format import money
 from usage import licensing
@@ -229,7 +230,7 @@ class MonthlyActiveUsersAdmin(admin.ModelAdmin):
 
 
 @admin.register(LicenseCheckRun)
-class LicenseCheckRunAdmin(RunChecksMixin, admin.ModelAdmin):
+class LicenseCheckRunAdmin(RunChecksMixin, ReadOnlyAdmin):
     list_display = ["release_date", "mau_month", "threshold_display", "flagged", "run_at"]
     readonly_fields = ["release_date", "mau_month", "threshold", "flagged", "run_at"]
     actions = ["run_license_checks"]
@@ -237,12 +238,3 @@ class LicenseCheckRunAdmin(RunChecksMixin, admin.ModelAdmin):
     @admin.display(description="Threshold (MAU)", ordering="threshold")
     def threshold_display(self, run: LicenseCheckRun) -> str:
         return f"{run.threshold:,}"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False

@@ -12,6 +12,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from config.admin_base import ReadOnlyAdmin
 from usage import partner_statements, partners
 from usage.models import (
     Partner,
@@ -116,7 +117,7 @@ class PartnerStatementLineInline(admin.TabularInline):
 
 
 @admin.register(PartnerStatement)
-class PartnerStatementAdmin(admin.ModelAdmin):
+class PartnerStatementAdmin(ReadOnlyAdmin):
     """Read-only: statements are issued by the beat task and never changed."""
 
     list_display = ["partner", "month", "issued_at", "emailed_at", "csv_link"]
@@ -125,15 +126,6 @@ class PartnerStatementAdmin(admin.ModelAdmin):
     inlines = [PartnerStatementLineInline]
     actions = ["email_again"]
     date_hierarchy = "month"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def get_urls(self):
         csv_view = self.admin_site.admin_view(self.csv_view)
@@ -175,7 +167,7 @@ class PartnerStatementAdmin(admin.ModelAdmin):
 
 
 @admin.register(PartnerUsageEvent)
-class PartnerUsageEventAdmin(admin.ModelAdmin):
+class PartnerUsageEventAdmin(ReadOnlyAdmin):
     """Read-only: events are written by the partner usage API, exactly once per (partner, event id)."""
 
     list_display = ["occurred_at", "partner", "event_id", "customer", "model", "amount_cents", "currency", "statement"]
@@ -184,12 +176,3 @@ class PartnerUsageEventAdmin(admin.ModelAdmin):
     list_select_related = ["partner", "statement"]
     date_hierarchy = "occurred_at"
     show_full_result_count = False
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
