@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from django import forms
 from django.contrib import admin
+from django.contrib.admin import helpers
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -18,3 +23,43 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+
+def admin_action_with_form(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset,
+    *,
+    action: str,
+    title: str,
+    intro: str,
+    submit_label: str,
+    form_class: type[forms.Form],
+    initial: dict,
+    perform: Callable[[dict], None],
+) -> TemplateResponse | None:
+    """An admin action with an intermediate page (Django's delete_selected pattern): the first POST
+    shows the selection and the form; "apply" posts it back and ``perform(cleaned_data)`` calls the
+    service (and leaves its messages)."""
+    if "apply" in request.POST:
+        form = form_class(request.POST)
+        if form.is_valid():
+            perform(form.cleaned_data)
+            return None  # back to the changelist, with the messages ``perform`` left
+    else:
+        form = form_class(initial=initial)
+    opts = modeladmin.model._meta
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "intro": intro,
+        "submit_label": submit_label,
+        "objects_name": opts.verbose_name_plural,
+        "queryset": queryset,
+        "form": form,
+        "action": action,
+        "opts": opts,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "media": modeladmin.media + form.media,
+    }
+    return TemplateResponse(request, "admin/tiers/billing_action.html", context)

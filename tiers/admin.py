@@ -1,17 +1,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.db.models import Count, Q
 from django.http import HttpRequest
-from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from config.admin_base import admin_action_with_form
 from config.errors import ApplicationError
 from tiers import billing, services
 from tiers.forms import OperatorReasonForm, OperatorTierMoveForm
@@ -144,45 +142,6 @@ def _pretty_json(value) -> str:
     )
 
 
-def _billing_action(
-    modeladmin: admin.ModelAdmin,
-    request: HttpRequest,
-    queryset,
-    *,
-    action: str,
-    title: str,
-    intro: str,
-    submit_label: str,
-    form_class: type[forms.Form],
-    initial: dict,
-    perform: Callable[[dict], None],
-) -> TemplateResponse | None:
-    """An admin action with an intermediate page (Django's delete_selected pattern): the first POST
-    shows the selection and the form; "apply" posts it back and ``perform`` calls the service."""
-    if "apply" in request.POST:
-        form = form_class(request.POST)
-        if form.is_valid():
-            perform(form.cleaned_data)
-            return None  # back to the changelist, with the messages ``perform`` left
-    else:
-        form = form_class(initial=initial)
-    opts = modeladmin.model._meta
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "intro": intro,
-        "submit_label": submit_label,
-        "objects_name": opts.verbose_name_plural,
-        "queryset": queryset,
-        "form": form,
-        "action": action,
-        "opts": opts,
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "media": modeladmin.media + form.media,
-    }
-    return TemplateResponse(request, "admin/tiers/billing_action.html", context)
-
-
 def _report(modeladmin: admin.ModelAdmin, request: HttpRequest, done: list[str], failed: list[str], verb: str) -> None:
     if done:
         modeladmin.message_user(request, f"{verb} {len(done)}: {', '.join(done)}.", messages.SUCCESS)
@@ -294,7 +253,7 @@ class InvoiceAdmin(ReadOnlyBillingAdmin):
                     done.append(str(invoice))
             _report(self, request, done, failed, "Comped")
 
-        return _billing_action(
+        return admin_action_with_form(
             self,
             request,
             queryset,
@@ -377,7 +336,7 @@ class PaymentAdmin(ReadOnlyBillingAdmin):
                     done.append(f"{payment.invoice} ({money(left, payment.currency)})")
             _report(self, request, done, failed, "Refunded")
 
-        return _billing_action(
+        return admin_action_with_form(
             self,
             request,
             queryset,
@@ -527,7 +486,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
                     done.append(str(subscription.team))
             _report(self, request, done, failed, f"Moved to {data['tier']}")
 
-        return _billing_action(
+        return admin_action_with_form(
             self,
             request,
             queryset,
@@ -554,7 +513,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
                     done.append(str(subscription.team))
             _report(self, request, done, failed, "Canceled now")
 
-        return _billing_action(
+        return admin_action_with_form(
             self,
             request,
             queryset,

@@ -13,10 +13,9 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
-from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from config.admin_base import ReadOnlyAdmin
+from config.admin_base import ReadOnlyAdmin, admin_action_with_form
 from config.errors import ApplicationError
 from tiers.templatetags.tier_format import money
 from usage import licensing
@@ -41,44 +40,29 @@ class LicenseRefuseForm(forms.Form):
 
 
 def _decision_action(modeladmin, request, queryset, *, action, title, intro, submit_label, form_class, initial, decide):
-    """An action with an intermediate page (Django's delete_selected pattern), on the same template as
-    the billing actions: the first POST shows the selection and the form, "apply" posts it back and
-    ``decide(agreement, cleaned_data)`` calls the service for each selected agreement."""
-    if "apply" in request.POST:
-        form = form_class(request.POST)
-        if form.is_valid():
-            done, failed = [], []
-            for agreement in queryset.select_related("team"):
-                try:
-                    decide(agreement, form.cleaned_data)
-                except (ApplicationError, ValidationError) as exc:
-                    failed.append(f"{agreement}: {getattr(exc, 'message', None) or '; '.join(exc.messages)}")
-                else:
-                    done.append(str(agreement.team))
-                    details = ", ".join(f"{name}={value!r}" for name, value in form.cleaned_data.items())
-                    modeladmin.log_change(request, agreement, f"{title}: {details}")
-            if done:
-                modeladmin.message_user(request, f"{submit_label} for {', '.join(done)}.", messages.SUCCESS)
-            for failure in failed:
-                modeladmin.message_user(request, failure, messages.ERROR)
-            return None
-    else:
-        form = form_class(initial=initial)
-    opts = modeladmin.model._meta
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "intro": intro,
-        "submit_label": submit_label,
-        "objects_name": opts.verbose_name_plural,
-        "queryset": queryset,
-        "form": form,
-        "action": action,
-        "opts": opts,
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "media": modeladmin.media + form.media,
-    }
-    return TemplateResponse(request, "admin/tiers/billing_action.html", context)
+    """An action with an intermediate page (config.admin_base.admin_action_with_form): ``decide(agreement,
+    cleaned_data)`` calls the service for each selected agreement; each outcome is reported."""
+
+    def perform(cleaned_data: dict) -> None:
+        done, failed = [], []
+        for agreement in queryset.select_related("team"):
+            try:
+                decide(agreement, cleaned_data)
+            except (ApplicationError, ValidationError) as exc:
+                failed.append(f"{agreement}: {getattr(exc, 'message', None) or '; '.join(exc.messages)}")
+            else:
+                done.append(str(agreement.team))
+                details = ", ".join(f"{name}={value!r}" for name, value in cleaned_data.items())
+                modeladmin.log_change(request, agreement, f"{title}: {details}")
+        if done:
+            modeladmin.message_user(request, f"{submit_label} for {', '.join(done)}.", messages.SUCCESS)
+        for failure in failed:
+            modeladmin.message_user(request, failure, messages.ERROR)
+
+    return admin_action_with_form(
+        modeladmin, request, queryset, action=action, title=title, intro=intro, submit_label=submit_label,
+        form_class=form_class, initial=initial, perform=perform,
+    )  # fmt: skip
 
 
 class RunChecksMixin:
