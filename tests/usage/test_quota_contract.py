@@ -600,3 +600,38 @@ def test_fifty_consumers_racing_for_ten_admit_exactly_ten(backend, team):
     assert records_of(team) == (10, 600)
     used = backend.used(team_id=team.id, limits=limits)
     assert (used[RPD], used[MONTHLY]) == (10, 600)
+
+
+def test_redis_server_generated_request_ids_leave_no_key_and_counters_expire_after_their_window(redis_quota, team):
+    limits = limits_at(NOW, rpm=10, tpm=10_000, rpd=100, monthly=100_000)
+    assert admit(redis_quota, team, limits).allowed  # initialises the monthly counter from the database
+    client = redis_quota.client
+    rid_keys_before = set(client.scan_iter(match=f"{redis_quota.key_prefix}q:{team.id}:rid:*"))
+
+    # The same limits object for every request of the minute, as the request path passes it.
+    for n in range(3):
+        decision = redis_quota.consume(
+            team_id=team.id, request_id=f"req_new{n}", limits=limits, tokens=100,
+            event=event_for(team, f"req_new{n}", tokens=40), now=NOW, request_id_is_new=True,
+        )  # fmt: skip
+        assert decision.allowed and not decision.duplicate
+    assert decision.used[RPM] == 4 and decision.used[TPM] == 100 + 3 * 40
+
+    # No request-id key for generated ids (a client's X-Request-Id still gets one).
+    assert set(client.scan_iter(match=f"{redis_quota.key_prefix}q:{team.id}:rid:*")) == rid_keys_before
+    # Counters live until their window ends (from the request's clock) plus the grace the script adds.
+    rpm_key = redis_quota._counter_key(team.id, limits[0])
+    rpd_key = redis_quota._counter_key(team.id, limits[2])
+    assert 80 <= client.ttl(rpm_key) <= 90  # 30 s left in 12:00 + 60 s grace
+    assert 86_400 + 43_000 <= client.ttl(rpd_key) <= 86_400 + 43_170  # about 11 h 59 m left + a day
+
+    # The next minute's limits are new counters, whatever was prepared for this minute.
+    later = NOW + timedelta(minutes=1)
+    next_minute = limits_at(later, rpm=10, tpm=10_000, rpd=100, monthly=100_000)
+    decision = redis_quota.consume(
+        team_id=team.id, request_id="req_next", limits=next_minute, tokens=100,
+        event=event_for(team, "req_next", tokens=40, now=later), now=later, request_id_is_new=True,
+    )  # fmt: skip
+    assert decision.used[RPM] == 1 and decision.used[RPD] == 5
+    drained(redis_quota)
+    assert records_of(team) == (5, 100 + 4 * 40)
