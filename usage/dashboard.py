@@ -54,6 +54,8 @@ class Gauge:
     used: int
     limit: int | None
     unit: str
+    # What passing 100% means: a refusal, or (the included tokens of a tier that bills overage) a charge.
+    over_note: str = "limit reached"
 
     @property
     def percent(self) -> int | None:
@@ -214,10 +216,13 @@ def _gauges(*, entitlements: Entitlements | None, now: datetime, estimate: Usage
     used = get_quota_backend().used(team_id=team_id, limits=windowed)
     by_name = {limit.name: limit for limit in limits}
     capped = entitlements.spend_capped_tokens
+    period_over_note = "limit reached"
     if capped is not None:
         period_label, period_limit = "Tokens this period (spend cap)", capped
+        period_over_note = "spend cap reached"
     elif entitlements.bills_overage:
         period_label, period_limit = "Tokens this period (included)", entitlements.monthly_tokens
+        period_over_note = "the rest is billed as overage"
     else:
         period_label, period_limit = "Tokens this period", entitlements.monthly_tokens
     return [
@@ -235,7 +240,7 @@ def _gauges(*, entitlements: Entitlements | None, now: datetime, estimate: Usage
         ),
         Gauge(
             "tokens_period", period_label, "per billing period",
-            estimate.tokens_used if estimate else 0, period_limit, "tokens",
+            estimate.tokens_used if estimate else 0, period_limit, "tokens", period_over_note,
         ),
     ]  # fmt: skip
 

@@ -195,6 +195,9 @@ def test_page_shows_every_figure(history):
     assert gauge(html, "tokens_period") == {"level": "over", "used": "9100",
                                             "limit": "8000", "percent": "113"}  # fmt: skip
     assert '<span class="gauge-used">9,100</span> / <span class="gauge-limit">8,000</span>' in html
+    # Past the included tokens of a tier that bills overage is a charge, not a refusal.
+    assert '<strong class="gauge-over-note">the rest is billed as overage</strong>' in html
+    assert "limit reached" not in html
 
     tokens = marks(html, "tokens-chart")
     assert len(tokens) == 2 * 17  # two models x every day of the range, zeros included
