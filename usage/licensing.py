@@ -44,6 +44,7 @@ from django.utils import timezone
 from config.errors import ApplicationError
 from tiers.emails import team_owner_emails
 from tiers.selectors import language_model_list_active
+from usage.metering import license_gate_forget
 from usage.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
 
 if TYPE_CHECKING:
@@ -289,6 +290,8 @@ def license_grant(
         locked.full_clean()
         locked.save()
         transaction.on_commit(lambda: license_decided_send(agreement_id=locked.pk))
+        # This process serves the team again at once; the others within the gate cache's TTL.
+        transaction.on_commit(lambda: license_gate_forget(team_id=locked.team_id))
     return locked
 
 

@@ -310,6 +310,12 @@ def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> 
     return rate_limit_headers(limits=admission.limits, used=used, now=now)
 
 
+def license_gate_forget(*, team_id: int) -> None:
+    """Drop this process's cached licence gate of ``team_id`` (after a grant: seen here at once, and by
+    the other processes within TIERLAB_AUTH_CACHE_SECONDS)."""
+    _license_cache.invalidate(team_id)
+
+
 def metering_caches_clear() -> None:
     """Forget the cached model list, licence gates and buffered refusal counts (tests, scripts)."""
     _models_cache.clear()

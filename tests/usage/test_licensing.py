@@ -280,7 +280,7 @@ def _chat(secret: str, model: str):
     return Client().post(CHAT, json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
 
 
-def test_a_flagged_team_is_refused_newer_models_until_granted(api, operator):
+def test_a_flagged_team_is_refused_newer_models_until_granted(api, operator, django_capture_on_commit_callbacks):
     teams, secrets = api
     refused = _chat(secrets["big"], NEW_MODEL)
     assert refused.status_code == 403
@@ -293,15 +293,17 @@ def test_a_flagged_team_is_refused_newer_models_until_granted(api, operator):
     metering_caches_clear()
     assert _chat(secrets["big"], NEW_MODEL).status_code == 403  # requested is not granted
 
-    licensing.license_grant(
-        agreement=LicenseAgreement.objects.get(team=teams["big"]),
-        actor=operator,
-        monthly_fee_cents=2_500_000,
-        currency="usd",
-        terms="Annual review",
-        now=NOW,
-    )
-    metering_caches_clear()
+    assert _chat(secrets["big"], NEW_MODEL).status_code == 403  # the gate is cached in this process
+    with django_capture_on_commit_callbacks(execute=True):
+        licensing.license_grant(
+            agreement=LicenseAgreement.objects.get(team=teams["big"]),
+            actor=operator,
+            monthly_fee_cents=2_500_000,
+            currency="usd",
+            terms="Annual review",
+            now=NOW,
+        )
+    # No cache clearing here: the grant itself drops this process's cached gate.
     assert _chat(secrets["big"], NEW_MODEL).status_code == 200
 
 
