@@ -61,7 +61,7 @@ from tiers.proration import proration_compute
 from tiers.selectors import entitlements_cache_clear, subscription_current
 from tiers.services import InvalidTierChange, TierUnavailable, subscription_create
 from tiers.templatetags.tier_format import money
-from usage.models import UsageRecord
+from usage.selectors import usage_totals_by_model
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -186,10 +186,9 @@ def _day(value: datetime, now: datetime) -> str:
 
 
 def _usage_tokens(*, team_id: int, start: datetime, end: datetime) -> int:
-    total = UsageRecord.objects.filter(team_id=team_id, created_at__gte=start, created_at__lt=end).aggregate(
-        total=Sum("total_tokens")
-    )["total"]
-    return int(total or 0)
+    """Tokens the team used in [start, end), exactly: usage's selector (rollups + records not folded
+    yet), the same figure the dashboard's estimate shows."""
+    return sum(row["total_tokens"] for row in usage_totals_by_model(team_id=team_id, start=start, end=end))
 
 
 # --- Customers and cards ------------------------------------------------------------------------------
