@@ -9,6 +9,15 @@ from tiers import services as tier_services
 pytest_plugins = ["tests.stripe_fixtures"]
 
 
+def pytest_configure(config):
+    # The live server (Django's threaded WSGIServer) listens with a backlog of 10 connections; the
+    # race tests open 50 at once, and on a loaded machine the overflow was answered with a reset
+    # instead of a queued connection. A backlog like gunicorn's (2048) takes them all.
+    from django.core.servers.basehttp import WSGIServer
+
+    WSGIServer.request_queue_size = 2048
+
+
 def pytest_collection_modifyitems(config, items):
     # The integration group needs PostgreSQL and Redis, which .ci/run starts and announces with
     # TIERLAB_INTEGRATION=1; elsewhere it is skipped with the reason shown.
