@@ -308,8 +308,6 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # Licensees whose products had more monthly active users than this in the calendar month before a
 # model's release need a licence agreement for that model and later ones (the Llama licence's 700M).
 TIERLAB_LICENSE_MAU_THRESHOLD = env.int("TIERLAB_LICENSE_MAU_THRESHOLD", default=700_000_000)
-# Quota alerts: emailed once per threshold per billing period (percent of the monthly token quota).
-TIERLAB_ALERT_THRESHOLDS = (80, 100)
 TIERLAB_DEMO_OPERATOR_EMAIL = "operator@tierlab.localhost"
 TIERLAB_DEMO_OPERATOR_PASSWORD = "tierlab-demo-operator"
 

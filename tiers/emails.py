@@ -39,18 +39,25 @@ def team_owner_emails(*, team_id: int) -> list[str]:
     )
 
 
-def _send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
+def team_email_send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
+    """Render the plain-text ``template`` (a template path) and send it to the team's owners. Returns
+    False, logged, when the team has no owner or the mail server fails (see the module docstring: a
+    lost email must not fail the step that sent it; callers that retry use the result)."""
     recipients = team_owner_emails(team_id=team_id)
     if not recipients:
-        logger.warning("billing email %r for team %s: the team has no owner to send it to", template, team_id)
+        logger.warning("email %r for team %s: the team has no owner to send it to", template, team_id)
         return False
-    body = render_to_string(f"tiers/email/{template}.txt", dict(context)).strip() + "\n"
+    body = render_to_string(template, dict(context)).strip() + "\n"
     try:
         send_mail(SUBJECT_PREFIX + subject, body, None, recipients, fail_silently=False)
-    except Exception:  # see the module docstring: a lost email must not fail the billing pass
-        logger.exception("billing email %r for team %s could not be sent", template, team_id)
+    except Exception:
+        logger.exception("email %r for team %s could not be sent", template, team_id)
         return False
     return True
+
+
+def _send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
+    return team_email_send(team_id=team_id, subject=subject, template=f"tiers/email/{template}.txt", context=context)
 
 
 def receipt_send(*, payment_id: int) -> bool:

@@ -7,16 +7,9 @@ A failing mail server is logged and reported as False, so the caller can retry l
 
 from __future__ import annotations
 
-import logging
-
-from django.core.mail import send_mail
-from django.template.loader import render_to_string
-
-from tiers.emails import SUBJECT_PREFIX, team_owner_emails
+from tiers.emails import team_email_send
 from tiers.templatetags.tier_format import money
 from usage.models import UsageAlert
-
-logger = logging.getLogger(__name__)
 
 SUBJECTS = {
     UsageAlert.Kind.TOKENS_80: "You have used 80% of your monthly tokens",
@@ -27,10 +20,6 @@ SUBJECTS = {
 
 def usage_alert_send(*, alert_id: int) -> bool:
     alert = UsageAlert.objects.select_related("team").get(pk=alert_id)
-    recipients = team_owner_emails(team_id=alert.team_id)
-    if not recipients:
-        logger.warning("usage alert %s: team %s has no owner to send it to", alert_id, alert.team_id)
-        return False
     from tiers.selectors import subscription_current
     from usage.selectors import usage_estimate_for_subscription
 
@@ -49,10 +38,6 @@ def usage_alert_send(*, alert_id: int) -> bool:
             else ""
         ),
     }
-    body = render_to_string("usage/email/usage_alert.txt", context).strip() + "\n"
-    try:
-        send_mail(SUBJECT_PREFIX + SUBJECTS[alert.kind], body, None, recipients, fail_silently=False)
-    except Exception:  # a lost email must not fail the evaluation of the other teams; retried later
-        logger.exception("usage alert %s for team %s could not be sent", alert_id, alert.team_id)
-        return False
-    return True
+    return team_email_send(
+        team_id=alert.team_id, subject=SUBJECTS[alert.kind], template="usage/email/usage_alert.txt", context=context
+    )

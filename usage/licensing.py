@@ -35,14 +35,12 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
-from django.template.loader import render_to_string
 from django.utils import timezone
 
 from config.errors import ApplicationError
-from tiers.emails import team_owner_emails
+from tiers.emails import team_email_send
 from tiers.selectors import language_model_list_active
 from usage.metering import license_gate_forget
 from usage.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
@@ -329,17 +327,7 @@ def _month_name(month: date) -> str:
 
 
 def _send(*, team_id: int, subject: str, template: str, context: dict) -> bool:
-    recipients = team_owner_emails(team_id=team_id)
-    if not recipients:
-        logger.warning("licence email %r for team %s: the team has no owner", template, team_id)
-        return False
-    body = render_to_string(f"usage/email/{template}.txt", context).strip() + "\n"
-    try:
-        send_mail(f"[TierLab] {subject}", body, None, recipients, fail_silently=False)
-    except Exception:  # see above: a lost email must not undo or fail the licence step
-        logger.exception("licence email %r for team %s could not be sent", template, team_id)
-        return False
-    return True
+    return team_email_send(team_id=team_id, subject=subject, template=f"usage/email/{template}.txt", context=context)
 
 
 def license_required_send(*, agreement_id: int) -> bool:

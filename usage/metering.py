@@ -18,7 +18,7 @@ from django.conf import settings
 from accounts.selectors import AuthenticatedKey, api_key_authenticate
 from config.local_cache import TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
-from usage import errors, refusals
+from usage import errors, refusals, selectors
 from usage.quotas import get_quota_backend
 from usage.quotas.base import Decision, Limit, LimitName, Reservation, UsageEvent, day_window, minute_window
 
@@ -97,9 +97,8 @@ def known_models() -> dict[str, date]:
 
 
 def license_required_from(*, team_id: int) -> date | None:
-    from usage.selectors import license_required_from as load
-
-    return _license_cache.get_or_load(team_id, lambda: load(team_id=team_id))
+    """usage.selectors.license_required_from, cached per process for TIERLAB_AUTH_CACHE_SECONDS."""
+    return _license_cache.get_or_load(team_id, lambda: selectors.license_required_from(team_id=team_id))
 
 
 def model_check(*, caller: Caller, model: str) -> None:

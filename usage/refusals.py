@@ -1,8 +1,9 @@
 """Counting refused model-API requests for operator analytics without a SQL write per refusal.
 
-Each process buffers counts per (hour, team, tier, code) and flushes them in one upsert when the
-buffer is older than FLUSH_SECONDS (checked on each refusal). A process that dies between flushes
-loses at most those seconds of counts: these are statistics, not money or usage.
+Each process buffers counts per (hour, team, tier, code) and flushes them in one transaction on the
+first refusal after FLUSH_SECONDS since its last flush (so the first refusal after a quiet spell is
+written at once). The tail of a burst waits in the buffer for the process's next refusal; a process
+that exits first loses it. These are statistics, not money or usage.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ _last_flush = time.monotonic()
 
 def refusal_count(*, team_id: int, tier_slug: str, code: str, now: datetime) -> None:
     """Count one refused request; flush the buffer if it is due."""
-    global _last_flush
     hour = now.replace(minute=0, second=0, microsecond=0)
     with _lock:
         _pending[(hour, team_id, tier_slug, code)] += 1
