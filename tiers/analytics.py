@@ -23,6 +23,7 @@ from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
 from tiers.models import Invoice, InvoiceLine, Payment, Refund, Subscription, Tier
+from tiers.periods import add_months, month_first
 
 # The longest range the page accepts: three years of months keeps every chart legible.
 MAX_MONTHS = 36
@@ -53,12 +54,6 @@ REFUND_SUCCEEDED = "succeeded"
 # --- Months -----------------------------------------------------------------------------------------
 
 
-def month_add(month: date, count: int) -> date:
-    """The first day of the month ``count`` months after (or before, if negative) ``month``'s."""
-    index = month.year * 12 + (month.month - 1) + count
-    return date(index // 12, index % 12 + 1, 1)
-
-
 def month_start(month: date) -> datetime:
     """Midnight UTC on the first day of ``month``."""
     return datetime(month.year, month.month, 1, tzinfo=UTC)
@@ -79,16 +74,9 @@ def month_window(*, months: int = DEFAULT_MONTHS, now: datetime | None = None) -
         raise ValueError(f"months must be between 1 and {MAX_MONTHS}, not {months}")
     now = (now or timezone.now()).astimezone(UTC)
     last = date(now.year, now.month, 1)
-    first = month_add(last, -(months - 1))
-    names = tuple(month_add(first, i) for i in range(months))
-    return MonthWindow(months=names, start=month_start(first), end=month_start(month_add(last, 1)))
-
-
-def month_of(value: datetime | date) -> date:
-    """TruncMonth's value as a month name: an aware datetime (UTC, as asked) on both databases."""
-    if isinstance(value, datetime):
-        value = value.astimezone(UTC)
-    return date(value.year, value.month, 1)
+    first = add_months(last, -(months - 1))
+    names = tuple(add_months(first, i) for i in range(months))
+    return MonthWindow(months=names, start=month_start(first), end=month_start(add_months(last, 1)))
 
 
 # --- MRR and subscribers by tier ----------------------------------------------------------------------
@@ -251,11 +239,11 @@ def revenue_by_month(*, window: MonthWindow) -> dict[str, list[MonthRevenue]]:
     )
     cells: dict[tuple[str, date], dict[str, int]] = {}
     for row in lines:
-        cell = cells.setdefault((row["invoice__currency"], month_of(row["month"])), {})
+        cell = cells.setdefault((row["invoice__currency"], month_first(row["month"])), {})
         cell["subscription_fees_cents"] = int(row["fees"] or 0)
         cell["overage_cents"] = int(row["overage"] or 0)
     for row in refunds:
-        cell = cells.setdefault((row["payment__currency"], month_of(row["month"])), {})
+        cell = cells.setdefault((row["payment__currency"], month_first(row["month"])), {})
         cell["refunds_cents"] = -int(row["total"] or 0)
     currencies = sorted({currency for currency, _ in cells})
     return {
@@ -310,7 +298,7 @@ def failed_payments(*, window: MonthWindow, latest: int = FAILED_PAYMENTS_LATEST
         .annotate(n=Count("id"), total=Sum("amount_cents"))
         .order_by()
     )
-    cells = {(row["currency"], month_of(row["month"])): (row["n"], int(row["total"] or 0)) for row in monthly}
+    cells = {(row["currency"], month_first(row["month"])): (row["n"], int(row["total"] or 0)) for row in monthly}
     by_month: dict[str, list[MonthFailures]] = {}
     for currency in sorted({currency for currency, _ in cells}):
         series = []

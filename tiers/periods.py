@@ -10,7 +10,7 @@ Computing from the previous end would drift: Jan 31 -> Feb 28 -> Mar 28 -> ...
 from __future__ import annotations
 
 import calendar
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 
 def add_months(anchor: datetime, months: int) -> datetime:
@@ -20,6 +20,15 @@ def add_months(anchor: datetime, months: int) -> datetime:
     month = month_index % 12 + 1
     day = min(anchor.day, calendar.monthrange(year, month)[1])
     return anchor.replace(year=year, month=month, day=day)
+
+
+def month_first(moment: date | datetime) -> date:
+    """The first day of the calendar month containing ``moment`` (a date, or an aware datetime taken in
+    UTC): how months are named wherever TierLab counts by calendar month (statements, licences,
+    analytics)."""
+    if isinstance(moment, datetime):
+        moment = moment.astimezone(UTC).date()
+    return moment.replace(day=1)
 
 
 def interval_months(interval: str) -> int:

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from config.admin_base import ReadOnlyAdmin, admin_action_with_form
 from config.errors import ApplicationError
+from tiers.periods import month_first
 from tiers.templatetags.tier_format import money
 from usage import licensing
 from usage.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
@@ -179,8 +180,8 @@ class MonthlyActiveUsersForm(forms.ModelForm):
         help_texts = {"month": "Any day of the month: it is stored as the month's first day."}
 
     def clean_month(self):
-        month = licensing.month_start(self.cleaned_data["month"])
-        if month > licensing.month_start(timezone.now().date()):
+        month = month_first(self.cleaned_data["month"])
+        if month > month_first(timezone.now().date()):
             raise ValidationError("That month has not started yet.")
         return month
 

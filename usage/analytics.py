@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from tiers import analytics as money_analytics
-from tiers.analytics import MonthWindow, month_of, month_window
+from tiers.analytics import MonthWindow, month_window
+from tiers.periods import month_first
 from usage.models import LicenseAgreement, PartnerStatementLine, QuotaRefusalCount, UsageRollup
 
 TOP_CUSTOMERS = 10
@@ -136,7 +137,7 @@ def partner_share_by_month(*, window: MonthWindow) -> dict[tuple[str, date], int
         .annotate(total=Sum("share_cents"))
         .order_by()
     )
-    return {(row["currency"], month_of(row["statement__month"])): int(row["total"] or 0) for row in rows}
+    return {(row["currency"], month_first(row["statement__month"])): int(row["total"] or 0) for row in rows}
 
 
 def license_fees_by_month(*, window: MonthWindow) -> dict[tuple[str, date], int]:
@@ -160,7 +161,7 @@ def license_fees_by_month(*, window: MonthWindow) -> dict[tuple[str, date], int]
     )
     starting: dict[str, dict[date, int]] = {}
     for row in granted:
-        month = max(month_of(row["month"]), window.months[0])  # granted before the window: from its start
+        month = max(month_first(row["month"]), window.months[0])  # granted before the window: from its start
         per_month = starting.setdefault(row["currency"], {})
         per_month[month] = per_month.get(month, 0) + int(row["total"] or 0)
     fees: dict[tuple[str, date], int] = {}

@@ -30,7 +30,7 @@ from __future__ import annotations
 import calendar
 import logging
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from config.errors import ApplicationError
 from tiers.emails import team_email_send
+from tiers.periods import add_months, month_first
 from tiers.selectors import language_model_list_active
 from usage.metering import license_gate_forget
 from usage.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
@@ -76,15 +77,11 @@ class LicenseStateInvalid(LicenseError):
 # --- Months -------------------------------------------------------------------------------------------
 
 
-def month_start(day: date) -> date:
-    return day.replace(day=1)
-
-
 def month_before(day: date) -> date:
     """The first day of the calendar month before ``day``'s month: the month a check for a release on
     ``day`` looks at. Stepping back one day from the 1st lands in the previous month whatever its
     length (28 to 31 days), so there is no month arithmetic to get wrong."""
-    return month_start(month_start(day) - timedelta(days=1))
+    return add_months(month_first(day), -1)
 
 
 def _today(now: datetime) -> date:
@@ -116,8 +113,8 @@ def mau_report_record(*, team: Team, month: date, active_users: int, now: dateti
     after the current one cannot be reported. If the check for that month already ran, the report is
     held to it at once (see the module docstring)."""
     now = now or timezone.now()
-    month = month_start(month)
-    if month > month_start(_today(now)):
+    month = month_first(month)
+    if month > month_first(_today(now)):
         raise ValidationError({"month": [f"{month:%Y-%m} has not started yet: report a past or the current month."]})
     with transaction.atomic():
         report = MonthlyActiveUsers.objects.select_for_update().filter(team=team, month=month).first()

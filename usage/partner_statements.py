@@ -35,8 +35,9 @@ from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from tiers.periods import add_months, month_first
 from usage.models import Partner, PartnerStatement, PartnerStatementLine, PartnerUsageEvent, UsageRecord
-from usage.partners import PartnerError, _next_month, share_rates_for
+from usage.partners import PartnerError, share_rates_for
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,6 @@ CSV_COLUMNS = (
     "revenue_cents",
     "share_cents",
 )
-
-
-def month_start(moment: datetime | date) -> date:
-    if isinstance(moment, datetime):
-        moment = moment.astimezone(UTC).date()
-    return moment.replace(day=1)
 
 
 def _midnight(day: date) -> datetime:
@@ -85,7 +80,7 @@ def partner_statement_issue(*, partner: Partner, month: date, now: datetime | No
     events were claimed by that later statement already)."""
     now = now or timezone.now()
     month = month.replace(day=1)
-    if month >= month_start(now):
+    if month >= month_first(now):
         raise PartnerError(f"{month:%Y-%m} is not over yet: statements are issued after the month ends.")
     Partner.objects.select_for_update().filter(pk=partner.pk).first()  # serialise issues per partner
     existing = PartnerStatement.objects.filter(partner=partner, month=month).first()
@@ -99,7 +94,7 @@ def partner_statement_issue(*, partner: Partner, month: date, now: datetime | No
     except IntegrityError:  # a concurrent issue won (SQLite has no row lock): return its statement
         return PartnerStatement.objects.get(partner=partner, month=month)
 
-    end = _midnight(_next_month(month))
+    end = _midnight(add_months(month, 1))
     # Claim first, then sum what was claimed: an event inserted between the two would otherwise be
     # marked as counted without being counted.
     PartnerUsageEvent.objects.filter(partner=partner, statement__isnull=True, occurred_at__lt=end).update(
@@ -139,7 +134,7 @@ def _event_lines(*, statement: PartnerStatement, partner_id: int) -> list[Partne
     )
     lines = []
     for group in groups:
-        usage_month = month_start(group["usage_month"])
+        usage_month = month_first(group["usage_month"])
         kind = (
             PartnerStatementLine.Kind.USAGE if usage_month == statement.month else PartnerStatementLine.Kind.ADJUSTMENT
         )
@@ -192,7 +187,7 @@ def _months(first: date, last: date) -> list[date]:
     months = []
     while first <= last:
         months.append(first)
-        first = _next_month(first)
+        first = add_months(first, 1)
     return months
 
 
@@ -204,7 +199,7 @@ def partner_statements_issue(*, now: datetime | None = None) -> int:
 
     Also retries the email of statements whose email could not be sent before."""
     now = now or timezone.now()
-    last = _previous_month(month_start(now))
+    last = add_months(month_first(now), -1)
     first_events = dict(
         PartnerUsageEvent.objects.values("partner_id")
         .annotate(first=Min("occurred_at"))
@@ -215,9 +210,9 @@ def partner_statements_issue(*, now: datetime | None = None) -> int:
         issued_months.setdefault(partner_id, set()).add(month)
     issued = 0
     for partner in Partner.objects.all():
-        starts = [month_start(partner.created_at)]
+        starts = [month_first(partner.created_at)]
         if partner.pk in first_events:
-            starts.append(month_start(first_events[partner.pk]))
+            starts.append(month_first(first_events[partner.pk]))
         done = issued_months.get(partner.pk, set())
         latest_done = max(done, default=None)
         for month in _months(min(starts), last):
@@ -228,10 +223,6 @@ def partner_statements_issue(*, now: datetime | None = None) -> int:
     for statement_id in PartnerStatement.objects.filter(emailed_at__isnull=True).values_list("id", flat=True):
         partner_statement_email_send(statement_id=statement_id, now=now)
     return issued
-
-
-def _previous_month(month: date) -> date:
-    return date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
 
 
 # --- Read: totals and CSV ---------------------------------------------------------------------------------

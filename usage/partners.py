@@ -24,6 +24,7 @@ from django.utils import timezone
 from config.errors import ApplicationError
 from config.local_cache import TTLCache
 from tiers.billing_close import rows_cte
+from tiers.periods import add_months
 from usage.models import Partner, PartnerKey, PartnerShareRate, PartnerStatement, PartnerUsageEvent
 
 
@@ -71,7 +72,7 @@ def share_rates_locked_before(*, partner_id: int) -> date | None:
     last_month = last.first()
     if last_month is None:
         return None
-    return _next_month(last_month)
+    return add_months(last_month, 1)
 
 
 @transaction.atomic
@@ -352,7 +353,3 @@ def _insert_events(*, partner_id: int, rows: list[tuple], received_at: datetime)
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, partner_id, connection.ops.adapt_datetimefield_value(received_at)])
         return len(cursor.fetchall())
-
-
-def _next_month(month: date) -> date:
-    return date(month.year + (month.month == 12), month.month % 12 + 1, 1)
