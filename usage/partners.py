@@ -10,7 +10,6 @@ partner key is never mistaken for a team's model-API key, nor the reverse.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from accounts.services import api_key_hash
 from config.errors import ApplicationError
 from config.local_cache import TTLCache
 from tiers.billing_close import rows_cte
@@ -118,10 +118,6 @@ PARTNER_KEY_MARKER = "tlp-"
 PARTNER_KEY_PREFIX_LENGTH = 16
 
 
-def partner_key_hash(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode()).hexdigest()
-
-
 @transaction.atomic
 def partner_key_create(*, partner: Partner, name: str = "default") -> tuple[PartnerKey, str]:
     """Create a key for ``partner``'s usage reports; returns (key, secret), the secret shown once."""
@@ -131,7 +127,7 @@ def partner_key_create(*, partner: Partner, name: str = "default") -> tuple[Part
             partner=partner,
             name=(name or "default").strip() or "default",
             prefix=raw[:PARTNER_KEY_PREFIX_LENGTH],
-            secret_hash=partner_key_hash(raw),
+            secret_hash=api_key_hash(raw),
         )
         key.full_clean(exclude=["prefix"])
         try:
@@ -195,7 +191,7 @@ def partner_key_authenticate(*, raw_key: str, now: datetime | None = None) -> Au
         return None
     prefix = raw_key[:PARTNER_KEY_PREFIX_LENGTH]
     row = _partner_key_cache.get_or_load(prefix, lambda: _load_partner_key(prefix))
-    if row is None or not hmac.compare_digest(partner_key_hash(raw_key), row.secret_hash):
+    if row is None or not hmac.compare_digest(api_key_hash(raw_key), row.secret_hash):
         return None
     if row.revoked_at is not None:
         return None
