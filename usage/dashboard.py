@@ -184,12 +184,20 @@ def range_window(*, range_key: str, now: datetime, period_start: datetime | None
     return today - timedelta(days=days - 1), now
 
 
+def _bucket_step(granularity: str) -> timedelta:
+    return timedelta(hours=1) if granularity == "hour" else timedelta(days=1)
+
+
+def _bucket_floor(moment: datetime, granularity: str) -> datetime:
+    """The start of the UTC hour or day containing ``moment``."""
+    floored = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return floored.replace(hour=0) if granularity == "day" else floored
+
+
 def _buckets(*, start: datetime, end: datetime, granularity: str) -> list[datetime]:
     """Every UTC hour or day overlapping [start, end), so the axis has no gaps where nothing was used."""
-    step = timedelta(hours=1) if granularity == "hour" else timedelta(days=1)
-    current = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    if granularity == "day":
-        current = current.replace(hour=0)
+    step = _bucket_step(granularity)
+    current = _bucket_floor(start, granularity)
     buckets = []
     while current < end:
         buckets.append(current)
@@ -262,9 +270,7 @@ def dashboard_for_team(*, team: Team, now: datetime, range_key: str = RANGE_PERI
     start, end = range_window(range_key=range_key, now=now, period_start=estimate.period_start if estimate else None)
     granularity = "hour" if end - start <= HOURLY_UP_TO else "day"
     # Through the end of the current hour or day, so a request made this very second is charted too.
-    end = _buckets(start=now, end=now + timedelta(microseconds=1), granularity=granularity)[0] + (
-        timedelta(hours=1) if granularity == "hour" else timedelta(days=1)
-    )
+    end = _bucket_floor(now, granularity) + _bucket_step(granularity)
     series = usage_series(team_id=team.pk, start=start, end=end, granularity=granularity)
     buckets = _buckets(start=start, end=end, granularity=granularity)
     # Models with the most tokens first, so the largest series sits at the bottom of the stack.
