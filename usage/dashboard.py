@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from django.utils.functional import cached_property
 
 from config.charts import ChartSeries, bar_chart_svg, format_number, gauge_level, gauge_percent, line_chart_svg
+from usage.rollups import bucket_floor, bucket_step
 
 if TYPE_CHECKING:
     from django.utils.safestring import SafeString
@@ -184,20 +185,10 @@ def range_window(*, range_key: str, now: datetime, period_start: datetime | None
     return today - timedelta(days=days - 1), now
 
 
-def _bucket_step(granularity: str) -> timedelta:
-    return timedelta(hours=1) if granularity == "hour" else timedelta(days=1)
-
-
-def _bucket_floor(moment: datetime, granularity: str) -> datetime:
-    """The start of the UTC hour or day containing ``moment``."""
-    floored = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    return floored.replace(hour=0) if granularity == "day" else floored
-
-
 def _buckets(*, start: datetime, end: datetime, granularity: str) -> list[datetime]:
     """Every UTC hour or day overlapping [start, end), so the axis has no gaps where nothing was used."""
-    step = _bucket_step(granularity)
-    current = _bucket_floor(start, granularity)
+    step = bucket_step(granularity)
+    current = bucket_floor(start, granularity)
     buckets = []
     while current < end:
         buckets.append(current)
@@ -270,7 +261,7 @@ def dashboard_for_team(*, team: Team, now: datetime, range_key: str = RANGE_PERI
     start, end = range_window(range_key=range_key, now=now, period_start=estimate.period_start if estimate else None)
     granularity = "hour" if end - start <= HOURLY_UP_TO else "day"
     # Through the end of the current hour or day, so a request made this very second is charted too.
-    end = _bucket_floor(now, granularity) + _bucket_step(granularity)
+    end = bucket_floor(now, granularity) + bucket_step(granularity)
     series = usage_series(team_id=team.pk, start=start, end=end, granularity=granularity)
     buckets = _buckets(start=start, end=end, granularity=granularity)
     # Models with the most tokens first, so the largest series sits at the bottom of the stack.

@@ -124,15 +124,21 @@ def usage_rollup_fold_settled(*, batch_size: int = 100_000) -> int:
     return usage_rollup_fold(batch_size=batch_size, up_to_id=up_to_id)
 
 
-def _floor(value: datetime, granularity: str) -> datetime:
+def bucket_step(granularity: str) -> timedelta:
+    """The length of an "hour" or "day" bucket."""
+    return timedelta(days=1) if granularity == "day" else timedelta(hours=1)
+
+
+def bucket_floor(value: datetime, granularity: str) -> datetime:
+    """The start of the UTC hour or day bucket containing ``value``."""
     value = value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     return value.replace(hour=0) if granularity == "day" else value
 
 
-def _ceil(value: datetime, granularity: str) -> datetime:
-    floored = _floor(value, granularity)
-    step = timedelta(days=1) if granularity == "day" else timedelta(hours=1)
-    return floored if floored == value else floored + step
+def bucket_ceil(value: datetime, granularity: str) -> datetime:
+    """``value`` itself if a bucket starts there, else the start of the next bucket."""
+    floored = bucket_floor(value, granularity)
+    return floored if floored == value else floored + bucket_step(granularity)
 
 
 @transaction.atomic
@@ -147,8 +153,8 @@ def usage_rollup_rebuild(*, start: datetime, end: datetime) -> int:
     records and much cheaper.
     """
     cursor = _cursor_locked(CURSOR_NAME)
-    hour_start, hour_end = _floor(start, "hour"), _ceil(end, "hour")
-    day_start, day_end = _floor(start, "day"), _ceil(end, "day")
+    hour_start, hour_end = bucket_floor(start, "hour"), bucket_ceil(end, "hour")
+    day_start, day_end = bucket_floor(start, "day"), bucket_ceil(end, "day")
     hours = UsageRollup.objects.filter(granularity=UsageRollup.Granularity.HOUR)
     hours.filter(bucket_start__gte=hour_start, bucket_start__lt=hour_end).delete()
     qn = connection.ops.quote_name

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 from django.db.models import Count, F, Q, Subquery, Sum, Value
@@ -9,6 +9,7 @@ from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
 from usage.models import Heartbeat, RollupCursor, UsageAlert, UsageRecord, UsageRollup
 from usage.rollups import CURSOR_NAME as ROLLUP_CURSOR
+from usage.rollups import bucket_ceil, bucket_floor
 
 if TYPE_CHECKING:
     from accounts.models import Team
@@ -24,16 +25,6 @@ def _unfolded() -> Q:
     statement, so a fold committing in between cannot make a record count twice or not at all."""
     cursor = RollupCursor.objects.filter(name=ROLLUP_CURSOR).values("last_record_id")[:1]
     return Q(id__gt=Coalesce(Subquery(cursor), Value(0)))
-
-
-def _floor(value: datetime, granularity: str) -> datetime:
-    value = value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    return value.replace(hour=0) if granularity == "day" else value
-
-
-def _ceil_hour(value: datetime) -> datetime:
-    floored = _floor(value, "hour")
-    return floored if floored == value else floored + timedelta(hours=1)
 
 
 _SUMS = {
@@ -78,7 +69,7 @@ def usage_series(
     statements could, each reading the cursor at a different moment).
     """
     trunc = {"day": TruncDay, "hour": TruncHour}[granularity]
-    start = _floor(start, granularity)
+    start = bucket_floor(start, granularity)
     rollups = UsageRollup.objects.filter(
         team_id=team_id, granularity=granularity, bucket_start__gte=start, bucket_start__lt=end
     )
@@ -97,7 +88,7 @@ def usage_totals_by_model(*, team_id: int, start: datetime, end: datetime) -> li
     """Requests and tokens per model for ``team_id`` in [start, end), exactly (to the microsecond),
     largest total first: whole hours from the hour rollups, the partial hours at either edge and the
     records not folded yet from the records. One statement (see usage_series for why)."""
-    inner_start, inner_end = _ceil_hour(start), _floor(end, "hour")
+    inner_start, inner_end = bucket_ceil(start, "hour"), bucket_floor(end, "hour")
     if inner_start >= inner_end:  # less than one whole hour: the records alone
         inner_start = inner_end = start
     rollups = UsageRollup.objects.filter(
