@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from config.admin_base import admin_action_with_form
+from config.admin_base import ReadOnlyInline, admin_action_with_form
 from config.errors import ApplicationError
 from tiers import billing, services
 from tiers.forms import OperatorReasonForm, OperatorTierMoveForm
@@ -163,20 +163,6 @@ class ReadOnlyBillingAdmin(admin.ModelAdmin):
         if obj is not None:
             return False
         return super().has_change_permission(request, obj)
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 class InvoiceLineInline(ReadOnlyInline):

@@ -12,7 +12,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from config.admin_base import ReadOnlyAdmin
+from config.admin_base import ReadOnlyAdmin, ReadOnlyInline
 from usage import partner_statements, partners
 from usage.models import (
     Partner,
@@ -91,29 +91,9 @@ class PartnerAdmin(admin.ModelAdmin):
             )
 
 
-class PartnerStatementLineInline(admin.TabularInline):
+class PartnerStatementLineInline(ReadOnlyInline):
     model = PartnerStatementLine
-    fields = [
-        "kind",
-        "usage_month",
-        "model",
-        "currency",
-        "share_bps",
-        "events",
-        "prompt_tokens",
-        "completion_tokens",
-        "revenue_cents",
-        "share_cents",
-    ]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+    fields = readonly_fields = partner_statements.LINE_FIELDS
 
 
 @admin.register(PartnerStatement)

@@ -42,9 +42,8 @@ from usage.partners import PartnerError, share_rates_for
 logger = logging.getLogger(__name__)
 
 DIRECT_CURRENCY = "usd"  # direct lines carry no money; the field needs a value
-CSV_COLUMNS = (
-    "partner",
-    "statement_month",
+# A statement line's columns, as the admin shows them and the CSV exports them.
+LINE_FIELDS = (
     "kind",
     "usage_month",
     "model",
@@ -56,6 +55,7 @@ CSV_COLUMNS = (
     "revenue_cents",
     "share_cents",
 )
+CSV_COLUMNS = ("partner", "statement_month", *LINE_FIELDS)
 
 
 def _midnight(day: date) -> datetime:
