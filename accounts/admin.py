@@ -59,8 +59,8 @@ class TeamAdmin(admin.ModelAdmin):
             return "—"
         links = [
             ("Subscription", "admin:tiers_subscription_changelist"),
-            ("Invoices", "admin:tiers_invoice_changelist"),
-            ("Billing audit trail", "admin:tiers_billingauditentry_changelist"),
+            ("Invoices", "admin:billing_invoice_changelist"),
+            ("Billing audit trail", "admin:billing_billingauditentry_changelist"),
             ("API keys", "admin:accounts_apikey_changelist"),
             ("Usage records", "admin:usage_usagerecord_changelist"),
         ]

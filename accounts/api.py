@@ -9,26 +9,7 @@ from rest_framework.views import APIView
 from accounts import services
 from accounts.models import User
 from accounts.selectors import api_key_list, team_for_request
-from accounts.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer, MeSerializer
-from tiers.selectors import subscription_current
-from tiers.serializers import SubscriptionSerializer
-
-
-class MeApi(APIView):
-    """Who is calling: the user (for a session) and the team the request acts for, with its subscription."""
-
-    @extend_schema(responses=MeSerializer)
-    def get(self, request):
-        team = team_for_request(request)
-        subscription = subscription_current(team=team)
-        user = request.user if isinstance(request.user, User) else None
-        return Response(
-            {
-                "email": user.email if user else None,
-                "team": {"id": team.pk, "name": team.name},
-                "subscription": SubscriptionSerializer(subscription).data if subscription else None,
-            }
-        )
+from accounts.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 
 
 class ApiKeyListCreateApi(generics.ListAPIView):

@@ -107,12 +107,6 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    # A key issued for a hosting partner's channel: the team's direct traffic through it is attributed
-    # to that partner (UsageRecord.partner_id, rollups, partner statements).
-    partner = models.ForeignKey(
-        "usage.Partner", on_delete=models.PROTECT, null=True, blank=True, related_name="channel_keys"
-    )
-
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Team, User
 from accounts.services import API_KEY_MARKER, API_KEY_PREFIX_LENGTH, api_key_hash
-from config.local_cache import TTLCache
+from core.local_cache import TTLCache
 
 
 def team_for_user(*, user: User) -> Team | None:
@@ -50,7 +50,6 @@ class AuthenticatedKey:
     key_id: int
     team_id: int
     name: str
-    partner_id: int | None = None  # the hosting partner whose channel this key belongs to, if any
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ class _KeyRow:
     secret_hash: str
     expires_at: datetime | None
     revoked_at: datetime | None
-    partner_id: int | None
 
 
 _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
@@ -70,7 +68,7 @@ _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_C
 def _load_key_row(prefix: str) -> _KeyRow | None:
     row = (
         ApiKey.objects.filter(prefix=prefix)
-        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at", "partner_id")
+        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at")
         .first()
     )
     return _KeyRow(*row) if row else None
@@ -92,7 +90,7 @@ def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> Authen
     now = now or timezone.now()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
-    return AuthenticatedKey(key_id=row.key_id, team_id=row.team_id, name=row.name, partner_id=row.partner_id)
+    return AuthenticatedKey(key_id=row.key_id, team_id=row.team_id, name=row.name)
 
 
 def api_key_cache_clear() -> None:

@@ -5,17 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Team, User
-from config.errors import ApplicationError
-from tiers import services as tier_services
-
-if TYPE_CHECKING:
-    from usage.models import Partner
+from core.errors import ApplicationError
 
 
 @transaction.atomic
@@ -26,57 +21,6 @@ def team_create_personal(*, user: User) -> Team:
     team.save()
     Membership.objects.create(user=user, team=team, role=Membership.Role.OWNER)
     return team
-
-
-@transaction.atomic
-def account_setup_new_user(*, user: User, tier_slug: str | None = None) -> Team:
-    """Give a newly signed-up ``user`` a personal team subscribed to ``tier_slug`` (default: free).
-
-    Called by the allauth adapter at sign-up and by commands that create users. Fails, and so rolls
-    back the sign-up, if the tier is missing or archived.
-    """
-    tier = tier_services.tier_get_for_signup(slug=tier_slug)
-    team = team_create_personal(user=user)
-    tier_services.subscription_create(team=team, tier=tier)
-    return team
-
-
-@transaction.atomic
-def user_create(*, email: str, password: str | None = None, tier_slug: str | None = None) -> User:
-    """Create a user with a verified primary email, a personal team and a subscription.
-
-    For operators and scripts (commands, the demo account); people sign up through allauth's pages.
-    """
-    from allauth.account.models import EmailAddress
-
-    user = User(email=User.objects.normalize_email(email).lower())
-    if password:
-        user.set_password(password)
-    else:
-        user.set_unusable_password()
-    user.full_clean()
-    user.save()
-    EmailAddress.objects.create(user=user, email=user.email, primary=True, verified=True)
-    account_setup_new_user(user=user, tier_slug=tier_slug)
-    return user
-
-
-@transaction.atomic
-def operator_ensure(*, email: str, password: str) -> tuple[User, bool]:
-    """Make sure an operator (staff superuser) with ``email`` exists; returns (user, created).
-
-    An existing account is promoted but its password is left alone, so re-running never undoes a
-    password the operator changed.
-    """
-    user = User.objects.filter(email__iexact=email).first()
-    created = user is None
-    if created:
-        user = user_create(email=email, password=password)
-    if not (user.is_staff and user.is_superuser):
-        user.is_staff = True
-        user.is_superuser = True
-        user.save(update_fields=["is_staff", "is_superuser"])
-    return user, created
 
 
 # --- API keys -----------------------------------------------------------------------------------------
@@ -102,12 +46,11 @@ def api_key_create(
     name: str,
     created_by: User | None = None,
     expires_at: datetime | None = None,
-    partner: Partner | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key for ``team``; returns (key, secret). The secret is not stored and cannot be shown again.
 
-    ``partner``: the hosting partner whose channel the key is issued for; the team's traffic through
-    it is attributed to that partner (usage records, partner statements' direct lines)."""
+    A key for a hosting partner's channel is made by ``partners.services.partner_channel_key_create``,
+    which calls this and records the channel."""
     name = (name or "").strip()
     if not name:
         raise ApiKeyError("Give the key a name, e.g. the app that will use it.", extra={"field": "name"})
@@ -122,7 +65,6 @@ def api_key_create(
             secret_hash=api_key_hash(raw),
             created_by=created_by,
             expires_at=expires_at,
-            partner=partner,
         )
         key.full_clean(exclude=["prefix"])
         try:

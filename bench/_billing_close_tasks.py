@@ -9,8 +9,8 @@
 The caller sets DJANGO_SETTINGS_MODULE, DATABASE_URL (the bench's own database), STRIPE_API_BASE (the
 bench's localstripe), EMAIL_URL and DEBUG. Each step prints one JSON object alone on the last line of
 its stdout. Nothing here edits tiers/: the engine is called through its public functions
-(tiers.billing.billing_periods_close, tiers.billing.billing_run) and the gateway
-(tiers.stripe_gateway.customer_create, payment_method_attach).
+(billing.services.billing_periods_close, billing.services.billing_run) and the gateway
+(billing.stripe_gateway.customer_create, payment_method_attach).
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ class CpuWatch:
 def _counts(now: datetime) -> dict:
     from django.db.models import Sum
 
-    from tiers.models import BillingAuditEntry, Invoice, InvoiceLine, Payment, Subscription
+    from billing.models import BillingAuditEntry, Invoice, InvoiceLine, Payment
+    from tiers.models import Subscription
 
     due = Subscription.objects.filter(
         current_period_end__lte=now, status__in=[Subscription.Status.ACTIVE, Subscription.Status.TRIALING]
@@ -220,7 +221,7 @@ def migrate(spec: dict) -> dict:
 def _profiles(now: datetime) -> list[tuple[int, datetime, datetime, datetime, datetime]]:
     """(k, anchor, period start, period end, usage time) for k = i % ANCHOR_DAYS: the period that ended
     most recently before ``now`` for an anchor on Jan k+1 (hours vary), computed with tiers/periods.py."""
-    from tiers.periods import period_containing
+    from core.periods import period_containing
 
     rows = []
     for k in range(ANCHOR_DAYS):
@@ -241,7 +242,8 @@ def seed(spec: dict) -> dict:
     from django.db import connection, transaction
 
     from accounts.models import Membership, Team, User
-    from tiers.models import BillingCustomer, Subscription, Tier
+    from billing.models import BillingCustomer
+    from tiers.models import Subscription, Tier
     from usage.models import UsageRecord
 
     n = int(spec["n"])
@@ -440,7 +442,8 @@ def close(spec: dict) -> dict:
     _django()
     from django.db import connection
 
-    from tiers import billing, billing_close
+    from billing import close as billing_close
+    from billing import services as billing
 
     now = _parse_now(spec["now"])
     batch_size = int(spec.get("batch_size") or billing_close.CLOSE_BATCH_SIZE)
@@ -494,7 +497,7 @@ def customers(spec: dict) -> dict:
     """``n`` Stripe customers, each with pm_card_visa attached as its default, through the gateway.
     Written to ``out`` (JSON) for ``seed``; no database is used."""
     _django()
-    from tiers import stripe_gateway as gateway
+    from billing import stripe_gateway as gateway
 
     n = int(spec["n"])
     made = []
@@ -541,10 +544,10 @@ def _stripe_payment_intents() -> int:
 
 
 def _time_gateway_calls() -> dict[str, list[float]]:
-    """Time every call the engine makes into tiers.stripe_gateway (the engine calls them as module
+    """Time every call the engine makes into billing.stripe_gateway (the engine calls them as module
     attributes, ``gateway.payment_intent_create(...)``): the wall time of each call, per function, so
     the charge's cost splits into Stripe round trips and our own work. Only this process is affected."""
-    from tiers import stripe_gateway as gateway
+    from billing import stripe_gateway as gateway
 
     calls: dict[str, list[float]] = {}
     for name in ("payment_intent_create", "payment_intent_find", "payment_intent_retrieve"):
@@ -569,7 +572,7 @@ def pay(spec: dict) -> dict:
     from django.core import mail
     from django.db import connection
 
-    from tiers import billing
+    from billing import services as billing
 
     now = _parse_now(spec["now"])
     before = _counts(now)

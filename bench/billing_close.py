@@ -2,7 +2,7 @@
 """How long one billing pass takes when many subscriptions are due at once (issue 4, DESIGN.md "Money
 and time").
 
-One pass is `tiers.billing.billing_run(now=...)`: a LOCAL part, `billing_periods_close` (renewal
+One pass is `billing.services.billing_run(now=...)`: a LOCAL part, `billing_periods_close` (renewal
 invoices, their lines, the period advance; set-based, tiers/billing_close.py), and a PAYMENT part
 (every invoice due charged off-session through Stripe, one PaymentIntent each). This bench measures:
 

@@ -337,8 +337,8 @@ def django_side(command: str, spec: dict) -> int:
     from django.db import transaction
     from django.utils import timezone
 
-    from usage import partners
-    from usage.models import Partner, PartnerShareRate, PartnerUsageEvent
+    from partners import services as partners
+    from partners.models import Partner, PartnerShareRate, PartnerUsageEvent
 
     run_id = spec["run_id"]
     if command == "setup":

@@ -3,8 +3,9 @@
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from accounts.api import ApiKeyDetailApi, ApiKeyListCreateApi, MeApi
-from tiers.api import InvoiceDetailApi, InvoiceListApi, SpendCapApi, SubscriptionApi, TierListApi
+from accounts.api import ApiKeyDetailApi, ApiKeyListCreateApi
+from billing.api import InvoiceDetailApi, InvoiceListApi, SubscriptionApi
+from tiers.api import MeApi, SpendCapApi, TierListApi
 from usage.api import UsageApi
 
 urlpatterns = [
@@ -17,8 +18,7 @@ urlpatterns = [
     path("api/v1/keys", ApiKeyListCreateApi.as_view(), name="api-keys"),
     path("api/v1/keys/<int:key_id>", ApiKeyDetailApi.as_view(), name="api-key"),
     path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
-    path("", include("usage.urls_partner_api")),
-    path("", include("usage.urls_licensing")),
+    path("", include("partners.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -19,9 +19,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from billing import stripe_gateway
 from config.celery import app as celery_app
-from tiers import stripe_gateway
-from usage.selectors import heartbeat_last
+from core.selectors import heartbeat_last
 
 
 def _timed(check) -> dict[str, Any]:

@@ -45,9 +45,13 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "allauth",
     "allauth.account",
+    # TierLab, bottom layer first: each app imports only the apps listed before it.
+    "core",
     "accounts",
     "tiers",
     "usage",
+    "billing",
+    "partners",
 ]
 
 MIDDLEWARE = [
@@ -126,7 +130,7 @@ LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "home"
 
 # django-allauth: email is the login; the email must be confirmed before the first login.
-ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
+ACCOUNT_ADAPTER = "tiers.adapters.AccountAdapter"
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
@@ -200,7 +204,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
     # `?format=csv` on /api/v1/usage is the export, not DRF's renderer override.
     "URL_FORMAT_OVERRIDE": None,
     # Abuse protection only (DESIGN.md): billable quotas never go through DRF throttles.
@@ -224,7 +228,7 @@ SPECTACULAR_SETTINGS = {
     # Subscriptions and invoices both have a "status": name their enums apart in the schema.
     "ENUM_NAME_OVERRIDES": {
         "SubscriptionStatusEnum": "tiers.models.Subscription.Status",
-        "InvoiceStatusEnum": "tiers.models.Invoice.Status",
+        "InvoiceStatusEnum": "billing.models.Invoice.Status",
     },
 }
 
@@ -254,21 +258,21 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Synced into django-celery-beat's tables when beat starts; operators may then edit it in the admin.
 CELERY_BEAT_SCHEDULE = {
-    "heartbeat": {"task": "usage.tasks.heartbeat_record", "schedule": 30.0},
+    "heartbeat": {"task": "core.tasks.heartbeat_record", "schedule": 30.0},
     # Redis quota backend only (a no-op otherwise): usage events from the stream into UsageRecord.
     "usage-stream-drain": {"task": "usage.tasks.usage_stream_drain", "schedule": 2.0},
-    # Period close, charges due and dunning (tiers/billing.py).
-    "billing-run": {"task": "tiers.tasks.billing_run", "schedule": 60.0},
+    # Period close, charges due and dunning (billing/).
+    "billing-run": {"task": "billing.tasks.billing_run", "schedule": 60.0},
     # Webhook events whose processing was never queued (broker down at receipt) are picked up here.
-    "stripe-events-sweep": {"task": "tiers.tasks_webhooks.stripe_events_pending_process_task", "schedule": 300.0},
+    "stripe-events-sweep": {"task": "billing.tasks.stripe_events_pending_process_task", "schedule": 300.0},
     # Usage records folded into hourly and daily rollups (usage/rollups.py), incrementally.
     "usage-rollup": {"task": "usage.tasks.usage_rollup_fold", "schedule": 30.0},
     # 80% / 100% of the monthly token quota and spend caps: one alert email per threshold per period.
     "usage-alerts": {"task": "usage.tasks.usage_alerts_evaluate", "schedule": 60.0},
     # Partner statements for every closed month not yet stated, exactly once per partner and month.
-    "partner-statements": {"task": "usage.tasks.partner_statements_issue", "schedule": 3600.0},
+    "partner-statements": {"task": "partners.tasks.partner_statements_issue", "schedule": 3600.0},
     # The licence check for every model release date not yet checked.
-    "license-checks": {"task": "usage.tasks.license_checks_run", "schedule": 3600.0},
+    "license-checks": {"task": "partners.tasks.license_checks_run", "schedule": 3600.0},
 }
 
 # --- Stripe -----------------------------------------------------------------------------------------

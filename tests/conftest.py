@@ -58,9 +58,9 @@ def _fresh_cache():
 def _fresh_process_caches():
     # Keys, entitlements, licence gates and refusal counts are cached per process on the request path.
     from accounts.selectors import api_key_cache_clear
+    from partners.services import partner_key_cache_clear
     from tiers.selectors import entitlements_cache_clear
     from usage.metering import metering_caches_clear
-    from usage.partners import partner_key_cache_clear
 
     api_key_cache_clear()
     partner_key_cache_clear()

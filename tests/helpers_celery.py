@@ -28,7 +28,7 @@ from django.db import connection
 T = TypeVar("T")
 
 BASE_DIR = Path(settings.BASE_DIR)
-HEARTBEAT_TASK = "usage.tasks.heartbeat_record"
+HEARTBEAT_TASK = "core.tasks.heartbeat_record"
 STOP_TIMEOUT_SECONDS = 20
 
 

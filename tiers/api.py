@@ -9,17 +9,32 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.selectors import team_for_request
-from tiers import billing, services
-from tiers.selectors import invoice_list_for_team, subscription_current, tier_list_public
+from accounts.serializers import MeSerializer
+from tiers import services
+from tiers.selectors import subscription_current, tier_list_public
 from tiers.serializers import (
-    InvoiceSerializer,
     SpendCapSerializer,
     SpendCapStateSerializer,
-    SubscriptionChangeSerializer,
-    SubscriptionRequestSerializer,
     SubscriptionSerializer,
     TierSerializer,
 )
+
+
+class MeApi(APIView):
+    """Who is calling: the user (for a session) and the team the request acts for, with its subscription."""
+
+    @extend_schema(responses=MeSerializer)
+    def get(self, request):
+        team = team_for_request(request)
+        subscription = subscription_current(team=team)
+        user = request.user if isinstance(request.user, User) else None
+        return Response(
+            {
+                "email": user.email if user else None,
+                "team": {"id": team.pk, "name": team.name},
+                "subscription": SubscriptionSerializer(subscription).data if subscription else None,
+            }
+        )
 
 
 class TierListApi(generics.ListAPIView):
@@ -30,70 +45,6 @@ class TierListApi(generics.ListAPIView):
 
     def get_queryset(self):
         return tier_list_public()
-
-
-class SubscriptionApi(APIView):
-    """The team's subscription. POST subscribes or changes tier (an upgrade is charged the prorated
-    difference now; a downgrade is scheduled for the period end), cancels at period end, or resumes.
-    A declined card answers 402 (code ``card_declined``) and changes nothing."""
-
-    @extend_schema(responses=SubscriptionSerializer)
-    def get(self, request):
-        subscription = subscription_current(team=team_for_request(request))
-        if subscription is None:
-            raise Http404("No subscription")
-        return Response(SubscriptionSerializer(subscription).data)
-
-    @extend_schema(
-        request=SubscriptionRequestSerializer,
-        responses=SubscriptionChangeSerializer,
-        examples=[
-            OpenApiExample("Subscribe or change tier", value={"tier": "pro", "payment_method": "pm_card_visa"}),
-            OpenApiExample("Cancel at period end", value={"cancel": True}),
-            OpenApiExample("Undo a scheduled cancel or downgrade", value={"resume": True}),
-        ],
-    )
-    def post(self, request):
-        payload = SubscriptionRequestSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        team = team_for_request(request)
-        actor = request.user if isinstance(request.user, User) else None
-        if "tier" in data:
-            result = billing.subscription_change(
-                team=team, tier=data["tier"], payment_method=data.get("payment_method"), actor=actor
-            )
-        elif "cancel" in data:
-            result = billing.subscription_cancel(team=team, actor=actor)
-        else:
-            result = billing.subscription_resume(team=team, actor=actor)
-        body = SubscriptionSerializer(result.subscription).data
-        body["change"] = result.change
-        body["invoice"] = InvoiceSerializer(result.invoice).data if result.invoice is not None else None
-        return Response(body)
-
-
-def _team_invoices(request):
-    return invoice_list_for_team(team=team_for_request(request)).prefetch_related("lines")
-
-
-class InvoiceListApi(generics.ListAPIView):
-    """The team's invoices, newest first, with their lines. Amounts are cents."""
-
-    serializer_class = InvoiceSerializer
-
-    def get_queryset(self):
-        return _team_invoices(self.request)
-
-
-class InvoiceDetailApi(generics.RetrieveAPIView):
-    """One of the team's invoices, by number."""
-
-    serializer_class = InvoiceSerializer
-    lookup_field = "number"
-
-    def get_queryset(self):
-        return _team_invoices(self.request)
 
 
 def _spend_cap_state(subscription) -> dict:

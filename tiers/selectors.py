@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db.models import QuerySet
 
-from config.local_cache import TTLCache
-from tiers.models import Invoice, LanguageModel, Subscription, Tier
-from tiers.periods import period_containing
+from core.local_cache import TTLCache
+from core.periods import period_containing
+from tiers.models import LanguageModel, Subscription, Tier
 
 if TYPE_CHECKING:
     from accounts.models import Team
@@ -125,9 +125,3 @@ def entitlements_for_team(*, team_id: int) -> Entitlements | None:
 
 def entitlements_cache_clear() -> None:
     _entitlements_cache.clear()
-
-
-def invoice_list_for_team(*, team: Team) -> QuerySet[Invoice]:
-    """The team's issued invoices, newest first. Scoped to the team, so another team's invoice number
-    is simply not found; drafts have no number yet and are left out."""
-    return Invoice.objects.filter(team=team, number__isnull=False).order_by("-issued_at", "-id")

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 from django.utils import timezone
 
-from config.errors import ApplicationError
+from accounts import services as account_services
+from accounts.models import User
+from core.errors import ApplicationError
+from core.periods import period_bounds
 from tiers import catalog
 from tiers.models import LanguageModel, Subscription, Tier
-from tiers.periods import period_bounds
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -154,7 +156,7 @@ def subscription_spend_cap_set(
     Applies to the current period at once: the model API sees it when this process's cached
     entitlements are dropped (after commit, here) and other processes' expire.
     """
-    from tiers.models import BillingAuditEntry
+    from billing.models import BillingAuditEntry
     from tiers.selectors import entitlements_cache_clear
 
     now = now or timezone.now()
@@ -197,3 +199,59 @@ def subscription_spend_cap_set(
     )
     transaction.on_commit(entitlements_cache_clear)
     return subscription
+
+
+# --- New accounts: a personal team on a tier ---------------------------------------------------------
+# A sign-up (allauth, through tiers.adapters), a command or the demo seed makes a user whose personal
+# team starts on a tier; accounts makes the user and team, tiers the subscription.
+
+
+@transaction.atomic
+def account_setup_new_user(*, user: User, tier_slug: str | None = None) -> Team:
+    """Give a newly signed-up ``user`` a personal team subscribed to ``tier_slug`` (default: free).
+
+    Called by the allauth adapter at sign-up and by commands that create users. Fails, and so rolls
+    back the sign-up, if the tier is missing or archived.
+    """
+    tier = tier_get_for_signup(slug=tier_slug)
+    team = account_services.team_create_personal(user=user)
+    subscription_create(team=team, tier=tier)
+    return team
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str | None = None, tier_slug: str | None = None) -> User:
+    """Create a user with a verified primary email, a personal team and a subscription.
+
+    For operators and scripts (commands, the demo account); people sign up through allauth's pages.
+    """
+    from allauth.account.models import EmailAddress
+
+    user = User(email=User.objects.normalize_email(email).lower())
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    user.full_clean()
+    user.save()
+    EmailAddress.objects.create(user=user, email=user.email, primary=True, verified=True)
+    account_setup_new_user(user=user, tier_slug=tier_slug)
+    return user
+
+
+@transaction.atomic
+def operator_ensure(*, email: str, password: str) -> tuple[User, bool]:
+    """Make sure an operator (staff superuser) with ``email`` exists; returns (user, created).
+
+    An existing account is promoted but its password is left alone, so re-running never undoes a
+    password the operator changed.
+    """
+    user = User.objects.filter(email__iexact=email).first()
+    created = user is None
+    if created:
+        user = user_create(email=email, password=password)
+    if not (user.is_staff and user.is_superuser):
+        user.is_staff = True
+        user.is_superuser = True
+        user.save(update_fields=["is_staff", "is_superuser"])
+    return user, created

@@ -1,16 +1,11 @@
+"""Usage in the admin: records, quota state, rollups, alerts and refusal counts (read-only)."""
+
+from __future__ import annotations
+
 from django.contrib import admin
 
-from config.admin_base import ReadOnlyAdmin
-from usage.models import Heartbeat, UsageRecord
-
-
-@admin.register(Heartbeat)
-class HeartbeatAdmin(admin.ModelAdmin):
-    list_display = ["name", "beat_at", "count"]
-    readonly_fields = ["name", "beat_at", "count"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
+from core.admin_base import ReadOnlyAdmin
+from usage.models import RollupCursor, UsageAlert, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
@@ -25,7 +20,34 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     show_full_result_count = False  # no COUNT(*) over a large table on every page
 
 
-# The admin of the other usage topics (each registers its own models).
-import usage.admin_insight  # noqa: E402
-import usage.admin_licensing  # noqa: E402
-import usage.admin_partners  # noqa: E402, F401
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ReadOnlyAdmin):
+    list_display = [
+        "bucket_start",
+        "granularity",
+        "team",
+        "model",
+        "api_key_id",
+        "partner_id",
+        "requests",
+        "total_tokens",
+    ]
+    list_filter = ["granularity", "model"]
+    search_fields = ["team__name"]
+    list_select_related = ["team"]
+    date_hierarchy = "bucket_start"
+    show_full_result_count = False  # no COUNT(*) over a large table on every page
+
+
+@admin.register(RollupCursor)
+class RollupCursorAdmin(ReadOnlyAdmin):
+    list_display = ["name", "last_record_id", "updated_at"]
+
+
+@admin.register(UsageAlert)
+class UsageAlertAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "team", "kind", "period_start", "emailed_at", "message"]
+    list_filter = ["kind"]
+    search_fields = ["team__name", "team__memberships__user__email"]
+    list_select_related = ["team"]
+    date_hierarchy = "created_at"

@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.templatetags.tier_format import money
 from tiers.models import Subscription
-from tiers.templatetags.tier_format import money
 from usage import emails
 from usage.models import QuotaRefusalCount, UsageAlert, UsageRecord, UsageRollup
 from usage.selectors import UsageEstimate, _unfolded, usage_estimate_for_subscription

@@ -17,10 +17,11 @@ from django.db.models.functions import Coalesce, TruncMonth
 from django.utils import timezone
 
 from accounts.models import Membership
-from tiers import analytics as money_analytics
-from tiers.analytics import MonthWindow, month_window
-from tiers.periods import month_first
-from usage.models import LicenseAgreement, PartnerStatementLine, QuotaRefusalCount, UsageRollup
+from billing import analytics as money_analytics
+from billing.analytics import MonthWindow, month_window
+from core.periods import month_first
+from partners.models import LicenseAgreement, PartnerStatementLine
+from usage.models import QuotaRefusalCount, UsageRollup
 
 TOP_CUSTOMERS = 10
 
@@ -204,7 +205,7 @@ def revenue_by_channel(
     *, window: MonthWindow, direct: dict[str, list[money_analytics.MonthRevenue]] | None = None
 ) -> dict[str, list[MonthChannels]]:
     """currency -> one row per month of ``window`` (oldest first): direct subscriptions and direct
-    overage as in ``tiers.analytics.revenue_by_month`` (paid invoices by the month they were paid),
+    overage as in ``billing.analytics.revenue_by_month`` (paid invoices by the month they were paid),
     partner revenue share (``partner_share_by_month``) and licence fees (``license_fees_by_month``).
 
     ``direct`` is the already computed ``revenue_by_month(window=window)``, to save its two queries

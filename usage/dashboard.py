@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from django.utils.functional import cached_property
 
-from config.charts import ChartSeries, bar_chart_svg, format_number, gauge_level, gauge_percent, line_chart_svg
+from core.charts import ChartSeries, bar_chart_svg, format_number, gauge_level, gauge_percent, line_chart_svg
 from usage.rollups import bucket_floor, bucket_step
 
 if TYPE_CHECKING:

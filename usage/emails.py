@@ -7,8 +7,8 @@ A failing mail server is logged and reported as False, so the caller can retry l
 
 from __future__ import annotations
 
-from tiers.emails import team_email_send
-from tiers.templatetags.tier_format import money
+from billing.emails import team_email_send
+from core.templatetags.tier_format import money
 from usage.models import UsageAlert
 
 SUBJECTS = {

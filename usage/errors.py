@@ -4,7 +4,7 @@ their typed exceptions (401 AuthenticationError, 403 PermissionDeniedError, 429 
 
 from __future__ import annotations
 
-from config.errors import ApplicationError
+from core.errors import ApplicationError
 
 
 class ModelApiError(ApplicationError):

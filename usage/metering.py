@@ -16,9 +16,9 @@ from datetime import date, datetime
 from django.conf import settings
 
 from accounts.selectors import AuthenticatedKey, api_key_authenticate
-from config.local_cache import TTLCache
+from core.local_cache import TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
-from usage import errors, refusals, selectors
+from usage import errors, extensions, refusals
 from usage.quotas import get_quota_backend
 from usage.quotas.base import Decision, Limit, LimitName, Reservation, UsageEvent, day_window, minute_window
 
@@ -27,12 +27,15 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 _models_cache: TTLCache[str, dict[str, date]] = TTLCache(ttl=30)
 # The first model release date each team needs a licence for (None: no licence needed, or granted).
 _license_cache: TTLCache[int, date | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+# The hosting partner whose channel each key belongs to (None: a direct key).
+_channel_cache: TTLCache[int, int | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
 
 
 @dataclass(frozen=True)
 class Caller:
     key: AuthenticatedKey
     entitlements: Entitlements
+    partner_id: int | None = None  # the hosting partner whose channel the key belongs to, if any
 
     @property
     def team_id(self) -> int:
@@ -86,7 +89,10 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
         raise errors.SubscriptionInactive(
             f"Your team's subscription is not active (status: {status}). Update billing to continue.",
         )
-    return Caller(key=key, entitlements=entitlements)
+    partner_id = _channel_cache.get_or_load(
+        key.key_id, lambda: extensions.key_channel_partner(api_key_id=key.key_id)
+    )
+    return Caller(key=key, entitlements=entitlements, partner_id=partner_id)
 
 
 def known_models() -> dict[str, date]:
@@ -97,8 +103,8 @@ def known_models() -> dict[str, date]:
 
 
 def license_required_from(*, team_id: int) -> date | None:
-    """usage.selectors.license_required_from, cached per process for TIERLAB_AUTH_CACHE_SECONDS."""
-    return _license_cache.get_or_load(team_id, lambda: selectors.license_required_from(team_id=team_id))
+    """The licence gate registered in usage.extensions, cached per process for TIERLAB_AUTH_CACHE_SECONDS."""
+    return _license_cache.get_or_load(team_id, lambda: extensions.license_required_from(team_id=team_id))
 
 
 def model_check(*, caller: Caller, model: str) -> None:
@@ -230,7 +236,7 @@ def admit_and_record(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         created_at=now,
-        partner_id=caller.key.partner_id,
+        partner_id=caller.partner_id,
     )
     decision = get_quota_backend().consume(
         team_id=caller.team_id,
@@ -289,7 +295,7 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         created_at=now,
-        partner_id=admission.caller.key.partner_id,
+        partner_id=admission.caller.partner_id,
     )
     get_quota_backend().settle(reservation=reservation, event=event)
 
@@ -319,6 +325,7 @@ def metering_caches_clear() -> None:
     """Forget the cached model list, licence gates and buffered refusal counts (tests, scripts)."""
     _models_cache.clear()
     _license_cache.clear()
+    _channel_cache.clear()
     _current_limits.clear()
     refusals.refusal_counts_discard()
 

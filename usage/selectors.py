@@ -1,23 +1,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from django.db.models import Count, F, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
-from usage.models import Heartbeat, RollupCursor, UsageAlert, UsageRecord, UsageRollup
+from usage.models import RollupCursor, UsageAlert, UsageRecord, UsageRollup
 from usage.rollups import CURSOR_NAME as ROLLUP_CURSOR
 from usage.rollups import bucket_ceil, bucket_floor
 
 if TYPE_CHECKING:
     from accounts.models import Team
     from tiers.models import Subscription
-
-
-def heartbeat_last(*, name: str = "beat") -> Heartbeat | None:
-    return Heartbeat.objects.filter(name=name).first()
 
 
 def _unfolded() -> Q:
@@ -151,8 +147,8 @@ def usage_period_totals(*, team_id: int, start: datetime, end: datetime) -> tupl
 
 def usage_estimate_for_subscription(*, subscription: Subscription, now: datetime) -> UsageEstimate:
     """``usage_estimate`` for an already loaded subscription (with its tier)."""
-    from tiers.billing_close import overage_line_values
-    from tiers.periods import period_containing
+    from billing.close import overage_line_values
+    from core.periods import period_containing
 
     tier = subscription.tier
     # The quota's window (Entitlements.period_at), which is also the period the invoice bills.
@@ -191,17 +187,3 @@ def usage_estimate(*, team: Team, now: datetime) -> UsageEstimate | None:
 def usage_alert_list_recent(*, team_id: int, limit: int = 10) -> list[UsageAlert]:
     """The team's most recent usage alerts (thresholds crossed), newest first."""
     return list(UsageAlert.objects.filter(team_id=team_id).order_by("-created_at", "-id")[:limit])
-
-
-def license_required_from(*, team_id: int) -> date | None:
-    """The first model release date the team needs a licence for, unless its licence is granted.
-    The model API refuses the team's requests to models released on or after it (usage/metering.py)."""
-    from usage.models import LicenseAgreement
-
-    row = (
-        LicenseAgreement.objects.filter(team_id=team_id)
-        .exclude(status=LicenseAgreement.Status.GRANTED)
-        .values_list("required_from", flat=True)
-        .first()
-    )
-    return row

@@ -1,14 +1,8 @@
+"""Celery tasks of usage: the Redis stream drain, rollups and alerts."""
+
 from __future__ import annotations
 
 from celery import shared_task
-
-from usage import services
-
-
-@shared_task(name="usage.tasks.heartbeat_record", acks_late=True, time_limit=30, soft_time_limit=20, ignore_result=True)
-def heartbeat_record() -> None:
-    """Scheduled by beat every 30 s (CELERY_BEAT_SCHEDULE); /healthz shows when it last ran."""
-    services.heartbeat_record(name="beat")
 
 
 @shared_task(
@@ -30,8 +24,23 @@ def usage_stream_drain() -> int:
 
     return drain_usage_stream(batch_size=1000)
 
+@shared_task(
+    name="usage.tasks.usage_rollup_fold", acks_late=True, time_limit=600, soft_time_limit=540, ignore_result=True
+)
+def usage_rollup_fold() -> int:
+    """Fold new usage records into the hourly and daily rollups (every 30 s by beat). Safe to run
+    twice or concurrently: the cursor moves with the rollup rows, under a row lock."""
+    from usage.rollups import usage_rollup_fold_settled
 
-# Tasks of the other usage topics live in their own modules; importing them here registers them.
-from usage.tasks_insight import *  # noqa: E402, F403
-from usage.tasks_licensing import *  # noqa: E402, F403
-from usage.tasks_partners import *  # noqa: E402, F403
+    return usage_rollup_fold_settled()
+
+
+@shared_task(
+    name="usage.tasks.usage_alerts_evaluate", acks_late=True, time_limit=300, soft_time_limit=270, ignore_result=True
+)
+def usage_alerts_evaluate() -> int:
+    """Create and email the 80% / 100% / spend-cap alerts (every 60 s by beat); one per threshold per
+    period, by a unique constraint, however often it runs."""
+    from usage.alerts import usage_alerts_evaluate as evaluate
+
+    return evaluate()

@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from accounts.selectors import team_for_user
-from config.errors import ApplicationError
+from core.errors import ApplicationError
 from tiers.services import subscription_spend_cap_set
 from usage.dashboard import RANGE_CHOICES, dashboard_for_team
 from usage.forms import SpendCapForm, UsageRangeForm

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.models import ApiKey, User
 from accounts.selectors import api_key_authenticate, api_key_cache_clear, team_for_user
+from tiers import services as tier_services
 
 
 @pytest.fixture(autouse=True)
@@ -25,12 +26,12 @@ def _fresh_key_cache():
 
 @pytest.fixture
 def alice(catalog):
-    return services.user_create(email="alice@example.com", password="alice-password-123")
+    return tier_services.user_create(email="alice@example.com", password="alice-password-123")
 
 
 @pytest.fixture
 def bob(catalog):
-    return services.user_create(email="bob@example.com", password="bob-password-1234")
+    return tier_services.user_create(email="bob@example.com", password="bob-password-1234")
 
 
 @pytest.mark.django_db
@@ -206,7 +207,7 @@ def test_last_used_time_moves_forward_when_the_key_is_used(alice, client):
 @pytest.mark.django_db
 def test_operator_revokes_a_key_in_the_admin_and_never_sees_a_secret(client, alice):
     key, secret = services.api_key_create(team=team_for_user(user=alice), name="leaked")
-    services.operator_ensure(email="ops@example.com", password="operator-password-1")
+    tier_services.operator_ensure(email="ops@example.com", password="operator-password-1")
     client.login(email="ops@example.com", password="operator-password-1")
     page = client.get(reverse("admin:accounts_apikey_change", args=[key.pk])).content.decode()
     assert key.prefix in page and key.secret_hash not in page and secret not in page

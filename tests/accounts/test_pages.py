@@ -138,7 +138,7 @@ def test_dashboard_requires_login(client):
 def test_logout_is_a_post_with_csrf(free_tier):
     from django.test import Client
 
-    from accounts.services import user_create
+    from tiers.services import user_create
 
     user_create(email="csrf@example.com", password=PASSWORD)
     client = Client(enforce_csrf_checks=True)

@@ -11,8 +11,8 @@ import pytest
 import time_machine
 from playwright.sync_api import expect
 
+from tests.billing.test_analytics import NOW, money_history
 from tests.e2e.helpers import assert_page_health, fill_fields, path_of
-from tests.tiers.test_analytics import NOW, money_history
 from tests.usage.test_usage_analytics import usage_history
 
 pytestmark = pytest.mark.e2e

@@ -14,8 +14,8 @@ import pytest
 import time_machine
 from playwright.sync_api import expect
 
+from tests.billing.billing_state import paid_tier_without_trial
 from tests.e2e.helpers import assert_page_health, fill_fields, link_in_email, main_text, path_of, submit_form_with
-from tests.tiers.billing_state import paid_tier_without_trial
 
 pytestmark = pytest.mark.e2e
 
@@ -39,8 +39,8 @@ def _money(cents: int) -> str:
 def test_subscribe_pay_read_invoice_then_upgrade(page, shot, seeded_catalog, stripe_local, mailoutbox):
     from accounts.models import User
     from accounts.selectors import team_for_user
-    from tiers.models import Invoice, Payment
-    from tiers.proration import proration_compute
+    from billing.models import Invoice, Payment
+    from billing.proration import proration_compute
     from tiers.selectors import subscription_current
 
     # Plus and Pro start with a trial: a tier that charges at once shows the paid invoice.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.selectors import heartbeat_last
 from tests.helpers_celery import celery_worker_and_beat, heartbeat_schedule_every_second
-from usage.selectors import heartbeat_last
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

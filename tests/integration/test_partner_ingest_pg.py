@@ -11,8 +11,9 @@ from datetime import UTC, date, datetime
 import pytest
 from django.db import connection, transaction
 
-from usage import partner_statements, partners
-from usage.models import PartnerStatement, PartnerStatementLine, PartnerUsageEvent
+from partners import services as partners
+from partners import statements as partner_statements
+from partners.models import PartnerStatement, PartnerStatementLine, PartnerUsageEvent
 
 pytestmark = pytest.mark.integration
 

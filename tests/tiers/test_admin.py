@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from accounts.services import account_setup_new_user, operator_ensure
 from tests.factories import UserFactory
 from tiers.models import LanguageModel, Tier
+from tiers.services import account_setup_new_user, operator_ensure
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_other_admin_pages_render(operator_client):
         "admin:accounts_team_changelist",
         "admin:tiers_subscription_changelist",
         "admin:tiers_languagemodel_changelist",
-        "admin:usage_heartbeat_changelist",
+        "admin:core_heartbeat_changelist",
         "admin:usage_usagerecord_changelist",
         "admin:accounts_apikey_changelist",
         "admin:accounts_user_add",
@@ -150,8 +150,8 @@ def test_team_page_links_to_the_customers_records_filtered_to_the_team(operator_
     page = operator_client.get(reverse("admin:accounts_team_change", args=[team.pk])).content.decode()
     for url in [
         "admin:tiers_subscription_changelist",
-        "admin:tiers_invoice_changelist",
-        "admin:tiers_billingauditentry_changelist",
+        "admin:billing_invoice_changelist",
+        "admin:billing_billingauditentry_changelist",
         "admin:accounts_apikey_changelist",
         "admin:usage_usagerecord_changelist",
     ]:

@@ -12,7 +12,9 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.selectors import team_for_user
-from tiers.models import BillingAuditEntry, Subscription, Tier
+from billing.models import BillingAuditEntry
+from tiers import services as tier_services
+from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear, entitlements_for_team
 from tiers.services import subscription_spend_cap_set
 from usage.alerts import usage_alerts_evaluate
@@ -27,7 +29,7 @@ def account(catalog):
     """A team on a tier that bills overage (100 included tokens, $10, 0.1 cent per overage token), with
     an API key."""
     with time_machine.travel(T0, tick=False):
-        user = services.user_create(email="capped@example.com")
+        user = tier_services.user_create(email="capped@example.com")
     team = team_for_user(user=user)
     tier = Tier.objects.create(
         slug="metered", name="Metered", is_paid=True, price_cents=1_000, monthly_tokens=100,
@@ -70,7 +72,7 @@ def test_service_sets_and_removes_the_cap_and_audits_it(account, django_capture_
 
 @pytest.mark.django_db
 def test_service_refuses_a_tier_without_overage_and_a_cap_below_the_fee(account, catalog):
-    from config.errors import ApplicationError
+    from core.errors import ApplicationError
 
     _, team, _ = account
     with pytest.raises(ApplicationError) as below:

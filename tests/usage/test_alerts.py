@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 
-from accounts import services
 from accounts.selectors import team_for_user
+from tiers import services as tier_services
 from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear
 from tiers.services import subscription_spend_cap_set
@@ -29,7 +29,7 @@ INCLUDED = 10_000
 def metered(catalog):
     """A team on a tier with 10,000 included tokens, $10 a month, overage at 0.1 cent per token."""
     with time_machine.travel(T0, tick=False):
-        user = services.user_create(email="owner@example.com")
+        user = tier_services.user_create(email="owner@example.com")
     team = team_for_user(user=user)
     tier = Tier.objects.create(
         slug="metered", name="Metered", is_paid=True, price_cents=1_000, monthly_tokens=INCLUDED,
@@ -138,7 +138,7 @@ def _evaluated(team, now, capture):
 
 @pytest.mark.django_db
 def test_usage_estimate_is_current_and_prices_overage_like_the_invoice(metered, django_assert_max_num_queries):
-    from tiers.billing_close import overage_line_values
+    from billing.close import overage_line_values
 
     team = metered
     use(team, 12_345, T0 + timedelta(minutes=1))  # in the period's first, partial hour (12:30-13:00)

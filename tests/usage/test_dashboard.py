@@ -11,8 +11,8 @@ import pytest
 import time_machine
 from django.test import Client
 
-from accounts import services
 from accounts.selectors import team_for_user
+from tiers import services as tier_services
 from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear, entitlements_for_team
 from usage.dashboard import dashboard_for_team
@@ -87,8 +87,8 @@ def build_history(catalog):
     Another team uses OTHER_MODEL with 777,777 tokens on the same days: none of it may show.
     """
     with time_machine.travel(T0, tick=False):
-        user = services.user_create(email="subscriber@example.com", password=PASSWORD)
-        other = services.user_create(email="other@example.com", password=PASSWORD)
+        user = tier_services.user_create(email="subscriber@example.com", password=PASSWORD)
+        other = tier_services.user_create(email="other@example.com", password=PASSWORD)
     team, other_team = team_for_user(user=user), team_for_user(user=other)
     Subscription.objects.filter(team__in=[team, other_team]).update(tier=metered_tier(catalog))
     entitlements_cache_clear()
@@ -332,7 +332,7 @@ def test_spend_cap_errors_are_form_errors(history):
 @pytest.mark.django_db
 def test_no_spend_cap_form_on_a_tier_without_overage(catalog):
     with time_machine.travel(NOW, tick=False):
-        user = services.user_create(email="free@example.com")
+        user = tier_services.user_create(email="free@example.com")
     html = page(user).content.decode()
     assert 'data-tier="free"' in html
     assert 'id="spend-cap-form"' not in html
@@ -349,7 +349,7 @@ def test_no_spend_cap_form_on_a_tier_without_overage(catalog):
 @pytest.mark.django_db
 def test_unlimited_limits_read_unlimited(catalog):
     with time_machine.travel(NOW, tick=False):
-        user = services.user_create(email="open@example.com")
+        user = tier_services.user_create(email="open@example.com")
     team = team_for_user(user=user)
     tier = Tier.objects.create(slug="open", name="Open", is_paid=False, price_cents=0, monthly_tokens=None)
     Subscription.objects.filter(team=team).update(tier=tier)
@@ -400,7 +400,7 @@ def test_gauges_read_the_redis_backend_too(catalog, redis_server, monkeypatch):
     from tests.usage.test_quota_contract import redis_backend
 
     with time_machine.travel(T0, tick=False):
-        user = services.user_create(email="redis@example.com")
+        user = tier_services.user_create(email="redis@example.com")
     team = team_for_user(user=user)
     Subscription.objects.filter(team=team).update(tier=metered_tier(catalog))
     entitlements_cache_clear()
@@ -423,7 +423,7 @@ def test_gauges_read_the_redis_backend_too(catalog, redis_server, monkeypatch):
 @pytest.mark.django_db
 def test_a_team_without_a_subscription_gets_a_pointer_to_pricing(catalog):
     with time_machine.travel(NOW, tick=False):
-        user = services.user_create(email="lapsed@example.com")
+        user = tier_services.user_create(email="lapsed@example.com")
     Subscription.objects.filter(team=team_for_user(user=user)).update(status=Subscription.Status.CANCELED)
     entitlements_cache_clear()
     response = page(user, "/dashboard/?range=7d")

@@ -17,8 +17,8 @@ from django.db.utils import ConnectionHandler
 from django.utils import timezone
 
 import config.health
+from core.services import heartbeat_record
 from tests.helpers_celery import broker_scheme
-from usage.services import heartbeat_record
 
 pytestmark = pytest.mark.django_db
 

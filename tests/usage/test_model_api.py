@@ -9,6 +9,7 @@ from django.test import Client
 
 from accounts import services
 from accounts.selectors import api_key_cache_clear, team_for_user
+from tiers import services as tier_services
 from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear
 from usage.models import TeamQuotaState, UsageRecord
@@ -30,7 +31,7 @@ def _fresh_caches():
 
 @pytest.fixture
 def account(catalog):
-    user = services.user_create(email="dev@example.com")
+    user = tier_services.user_create(email="dev@example.com")
     team = team_for_user(user=user)
     key, secret = services.api_key_create(team=team, name="test")
     return team, key, secret
@@ -291,7 +292,7 @@ def test_moderation_flags_and_counts_as_a_request_without_tokens(account):
 @pytest.mark.django_db
 def test_one_team_cannot_use_another_teams_key_or_see_its_usage(account, catalog):
     team, _, secret = account
-    other_user = services.user_create(email="other@example.com")
+    other_user = tier_services.user_create(email="other@example.com")
     other_team = team_for_user(user=other_user)
     post(CHAT, chat_body(), secret)
     records = UsageRecord.objects.all()

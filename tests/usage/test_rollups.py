@@ -12,6 +12,7 @@ import time_machine
 
 from accounts import services
 from accounts.selectors import team_for_user
+from tiers import services as tier_services
 from usage.models import RollupCursor, UsageRecord, UsageRollup
 from usage.quotas.base import UsageEvent
 from usage.rollups import usage_rollup_fold, usage_rollup_fold_settled, usage_rollup_rebuild
@@ -56,8 +57,8 @@ def rollups_stored() -> dict[tuple, tuple[int, int, int, int]]:
 
 @pytest.fixture
 def teams(catalog):
-    a = team_for_user(user=services.user_create(email="a@example.com"))
-    b = team_for_user(user=services.user_create(email="b@example.com"))
+    a = team_for_user(user=tier_services.user_create(email="a@example.com"))
+    b = team_for_user(user=tier_services.user_create(email="b@example.com"))
     key_a, _ = services.api_key_create(team=a, name="one")
     key_a2, _ = services.api_key_create(team=a, name="two")
     return a, b, key_a, key_a2

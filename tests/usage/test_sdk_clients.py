@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts import services
 from accounts.selectors import api_key_cache_clear, team_for_user
+from tiers import services as tier_services
 from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear, entitlements_for_team
 from usage.metering import limits_for
@@ -42,7 +43,7 @@ def backend(request, settings):
 
 @pytest.fixture
 def account(transactional_db, catalog, backend):
-    user = services.user_create(email=f"sdk-{backend}@example.com")
+    user = tier_services.user_create(email=f"sdk-{backend}@example.com")
     team = team_for_user(user=user)
     key, secret = services.api_key_create(team=team, name="sdk")
     return team, key, secret

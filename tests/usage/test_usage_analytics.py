@@ -14,18 +14,12 @@ from django.urls import reverse
 
 from accounts.models import Membership, Team
 from accounts.selectors import team_for_user
-from accounts.services import operator_ensure, user_create
-from tests.tiers.test_analytics import NOW, WINDOW_MONTHS, money_history
-from tiers.analytics import month_window
+from billing.analytics import month_window
+from partners.models import LicenseAgreement, Partner, PartnerStatement, PartnerStatementLine
+from tests.billing.test_analytics import NOW, WINDOW_MONTHS, money_history
+from tiers.services import operator_ensure, user_create
 from usage import analytics
-from usage.models import (
-    LicenseAgreement,
-    Partner,
-    PartnerStatement,
-    PartnerStatementLine,
-    QuotaRefusalCount,
-    UsageRollup,
-)
+from usage.models import QuotaRefusalCount, UsageRollup
 
 
 def _at(*args: int) -> datetime:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from rest_framework.test import APIClient
 
-from accounts import services
 from accounts.selectors import team_for_user
+from tiers import services as tier_services
 from usage.quotas.base import UsageEvent
 from usage.rollups import usage_rollup_fold
 from usage.services import usage_records_create
@@ -23,8 +23,8 @@ def _event(team_id, n, model, when, prompt=10, completion=5):
 
 @pytest.fixture
 def history(catalog):
-    alice = services.user_create(email="alice@example.com")
-    bob = services.user_create(email="bob@example.com")
+    alice = tier_services.user_create(email="alice@example.com")
+    bob = tier_services.user_create(email="bob@example.com")
     a, b = team_for_user(user=alice), team_for_user(user=bob)
     events = [
         _event(a.pk, 1, "Llama-3.3-8B-Instruct", datetime(2026, 3, 1, 9, 15, tzinfo=UTC)),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
+from core.selectors import heartbeat_last
 from tests.helpers_celery import broker_scheme, celery_worker_and_beat, heartbeat_schedule_every_second
-from usage.selectors import heartbeat_last
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

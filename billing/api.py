@@ -1,0 +1,83 @@
+"""The account API's billing endpoints: the subscription (subscribe, change tier, cancel, resume) and invoices."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework import generics
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import User
+from accounts.selectors import team_for_request
+from billing import services as billing
+from billing.selectors import invoice_list_for_team
+from billing.serializers import InvoiceSerializer, SubscriptionChangeSerializer, SubscriptionRequestSerializer
+from tiers.selectors import subscription_current
+from tiers.serializers import SubscriptionSerializer
+
+
+class SubscriptionApi(APIView):
+    """The team's subscription. POST subscribes or changes tier (an upgrade is charged the prorated
+    difference now; a downgrade is scheduled for the period end), cancels at period end, or resumes.
+    A declined card answers 402 (code ``card_declined``) and changes nothing."""
+
+    @extend_schema(responses=SubscriptionSerializer)
+    def get(self, request):
+        subscription = subscription_current(team=team_for_request(request))
+        if subscription is None:
+            raise Http404("No subscription")
+        return Response(SubscriptionSerializer(subscription).data)
+
+    @extend_schema(
+        request=SubscriptionRequestSerializer,
+        responses=SubscriptionChangeSerializer,
+        examples=[
+            OpenApiExample("Subscribe or change tier", value={"tier": "pro", "payment_method": "pm_card_visa"}),
+            OpenApiExample("Cancel at period end", value={"cancel": True}),
+            OpenApiExample("Undo a scheduled cancel or downgrade", value={"resume": True}),
+        ],
+    )
+    def post(self, request):
+        payload = SubscriptionRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        team = team_for_request(request)
+        actor = request.user if isinstance(request.user, User) else None
+        if "tier" in data:
+            result = billing.subscription_change(
+                team=team, tier=data["tier"], payment_method=data.get("payment_method"), actor=actor
+            )
+        elif "cancel" in data:
+            result = billing.subscription_cancel(team=team, actor=actor)
+        else:
+            result = billing.subscription_resume(team=team, actor=actor)
+        body = SubscriptionSerializer(result.subscription).data
+        body["change"] = result.change
+        body["invoice"] = InvoiceSerializer(result.invoice).data if result.invoice is not None else None
+        return Response(body)
+
+
+def _team_invoices(request):
+    return invoice_list_for_team(team=team_for_request(request)).prefetch_related("lines")
+
+
+class InvoiceListApi(generics.ListAPIView):
+    """The team's invoices, newest first, with their lines. Amounts are cents."""
+
+    serializer_class = InvoiceSerializer
+
+    def get_queryset(self):
+        return _team_invoices(self.request)
+
+
+class InvoiceDetailApi(generics.RetrieveAPIView):
+    """One of the team's invoices, by number."""
+
+    serializer_class = InvoiceSerializer
+    lookup_field = "number"
+
+    def get_queryset(self):
+        return _team_invoices(self.request)
+
+

@@ -1,0 +1,122 @@
+"""Billing emails: the receipt after a payment, a failed payment, the downgrade after dunning.
+
+Plain text, through the configured email backend, to the team's owners. "Exactly once per event" is
+the billing engine's job, not this module's: the engine calls these only on the state transition that
+the event is (a Payment going pending -> succeeded under a row lock, and so on), after that transition
+has committed (``transaction.on_commit``). A replayed webhook or a second pass finds the transition
+done and sends nothing.
+
+Each function takes ids and loads what it shows after the commit, so the email describes the state
+that was committed. A failing mail server is logged, not raised: money has moved (or not) already,
+and a lost email must not turn into a failed billing pass that is retried (and would send the others
+again). Emails are cheap to lose here; charges are not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.template.loader import render_to_string
+
+from accounts.models import Membership
+from billing.models import Invoice, Payment
+from core.templatetags.tier_format import money
+
+logger = logging.getLogger(__name__)
+
+SUBJECT_PREFIX = "[TierLab] "
+
+
+def team_owner_emails(*, team_id: int) -> list[str]:
+    """Where billing emails go: every owner of the team (a personal team has exactly one)."""
+    return sorted(
+        Membership.objects.filter(team_id=team_id, role=Membership.Role.OWNER).values_list("user__email", flat=True)
+    )
+
+
+def team_email_send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
+    """Render the plain-text ``template`` (a template path) and send it to the team's owners. Returns
+    False, logged, when the team has no owner or the mail server fails (see the module docstring: a
+    lost email must not fail the step that sent it; callers that retry use the result)."""
+    recipients = team_owner_emails(team_id=team_id)
+    if not recipients:
+        logger.warning("email %r for team %s: the team has no owner to send it to", template, team_id)
+        return False
+    body = render_to_string(template, dict(context)).strip() + "\n"
+    try:
+        send_mail(SUBJECT_PREFIX + subject, body, None, recipients, fail_silently=False)
+    except Exception:
+        logger.exception("email %r for team %s could not be sent", template, team_id)
+        return False
+    return True
+
+
+def _send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
+    return team_email_send(team_id=team_id, subject=subject, template=f"billing/email/{template}.txt", context=context)
+
+
+def receipt_send(*, payment_id: int) -> bool:
+    """The receipt for a succeeded payment."""
+    payment = Payment.objects.select_related("invoice__team", "invoice__team__billing_customer").get(pk=payment_id)
+    invoice = payment.invoice
+    customer = getattr(invoice.team, "billing_customer", None)
+    card = f"{customer.card_brand.title()} ending in {customer.card_last4}" if customer and customer.card_last4 else ""
+    lines = [
+        {"description": line.description, "money": money(line.amount_cents, invoice.currency)}
+        for line in invoice.lines.all()
+    ]
+    return _send(
+        team_id=invoice.team_id,
+        subject=f"Receipt for invoice {invoice.number} ({money(payment.amount_cents, payment.currency)})",
+        template="receipt",
+        context={
+            "invoice": invoice,
+            "team_name": invoice.team.name,
+            "amount": money(payment.amount_cents, payment.currency),
+            "paid_at": invoice.paid_at or payment.updated_at,
+            "card": card or "card on file",
+            "lines": lines,
+        },
+    )
+
+
+def payment_failed_send(*, payment_id: int, next_attempt_at: datetime | None) -> bool:
+    """A charge attempt failed; ``next_attempt_at`` is when dunning tries again."""
+    payment = Payment.objects.select_related("invoice__team").get(pk=payment_id)
+    invoice = payment.invoice
+    return _send(
+        team_id=invoice.team_id,
+        subject=f"Payment failed for invoice {invoice.number}",
+        template="payment_failed",
+        context={
+            "invoice": invoice,
+            "team_name": invoice.team.name,
+            "amount": money(payment.amount_cents, payment.currency),
+            "failure_message": payment.failure_message,
+            "next_attempt_at": next_attempt_at,
+            "grace_days": settings.TIERLAB_PAST_DUE_GRACE_DAYS,
+        },
+    )
+
+
+def downgraded_send(*, invoice_id: int, tier_name: str, downgraded_at: datetime) -> bool:
+    """Dunning ran out of retries: the team was moved to ``tier_name``."""
+    invoice = Invoice.objects.select_related("team").get(pk=invoice_id)
+    return _send(
+        team_id=invoice.team_id,
+        subject=f"Your team was moved to the {tier_name} tier",
+        template="downgraded",
+        context={
+            "invoice": invoice,
+            "team_name": invoice.team.name,
+            "amount": money(invoice.total_cents, invoice.currency),
+            "attempts": invoice.attempt_count,
+            "tier_name": tier_name,
+            "downgraded_at": downgraded_at,
+        },
+    )

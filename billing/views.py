@@ -1,0 +1,215 @@
+"""The billing pages: the subscription and card, checkout, cancel/resume, invoices; and Stripe's webhook."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import date as date_filter
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from accounts.selectors import team_for_user
+from billing import services as billing
+from billing import webhooks
+from billing.forms import DECLINED_MESSAGE, CardChangeForm, CheckoutForm
+from billing.models import BillingCustomer, Invoice
+from billing.selectors import invoice_list_for_team
+from billing.stripe_gateway import (
+    PaymentDeclined,
+    PaymentInvalidRequest,
+    PaymentProviderUnavailable,
+    PaymentRequiresAction,
+    WebhookSignatureInvalid,
+)
+from core.errors import ApplicationError
+from core.templatetags.tier_format import money
+from tiers.selectors import subscription_current, tier_list_public
+
+if TYPE_CHECKING:
+    from accounts.models import Team
+
+
+# Thin: each POST calls one billing service and reports what it did; errors of the domain come back
+# as form errors (checkout, card) or messages (cancel, undo). Nothing here decides a billing rule.
+
+
+def _team(request: HttpRequest) -> Team:
+    team = team_for_user(user=request.user)
+    if team is None:  # every user gets a personal team at sign-up; a user without one has no billing
+        raise Http404("No team")
+    return team
+
+
+def _day(value: datetime | None) -> str:
+    return date_filter(value, "M j, Y") if value else ""
+
+
+def _payment_error_message(exc: ApplicationError) -> str:
+    if isinstance(exc, PaymentDeclined):
+        return DECLINED_MESSAGE
+    if isinstance(exc, PaymentRequiresAction):
+        return (
+            "This card needs the cardholder to authenticate (3-D Secure), which cannot happen here: try another card."
+        )
+    if isinstance(exc, PaymentInvalidRequest):
+        return f"The payment provider refused this card ({exc.message}). Nothing was charged or changed: try another."
+    if isinstance(exc, PaymentProviderUnavailable):
+        return "We could not reach the payment provider. Nothing was charged or changed: try again in a minute."
+    return exc.message
+
+
+def _result_message(result: billing.CheckoutResult) -> str:
+    """What a subscribe/change/cancel/resume did, in one sentence for the billing page."""
+    subscription = result.subscription
+    tier = subscription.tier
+    charged = ""
+    if result.invoice is not None and result.invoice.status == Invoice.Status.PAID:
+        amount = result.payment.amount_cents if result.payment is not None else result.invoice.total_cents
+        charged = f" We charged {money(amount, result.invoice.currency)} — invoice {result.invoice.number}."
+    elif result.invoice is not None:
+        charged = (
+            f" Invoice {result.invoice.number} for {money(result.invoice.total_cents, result.invoice.currency)}"
+            f" is {result.invoice.get_status_display().lower()}."
+        )
+    period_end = _day(subscription.current_period_end)
+    if result.change == "subscribed":
+        return f"You're on {tier.name}.{charged}"
+    if result.change == "trial_started":
+        return (
+            f"Your {tier.name} trial has started. Nothing is charged until {_day(subscription.trial_end)}, "
+            f"then {money(tier.price_cents, tier.currency)} per {tier.billing_interval}."
+        )
+    if result.change == "upgraded":
+        return f"You're on {tier.name} now; the rest of this period is prorated.{charged}"
+    if result.change == "downgrade_scheduled":
+        target = subscription.pending_tier.name if subscription.pending_tier else "the new tier"
+        return f"You'll move to {target} on {period_end}. Until then you keep {tier.name}."
+    if result.change == "cancel_scheduled":
+        return f"Your {tier.name} subscription ends on {period_end}; then your team moves to the free tier."
+    if result.change == "resumed":
+        return f"Done: you stay on {tier.name}."
+    return f"Your subscription is on {tier.name}.{charged}"
+
+
+def _billing_page(request: HttpRequest, team: Team, card_form: CardChangeForm, *, status: int = 200) -> HttpResponse:
+    overview = billing.billing_overview(team=team)
+    return render(
+        request,
+        "billing/billing.html",
+        {"team": team, "overview": overview, "subscription": overview.subscription, "card_form": card_form},
+        status=status,
+    )
+
+
+@login_required
+def billing_page(request: HttpRequest) -> HttpResponse:
+    return _billing_page(request, _team(request), CardChangeForm())
+
+
+@login_required
+@require_POST
+def billing_payment_method(request: HttpRequest) -> HttpResponse:
+    team = _team(request)
+    form = CardChangeForm(request.POST)
+    if form.is_valid():
+        try:
+            customer = billing.payment_method_update(
+                team=team, payment_method=form.selected_payment_method, actor=request.user
+            )
+        except ApplicationError as exc:
+            form.add_error("payment_method", _payment_error_message(exc))
+        else:
+            messages.success(
+                request, f"Your card on file is now {customer.card_brand.title()} •••• {customer.card_last4}."
+            )
+            return redirect("billing")
+    return _billing_page(request, team, form, status=400)
+
+
+@login_required
+@require_POST
+def billing_cancel(request: HttpRequest) -> HttpResponse:
+    try:
+        result = billing.subscription_cancel(team=_team(request), actor=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _result_message(result))
+    return redirect("billing")
+
+
+@login_required
+@require_POST
+def billing_resume(request: HttpRequest) -> HttpResponse:
+    try:
+        result = billing.subscription_resume(team=_team(request), actor=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _result_message(result))
+    return redirect("billing")
+
+
+@login_required
+def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
+    team = _team(request)
+    # Archived and non-public tiers cannot be chosen: they are not found here.
+    tier = get_object_or_404(tier_list_public(), slug=tier_slug)
+    subscription = subscription_current(team=team)
+    plan = billing.subscription_change_preview(team=team, tier=tier)
+    customer = BillingCustomer.objects.filter(team=team).first()
+    data = request.POST if request.method == "POST" else None  # a POST without a card is empty, yet bound
+    form = CheckoutForm(data, customer=customer, card_needed=plan.card_needed)
+    if request.method == "POST" and form.is_valid():
+        try:
+            result = billing.subscription_change(
+                team=team, tier=tier, payment_method=form.selected_payment_method, actor=request.user
+            )
+        except ApplicationError as exc:
+            is_card_error = isinstance(
+                exc, (PaymentDeclined, PaymentRequiresAction, PaymentInvalidRequest, billing.PaymentMethodRequired)
+            )
+            field = "payment_method" if is_card_error and "payment_method" in form.fields else None
+            form.add_error(field, _payment_error_message(exc))
+        else:
+            messages.success(request, _result_message(result))
+            return redirect("billing")
+    return render(
+        request,
+        "billing/checkout.html",
+        {"team": team, "tier": tier, "subscription": subscription, "plan": plan, "form": form, "customer": customer},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def billing_invoice(request: HttpRequest, number: str) -> HttpResponse:
+    team = _team(request)
+    invoice = get_object_or_404(invoice_list_for_team(team=team).select_related("team"), number=number)
+    lines = list(invoice.lines.select_related("tier"))
+    payments = list(invoice.payments.prefetch_related("refunds").order_by("attempt"))
+    return render(
+        request, "billing/invoice.html", {"team": team, "invoice": invoice, "lines": lines, "payments": payments}
+    )
+
+
+# --- Stripe's webhook ----------------------------------------------------------------------------------
+# POST /stripe/webhook/: Stripe's (or localstripe's) event deliveries. Thin: verify + store, 200.
+
+
+@csrf_exempt  # Stripe cannot send a CSRF token; the signature is the authentication
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    try:
+        event = webhooks.stripe_event_receive(
+            payload=request.body, signature_header=request.headers.get("Stripe-Signature", "")
+        )
+    except WebhookSignatureInvalid as exc:
+        error = {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}
+        return JsonResponse({"error": error}, status=400)
+    return JsonResponse({"received": True, "id": event.event_id})

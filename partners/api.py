@@ -1,0 +1,194 @@
+"""The partners app's APIs: hosting partners' usage reporting (a plain Django view, for speed:
+/api/v1/partner/usage-events) and licensees' MAU reports and licence agreement (DRF)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import date
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
+from rest_framework import exceptions, generics, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.selectors import team_for_request
+from partners import licensing
+from partners.models import LicenseAgreement, MonthlyActiveUsers
+from partners.services import MAX_EVENTS_PER_BATCH, PartnerError, partner_key_authenticate, partner_usage_events_ingest
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, *, type_: str, code: str, param: str | None = None) -> JsonResponse:
+    return JsonResponse({"error": {"message": message, "type": type_, "code": code, "param": param}}, status=status)
+
+
+@csrf_exempt  # partner keys, not cookies
+def partner_usage_events(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _error(405, "Use POST for this endpoint.", type_="invalid_request_error", code="method_not_allowed")
+    now = timezone.now()
+    authorization = request.headers.get("Authorization", "")
+    if not authorization.startswith("Bearer "):
+        return _error(
+            401,
+            "Missing partner key: send 'Authorization: Bearer <your TierLab partner key>'.",
+            type_="authentication_error",
+            code="invalid_partner_key",
+        )
+    partner = partner_key_authenticate(raw_key=authorization[7:].strip(), now=now)
+    if partner is None:
+        return _error(
+            401,
+            "Invalid partner key: it is wrong or revoked.",
+            type_="authentication_error",
+            code="invalid_partner_key",
+        )
+    if not partner.is_active:
+        return _error(403, "This partner account is deactivated.", type_="permission_error", code="partner_inactive")
+    try:
+        body = json.loads(request.body or b"null")
+    except RequestDataTooBig:
+        return _error(
+            413,
+            f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes; send smaller batches.",
+            type_="invalid_request_error",
+            code="request_too_large",
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, f"The request body is not valid JSON: {exc}.", type_="invalid_request_error", code="invalid")
+    events = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(events, list):
+        return _error(
+            400,
+            'The body must be a JSON object {"events": [...]}.',
+            type_="invalid_request_error",
+            code="invalid",
+            param="events",
+        )
+    if len(events) > MAX_EVENTS_PER_BATCH:
+        return _error(
+            400,
+            f"At most {MAX_EVENTS_PER_BATCH} events per request; this one has {len(events)}.",
+            type_="invalid_request_error",
+            code="too_many_events",
+            param="events",
+        )
+    try:
+        result = partner_usage_events_ingest(partner_id=partner.partner_id, events=events, now=now)
+    except PartnerError as exc:
+        return _error(400, exc.message, type_="invalid_request_error", code=exc.code, param=exc.extra.get("field"))
+    return JsonResponse(result.as_dict(), json_dumps_params={"separators": (",", ":")})
+
+
+MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+# PositiveBigIntegerField's upper bound on PostgreSQL (bigint); SQLite's integer is the same width.
+MAX_ACTIVE_USERS = 2**63 - 1
+
+
+@extend_schema_field({"type": "string", "pattern": r"^\d{4}-\d{2}$", "example": "2026-10"})
+class MonthField(serializers.Field):
+    """A calendar month as "YYYY-MM" <-> the date of its first day."""
+
+    default_error_messages = {"invalid": "A month as YYYY-MM, e.g. 2026-10."}
+
+    def to_internal_value(self, data) -> date:
+        match = MONTH_RE.match(data) if isinstance(data, str) else None
+        if match is None:
+            self.fail("invalid")
+        year, month = int(match[1]), int(match[2])
+        if not (1 <= month <= 12 and year >= 1):
+            self.fail("invalid")
+        return date(year, month, 1)
+
+    def to_representation(self, value: date) -> str:
+        return f"{value:%Y-%m}"
+
+
+class MauReportSerializer(serializers.ModelSerializer):
+    month = MonthField(help_text='The calendar month, "YYYY-MM".')
+    active_users = serializers.IntegerField(min_value=0, max_value=MAX_ACTIVE_USERS)
+
+    class Meta:
+        model = MonthlyActiveUsers
+        fields = ["month", "active_users", "reported_at"]
+        read_only_fields = ["reported_at"]
+        validators: list = []  # the service keys on (team, month): a second report is a correction
+
+
+class LicenseAgreementSerializer(serializers.ModelSerializer):
+    mau_month = MonthField(read_only=True)
+    monthly_fee_cents = serializers.IntegerField(read_only=True, help_text="Integer cents of `currency`.")
+
+    class Meta:
+        model = LicenseAgreement
+        fields = [
+            "status",
+            "required_from",
+            "reported_mau",
+            "mau_month",
+            "monthly_fee_cents",
+            "currency",
+            "terms",
+            "decided_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class MauReportApi(generics.ListAPIView):
+    """Your team's monthly-active-user reports, newest month first. POST reports a month; reporting a
+    month again corrects it. Above the licence threshold, a model released in the following month needs
+    a licence agreement, and so does every later one (see /api/v1/license)."""
+
+    serializer_class = MauReportSerializer
+
+    def get_queryset(self):
+        return licensing.mau_report_list(team=team_for_request(self.request))
+
+    @extend_schema(
+        request=MauReportSerializer,
+        responses={201: MauReportSerializer},
+        examples=[OpenApiExample("October 2026", value={"month": "2026-10", "active_users": 812000000})],
+    )
+    def post(self, request):
+        payload = MauReportSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        report = licensing.mau_report_record(
+            team=team_for_request(request),
+            month=payload.validated_data["month"],
+            active_users=payload.validated_data["active_users"],
+            now=timezone.now(),
+        )
+        return Response(MauReportSerializer(report).data, status=status.HTTP_201_CREATED)
+
+
+class LicenseApi(APIView):
+    """Your team's licence agreement (404 if none is required): status required / requested / granted /
+    refused, the first release date it covers, the MAU figure that triggered it, and the fee terms."""
+
+    @extend_schema(responses=LicenseAgreementSerializer)
+    def get(self, request):
+        agreement = licensing.license_agreement_for_team(team=team_for_request(request))
+        if agreement is None:
+            raise exceptions.NotFound(
+                "Your team has no licence agreement: none is required.", code="license_not_required"
+            )
+        return Response(LicenseAgreementSerializer(agreement).data)
+
+
+class LicenseRequestApi(APIView):
+    """Ask for the required licence (status required -> requested); operators decide in the admin.
+    Asking again while requested is harmless; a decided agreement answers 409."""
+
+    @extend_schema(request=None, responses=LicenseAgreementSerializer)
+    def post(self, request):
+        agreement = licensing.license_request(team=team_for_request(request), now=timezone.now())
+        return Response(LicenseAgreementSerializer(agreement).data)
