@@ -60,7 +60,7 @@ class TeamAdmin(admin.ModelAdmin):
         links = [
             ("Subscription", "admin:tiers_subscription_changelist"),
             ("Invoices", "admin:billing_invoice_changelist"),
-            ("Billing audit trail", "admin:billing_billingauditentry_changelist"),
+            ("Billing audit trail", "admin:accounts_auditentry_changelist"),
             ("API keys", "admin:accounts_apikey_changelist"),
             ("Usage records", "admin:usage_usagerecord_changelist"),
         ]

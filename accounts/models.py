@@ -124,3 +124,50 @@ class ApiKey(models.Model):
         if self.expires_at is not None and self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+
+class AuditEntry(models.Model):
+    """Who did what to a team's account, and why: operator actions and the billing engine's decisions.
+
+    Kept in accounts, the lowest app that knows teams, so that every app above it (tiers' spend cap,
+    billing's engine and operators) writes to the one trail. ``action`` is one of ``Action``: every
+    kind of entry is named here, once.
+    """
+
+    class Action(models.TextChoices):
+        PAYMENT_METHOD_UPDATED = "payment_method_updated", "Payment method updated"
+        CHECKOUT_STARTED = "checkout_started", "Checkout started"
+        SUBSCRIBED = "subscribed", "Subscribed"
+        TRIAL_STARTED = "trial_started", "Trial started"
+        UPGRADED = "upgraded", "Upgraded"
+        DOWNGRADE_SCHEDULED = "downgrade_scheduled", "Downgrade scheduled"
+        CANCEL_SCHEDULED = "cancel_scheduled", "Cancel scheduled"
+        CANCELED_NOW = "canceled_now", "Canceled now"
+        CHANGE_UNDONE = "change_undone", "Change undone"
+        TIER_SET_BY_OPERATOR = "tier_set_by_operator", "Tier set by operator"
+        CANCEL_APPLIED = "cancel_applied", "Cancel applied"
+        DOWNGRADE_APPLIED = "downgrade_applied", "Downgrade applied"
+        TRIAL_ENDED = "trial_ended", "Trial ended"
+        SPEND_CAP_SET = "spend_cap_set", "Spend cap set"
+        SPEND_CAP_REMOVED = "spend_cap_removed", "Spend cap removed"
+        LATE_PAYMENT = "late_payment", "Late payment"
+        PAYMENT_ON_CLOSED_INVOICE = "payment_on_closed_invoice", "Payment on closed invoice"
+        DUPLICATE_CHARGE = "duplicate_charge", "Duplicate charge"
+        DOWNGRADED_AFTER_DUNNING = "downgraded_after_dunning", "Downgraded after dunning"
+        REFUND = "refund", "Refund"
+        REFUND_FAILED = "refund_failed", "Refund failed"
+        INVOICE_COMPED = "invoice_comped", "Invoice comped"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    actor = models.ForeignKey("accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    action = models.CharField(max_length=50, choices=Action.choices)
+    description = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.action}: {self.description}"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime
+from typing import Any
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, Membership, Team, User
+from accounts.models import ApiKey, AuditEntry, Membership, Team, User
 from core.errors import ApplicationError
 
 
@@ -91,3 +92,27 @@ def api_key_mark_used(*, used_at: dict[int, datetime]) -> None:
         ApiKey.objects.filter(pk=key_id).filter(
             models.Q(last_used_at__isnull=True) | models.Q(last_used_at__lt=when)
         ).update(last_used_at=when)
+
+
+# --- The audit trail ------------------------------------------------------------------------------------
+
+
+def audit_entry_create(
+    *,
+    team_id: int | None,
+    action: AuditEntry.Action,
+    description: str,
+    now: datetime,
+    actor: User | None = None,
+    data: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Write one entry of the team's audit trail (the caller's transaction makes it atomic with the
+    change it records). The description is cut to the column's 500 characters."""
+    return AuditEntry.objects.create(
+        team_id=team_id,
+        actor=actor,
+        action=AuditEntry.Action(action),
+        description=description[:500],
+        data=data or {},
+        created_at=now,
+    )

@@ -184,7 +184,8 @@ class CpuWatch:
 def _counts(now: datetime) -> dict:
     from django.db.models import Sum
 
-    from billing.models import BillingAuditEntry, Invoice, InvoiceLine, Payment
+    from accounts.models import AuditEntry
+    from billing.models import Invoice, InvoiceLine, Payment
     from tiers.models import Subscription
 
     due = Subscription.objects.filter(
@@ -201,7 +202,7 @@ def _counts(now: datetime) -> dict:
         "invoiced_cents": int(Invoice.objects.aggregate(t=Sum("total_cents"))["t"] or 0),
         "payments": Payment.objects.count(),
         "payments_succeeded": Payment.objects.filter(status=Payment.Status.SUCCEEDED).count(),
-        "audit": BillingAuditEntry.objects.count(),
+        "audit": AuditEntry.objects.count(),
     }
 
 

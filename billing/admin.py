@@ -11,9 +11,10 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from accounts.models import AuditEntry
 from billing import services as billing
 from billing.forms import OperatorReasonForm, OperatorTierMoveForm
-from billing.models import BillingAuditEntry, BillingCustomer, Invoice, InvoiceLine, Payment, Refund, StripeEvent
+from billing.models import BillingCustomer, Invoice, InvoiceLine, Payment, Refund, StripeEvent
 from core.admin_base import ReadOnlyInline, admin_action_with_form
 from core.errors import ApplicationError
 from core.templatetags.tier_format import money
@@ -25,7 +26,7 @@ from tiers.models import Subscription
 
 
 def _audit_url(team_id: int | None) -> str:
-    return f"{reverse('admin:billing_billingauditentry_changelist')}?team__id__exact={team_id}"
+    return f"{reverse('admin:accounts_auditentry_changelist')}?team__id__exact={team_id}"
 
 
 def _pretty_json(value) -> str:
@@ -259,8 +260,8 @@ class StripeEventAdmin(ReadOnlyBillingAdmin):
         return _pretty_json(event.payload)
 
 
-@admin.register(BillingAuditEntry)
-class BillingAuditEntryAdmin(ReadOnlyBillingAdmin):
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyBillingAdmin):
     list_display = ["created_at", "team", "actor", "action", "description"]
     list_filter = ["action", "created_at"]
     search_fields = ["team__name", "team__memberships__user__email", "actor__email", "action", "description"]
@@ -270,7 +271,7 @@ class BillingAuditEntryAdmin(ReadOnlyBillingAdmin):
     readonly_fields = ["data_pretty"]
 
     @admin.display(description="Data")
-    def data_pretty(self, entry: BillingAuditEntry) -> str:
+    def data_pretty(self, entry: AuditEntry) -> str:
         return _pretty_json(entry.data)
 
 
@@ -328,7 +329,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Billing audit trail")
     def audit_trail(self, subscription: Subscription) -> str:
-        entries = BillingAuditEntry.objects.filter(team_id=subscription.team_id).select_related("actor")[:10]
+        entries = AuditEntry.objects.filter(team_id=subscription.team_id).select_related("actor")[:10]
         rows = format_html_join(
             "",
             "<li>{} · {} · {}{}</li>",

@@ -36,10 +36,11 @@ from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from billing.models import BillingAuditEntry, Invoice, InvoiceLine
-from billing.proration import overage_cents, overage_tokens
+from accounts.models import AuditEntry
+from billing.models import Invoice, InvoiceLine
 from core.periods import add_months, interval_months, period_containing
 from tiers.models import Subscription, Tier
+from tiers.pricing import overage_line_values
 from usage.models import UsageRecord
 
 # Subscriptions per batch (and transaction). Rows travel as one JSON parameter, so the size is not
@@ -79,18 +80,6 @@ def fee_description(*, tier: Tier, start: datetime, end: datetime) -> str:
 
 def overage_description(*, tier: Tier, tokens: int) -> str:
     return f"{tier.name} overage: {tokens:,} tokens beyond the {tier.monthly_tokens:,} included"
-
-
-def overage_line_values(*, tier: Tier, tokens_used: int) -> tuple[int, int] | None:
-    """(overage tokens, cents) for ``tokens_used`` in one period of ``tier``, or None if nothing is owed.
-
-    ``monthly_tokens`` is what one billing period includes, the same window the quota enforces
-    (Entitlements.period_at): for a yearly tier that is the year."""
-    if not tier.bills_overage or not tier.overage_cents_per_million_tokens:
-        return None
-    tokens = overage_tokens(tokens_used=tokens_used, included_tokens=tier.monthly_tokens)
-    cents = overage_cents(tokens=tokens, cents_per_million_tokens=tier.overage_cents_per_million_tokens)
-    return (tokens, cents) if cents > 0 else None
 
 
 def next_period(anchor: datetime, interval: str, boundary: datetime) -> tuple[datetime, datetime, datetime]:
@@ -376,7 +365,11 @@ _LINE_FIELDS = (
     "period_start",
     "period_end",
 )
-_AUDIT_ACTIONS = {"cancel": "cancel_applied", "downgrade": "downgrade_applied", "trial_end": "trial_ended"}
+_AUDIT_ACTIONS = {
+    "cancel": AuditEntry.Action.CANCEL_APPLIED,
+    "downgrade": AuditEntry.Action.DOWNGRADE_APPLIED,
+    "trial_end": AuditEntry.Action.TRIAL_ENDED,
+}
 
 
 def _plan(
@@ -507,7 +500,7 @@ def _close_batch(
         result.invoices_created += len(created)
 
     audits = [
-        BillingAuditEntry(
+        AuditEntry(
             team_id=c.team_id,
             action=_AUDIT_ACTIONS[c.change],
             description=f"{c.old_tier.name} -> {c.new_tier.name} at the period end.",
@@ -518,7 +511,7 @@ def _close_batch(
         if c.change
     ]
     if audits:
-        BillingAuditEntry.objects.bulk_create(audits)
+        AuditEntry.objects.bulk_create(audits)
         result.changes_applied += len(audits)
 
 

@@ -20,41 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.mail import send_mail
-from django.template.loader import render_to_string
 
-from accounts.models import Membership
+from accounts.emails import team_email_send
 from billing.models import Invoice, Payment
 from core.templatetags.tier_format import money
 
 logger = logging.getLogger(__name__)
-
-SUBJECT_PREFIX = "[TierLab] "
-
-
-def team_owner_emails(*, team_id: int) -> list[str]:
-    """Where billing emails go: every owner of the team (a personal team has exactly one)."""
-    return sorted(
-        Membership.objects.filter(team_id=team_id, role=Membership.Role.OWNER).values_list("user__email", flat=True)
-    )
-
-
-def team_email_send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
-    """Render the plain-text ``template`` (a template path) and send it to the team's owners. Returns
-    False, logged, when the team has no owner or the mail server fails (see the module docstring: a
-    lost email must not fail the step that sent it; callers that retry use the result)."""
-    recipients = team_owner_emails(team_id=team_id)
-    if not recipients:
-        logger.warning("email %r for team %s: the team has no owner to send it to", template, team_id)
-        return False
-    body = render_to_string(template, dict(context)).strip() + "\n"
-    try:
-        send_mail(SUBJECT_PREFIX + subject, body, None, recipients, fail_silently=False)
-    except Exception:
-        logger.exception("email %r for team %s could not be sent", template, team_id)
-        return False
-    return True
-
 
 def _send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
     return team_email_send(team_id=team_id, subject=subject, template=f"billing/email/{template}.txt", context=context)

@@ -162,21 +162,3 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
-
-
-class BillingAuditEntry(models.Model):
-    """Who did what to a customer's billing, and why: operator actions and the engine's decisions."""
-
-    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
-    actor = models.ForeignKey("accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    action = models.CharField(max_length=50)
-    description = models.CharField(max_length=500)
-    data = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField()
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        verbose_name_plural = "billing audit entries"
-
-    def __str__(self) -> str:
-        return f"{self.action}: {self.description}"

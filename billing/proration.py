@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 
 _MICROSECOND = timedelta(microseconds=1)
-TOKENS_PER_MILLION = 1_000_000
 
 
 def round_half_up(value: Fraction) -> int:
@@ -26,11 +25,6 @@ def round_half_up(value: Fraction) -> int:
     if value < 0:
         return -round_half_up(-value)
     return int(value + Fraction(1, 2))  # int() truncates toward zero, which is floor for >= 0
-
-
-def ceil_div(numerator: int, denominator: int) -> int:
-    """``ceil(numerator / denominator)`` for non-negative integers, without floats."""
-    return -(-numerator // denominator)
 
 
 def period_fraction_remaining(*, period_start: datetime, period_end: datetime, at: datetime) -> Fraction:
@@ -80,22 +74,3 @@ def proration_compute(
         credit_cents=-round_half_up(old_price_cents * fraction),
         charge_cents=round_half_up(new_price_cents * fraction),
     )
-
-
-def overage_tokens(*, tokens_used: int, included_tokens: int | None) -> int:
-    """Tokens beyond the included ones (0 when unlimited or within them)."""
-    if included_tokens is None:
-        return 0
-    return max(tokens_used - included_tokens, 0)
-
-
-def overage_cents(*, tokens: int, cents_per_million_tokens: int) -> int:
-    """The price of ``tokens`` overage tokens, rounded UP to the cent.
-
-    Up, not to the nearest: the overage price is a price per million tokens, and a customer who used
-    1 token over is billed for it (a cent) rather than getting fractions of a cent for free on every
-    invoice; at most one cent per invoice in our favour, as metered billing usually does.
-    """
-    if tokens <= 0:
-        return 0
-    return ceil_div(tokens * cents_per_million_tokens, TOKENS_PER_MILLION)

@@ -42,17 +42,21 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q, Sum
 from django.utils import timezone
 
+from accounts.emails import team_owner_emails
+from accounts.models import AuditEntry
+from accounts.services import audit_entry_create
 from billing import close as billing_close
 from billing import emails
 from billing import stripe_gateway as gateway
 from billing.close import CLOSE_BATCH_SIZE, PeriodCloseResult
-from billing.models import BillingAuditEntry, BillingCustomer, Invoice, InvoiceLine, Payment, Refund
+from billing.models import BillingCustomer, Invoice, InvoiceLine, Payment, Refund
 from billing.proration import proration_compute
 from core.errors import ApplicationError
 from core.periods import period_bounds
 from core.templatetags.tier_format import money
 from tiers import catalog
 from tiers.models import Subscription, Tier
+from tiers.pricing import overage_line_values
 from tiers.selectors import entitlements_cache_clear, subscription_current
 from tiers.services import InvalidTierChange, TierUnavailable, subscription_create
 from usage.selectors import usage_totals_by_model
@@ -150,11 +154,15 @@ def _now(now: datetime | None) -> datetime:
 
 
 def _audit(
-    *, team_id: int | None, action: str, description: str, now: datetime, actor: User | None = None, **data: Any
-) -> BillingAuditEntry:
-    return BillingAuditEntry.objects.create(
-        team_id=team_id, actor=actor, action=action, description=description[:500], data=data, created_at=now
-    )
+    *,
+    team_id: int | None,
+    action: AuditEntry.Action,
+    description: str,
+    now: datetime,
+    actor: User | None = None,
+    **data: Any,
+) -> AuditEntry:
+    return audit_entry_create(team_id=team_id, action=action, description=description, now=now, actor=actor, data=data)
 
 
 def _entitlements_changed() -> None:
@@ -193,7 +201,7 @@ def billing_customer_ensure(*, team: Team, now: datetime | None = None) -> Billi
     existing = BillingCustomer.objects.filter(team=team).first()
     if existing is not None:
         return existing
-    owners = emails.team_owner_emails(team_id=team.pk)
+    owners = team_owner_emails(team_id=team.pk)
     # Created outside any transaction: no database lock is held across a network call. Two first uses
     # at once (a double click) may both create a Stripe customer; the unique team row keeps one, the
     # other stays an empty customer in Stripe, which costs nothing.
@@ -232,7 +240,7 @@ def payment_method_update(
         _audit(
             team_id=team.pk,
             actor=actor,
-            action="payment_method_updated",
+            action=AuditEntry.Action.PAYMENT_METHOD_UPDATED,
             description=f"Card on file is now {card.brand} ending in {card.last4}.",
             now=now,
             payment_method=card.payment_method_id,
@@ -402,7 +410,7 @@ def _change_schedule(*, subscription: Subscription, tier: Tier, actor: User | No
         _audit(
             team_id=sub.team_id,
             actor=actor,
-            action="downgrade_scheduled",
+            action=AuditEntry.Action.DOWNGRADE_SCHEDULED,
             description=f"{sub.tier.name} -> {tier.name} at the period end ({sub.current_period_end.isoformat()}).",
             now=now,
             from_tier=sub.tier.slug,
@@ -437,7 +445,7 @@ def _trial_start(*, subscription: Subscription, tier: Tier, actor: User | None, 
         _audit(
             team_id=sub.team_id,
             actor=actor,
-            action="trial_started",
+            action=AuditEntry.Action.TRIAL_STARTED,
             description=f"{tier.name} trial until {trial_end.isoformat()}.",
             now=now,
             tier=tier.slug,
@@ -461,7 +469,7 @@ def _trial_tier_switch(*, subscription: Subscription, tier: Tier, actor: User | 
         _audit(
             team_id=sub.team_id,
             actor=actor,
-            action="upgraded",
+            action=AuditEntry.Action.UPGRADED,
             description=f"{old.name} -> {tier.name} during the trial (no charge until it ends).",
             now=now,
             from_tier=old.slug,
@@ -583,7 +591,7 @@ def _checkout_charge(
         _audit(
             team_id=sub.team_id,
             actor=actor,
-            action="checkout_started",
+            action=AuditEntry.Action.CHECKOUT_STARTED,
             description=f"{current.name} -> {tier.name}: invoice for {money(invoice.total_cents, invoice.currency)}.",
             now=now,
             from_tier=current.slug,
@@ -635,7 +643,7 @@ def subscription_cancel(
             _audit(
                 team_id=sub.team_id,
                 actor=actor,
-                action="canceled_now",
+                action=AuditEntry.Action.CANCELED_NOW,
                 description=f"{old.name} canceled now; moved to {free.name}. No refund.",
                 now=now,
                 from_tier=old.slug,
@@ -652,7 +660,7 @@ def subscription_cancel(
         _audit(
             team_id=sub.team_id,
             actor=actor,
-            action="cancel_scheduled",
+            action=AuditEntry.Action.CANCEL_SCHEDULED,
             description=f"{sub.tier.name} cancels at the period end ({sub.current_period_end.isoformat()}).",
             now=now,
             tier=sub.tier.slug,
@@ -677,7 +685,7 @@ def subscription_resume(*, team: Team, actor: User | None = None, now: datetime 
         _audit(
             team_id=sub.team_id,
             actor=actor,
-            action="change_undone",
+            action=AuditEntry.Action.CHANGE_UNDONE,
             description=f"Scheduled {undone} undone; staying on {sub.tier.name}.",
             now=now,
             tier=sub.tier.slug,
@@ -715,7 +723,7 @@ def subscription_tier_set_by_operator(
         _audit(
             team_id=sub.team_id,
             actor=actor,
-            action="tier_set_by_operator",
+            action=AuditEntry.Action.TIER_SET_BY_OPERATOR,
             description=f"{old.name} -> {tier.name}: {reason}",
             now=now,
             from_tier=old.slug,
@@ -957,7 +965,7 @@ def payment_outcome_record(*, intent: PaymentIntentResult, now: datetime | None 
             logger.error("payment %s: second PaymentIntent %s for one attempt succeeded", payment.pk, intent.id)
             _audit(
                 team_id=payment.invoice.team_id,
-                action="duplicate_charge",
+                action=AuditEntry.Action.DUPLICATE_CHARGE,
                 description=f"PaymentIntent {intent.id} also charged attempt {payment.attempt}: refund one.",
                 now=_now(now),
                 payment_id=payment.pk,
@@ -1053,7 +1061,7 @@ def _checkout_apply(*, sub: Subscription, invoice: Invoice, now: datetime) -> No
     sub.save()
     _audit(
         team_id=sub.team_id,
-        action="subscribed" if invoice.kind == Invoice.Kind.INITIAL else "upgraded",
+        action=AuditEntry.Action.SUBSCRIBED if invoice.kind == Invoice.Kind.INITIAL else AuditEntry.Action.UPGRADED,
         description=f"{old.name} -> {line.tier.name}, paid with invoice {invoice.number}.",
         now=now,
         from_tier=old.slug,
@@ -1080,7 +1088,7 @@ def _invoice_paid_effects(*, invoice: Invoice, now: datetime) -> None:
         # subscribe again); the money is theirs to keep paid for the period it billed.
         _audit(
             team_id=invoice.team_id,
-            action="late_payment",
+            action=AuditEntry.Action.LATE_PAYMENT,
             description=f"Invoice {invoice.number} was paid after dunning had ended.",
             now=now,
             invoice_id=invoice.pk,
@@ -1098,7 +1106,7 @@ def _payment_succeeded(*, payment: Payment, invoice: Invoice, now: datetime) -> 
     logger.error("payment %s succeeded on invoice %s, which is %s", payment.pk, invoice.pk, invoice.status)
     _audit(
         team_id=invoice.team_id,
-        action="payment_on_closed_invoice",
+        action=AuditEntry.Action.PAYMENT_ON_CLOSED_INVOICE,
         description=f"Attempt {payment.attempt} of {invoice.number} ({invoice.status}) succeeded: refund it.",
         now=now,
         payment_id=payment.pk,
@@ -1172,7 +1180,7 @@ def _dunning_end(*, sub: Subscription, invoice: Invoice, now: datetime) -> None:
     free = _subscription_restart_on_free(sub=sub, now=now)
     _audit(
         team_id=sub.team_id,
-        action="downgraded_after_dunning",
+        action=AuditEntry.Action.DOWNGRADED_AFTER_DUNNING,
         description=f"{old.name} -> {free.name}: {invoice.number} unpaid after {invoice.attempt_count} attempts.",
         now=now,
         from_tier=old.slug,
@@ -1326,7 +1334,7 @@ def payment_refund(
         _audit(
             team_id=locked.invoice.team_id,
             actor=actor,
-            action="refund_failed",
+            action=AuditEntry.Action.REFUND_FAILED,
             description=f"Refund of {money(amount, locked.currency)} on {locked.invoice.number} failed: {exc.message}",
             now=now,
             payment_id=locked.pk,
@@ -1344,7 +1352,7 @@ def payment_refund(
         _audit(
             team_id=payment.invoice.team_id,
             actor=actor,
-            action="refund",
+            action=AuditEntry.Action.REFUND,
             description=f"Refunded {money(amount, payment.currency)} of {payment.invoice.number}: {reason}",
             now=now,
             payment_id=payment.pk,
@@ -1386,7 +1394,7 @@ def invoice_comp(*, invoice: Invoice, actor: User, reason: str, now: datetime | 
         _audit(
             team_id=locked.team_id,
             actor=actor,
-            action="invoice_comped",
+            action=AuditEntry.Action.INVOICE_COMPED,
             description=f"Invoice {locked.number} ({money(locked.total_cents, locked.currency)}) waived: {reason}",
             now=now,
             invoice_id=locked.pk,
@@ -1439,7 +1447,7 @@ def billing_overview(*, team: Team, now: datetime | None = None) -> BillingOverv
             cents = upcoming.price_cents if upcoming is not None and upcoming.is_paid else 0
             if tier.bills_overage and subscription.status != Subscription.Status.TRIALING:
                 used = _usage_tokens(team_id=team.pk, start=subscription.current_period_start, end=now)
-                overage = billing_close.overage_line_values(tier=tier, tokens_used=used)
+                overage = overage_line_values(tier=tier, tokens_used=used)
                 cents += overage[1] if overage else 0
             if cents > 0:
                 next_at, next_cents = end, cents

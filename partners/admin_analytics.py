@@ -1,6 +1,6 @@
 """The operator analytics page in the admin (/admin/analytics/): staff only, thin.
 
-It parses the range (``?months=N``), calls one selector (``usage.analytics.operator_dashboard``) and
+It parses the range (``?months=N``), calls one selector (``partners.analytics.operator_dashboard``) and
 renders its figures as server-side SVG charts (config/charts.py), each with a table of the same numbers,
 so the page loads nothing from the internet and reads without JavaScript.
 
@@ -21,7 +21,7 @@ from django.urls import path
 
 from billing.analytics import DEFAULT_MONTHS, MAX_MONTHS
 from core.charts import ChartSeries, bar_chart_svg
-from usage.analytics import CHANNELS, OperatorDashboard, operator_dashboard
+from partners.analytics import CHANNELS, OperatorDashboard, operator_dashboard
 
 URL_NAME = "admin-analytics"
 _STATUSES = (("trialing", "Trialing"), ("active", "Active"), ("past_due", "Past due"), ("suspended", "Suspended"))

@@ -39,7 +39,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from billing.emails import team_email_send
+from accounts.emails import team_email_send
 from core.errors import ApplicationError
 from core.periods import add_months, month_first
 from partners.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers

@@ -156,7 +156,7 @@ def subscription_spend_cap_set(
     Applies to the current period at once: the model API sees it when this process's cached
     entitlements are dropped (after commit, here) and other processes' expire.
     """
-    from billing.models import BillingAuditEntry
+    from accounts.models import AuditEntry
     from tiers.selectors import entitlements_cache_clear
 
     now = now or timezone.now()
@@ -185,17 +185,17 @@ def subscription_spend_cap_set(
     subscription.spend_cap_hard = hard
     subscription.full_clean()
     subscription.save(update_fields=["spend_cap_cents", "spend_cap_hard", "updated_at"])
-    BillingAuditEntry.objects.create(
-        team=team,
+    account_services.audit_entry_create(
+        team_id=team.pk,
         actor=actor,
-        action="spend_cap_set" if cap_cents is not None else "spend_cap_removed",
+        action=AuditEntry.Action.SPEND_CAP_SET if cap_cents is not None else AuditEntry.Action.SPEND_CAP_REMOVED,
         description=(
             f"Spend cap set to {cap_cents} {tier.currency} cents ({'hard' if hard else 'notify only'})"
             if cap_cents is not None
             else "Spend cap removed"
         ),
         data={"cap_cents": cap_cents, "hard": hard},
-        created_at=now,
+        now=now,
     )
     transaction.on_commit(entitlements_cache_clear)
     return subscription

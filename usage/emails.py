@@ -7,7 +7,7 @@ A failing mail server is logged and reported as False, so the caller can retry l
 
 from __future__ import annotations
 
-from billing.emails import team_email_send
+from accounts.emails import team_email_send
 from core.templatetags.tier_format import money
 from usage.models import UsageAlert
 

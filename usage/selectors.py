@@ -147,8 +147,8 @@ def usage_period_totals(*, team_id: int, start: datetime, end: datetime) -> tupl
 
 def usage_estimate_for_subscription(*, subscription: Subscription, now: datetime) -> UsageEstimate:
     """``usage_estimate`` for an already loaded subscription (with its tier)."""
-    from billing.close import overage_line_values
     from core.periods import period_containing
+    from tiers.pricing import overage_line_values
 
     tier = subscription.tier
     # The quota's window (Entitlements.period_at), which is also the period the invoice bills.

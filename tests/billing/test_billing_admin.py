@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from django.urls import reverse
 
+from accounts.models import AuditEntry
 from billing import services as billing
-from billing.models import BillingAuditEntry, Invoice, Payment, Refund, StripeEvent
+from billing.models import Invoice, Payment, Refund, StripeEvent
 from tests.billing.billing_state import (
     card_on_file,
     invoice_paid,
@@ -58,7 +59,7 @@ def billed(catalog, team_tier):
 
 
 def _changelist(model: str) -> str:
-    app = "tiers" if model == "subscription" else "billing"
+    app = {"subscription": "tiers", "auditentry": "accounts"}.get(model, "billing")
     return reverse(f"admin:{app}_{model}_changelist")
 
 
@@ -106,10 +107,10 @@ def test_invoice_page_is_view_only_with_lines_and_payments(ops, billed):
 
 
 @pytest.mark.parametrize(
-    "model", ["invoice", "payment", "refund", "stripeevent", "billingauditentry", "billingcustomer"]
+    "model", ["invoice", "payment", "refund", "stripeevent", "auditentry", "billingcustomer"]
 )
 def test_billing_rows_are_listed_but_cannot_be_added(ops, billed, model):
-    assert ops.get(reverse(f"admin:billing_{model}_add")).status_code == 403
+    assert ops.get(reverse(f"admin:{'accounts' if model == 'auditentry' else 'billing'}_{model}_add")).status_code == 403
     assert ops.get(_changelist(model)).status_code == 200
 
 
@@ -137,7 +138,7 @@ def test_payment_refund_event_customer_and_audit_pages(ops, billed, operator):
     event = StripeEvent.objects.create(
         event_id="evt_1", type="payment_intent.succeeded", payload={"id": "evt_1", "data": {"object": {"id": "pi_1"}}}
     )
-    entry = BillingAuditEntry.objects.create(
+    entry = AuditEntry.objects.create(
         team=billed["alice"],
         actor=operator,
         action="invoice_comp",
@@ -159,36 +160,36 @@ def test_payment_refund_event_customer_and_audit_pages(ops, billed, operator):
     assert "<pre" in event_page and "&quot;id&quot;: &quot;evt_1&quot;" in event_page  # pretty-printed JSON
     assert 'name="_save"' not in event_page
 
-    audit = ops.get(_changelist("billingauditentry"), {"team__id__exact": billed["alice"].pk})
+    audit = ops.get(_changelist("auditentry"), {"team__id__exact": billed["alice"].pk})
     assert [e.pk for e in audit.context["cl"].result_list] == [entry.pk]
     assert (
-        ops.get(_changelist("billingauditentry"), {"team__id__exact": billed["bob"].pk})
+        ops.get(_changelist("auditentry"), {"team__id__exact": billed["bob"].pk})
         .context["cl"]
         .result_list.count()
         == 0
     )
-    assert ops.get(reverse("admin:billing_billingauditentry_change", args=[entry.pk])).status_code == 200
+    assert ops.get(reverse("admin:accounts_auditentry_change", args=[entry.pk])).status_code == 200
 
     customers = ops.get(_changelist("billingcustomer")).content.decode()
     assert "Visa •••• 4242" in customers and customer.stripe_customer_id in customers
 
 
 def test_subscription_page_shows_the_team_audit_trail_and_invoices(ops, billed, operator):
-    BillingAuditEntry.objects.create(
+    AuditEntry.objects.create(
         team=billed["alice"],
         actor=operator,
         action="tier_set_by_operator",
         description="Moved to Team: goodwill",
         created_at=datetime(2026, 1, 20, tzinfo=UTC),
     )
-    BillingAuditEntry.objects.create(
-        team=billed["bob"], action="payment_failed", description="Bob's card failed", created_at=datetime.now(tz=UTC)
+    AuditEntry.objects.create(
+        team=billed["bob"], action=AuditEntry.Action.REFUND_FAILED, description="Bob's card failed", created_at=datetime.now(tz=UTC)
     )
     subscription = subscription_current(team=billed["alice"])
     page = ops.get(reverse("admin:tiers_subscription_change", args=[subscription.pk])).content.decode()
     assert "Moved to Team: goodwill" in page and "ops@example.com" in page
     assert "Bob&#x27;s card failed" not in page and "Bob's card failed" not in page
-    assert f"billingauditentry/?team__id__exact={billed['alice'].pk}" in page
+    assert f"auditentry/?team__id__exact={billed['alice'].pk}" in page
     assert f"invoice/?team__id__exact={billed['alice'].pk}" in page
 
 
@@ -293,7 +294,7 @@ def test_comp_move_and_cancel_with_the_real_engine_write_the_audit_log(ops, bill
     assert subscription_current(team=billed["alice"]) is None or (
         subscription_current(team=billed["alice"]).tier.is_free
     )
-    audit = BillingAuditEntry.objects.filter(team=billed["alice"], actor=operator)
+    audit = AuditEntry.objects.filter(team=billed["alice"], actor=operator)
     assert audit.count() >= 3
 
 
@@ -305,4 +306,4 @@ def test_refund_with_the_real_engine_and_localstripe(ops, catalog, operator, tea
     payment.refresh_from_db()
     assert payment.amount_refunded_cents == payment.amount_cents
     assert payment.refunds.get().stripe_refund_id
-    assert BillingAuditEntry.objects.filter(team=carol, actor=operator).exists()
+    assert AuditEntry.objects.filter(team=carol, actor=operator).exists()

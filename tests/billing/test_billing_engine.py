@@ -13,9 +13,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts.models import AuditEntry
 from billing import services as billing
 from billing.management.commands.run_billing import parse_now
-from billing.models import BillingAuditEntry, Invoice, InvoiceLine
+from billing.models import Invoice, InvoiceLine
 from core.periods import period_bounds
 from tests.billing.billing_engine_helpers import run_in_threads, subscription_of, team_on, usage
 from tests.factories import UserFactory
@@ -142,7 +143,7 @@ def test_scheduled_downgrade_applies_at_the_boundary_fee_at_new_tier_overage_at_
     invoice = renewal_of(team)
     assert lines_of(invoice) == [("fee", 1, 2_000), ("overage", 1_000_000, 60)]
     assert invoice.lines.get(kind="fee").tier == plus and invoice.lines.get(kind="overage").tier == pro
-    assert BillingAuditEntry.objects.filter(team=team, action="downgrade_applied").count() == 1
+    assert AuditEntry.objects.filter(team=team, action="downgrade_applied").count() == 1
 
 
 @pytest.mark.django_db
@@ -201,7 +202,7 @@ def test_trial_end_starts_the_first_paid_period_with_no_overage(catalog):
     assert (sub.current_period_start, sub.current_period_end) == (trial_end, dt(2026, 3, 14))
     invoice = renewal_of(team)
     assert lines_of(invoice) == [("fee", 1, 20_000)]
-    assert BillingAuditEntry.objects.filter(team=team, action="trial_ended").exists()
+    assert AuditEntry.objects.filter(team=team, action="trial_ended").exists()
 
 
 @pytest.mark.django_db
@@ -388,14 +389,14 @@ def test_operator_tier_change_and_immediate_cancel_are_audited(catalog):
     )
     sub = subscription_of(team)
     assert sub.tier.slug == "enterprise" and sub.current_period_end == FEB_28  # period kept, no proration
-    entry = BillingAuditEntry.objects.get(team=team, action="tier_set_by_operator")
+    entry = AuditEntry.objects.get(team=team, action="tier_set_by_operator")
     assert (entry.actor, entry.data["reason"], entry.data["to_tier"]) == (operator, "signed contract", "enterprise")
 
     result = billing.subscription_cancel(team=team, immediately=True, actor=operator, now=dt(2026, 2, 4))
     sub = subscription_of(team)
     assert result.change == "canceled" and sub.tier.slug == "free"
     assert (sub.current_period_start, sub.current_period_end) == period_bounds(dt(2026, 2, 4), "month", 0)
-    assert BillingAuditEntry.objects.get(team=team, action="canceled_now").actor == operator
+    assert AuditEntry.objects.get(team=team, action="canceled_now").actor == operator
 
 
 @pytest.mark.django_db
@@ -409,7 +410,7 @@ def test_comp_of_an_open_renewal_voids_it_and_ends_past_due(catalog):
     assert (invoice.status, invoice.voided_at, invoice.next_attempt_at) == ("void", dt(2026, 3, 1), None)
     sub = subscription_of(team)
     assert (sub.status, sub.past_due_since) == ("active", None)
-    assert BillingAuditEntry.objects.get(team=team, action="invoice_comped").data["reason"] == "outage credit"
+    assert AuditEntry.objects.get(team=team, action="invoice_comped").data["reason"] == "outage credit"
     with pytest.raises(billing.BillingError):
         billing.invoice_comp(invoice=invoice, actor=operator, reason="again")
 

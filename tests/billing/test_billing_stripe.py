@@ -17,10 +17,11 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import AuditEntry
 from accounts.selectors import team_for_user
 from billing import services as billing
 from billing import stripe_gateway as gateway
-from billing.models import BillingAuditEntry, BillingCustomer, Invoice, Payment, Refund
+from billing.models import BillingCustomer, Invoice, Payment, Refund
 from tests.billing.billing_engine_helpers import payment_intents_for_invoice, run_in_threads, subscription_of, usage
 from tests.factories import UserFactory
 from tests.helpers_celery import closed_loopback_port
@@ -310,7 +311,7 @@ def test_dunning_retries_on_schedule_then_moves_the_team_to_free(team_tier, stri
     assert subjects.count(f"[TierLab] Payment failed for invoice {invoice.number}") == 3
     assert subjects[-1] == "[TierLab] Your team was moved to the Free tier"
     assert "Nothing was deleted" in mail.outbox[-1].body
-    assert BillingAuditEntry.objects.filter(team=team, action="downgraded_after_dunning").count() == 1
+    assert AuditEntry.objects.filter(team=team, action="downgraded_after_dunning").count() == 1
     assert billing.billing_run(now=dt(2026, 3, 9)).payments_attempted == 0  # nothing left to charge
 
 
@@ -510,7 +511,7 @@ def test_refunds_are_written_to_stripe_and_the_audit_log(team_tier, stripe_local
 
     assert (refund.status, refund.amount_cents, refund.created_by) == ("succeeded", 1_000, operator)
     assert refund.stripe_refund_id and payment.amount_refunded_cents == 1_000
-    entry = BillingAuditEntry.objects.get(team=team, action="refund")
+    entry = AuditEntry.objects.get(team=team, action="refund")
     assert (entry.actor, entry.data["reason"], entry.data["amount_cents"]) == (operator, "goodwill", 1_000)
     with pytest.raises(billing.BillingError, match=r"\$40\.00"):
         billing.payment_refund(payment=payment, actor=operator, reason="too much", amount_cents=4_001)

@@ -1,4 +1,4 @@
-"""Proration and overage arithmetic, to the cent (tiers/proration.py: pure functions, no database)."""
+"""Proration and overage arithmetic, to the cent (billing/proration.py and tiers/pricing.py: pure functions, no database)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ from fractions import Fraction
 
 import pytest
 
-from billing.proration import (
-    overage_cents,
-    overage_tokens,
-    period_fraction_remaining,
-    proration_compute,
-    round_half_up,
-)
+from billing.proration import period_fraction_remaining, proration_compute, round_half_up
 from core.periods import period_bounds
+from tiers.pricing import overage_cents, overage_tokens
 
 PLUS, PRO = 2_000, 20_000  # the seed catalog's monthly prices, in cents
 

@@ -1,6 +1,6 @@
 """An operator opens the admin, follows the analytics card and reads the dashboard in a real browser:
 charts (inline SVG) and the tables of the same figures render, the range selector works, nothing on
-the page is broken. The history is the one tests/usage/test_usage_analytics.py checks figure by figure.
+the page is broken. The history is the one tests.partners.test_operator_analytics.py checks figure by figure.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from tests.billing.test_analytics import NOW, money_history
 from tests.e2e.helpers import assert_page_health, fill_fields, path_of
-from tests.usage.test_usage_analytics import usage_history
+from tests.partners.test_operator_analytics import usage_history
 
 pytestmark = pytest.mark.e2e
 

@@ -151,7 +151,7 @@ def test_team_page_links_to_the_customers_records_filtered_to_the_team(operator_
     for url in [
         "admin:tiers_subscription_changelist",
         "admin:billing_invoice_changelist",
-        "admin:billing_billingauditentry_changelist",
+        "admin:accounts_auditentry_changelist",
         "admin:accounts_apikey_changelist",
         "admin:usage_usagerecord_changelist",
     ]:

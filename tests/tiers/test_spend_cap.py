@@ -11,8 +11,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts import services
+from accounts.models import AuditEntry
 from accounts.selectors import team_for_user
-from billing.models import BillingAuditEntry
 from tiers import services as tier_services
 from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear, entitlements_for_team
@@ -64,7 +64,7 @@ def test_service_sets_and_removes_the_cap_and_audits_it(account, django_capture_
         subscription = subscription_spend_cap_set(team=team, cap_cents=None, hard=True)
     assert Subscription.objects.get(pk=subscription.pk).spend_cap_cents is None
     assert entitlements_for_team(team_id=team.pk).spend_capped_tokens is None
-    assert list(BillingAuditEntry.objects.filter(team=team).values_list("action", flat=True)) == [
+    assert list(AuditEntry.objects.filter(team=team).values_list("action", flat=True)) == [
         "spend_cap_removed",
         "spend_cap_set",
     ]

@@ -138,7 +138,7 @@ def _evaluated(team, now, capture):
 
 @pytest.mark.django_db
 def test_usage_estimate_is_current_and_prices_overage_like_the_invoice(metered, django_assert_max_num_queries):
-    from billing.close import overage_line_values
+    from tiers.pricing import overage_line_values
 
     team = metered
     use(team, 12_345, T0 + timedelta(minutes=1))  # in the period's first, partial hour (12:30-13:00)

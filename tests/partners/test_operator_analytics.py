@@ -1,4 +1,4 @@
-"""Operator analytics on usage and channels (usage/analytics.py), on top of the money history of
+"""Operator analytics on usage and channels (usage/analytics.py, partners/analytics.py), on top of the money history of
 tests/tiers/test_analytics.py: rollups, refusal counts, partner statements and licences with figures
 worked out by hand, every one checked exactly."""
 
@@ -15,10 +15,11 @@ from django.urls import reverse
 from accounts.models import Membership, Team
 from accounts.selectors import team_for_user
 from billing.analytics import month_window
+from partners import analytics
 from partners.models import LicenseAgreement, Partner, PartnerStatement, PartnerStatementLine
 from tests.billing.test_analytics import NOW, WINDOW_MONTHS, money_history
 from tiers.services import operator_ensure, user_create
-from usage import analytics
+from usage import analytics as usage_analytics
 from usage.models import QuotaRefusalCount, UsageRollup
 
 
@@ -140,7 +141,7 @@ def _window(months: int = 12):
 def test_top_customers_by_tokens(history, django_assert_num_queries):
     window = _window()
     with django_assert_num_queries(2):
-        top = analytics.top_customers_by_tokens(start=window.start, end=window.end)
+        top = usage_analytics.top_customers_by_tokens(start=window.start, end=window.end)
     assert [(c.team_id, c.team_name, c.owner_email, c.total_tokens, c.requests) for c in top] == [
         (history["carol"].pk, "carol@example.com's team", "carol@example.com", 15_000, 4),
         (history["dave"].pk, "dave@example.com's team", "dave@example.com", 7_000, 7),
@@ -154,22 +155,22 @@ def test_top_customers_by_tokens(history, django_assert_num_queries):
 @pytest.mark.django_db
 def test_top_customers_limit_range_and_owner(history):
     window = _window()
-    assert [c.team_id for c in analytics.top_customers_by_tokens(start=window.start, end=window.end, limit=2)] == [
+    assert [c.team_id for c in usage_analytics.top_customers_by_tokens(start=window.start, end=window.end, limit=2)] == [
         history["carol"].pk,
         history["dave"].pk,
     ]
     # 13 months reach frank's day in June 2025.
     wide = _window(13)
-    first = analytics.top_customers_by_tokens(start=wide.start, end=wide.end)[0]
+    first = usage_analytics.top_customers_by_tokens(start=wide.start, end=wide.end)[0]
     assert (first.team_id, first.total_tokens, first.requests) == (history["frank"].pk, 100_000, 100)
     # A team with a second (later) owner shows its first owner; a team without an owner shows "".
     later = user_create(email="zed@example.com", password="correct-horse-battery-9")
     Membership.objects.create(user=later, team=history["carol"], role=Membership.Role.OWNER)
     Membership.objects.filter(team=history["dave"]).update(role=Membership.Role.MEMBER)
-    owners = {c.team_id: c.owner_email for c in analytics.top_customers_by_tokens(start=window.start, end=window.end)}
+    owners = {c.team_id: c.owner_email for c in usage_analytics.top_customers_by_tokens(start=window.start, end=window.end)}
     assert owners[history["carol"].pk] == "carol@example.com"
     assert owners[history["dave"].pk] == ""
-    assert analytics.top_customers_by_tokens(start=_at(2030, 1, 1), end=_at(2030, 2, 1)) == []
+    assert usage_analytics.top_customers_by_tokens(start=_at(2030, 1, 1), end=_at(2030, 2, 1)) == []
 
 
 # --- Refusals ------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def test_top_customers_limit_range_and_owner(history):
 def test_quota_refusals_by_tier_and_code(history, django_assert_num_queries):
     window = _window()
     with django_assert_num_queries(1):
-        report = analytics.quota_refusals_by_tier(start=window.start, end=window.end)
+        report = usage_analytics.quota_refusals_by_tier(start=window.start, end=window.end)
     assert report.codes == ["insufficient_quota", "rate_limit_exceeded", "subscription_inactive"]
     assert [(t.tier_slug, t.by_code, t.total) for t in report.tiers] == [
         ("free", {"insufficient_quota": 8, "rate_limit_exceeded": 2}, 10),
@@ -188,7 +189,7 @@ def test_quota_refusals_by_tier_and_code(history, django_assert_num_queries):
     assert report.total == 15
     wide = _window(13)
     assert (
-        analytics.quota_refusals_by_tier(start=wide.start, end=wide.end).tiers[0].by_code["insufficient_quota"] == 108
+        usage_analytics.quota_refusals_by_tier(start=wide.start, end=wide.end).tiers[0].by_code["insufficient_quota"] == 108
     )
 
 
