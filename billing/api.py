@@ -79,5 +79,3 @@ class InvoiceDetailApi(generics.RetrieveAPIView):
 
     def get_queryset(self):
         return _team_invoices(self.request)
-
-

@@ -27,6 +27,7 @@ from core.templatetags.tier_format import money
 
 logger = logging.getLogger(__name__)
 
+
 def _send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
     return team_email_send(team_id=team_id, subject=subject, template=f"billing/email/{template}.txt", context=context)
 

@@ -90,5 +90,3 @@ class SubscriptionChangeSerializer(SubscriptionSerializer):
     class Meta(SubscriptionSerializer.Meta):
         fields = [*SubscriptionSerializer.Meta.fields, "change", "invoice"]
         read_only_fields = fields
-
-

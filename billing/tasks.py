@@ -42,6 +42,7 @@ def billing_run() -> dict:
         logger.info("billing pass: %s", summary)
     return summary
 
+
 @shared_task(
     name="billing.tasks.stripe_event_process_task",
     acks_late=True,

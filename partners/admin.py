@@ -130,7 +130,9 @@ class PartnerStatementAdmin(ReadOnlyAdmin):
 
     @admin.display(description="CSV")
     def csv_link(self, obj: PartnerStatement) -> str:
-        return format_html('<a href="{}">Download CSV</a>', reverse("admin:partners_partnerstatement_csv", args=[obj.pk]))
+        return format_html(
+            '<a href="{}">Download CSV</a>', reverse("admin:partners_partnerstatement_csv", args=[obj.pk])
+        )
 
     @admin.display(description="Totals")
     def totals(self, obj: PartnerStatement) -> str:

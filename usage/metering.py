@@ -89,9 +89,7 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
         raise errors.SubscriptionInactive(
             f"Your team's subscription is not active (status: {status}). Update billing to continue.",
         )
-    partner_id = _channel_cache.get_or_load(
-        key.key_id, lambda: extensions.key_channel_partner(api_key_id=key.key_id)
-    )
+    partner_id = _channel_cache.get_or_load(key.key_id, lambda: extensions.key_channel_partner(api_key_id=key.key_id))
     return Caller(key=key, entitlements=entitlements, partner_id=partner_id)
 
 

@@ -24,6 +24,7 @@ def usage_stream_drain() -> int:
 
     return drain_usage_stream(batch_size=1000)
 
+
 @shared_task(
     name="usage.tasks.usage_rollup_fold", acks_late=True, time_limit=600, soft_time_limit=540, ignore_result=True
 )

@@ -106,11 +106,11 @@ def test_invoice_page_is_view_only_with_lines_and_payments(ops, billed):
     assert (invoice.total_cents, invoice.status) == (5_000, "paid")
 
 
-@pytest.mark.parametrize(
-    "model", ["invoice", "payment", "refund", "stripeevent", "auditentry", "billingcustomer"]
-)
+@pytest.mark.parametrize("model", ["invoice", "payment", "refund", "stripeevent", "auditentry", "billingcustomer"])
 def test_billing_rows_are_listed_but_cannot_be_added(ops, billed, model):
-    assert ops.get(reverse(f"admin:{'accounts' if model == 'auditentry' else 'billing'}_{model}_add")).status_code == 403
+    assert (
+        ops.get(reverse(f"admin:{'accounts' if model == 'auditentry' else 'billing'}_{model}_add")).status_code == 403
+    )
     assert ops.get(_changelist(model)).status_code == 200
 
 
@@ -163,10 +163,7 @@ def test_payment_refund_event_customer_and_audit_pages(ops, billed, operator):
     audit = ops.get(_changelist("auditentry"), {"team__id__exact": billed["alice"].pk})
     assert [e.pk for e in audit.context["cl"].result_list] == [entry.pk]
     assert (
-        ops.get(_changelist("auditentry"), {"team__id__exact": billed["bob"].pk})
-        .context["cl"]
-        .result_list.count()
-        == 0
+        ops.get(_changelist("auditentry"), {"team__id__exact": billed["bob"].pk}).context["cl"].result_list.count() == 0
     )
     assert ops.get(reverse("admin:accounts_auditentry_change", args=[entry.pk])).status_code == 200
 
@@ -183,7 +180,10 @@ def test_subscription_page_shows_the_team_audit_trail_and_invoices(ops, billed, 
         created_at=datetime(2026, 1, 20, tzinfo=UTC),
     )
     AuditEntry.objects.create(
-        team=billed["bob"], action=AuditEntry.Action.REFUND_FAILED, description="Bob's card failed", created_at=datetime.now(tz=UTC)
+        team=billed["bob"],
+        action=AuditEntry.Action.REFUND_FAILED,
+        description="Bob's card failed",
+        created_at=datetime.now(tz=UTC),
     )
     subscription = subscription_current(team=billed["alice"])
     page = ops.get(reverse("admin:tiers_subscription_change", args=[subscription.pk])).content.decode()

@@ -415,7 +415,9 @@ def test_admin_mau_entry_goes_through_the_service(teams, ops):
     assert future.status_code == 200 and "not started yet" in future.content.decode()
 
     assert "700,000,009" in ops.get(_changelist("monthlyactiveusers")).content.decode()
-    agreement_page = ops.get(reverse("admin:partners_licenseagreement_change", args=[LicenseAgreement.objects.get().pk]))
+    agreement_page = ops.get(
+        reverse("admin:partners_licenseagreement_change", args=[LicenseAgreement.objects.get().pk])
+    )
     assert agreement_page.status_code == 200 and "700000009" in agreement_page.content.decode().replace(",", "")
     change = reverse("admin:partners_monthlyactiveusers_change", args=[report.pk])
     assert ops.post(change, {"active_users": "12"}).status_code == 302

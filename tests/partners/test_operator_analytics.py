@@ -155,7 +155,9 @@ def test_top_customers_by_tokens(history, django_assert_num_queries):
 @pytest.mark.django_db
 def test_top_customers_limit_range_and_owner(history):
     window = _window()
-    assert [c.team_id for c in usage_analytics.top_customers_by_tokens(start=window.start, end=window.end, limit=2)] == [
+    assert [
+        c.team_id for c in usage_analytics.top_customers_by_tokens(start=window.start, end=window.end, limit=2)
+    ] == [
         history["carol"].pk,
         history["dave"].pk,
     ]
@@ -167,7 +169,9 @@ def test_top_customers_limit_range_and_owner(history):
     later = user_create(email="zed@example.com", password="correct-horse-battery-9")
     Membership.objects.create(user=later, team=history["carol"], role=Membership.Role.OWNER)
     Membership.objects.filter(team=history["dave"]).update(role=Membership.Role.MEMBER)
-    owners = {c.team_id: c.owner_email for c in usage_analytics.top_customers_by_tokens(start=window.start, end=window.end)}
+    owners = {
+        c.team_id: c.owner_email for c in usage_analytics.top_customers_by_tokens(start=window.start, end=window.end)
+    }
     assert owners[history["carol"].pk] == "carol@example.com"
     assert owners[history["dave"].pk] == ""
     assert usage_analytics.top_customers_by_tokens(start=_at(2030, 1, 1), end=_at(2030, 2, 1)) == []
@@ -189,7 +193,8 @@ def test_quota_refusals_by_tier_and_code(history, django_assert_num_queries):
     assert report.total == 15
     wide = _window(13)
     assert (
-        usage_analytics.quota_refusals_by_tier(start=wide.start, end=wide.end).tiers[0].by_code["insufficient_quota"] == 108
+        usage_analytics.quota_refusals_by_tier(start=wide.start, end=wide.end).tiers[0].by_code["insufficient_quota"]
+        == 108
     )
 
 
