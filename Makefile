@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format setup clean
+.PHONY: run test lint format setup clean reset
 
 # (Re)install only when requirements.txt changes; a second `make run` starts in seconds.
 $(STAMP): requirements.txt
@@ -43,3 +43,9 @@ format: $(STAMP)
 
 clean:
 	rm -rf var/celery var/static
+
+# Start again from nothing: the database, broker folders and localstripe state under var/ go, then
+# migrate and seed. Needed once after the layout change, which replaced every app's migrations.
+reset:
+	rm -rf var
+	$(MAKE) --no-print-directory setup

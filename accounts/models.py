@@ -146,6 +146,8 @@ class AuditEntry(models.Model):
         CANCELED_NOW = "canceled_now", "Canceled now"
         CHANGE_UNDONE = "change_undone", "Change undone"
         TIER_SET_BY_OPERATOR = "tier_set_by_operator", "Tier set by operator"
+        SUSPENDED = "suspended", "Suspended"
+        UNSUSPENDED = "unsuspended", "Suspension lifted"
         CANCEL_APPLIED = "cancel_applied", "Cancel applied"
         DOWNGRADE_APPLIED = "downgrade_applied", "Downgrade applied"
         TRIAL_ENDED = "trial_ended", "Trial ended"

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol, TypeVar
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -62,6 +64,35 @@ class _KeyRow:
     revoked_at: datetime | None
 
 
+class _HashedKey(Protocol):
+    @property
+    def secret_hash(self) -> str: ...
+
+
+HashedKey = TypeVar("HashedKey", bound=_HashedKey)
+
+
+def secret_key_match(
+    raw_key: str,
+    *,
+    marker: str,
+    prefix_length: int,
+    cache: TTLCache[str, HashedKey | None],
+    load: Callable[[str], HashedKey | None],
+) -> HashedKey | None:
+    """The key row ``raw_key`` names if its SHA-256 hash matches, else None: one indexed lookup by
+    prefix (``load(prefix)``, cached in ``cache``, misses too), then a constant-time comparison of the
+    hashes. Whether the key is still valid (revoked, expired) is the caller's to say. The scheme of
+    team API keys and of partner keys alike (accounts.services.secret_key_save)."""
+    if not raw_key.startswith(marker) or len(raw_key) < prefix_length + 16:
+        return None
+    prefix = raw_key[:prefix_length]
+    row = cache.get_or_load(prefix, lambda: load(prefix))
+    if row is None or not hmac.compare_digest(api_key_hash(raw_key), row.secret_hash):
+        return None
+    return row
+
+
 _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
 
 
@@ -80,12 +111,10 @@ def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> Authen
     One indexed lookup by prefix (cached in-process for TIERLAB_AUTH_CACHE_SECONDS, misses too), then a
     constant-time comparison of SHA-256 hashes. A revocation is therefore seen within that TTL.
     """
-    if not raw_key.startswith(API_KEY_MARKER) or len(raw_key) < API_KEY_PREFIX_LENGTH + 16:
-        return None
-    row = _key_cache.get_or_load(
-        raw_key[:API_KEY_PREFIX_LENGTH], lambda: _load_key_row(raw_key[:API_KEY_PREFIX_LENGTH])
+    row = secret_key_match(
+        raw_key, marker=API_KEY_MARKER, prefix_length=API_KEY_PREFIX_LENGTH, cache=_key_cache, load=_load_key_row
     )
-    if row is None or not hmac.compare_digest(api_key_hash(raw_key), row.secret_hash):
+    if row is None:
         return None
     now = now or timezone.now()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -40,6 +41,30 @@ def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+KeyRow = TypeVar("KeyRow", bound=models.Model)
+
+
+def secret_key_save(
+    *, marker: str, prefix_length: int, build: Callable[[str, str], KeyRow]
+) -> tuple[KeyRow, str] | None:
+    """Draw a new secret (``marker`` + 45 URL-safe characters, about 270 random bits) and save the key
+    row ``build(prefix, secret_hash)`` makes for it: the prefix in the clear for the lookup, the whole
+    secret only as its SHA-256 hash. Returns (row, secret), or None if three draws in a row hit an
+    existing prefix (2^-72 per pair: cheap to handle, never seen). The scheme of team API keys and of
+    partner keys alike; each has its own marker, so neither is mistaken for the other."""
+    for _ in range(3):
+        raw = marker + secrets.token_urlsafe(34)
+        key = build(raw[:prefix_length], api_key_hash(raw))
+        key.full_clean(exclude=["prefix"])
+        try:
+            with transaction.atomic():
+                key.save()
+        except IntegrityError:  # a prefix collision
+            continue
+        return key, raw
+    return None
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -57,24 +82,16 @@ def api_key_create(
         raise ApiKeyError("Give the key a name, e.g. the app that will use it.", extra={"field": "name"})
     if expires_at is not None and expires_at <= timezone.now():
         raise ApiKeyError("The expiry must be in the future.", extra={"field": "expires_at"})
-    for _ in range(3):
-        raw = API_KEY_MARKER + secrets.token_urlsafe(34)
-        key = ApiKey(
-            team=team,
-            name=name,
-            prefix=raw[:API_KEY_PREFIX_LENGTH],
-            secret_hash=api_key_hash(raw),
-            created_by=created_by,
-            expires_at=expires_at,
-        )
-        key.full_clean(exclude=["prefix"])
-        try:
-            with transaction.atomic():
-                key.save()
-        except IntegrityError:  # a prefix collision: 2^-72 per pair, but cheap to handle
-            continue
-        return key, raw
-    raise ApiKeyError("Could not create a unique key; try again.")
+    created = secret_key_save(
+        marker=API_KEY_MARKER,
+        prefix_length=API_KEY_PREFIX_LENGTH,
+        build=lambda prefix, secret_hash: ApiKey(
+            team=team, name=name, prefix=prefix, secret_hash=secret_hash, created_by=created_by, expires_at=expires_at
+        ),
+    )
+    if created is None:
+        raise ApiKeyError("Could not create a unique key; try again.")
+    return created
 
 
 @transaction.atomic

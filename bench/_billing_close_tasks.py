@@ -8,8 +8,8 @@
 
 The caller sets DJANGO_SETTINGS_MODULE, DATABASE_URL (the bench's own database), STRIPE_API_BASE (the
 bench's localstripe), EMAIL_URL and DEBUG. Each step prints one JSON object alone on the last line of
-its stdout. Nothing here edits tiers/: the engine is called through its public functions
-(billing.services.billing_periods_close, billing.services.billing_run) and the gateway
+its stdout. Nothing here changes the engine: it is called through its public functions
+(billing.run.billing_periods_close, billing.run.billing_run) and the gateway
 (billing.stripe_gateway.customer_create, payment_method_attach).
 """
 
@@ -36,13 +36,13 @@ from datetime import UTC, datetime, timedelta
 ANCHOR_DAYS = 31  # anchors on Jan 1..31 (clamped month ends included: Jan 29-31 renew on Feb 28)
 ANCHOR_JITTER_SECONDS = 2400
 OVERAGE_EVERY = 10
-OVERAGE_TOKENS = 250_000_000  # 50M past Pro's 200M: 50 x 60 cents = 3,000 cents
+OVERAGE_TOKENS = 250_000_000  # past Pro's included tokens (200M in the seed catalog)
 SMALL_TOKENS = 12_345
 PLUS, PRO = "plus", "pro"
 
 
 def _django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"  # never an inherited test settings module
     import django
 
     django.setup()
@@ -221,7 +221,7 @@ def migrate(spec: dict) -> dict:
 
 def _profiles(now: datetime) -> list[tuple[int, datetime, datetime, datetime, datetime]]:
     """(k, anchor, period start, period end, usage time) for k = i % ANCHOR_DAYS: the period that ended
-    most recently before ``now`` for an anchor on Jan k+1 (hours vary), computed with tiers/periods.py."""
+    most recently before ``now`` for an anchor on Jan k+1 (hours vary), computed with core/periods.py."""
     from core.periods import period_containing
 
     rows = []
@@ -234,11 +234,53 @@ def _profiles(now: datetime) -> list[tuple[int, datetime, datetime, datetime, da
     return rows
 
 
+def _columns_and_values(model, given: dict[str, tuple[str, list]], *, pg: bool, created: datetime):
+    """The INSERT's column list and SELECT list (and the latter's parameters) for ``model``, from its
+    ``_meta``: every concrete field, with the SQL expression ``given`` for it (by attname), else the
+    value Django would store for a new instance (its default; NULL when nullable; ``created`` for
+    auto_now/auto_now_add), else the database's own (an auto primary key). A required field with no
+    default and nothing given, or a unique one that would get one value for every row, stops the seed
+    with its name: a new column can never break the seed silently or make it insert rubbish."""
+    from django.db import connection
+
+    fields = model._meta.concrete_fields
+    unknown = set(given) - {f.attname for f in fields}
+    if unknown:
+        raise SystemExit(f"{model.__name__} has no field(s) {sorted(unknown)}: update bench/_billing_close_tasks.py")
+    columns, select, params = [], [], []
+    for f in fields:
+        if f.attname in given:
+            expression, values = given[f.attname]
+        elif f.primary_key:
+            continue  # the database numbers the rows
+        else:
+            if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+                value = created
+            else:
+                value = f.get_default()
+                if value is None and not f.null:
+                    raise SystemExit(
+                        f"{model.__name__}.{f.name} is required and has no default: bench/_billing_close_tasks.py "
+                        "must give it a value"
+                    )
+                if f.unique and value is not None:
+                    raise SystemExit(f"{model.__name__}.{f.name} is unique: bench/_billing_close_tasks.py must give it")
+            # Typed on PostgreSQL: an untyped parameter in a SELECT list would be text.
+            expression = f"CAST(%s AS {f.cast_db_type(connection)})" if pg else "%s"
+            values = [f.get_db_prep_save(value, connection)]
+        columns.append(connection.ops.quote_name(f.column))
+        select.append(expression)
+        params += values
+    return columns, select, params
+
+
 def seed(spec: dict) -> dict:
     """``n`` teams, each with an owner, a subscription due at ``now`` on Plus or Pro (active, no trial),
     a BillingCustomer (fake ids, or the real localstripe ones in ``customers``), and one usage record per
     Pro team. Set-based: one INSERT ... SELECT over a generated series per table (generate_series on
-    PostgreSQL, a recursive CTE on SQLite)."""
+    PostgreSQL, a recursive CTE on SQLite): the services would take minutes for 100,000 teams. The
+    columns come from each model's ``_meta`` (``_columns_and_values``); the bench names only the values
+    that matter to the close."""
     _django()
     from django.db import connection, transaction
 
@@ -278,7 +320,7 @@ def seed(spec: dict) -> dict:
     text_i = "CAST(g.i AS text)"
     # Anchors differ per subscription, as real ones do (the moment of the first payment): the profile's
     # time plus 0 to 39:59 minutes, which never crosses a day (profile times are at :17 past the hour),
-    # so the periods stay the ones tiers/periods.py computes for the shifted anchor.
+    # so the periods stay the ones core/periods.py computes for the shifted anchor.
     offset = f"((g.i * 7919) %% {ANCHOR_JITTER_SECONDS})"
     if pg:
 
@@ -289,104 +331,83 @@ def seed(spec: dict) -> dict:
         def shifted(column: str) -> str:
             return f"datetime({column}, '+' || {offset} || ' seconds')"
 
-    created = dt(now - timedelta(days=90))
+    created = now - timedelta(days=90)
 
-    def insert(model, columns: list[str], select: list[str], params: list, where: str = "") -> int:
-        sql = (
+    def sql(expression: str) -> tuple[str, list]:
+        return expression, []
+
+    def param(value) -> tuple[str, list]:
+        return ts if isinstance(value, datetime) else "%s", [dt(value) if isinstance(value, datetime) else value]
+
+    def insert(model, given: dict[str, tuple[str, list]], where: str = "") -> int:
+        columns, select, params = _columns_and_values(model, given, pg=pg, created=created)
+        statement = (
             f"{with_kw} {series_with} INSERT INTO {qn(model._meta.db_table)} ({', '.join(columns)})"  # noqa: S608 - ours
             f" SELECT {', '.join(select)} FROM {series_from} {where}"
         )
         with connection.cursor() as cursor:
-            cursor.execute(sql, [*profile_params, *params])
+            cursor.execute(statement, [*profile_params, *params])
             return cursor.rowcount
 
+    tokens = f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END"
     started = time.perf_counter()
     with transaction.atomic():
         user0 = User.objects.order_by("-id").values_list("id", flat=True).first() or 0
         team0 = Team.objects.order_by("-id").values_list("id", flat=True).first() or 0
         insert(
             User,
-            [
-                "id",
-                "password",
-                "is_superuser",
-                "first_name",
-                "last_name",
-                "is_staff",
-                "is_active",
-                "date_joined",
-                "email",
-            ],
-            [f"{user0} + g.i", "'!'", "%s", "''", "''", "%s", "%s", ts, f"'bench-' || {text_i} || '@bench.invalid'"],
-            [False, False, True, created],
+            {
+                "id": sql(f"{user0} + g.i"),
+                "password": sql("'!'"),  # an unusable password, as set_unusable_password() stores
+                "email": sql(f"'bench-' || {text_i} || '@bench.invalid'"),
+                "date_joined": param(created),
+            },
         )
         insert(
-            Team,
-            ["id", "name", "is_personal", "created_at"],
-            [f"{team0} + g.i", f"'Bench team ' || {text_i}", "%s", ts],
-            [True, created],
+            Team, {"id": sql(f"{team0} + g.i"), "name": sql(f"'Bench team ' || {text_i}"), "is_personal": param(True)}
         )
         insert(
             Membership,
-            ["user_id", "team_id", "role", "created_at"],
-            [f"{user0} + g.i", f"{team0} + g.i", "'owner'", ts],
-            [created],
+            {
+                "user_id": sql(f"{user0} + g.i"),
+                "team_id": sql(f"{team0} + g.i"),
+                "role": param(Membership.Role.OWNER.value),
+            },
         )
         insert(
             Subscription,
-            [
-                "team_id",
-                "tier_id",
-                "status",
-                "billing_anchor",
-                "current_period_start",
-                "current_period_end",
-                "cancel_at_period_end",
-                "created_at",
-                "updated_at",
-            ],
-            [
-                f"{team0} + g.i",
-                f"CASE WHEN g.i %% 2 = 0 THEN {tiers[PRO].pk} ELSE {tiers[PLUS].pk} END",
-                "'active'",
-                shifted("p.anchor"),
-                shifted("p.pstart"),
-                shifted("p.pend"),
-                "%s",
-                ts,
-                ts,
-            ],
-            [False, created, created],
+            {
+                "team_id": sql(f"{team0} + g.i"),
+                "tier_id": sql(f"CASE WHEN g.i %% 2 = 0 THEN {tiers[PRO].pk} ELSE {tiers[PLUS].pk} END"),
+                "status": param(Subscription.Status.ACTIVE.value),
+                "billing_anchor": sql(shifted("p.anchor")),
+                "current_period_start": sql(shifted("p.pstart")),
+                "current_period_end": sql(shifted("p.pend")),
+            },
         )
         insert(
             UsageRecord,
-            ["request_id", "team_id", "model", "prompt_tokens", "completion_tokens", "total_tokens", "created_at"],
-            [
-                f"'bench-' || {text_i}",
-                f"{team0} + g.i",
-                "'Llama-3.3-70B-Instruct'",
-                "0",
-                f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END",
-                f"CASE WHEN g.i %% {2 * OVERAGE_EVERY} = 0 THEN {OVERAGE_TOKENS} ELSE {SMALL_TOKENS} END",
-                "p.used",
-            ],
-            [],
+            {
+                "request_id": sql(f"'bench-' || {text_i}"),
+                "team_id": sql(f"{team0} + g.i"),
+                "model": param("Llama-3.3-70B-Instruct"),
+                "prompt_tokens": sql("0"),
+                "completion_tokens": sql(tokens),
+                "total_tokens": sql(tokens),
+                "created_at": sql("p.used"),
+            },
             where="WHERE g.i %% 2 = 0",
         )
         if customers is None:
             insert(
                 BillingCustomer,
-                [
-                    "team_id",
-                    "stripe_customer_id",
-                    "default_payment_method_id",
-                    "card_brand",
-                    "card_last4",
-                    "created_at",
-                    "updated_at",
-                ],
-                [f"{team0} + g.i", f"'cus_bench_' || {text_i}", f"'pm_bench_' || {text_i}", "'visa'", "'4242'", ts, ts],
-                [created, created],
+                {
+                    "team_id": sql(f"{team0} + g.i"),
+                    "stripe_customer_id": sql(f"'cus_bench_' || {text_i}"),
+                    "default_payment_method_id": sql(f"'pm_bench_' || {text_i}"),
+                    "card_brand": param("visa"),
+                    "card_last4": param("4242"),
+                },
             )
         else:
             BillingCustomer.objects.bulk_create(
@@ -415,7 +436,10 @@ def seed(spec: dict) -> dict:
             cursor.execute("ANALYZE")
     overage = n // (2 * OVERAGE_EVERY)
     plus, pro = (n + 1) // 2, n // 2
-    expected_cents = plus * tiers[PLUS].price_cents + pro * tiers[PRO].price_cents + overage * 3_000
+    # Computed here from the tiers' own figures, not by the code under test: an independent expectation.
+    pro_tier = tiers[PRO]
+    overage_each = -(-(OVERAGE_TOKENS - pro_tier.monthly_tokens) * pro_tier.overage_cents_per_million_tokens // 10**6)
+    expected_cents = plus * tiers[PLUS].price_cents + pro * pro_tier.price_cents + overage * overage_each
     return {
         "n": n,
         "seconds": seeded,
@@ -444,7 +468,7 @@ def close(spec: dict) -> dict:
     from django.db import connection
 
     from billing import close as billing_close
-    from billing import services as billing
+    from billing import run as billing
 
     now = _parse_now(spec["now"])
     batch_size = int(spec.get("batch_size") or billing_close.CLOSE_BATCH_SIZE)
@@ -573,7 +597,7 @@ def pay(spec: dict) -> dict:
     from django.core import mail
     from django.db import connection
 
-    from billing import services as billing
+    from billing import run as billing
 
     now = _parse_now(spec["now"])
     before = _counts(now)

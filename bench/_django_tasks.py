@@ -1,12 +1,13 @@
 """Django-side helpers of bench/api_overhead.py, run in a subprocess with the project's virtualenv:
 
-    .venv/bin/python -m bench._django_tasks setup  --spec '{"run_id": ..., "keys": [...]}'
+    .venv/bin/python -m bench._django_tasks setup  --spec '{"run_id": ..., "keys": [...], "race_keys": [...],
+                                                           "race_quota": 100}'
     .venv/bin/python -m bench._django_tasks drain
     .venv/bin/python -m bench._django_tasks drain-loop --interval 2
     .venv/bin/python -m bench._django_tasks verify --spec '{"keys": [...], "redis_url": ...}'
 
-The environment (DATABASE_URL, REDIS_URL, TIERLAB_QUOTA_BACKEND, ...) comes from the caller. Each
-command prints one JSON object alone on its last line of stdout.
+The environment (DATABASE_URL, REDIS_URL, TIERLAB_QUOTA_BACKEND, ...) comes from the caller; the settings
+are always ``config.settings``. Each command prints one JSON object alone on its last line of stdout.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import time
 
 BENCH_TIER = "bench-high-limits"
+RACE_TIER = "bench-race"
 # Every limit applies and is enforced (a hard monthly cap), so the metered path does all its work
 # (four counters, four pairs of headers), but none can refuse during a run: PositiveIntegerField's
 # ceiling for the per-minute/day limits, 10^15 tokens a month.
@@ -32,7 +34,7 @@ BENCH_TIER_LIMITS = {
 
 
 def _django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"  # never an inherited test or baseline module
     import django
 
     django.setup()
@@ -43,47 +45,55 @@ def _emit(payload: dict) -> None:
     sys.stdout.flush()
 
 
-def setup(spec: dict) -> dict:
-    """Migrate, seed the catalog, make sure the bench tier exists, and create one user + personal team
-    + API key per requested label with ``create_api_key`` (so counts per key are separable)."""
-    _django()
-    from django.core.management import call_command
-
-    from accounts.models import ApiKey
-    from accounts.services import API_KEY_PREFIX_LENGTH
+def _tier_ensure(slug: str, name: str, description: str, limits: dict):
+    """The bench's own tier (not public, free, every model), created once per database."""
     from tiers.models import LanguageModel, Tier
 
-    call_command("migrate", interactive=False, verbosity=0)
-    call_command("seed_tiers", stdout=io.StringIO())
-    tier = Tier.objects.filter(slug=BENCH_TIER).first()
+    tier = Tier.objects.filter(slug=slug).first()
     if tier is None:
         tier = Tier(
-            slug=BENCH_TIER,
-            name="Bench (high limits)",
-            description="bench/api_overhead.py: every limit enforced, none reachable in a run.",
+            slug=slug,
+            name=name,
+            description=description,
             sort_order=900,
             is_paid=False,
             price_cents=0,
             is_public=False,
-            overage_policy="block",
-            **BENCH_TIER_LIMITS,
+            overage_policy=Tier.OveragePolicy.BLOCK,
+            **limits,
         )
         tier.full_clean()
         tier.save()
         tier.allowed_models.set(LanguageModel.objects.filter(is_active=True))
+    return tier
+
+
+def setup(spec: dict) -> dict:
+    """Migrate, seed the catalog, make sure the bench tiers exist, and create one user + personal team
+    + API key per requested label through the project's services (so counts per key are separable):
+    ``keys`` on the high-limits tier, ``race_keys`` on the race tier (``race_quota`` requests a day)."""
+    _django()
+    from django.core.management import call_command
+
+    from accounts.selectors import team_for_user
+    from accounts.services import api_key_create
+    from tiers.services import user_create
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("seed_tiers", stdout=io.StringIO())
+    _tier_ensure(BENCH_TIER, "Bench (high limits)", "bench/api_overhead.py: every limit enforced, none reachable.",
+                 BENCH_TIER_LIMITS)  # fmt: skip
+    race_quota = int(spec.get("race_quota") or 0)
+    if race_quota:
+        _tier_ensure(RACE_TIER, f"Bench race ({race_quota} requests a day)",
+                     "bench/api_overhead.py: a quota that concurrent clients race for.",
+                     {**BENCH_TIER_LIMITS, "requests_per_day": race_quota})  # fmt: skip
+    wanted = [(label, BENCH_TIER) for label in spec["keys"]]
+    wanted += [(label, RACE_TIER) for label in spec.get("race_keys", [])]
     keys = {}
-    for label in spec["keys"]:
-        out = io.StringIO()
-        call_command(
-            "create_api_key",
-            email=f"bench-{spec['run_id']}-{label}@bench.tierlab.localhost",
-            name=f"bench {label}",
-            tier=BENCH_TIER,
-            stdout=out,
-            stderr=io.StringIO(),
-        )
-        secret = out.getvalue().strip().splitlines()[-1].strip()
-        key = ApiKey.objects.get(prefix=secret[:API_KEY_PREFIX_LENGTH])
+    for label, tier_slug in wanted:
+        user = user_create(email=f"bench-{spec['run_id']}-{label}@bench.tierlab.localhost", tier_slug=tier_slug)
+        key, secret = api_key_create(team=team_for_user(user=user), name=f"bench {label}")
         keys[label] = {"secret": secret, "key_id": key.id, "team_id": key.team_id}
     import django
     import redis.utils

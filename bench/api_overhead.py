@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """What metering costs on the model API (DESIGN.md, "Request path of the model API").
 
-Serves the same app under the same WSGI server (gunicorn, sync workers) and drives it from a
-loopback load generator (wrk, from Debian) in one run, alternating three configurations:
+Serves the same app under the same WSGI server (gunicorn, sync workers, the same gunicorn config) and
+drives it from a loopback load generator in one run, alternating three configurations:
 
-  a  POST /v1/chat/completions with accounting switched off (TIERLAB_METERING=0): the same parsing
-     and simulated model, no key check, no quota, no usage record. The baseline.
+  a  POST /v1/chat/completions unmetered: the baseline. Served with bench/settings_baseline.py, whose
+     URLconf (bench/baseline_urls.py) answers the chat endpoints with the same parsing, simulated
+     model and response body as the metered view, but no key check, no quota, no usage record.
+     Nothing in the production code can switch metering off: the baseline lives in bench/.
   b  the full metered path with the Redis quota backend (usage events go to a Redis stream, drained
      into UsageRecord off the request path).
   c  the full metered path with the database quota backend (SQLite by default, or --database-url).
@@ -13,27 +15,42 @@ loopback load generator (wrk, from Debian) in one run, alternating three configu
 For each it prints requests/s, p50 and p99, and the ratios b/a and c/a, computed within each round
 (the rounds rotate the order of the three) and as the median over rounds. Goals on a 2-core machine:
 b/a >= 0.60 with no SQL write on the request path, c/a >= 0.25. When a goal is missed (or with
---profile) a cProfile run inside the gunicorn workers says where the time goes.
+--profile) step timers and a cProfile run inside the gunicorn workers (bench/profiled_wsgi.py) say
+where the time goes.
 
-It also checks correctness: per run, usage records == 200 responses the server sent == the quota
-backend's request counter (after draining the Redis stream, as the Celery task does), and records'
-tokens == the token counter; wrk's own 2xx count may be lower by the requests it abandoned in flight
-when its time ran out (at most one per connection).
+It also checks correctness, from the servers' own counts (bench/gunicorn_hooks.py):
+  - per measured run: usage records == 200 responses the server sent == the quota backend's request
+    counter (after draining the Redis stream, as the Celery task does), records' tokens == the token
+    counter, no other status; the baseline's runs record nothing;
+  - no SQL write while answering b's requests (the Redis backend keeps SQL off the request path);
+  - no over-admission: for b and c, concurrent clients race one key whose tier allows RACE_QUOTA
+    requests a day; exactly RACE_QUOTA are answered 200 (and recorded, and counted), the rest 429.
+With wrk, its own 2xx count may be lower than the server's by the requests it abandoned in flight when
+its time ran out (at most one per connection).
 
-Self-contained and self-stopping: a temporary data dir with its own SQLite database, its own
-redis-server on a free loopback port (no persistence), one gunicorn per configuration, all three up for
-the whole run so the measured slices alternate quickly (a slow change in the machine's load then hits
-a, b and c alike); everything binds 127.0.0.1, every step has a timeout, every child is killed on
-exit. The machine must be otherwise idle: the CPU used by other programs during each slice is
-measured, the script waits for quiet before a slice and measures a slice again when it was disturbed.
+Load generator: wrk (Debian's `wrk` package) when installed; otherwise (or with --load python) a
+small threaded client in this script, new connection per request like wrk against gunicorn's sync
+workers. The Python client takes more CPU per request than wrk on the same 2 cores, which narrows the
+ratios: its figures are for the checks, wrk's for the README.
+
+Self-contained and self-stopping: a temporary data dir with its own SQLite database (or, with
+--database-url, a scratch database it creates on that PostgreSQL server and drops: bench/_pg.py), its
+own redis-server on a free loopback port (no persistence), one gunicorn per configuration, all three
+up for the whole run so the measured slices alternate quickly (a slow change in the machine's load
+then hits a, b and c alike); everything binds 127.0.0.1, every step has a timeout, every child is
+killed on exit. The machine should be otherwise idle: the CPU used by other programs during each
+slice is measured, the script waits for quiet before a slice and measures a slice again when it was
+disturbed (not in --quick).
 
     .venv/bin/python bench/api_overhead.py            # 5 rounds x 6 s per configuration, alternating
-    .venv/bin/python bench/api_overhead.py --quick    # 1 round x 3 s: a smoke run
-    .venv/bin/python bench/api_overhead.py --database-url postgres://u:p@127.0.0.1/tierlab_bench
+    .venv/bin/python bench/api_overhead.py --quick    # 1 round x 2 s, the race, smokes of the profile,
+                                                      # the what-if and the drain loop (every helper
+                                                      # module runs): the CI check
+    .venv/bin/python bench/api_overhead.py --database-url postgres://u:p@127.0.0.1/postgres
 
-Needs wrk (`apt-get install -y wrk`) and redis-server. Exit status: 0 when the benchmark ran (goals
-met or not; --fail-on-miss makes a missed goal or a failed check exit 1), 2 when wrk or redis-server
-is missing, 1 on any other failure.
+Needs redis-server. Exit status: 0 when the benchmark ran and its checks held (goals met or not;
+--fail-on-miss makes a missed goal exit 1 too), 1 when a check failed or a step broke, 2 when
+redis-server (or wrk, with --load wrk) is missing.
 """
 
 from __future__ import annotations
@@ -55,15 +72,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
-PYTHON = VENV_BIN / "python"
-GUNICORN = VENV_BIN / "gunicorn"
+sys.path.insert(0, str(ROOT))
+from bench._pg import is_postgres, scratch_database  # noqa: E402 - stdlib only until called
+
+PYTHON = Path(sys.executable)  # the project's virtualenv: gunicorn and Django come from it
 ENDPOINT = "/v1/chat/completions"
 MODEL = "Llama-3.3-8B-Instruct"  # in every tier, so the bench tier's entitlements are ordinary
 REQUEST_BODY = {
@@ -79,6 +99,9 @@ REQUEST_BODY = {
     "max_completion_tokens": 64,
 }
 GOALS = {"b": 0.60, "c": 0.25}
+# The race for a quota: this many requests a day on the race tier, hit by --connections clients.
+RACE_QUOTA = 100
+WHATIF_CHOICES = ("no-redis",)  # bench/whatif_wsgi.py
 # A run during which other programs used more than this share of one CPU is measured again (--retry-busy).
 BUSY_SHARE = 0.05
 
@@ -90,9 +113,13 @@ class Config:
     metering: bool
     backend: str  # quota backend (irrelevant when metering is off)
 
+    @property
+    def settings(self) -> str:
+        return "config.settings" if self.metering else "bench.settings_baseline"
+
 
 CONFIGS = (
-    Config("a", "baseline: metering off", False, "redis"),
+    Config("a", "baseline: unmetered", False, "redis"),
     Config("b", "metered, Redis backend", True, "redis"),
     Config("c", "metered, database backend", True, "database"),
 )
@@ -115,6 +142,7 @@ class RunResult:
     foreign_top: str = ""
     cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU during the measured window
     drain: dict | None = None
+    kind: str = "measure"  # "measure" (a timed slice), "race" (the quota race), "whatif" (the --quick smoke)
 
     @property
     def wrk_2xx(self) -> int:
@@ -324,10 +352,13 @@ def _post_ok(port: int, secret: str, timeout: float = 5.0) -> int | None:
         return None
 
 
-def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret: str) -> tuple[subprocess.Popen, int]:
+def spawn_gunicorn(env: dict, *, app: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
+    """Start gunicorn (not yet ready: see wait_gunicorn) on a free loopback port."""
     port = _free_port()
     cmd = [
-        str(GUNICORN),
+        str(PYTHON),
+        "-m",
+        "gunicorn",
         app,
         "--bind",
         f"127.0.0.1:{port}",
@@ -348,7 +379,12 @@ def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret
     ]
     with open(log.with_suffix(".out"), "ab") as output:  # Django's own logging goes to stderr
         proc = _spawn(cmd, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    return proc, port
+
+
+def wait_gunicorn(proc: subprocess.Popen, port: int, *, workers: int, log: Path, probe_secret: str) -> None:
+    """Until a probe request is answered 200 and every worker is up (bounded)."""
+    deadline = time.monotonic() + 90
     status = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -357,11 +393,17 @@ def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret
         if status == 200:
             # Both workers must be up: gunicorn answers as soon as the first one is.
             if len(_children_of(proc.pid)) >= workers:
-                return proc, port
+                return
         elif status is not None:
             raise RuntimeError(f"gunicorn answered {status} to the probe request:\n{_tail(log)}")
         time.sleep(0.1)
-    raise RuntimeError(f"gunicorn not ready within 60 s (last status {status}):\n{_tail(log)}")
+    raise RuntimeError(f"gunicorn not ready within 90 s (last status {status}):\n{_tail(log)}")
+
+
+def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret: str) -> tuple[subprocess.Popen, int]:
+    proc, port = spawn_gunicorn(env, app=app, workers=workers, log=log)
+    wait_gunicorn(proc, port, workers=workers, log=log, probe_secret=probe_secret)
+    return proc, port
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -442,7 +484,7 @@ def run_wrk(url: str, lua: Path, *, seconds: float, connections: int, threads: i
         "-c",
         str(connections),
         "-d",
-        f"{seconds:g}s",
+        f"{max(1, round(seconds))}s",  # wrk takes whole seconds only
         "--latency",
         "--timeout",
         "10s",
@@ -475,6 +517,70 @@ def run_wrk(url: str, lua: Path, *, seconds: float, connections: int, threads: i
     }
 
 
+def run_python_load(port: int, secret: str, *, seconds: float, connections: int) -> dict:
+    """wrk's stand-in where wrk is not installed (CI): ``connections`` threads, each sending the request
+    on a new connection until the time is up (gunicorn's sync workers close every connection after the
+    response, for wrk too). A request started before the deadline is finished and counted, so nothing
+    is abandoned in flight: the 2xx count equals the server's."""
+    body = json.dumps(REQUEST_BODY, separators=(",", ":")).encode()
+    head = (
+        f"POST {ENDPOINT} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {secret}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    request = head.encode() + body
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    errors = [0]
+    lock = threading.Lock()
+
+    def client(deadline: float) -> None:
+        mine: list[float] = []
+        codes: Counter = Counter()
+        failed = 0
+        while time.monotonic() < deadline:
+            began = time.perf_counter()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(request)
+                    chunks = []
+                    while chunk := sock.recv(65536):
+                        chunks.append(chunk)
+            except OSError:
+                failed += 1
+                continue
+            response = b"".join(chunks)
+            mine.append(time.perf_counter() - began)
+            codes[int(response[9:12]) if response.startswith(b"HTTP/1.") else 0] += 1
+        with lock:
+            latencies.extend(mine)
+            statuses.update(codes)
+            errors[0] += failed
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(started + seconds,), daemon=True) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 60)
+    elapsed = time.monotonic() - started
+    if any(thread.is_alive() for thread in threads):
+        raise RuntimeError("the Python load generator did not finish in time")
+    latencies.sort()
+    requests = sum(statuses.values())
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return {
+        "requests": requests,
+        "status": sum(n for code, n in statuses.items() if not 200 <= code < 300),
+        "rps": requests / elapsed if elapsed else 0.0,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "socket_errors": errors[0],
+    }
+
+
 # --- the benchmark ------------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
@@ -490,13 +596,21 @@ class Bench:
             .split()[0]
         )
         self.versions: dict = {}
-        self.database_url = args.database_url or f"sqlite:///{tmp / 'bench.sqlite3'}"
-        self.db_vendor = "postgresql" if self.database_url.startswith(("postgres", "pgsql")) else "sqlite"
+        self.database_url = f"sqlite:///{tmp / 'bench.sqlite3'}"
+        self.db_vendor = "sqlite"
+        self.drop_database = None
+        if args.database_url:
+            if not is_postgres(args.database_url):
+                raise RuntimeError("--database-url must be a PostgreSQL URL (the default is a temporary SQLite file)")
+            self.database_url, self.drop_database = scratch_database(args.database_url, "api_overhead")
+            self.db_vendor = "postgresql"
+        self.servers: dict[str, tuple[subprocess.Popen, int, Path]] = {}
+        self.spare: dict[str, tuple[subprocess.Popen, int, Path]] = {}  # started, idle until profile/what-if
 
     def env(self, config: Config | None = None, **extra: str) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERLAB_", "CELERY_", "BENCH_"))}
         env.update(
-            DJANGO_SETTINGS_MODULE="config.settings",
+            DJANGO_SETTINGS_MODULE=config.settings if config else "config.settings",
             DEBUG="0",
             LOG_LEVEL="WARNING",
             DATABASE_URL=self.database_url,
@@ -504,7 +618,6 @@ class Bench:
             CELERY_BROKER_DIR=str(self.tmp / "celery"),
             CACHE_URL="locmemcache://",
             TIERLAB_PRODUCTION="0",
-            TIERLAB_METERING="1" if config is None or config.metering else "0",
             TIERLAB_QUOTA_BACKEND=config.backend if config else "redis",
             PYTHONUNBUFFERED="1",
         )
@@ -518,33 +631,52 @@ class Bench:
             if self.args.redis_unix_socket
             else f"redis://127.0.0.1:{self.redis_port}/0"
         )
-        labels = ["warm", "pa", "pb", "pc"] + [
+        labels = ["warm", "pa", "pb", "pc", "whatif"] + [
             f"{c.code}{r}" + (f"r{attempt}" if attempt else "")
             for r in range(1, self.args.rounds + 1)
             for c in CONFIGS
             for attempt in range(self.args.retry_busy + 1)
         ]
+        race_labels = [f"race-{c.code}" for c in CONFIGS if c.metering]
         run_id = f"{int(time.time())}-{os.getpid()}"
-        result = _run_django("setup", self.env(), spec={"run_id": run_id, "keys": labels}, timeout=600)
+        spec = {"run_id": run_id, "keys": labels, "race_keys": race_labels, "race_quota": RACE_QUOTA}
+        result = _run_django("setup", self.env(), spec=spec, timeout=600)
         self.keys = result["keys"]
         self.versions = result["versions"]
         for label, info in self.keys.items():
             info["lua"] = write_lua(self.tmp, label, info["secret"])
 
-    def _serve(self, config: Config, name: str, *, profile: str = ""):
+    def load(self, port: int, label: str, seconds: float) -> dict:
+        """Drive ``port`` for ``seconds`` with ``label``'s key, with wrk or the Python client."""
+        if self.args.load == "wrk":
+            return run_wrk(
+                f"http://127.0.0.1:{port}{ENDPOINT}",
+                self.keys[label]["lua"],
+                seconds=seconds,
+                connections=self.args.connections,
+                threads=self.args.threads,
+            )
+        return run_python_load(port, self.keys[label]["secret"], seconds=seconds, connections=self.args.connections)
+
+    def _spawn_server(self, config: Config, name: str, *, profile: str = "", whatif: str = ""):
         stats_dir = self.tmp / "stats" / name
-        whatif = self.args.what_if if config.code == "b" and not profile else ""
-        env = self.env(config, BENCH_STATS_DIR=str(stats_dir), BENCH_PROFILE=profile, BENCH_WHATIF=whatif)
+        env = self.env(
+            config,
+            BENCH_STATS_DIR=str(stats_dir),
+            BENCH_PROFILE=profile,
+            BENCH_PROFILE_SKIP=str(self.args.profile_skip),
+            BENCH_WHATIF=whatif,
+        )
         app = "bench.profiled_wsgi:application" if profile else "config.wsgi:application"
         if whatif:
             app = "bench.whatif_wsgi:application"
-        proc, port = start_gunicorn(
-            env,
-            app=app,
-            workers=self.args.workers,
-            log=self.tmp / f"gunicorn-{name}.log",
-            probe_secret=self.keys["warm"]["secret"],
-        )
+        log = self.tmp / f"gunicorn-{name}.log"
+        proc, port = spawn_gunicorn(env, app=app, workers=self.args.workers, log=log)
+        return proc, port, stats_dir, log
+
+    def _serve(self, config: Config, name: str, *, profile: str = "", whatif: str = ""):
+        proc, port, stats_dir, log = self._spawn_server(config, name, profile=profile, whatif=whatif)
+        wait_gunicorn(proc, port, workers=self.args.workers, log=log, probe_secret=self.keys["warm"]["secret"])
         return proc, port, stats_dir
 
     def postgres_pids(self) -> list[int]:
@@ -580,19 +712,23 @@ class Bench:
     def start_servers(self) -> None:
         """One gunicorn per configuration, all up for the whole run (an idle one costs nothing), so the
         measured slices can alternate quickly: slow changes in the machine's load then hit a, b and c
-        alike, and the ratios within a round stay fair."""
-        self.servers: dict[str, tuple[subprocess.Popen, int, Path]] = {}
+        alike, and the ratios within a round stay fair. Started together, then waited for. With
+        --quick, the servers of the profile and what-if smokes are started with them (idle until used)."""
+        plan = {c.code: (c, "", self.args.what_if if c.code == "b" else "") for c in CONFIGS}
+        if self.args.quick:
+            b = CONFIGS[1]
+            plan |= {"whatif-b": (b, "", "no-redis"), "timers-b": (b, "timers", ""), "cprofile-b": (b, "cprofile", "")}
+        spawned = {
+            name: self._spawn_server(config, name, profile=profile, whatif=whatif)
+            for name, (config, profile, whatif) in plan.items()
+        }
+        for name, (proc, port, stats_dir, log) in spawned.items():
+            wait_gunicorn(proc, port, workers=self.args.workers, log=log, probe_secret=self.keys["warm"]["secret"])
+            measured = name in {c.code for c in CONFIGS}
+            (self.servers if measured else self.spare)[name] = (proc, port, stats_dir)
         for config in CONFIGS:
-            proc, port, stats_dir = self._serve(config, config.code)
-            self.servers[config.code] = (proc, port, stats_dir)
             if self.args.warmup > 0:  # imports, caches, the team's first quota row: not measured
-                run_wrk(
-                    f"http://127.0.0.1:{port}{ENDPOINT}",
-                    self.keys["warm"]["lua"],
-                    seconds=2 * self.args.warmup,
-                    connections=self.args.connections,
-                    threads=self.args.threads,
-                )
+                self.load(self.servers[config.code][1], "warm", 2 * self.args.warmup)
 
     def stop_servers(self, runs: list[RunResult]) -> dict[str, dict[str, int]]:
         """Stop the servers; fill each run's server-side response counts (by its key); returns the SQL
@@ -606,14 +742,20 @@ class Bench:
             sql_by_config[code] = sql
             responses.update(server_responses)  # the keys' suffixes differ between servers' runs
         for run in runs:
-            suffix = self.keys[run.label]["secret"][-8:]
-            run.server_responses = {}
-            for key, count in responses.items():
-                key_suffix, status = key.rsplit(" ", 1)
-                if key_suffix == suffix:
-                    run.server_responses[int(status)] = run.server_responses.get(int(status), 0) + count
+            if run.kind == "whatif":
+                continue  # its own server's counts, filled by whatif_smoke
+            run.server_responses = self.responses_of(run.label, responses)
         self.servers = {}
         return sql_by_config
+
+    def responses_of(self, label: str, responses: dict[str, int]) -> dict[int, int]:
+        suffix = self.keys[label]["secret"][-8:]
+        found: dict[int, int] = {}
+        for key, count in responses.items():
+            key_suffix, status = key.rsplit(" ", 1)
+            if key_suffix == suffix:
+                found[int(status)] = found.get(int(status), 0) + count
+        return found
 
     def measure(self, config: Config, round_no: int, attempt: int = 0) -> RunResult:
         args = self.args
@@ -626,17 +768,10 @@ class Bench:
                 f"gunicorn for {config.code} exited ({proc.returncode}):\n"
                 f"{_tail(self.tmp / f'gunicorn-{config.code}.log')}"
             )
-        url = f"http://127.0.0.1:{port}{ENDPOINT}"
         drainer = None
         try:
             if args.warmup > 0:  # the other servers just had the CPUs: back to a steady state first
-                run_wrk(
-                    url,
-                    self.keys["warm"]["lua"],
-                    seconds=args.warmup,
-                    connections=args.connections,
-                    threads=args.threads,
-                )
+                self.load(port, "warm", args.warmup)
             if args.drain_during and config.code == "b":
                 drainer = _spawn(
                     [str(PYTHON), "-m", "bench._django_tasks", "drain-loop", "--interval", "2"],
@@ -654,22 +789,27 @@ class Bench:
                 pids["drainer"] = [drainer.pid]
             before = {k: sum(_cpu_ticks(p) for p in v) for k, v in pids.items()}
             before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            before_self = resource.getrusage(resource.RUSAGE_SELF)
             ticks_before = _all_ticks()
             busy_before = _busy_seconds()
-            result = run_wrk(
-                url, self.keys[label]["lua"], seconds=args.duration, connections=args.connections, threads=args.threads
-            )
+            result = self.load(port, label, args.duration)
             after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            after_self = resource.getrusage(resource.RUSAGE_SELF)
             busy = _busy_seconds() - busy_before
             ticks_after = _all_ticks()
             hz = os.sysconf("SC_CLK_TCK")
             cpu = {k: (sum(_cpu_ticks(p) for p in v) - before[k]) / hz for k, v in pids.items()}
-            cpu["wrk"] = (after_children.ru_utime + after_children.ru_stime) - (
-                before_children.ru_utime + before_children.ru_stime
-            )
+            if args.load == "wrk":
+                cpu["wrk"] = (after_children.ru_utime + after_children.ru_stime) - (
+                    before_children.ru_utime + before_children.ru_stime
+                )
+            else:
+                cpu["load (python)"] = (after_self.ru_utime + after_self.ru_stime) - (
+                    before_self.ru_utime + before_self.ru_stime
+                )
             # Other programs competing for the CPUs make the run unrepresentative: say so.
             ours = {os.getpid(), *(p for v in pids.values() for p in v)}
-            for server, _, _ in self.servers.values():
+            for server, _, _ in (*self.servers.values(), *self.spare.values()):
                 ours |= {server.pid, *_children_of(server.pid)}
             foreign, foreign_top = _foreign_cpu(ticks_before, ticks_after, ours)
             # Processes that came and went meanwhile are missing from the snapshots: the machine's busy
@@ -708,29 +848,67 @@ class Bench:
             run.drain = {**(run.drain or {}), "after": _run_django("drain", self.env(config), timeout=600)}
         return run
 
+    def race(self, config: Config) -> RunResult:
+        """Concurrent clients against one key whose tier allows RACE_QUOTA requests a day, for long
+        enough to send several times that: the quota must admit exactly RACE_QUOTA."""
+        label = f"race-{config.code}"
+        _proc, port, _stats_dir = self.servers[config.code]
+        result = self.load(port, label, self.args.race_seconds)
+        run = RunResult(
+            config=config,
+            round=0,
+            label=label,
+            rps=result["rps"],
+            p50_ms=result["p50_ms"],
+            p99_ms=result["p99_ms"],
+            requests=result["requests"],
+            non_2xx=result["status"],
+            socket_errors=result["socket_errors"],
+            kind="race",
+        )
+        _say(
+            f"  race {config.code}: {run.requests} requests from {self.args.connections} clients for a quota of "
+            f"{RACE_QUOTA}: {run.wrk_2xx} answered 2xx"
+        )
+        return run
+
+    def whatif_smoke(self) -> RunResult:
+        """--quick: b served by bench/whatif_wsgi.py (no-redis) for a moment: it must answer 200 and record
+        nothing (its consume never reaches Redis). Also shows what b would be without the round trip."""
+        config = CONFIGS[1]
+        proc, port, stats_dir = self.spare.pop("whatif-b", None) or self._serve(config, "whatif-b", whatif="no-redis")
+        try:
+            self.load(port, "warm", self.args.warmup)
+            result = self.load(port, "whatif", self.args.duration)
+        finally:
+            _stop(proc, grace=20)
+        responses, _, _ = read_worker_stats(stats_dir)
+        run = RunResult(
+            config=config,
+            round=0,
+            label="whatif",
+            rps=result["rps"],
+            p50_ms=result["p50_ms"],
+            p99_ms=result["p99_ms"],
+            requests=result["requests"],
+            non_2xx=result["status"],
+            socket_errors=result["socket_errors"],
+            server_responses=self.responses_of("whatif", responses),
+            kind="whatif",
+        )
+        _say(f"  what-if no-redis (b without its Redis round trip): {run.rps:8.1f} req/s  p50 {run.p50_ms:.2f} ms")
+        return run
+
     def profile(self, config: Config, mode: str) -> dict:
         """A short run with ``mode`` ("timers" or "cprofile") inside both workers; returns the merged data."""
         label = f"p{config.code}"
         if self.args.quiet_wait > 0:
             self.wait_quiet()
-        proc, port, stats_dir = self._serve(config, f"{mode}-{config.code}", profile=mode)
+        name = f"{mode}-{config.code}"
+        proc, port, stats_dir = self.spare.pop(name, None) or self._serve(config, name, profile=mode)
         try:
-            url = f"http://127.0.0.1:{port}{ENDPOINT}"
-            warm = max(1.0, self.args.warmup)
-            run_wrk(
-                url,
-                self.keys["warm"]["lua"],
-                seconds=warm,
-                connections=self.args.connections,
-                threads=self.args.threads,
-            )
-            result = run_wrk(
-                url,
-                self.keys[label]["lua"],
-                seconds=self.args.profile_seconds,
-                connections=self.args.connections,
-                threads=self.args.threads,
-            )
+            self.load(port, "warm", max(1.0, self.args.warmup))
+            result = self.load(port, label, self.args.profile_seconds)
         finally:
             _stop(proc, grace=20)
         if config.backend == "redis" and config.metering:
@@ -739,6 +917,8 @@ class Bench:
         if not profiles:
             raise RuntimeError(f"no profile written for {config.code}: see {self.tmp}/gunicorn-{mode}-*.log")
         requests = sum(json.loads(p.with_suffix(".json").read_text())["profile"]["requests"] for p in profiles)
+        if not requests:
+            raise RuntimeError(f"the {mode} profile of {config.code} measured no request (BENCH_PROFILE_SKIP?)")
         data = {"requests": requests, "rps": result["rps"], "p50_ms": result["p50_ms"]}
         if mode == "cprofile":
             data["stats"] = pstats.Stats(*[str(p) for p in profiles])
@@ -754,16 +934,23 @@ class Bench:
         return data
 
     def verify(self, runs: list[RunResult]) -> dict:
+        # The races' and the smoke's events: into UsageRecord first, as the Celery task would.
+        _run_django("drain", self.env(CONFIGS[1]), timeout=600)
         spec_keys = {}
         for run in runs:
             info = self.keys[run.label]
+            metered = run.config.metering and run.kind != "whatif"
             spec_keys[run.label] = {
                 "key_id": info["key_id"],
                 "team_id": info["team_id"],
-                "backend": run.config.backend if run.config.metering else None,
+                "backend": run.config.backend if metered else None,
             }
         spec = {"keys": spec_keys, "redis_url": self.redis_url}
         return _run_django("verify", self.env(), spec=spec, timeout=600)["keys"]
+
+    def close(self) -> None:
+        if self.drop_database is not None:
+            self.drop_database()
 
 
 # --- reporting ----------------------------------------------------------------------------------------------
@@ -771,16 +958,16 @@ BREAKDOWN = (
     # (label, path fragment, function name)
     ("whole request in Django (WSGIHandler)", "django/core/handlers/wsgi.py", "__call__"),
     ("  the view (model_api.native_chat_completions)", "usage/model_api.py", "native_chat_completions"),
+    ("  the baseline view (bench/baseline_urls.py)", "bench/baseline_urls.py", "_chat_baseline"),
     ("    key check: metering.caller_authenticate", "usage/metering.py", "caller_authenticate"),
     ("    parsing: model_api._chat_request", "usage/model_api.py", "_chat_request"),
-    ("    quota check: metering.admit", "usage/metering.py", "admit"),
-    ("      backend.reserve (redis)", "usage/quotas/redis.py", "reserve"),
-    ("      backend.reserve (database)", "usage/quotas/database.py", "reserve"),
     ("    simulated model: simulator.complete", "usage/simulator.py", "complete"),
-    ("    settle + usage event/record: metering.settle", "usage/metering.py", "settle"),
-    ("      backend.settle (redis)", "usage/quotas/redis.py", "settle"),
-    ("      backend.settle (database)", "usage/quotas/database.py", "settle"),
-    ("        usage_records_create (COUNT, INSERT, COUNT)", "usage/services.py", "usage_records_create"),
+    ("    quota + usage event/record: metering.admit_and_record", "usage/metering.py", "admit_and_record"),
+    ("      backend.consume (redis: one script call)", "usage/quotas/redis.py", "consume"),
+    ("      backend.consume (database: reserve + settle)", "usage/quotas/base.py", "consume"),
+    ("        backend.reserve (database)", "usage/quotas/database.py", "reserve"),
+    ("        backend.settle (database)", "usage/quotas/database.py", "settle"),
+    ("          usage_records_create (COUNT, INSERT, COUNT)", "usage/services.py", "usage_records_create"),
     ("    rate-limit headers: metering.headers_after", "usage/metering.py", "headers_after"),
     ("    JSON body: model_api._json_response", "usage/model_api.py", "_json_response"),
     ("  redis-py Script calls (EVALSHA round trips)", "redis/commands/core.py", "__call__"),
@@ -802,15 +989,14 @@ def _cumulative(stats: pstats.Stats, fragment: str, name: str) -> float:
 TIMER_ORDER = (
     "whole app (Django, incl. response close)",
     "view: model_api._chat",
-    "unmetered view: model_api._chat_unmetered",
+    "baseline view: baseline_urls._chat_baseline",
     "key check: metering.caller_authenticate",
     "parsing: model_api._chat_request",
-    "quota check: metering.admit",
-    "RedisQuotaBackend.reserve",
-    "DatabaseQuotaBackend.reserve",
     "simulated model: model_api.complete",
-    "settle: metering.settle",
-    "RedisQuotaBackend.settle",
+    "quota + record: metering.admit_and_record",
+    "RedisQuotaBackend.consume",
+    "DatabaseQuotaBackend.consume",
+    "DatabaseQuotaBackend.reserve",
     "DatabaseQuotaBackend.settle",
     "usage_records_create",
     "headers: metering.headers_after",
@@ -823,12 +1009,12 @@ TIMER_ORDER = (
 _NESTING = {
     "whole app (Django, incl. response close)": 0,
     "view: model_api._chat": 1,
-    "unmetered view: model_api._chat_unmetered": 1,
-    "RedisQuotaBackend.reserve": 3,
-    "DatabaseQuotaBackend.reserve": 3,
-    "RedisQuotaBackend.settle": 3,
-    "DatabaseQuotaBackend.settle": 3,
-    "usage_records_create": 4,
+    "baseline view: baseline_urls._chat_baseline": 1,
+    "RedisQuotaBackend.consume": 3,
+    "DatabaseQuotaBackend.consume": 3,
+    "DatabaseQuotaBackend.reserve": 4,
+    "DatabaseQuotaBackend.settle": 4,
+    "usage_records_create": 5,
     "redis Script call (EVALSHA round trip)": 1,
     "SQL CursorWrapper.execute": 1,
     "DB commit": 1,
@@ -853,6 +1039,8 @@ def print_timers(config: Config, data: dict, baseline: dict | None) -> None:
         _say(f"  {label:<56} {calls / n:5.2f} {wall / n * 1e6:8.1f} {cpu / n * 1e6:7.1f} {(wall - cpu) / n * 1e6:8.1f}")
     whole = timers.get(_WHOLE, [0, 0.0, 0.0])
     view = timers.get("view: model_api._chat", [0, 0.0, 0.0])
+    if not view[0]:
+        view = timers.get("baseline view: baseline_urls._chat_baseline", [0, 0.0, 0.0])
     if view[0]:
         wall, cpu = (whole[1] - view[1]) / n * 1e6, (whole[2] - view[2]) / n * 1e6
         label = "  Django around the view (middleware, URLs, response)"
@@ -901,16 +1089,23 @@ def _median(values: list[float]) -> float:
 
 def report(
     bench: Bench, runs: list[RunResult], checks: dict, sql_by_config: dict, args: argparse.Namespace
-) -> tuple[bool, list[str]]:
-    """Prints the table, the ratios and the checks; returns (all goals and checks passed, missed goals)."""
-    attempts, runs = runs, [r for r in runs if not r.discarded]
+) -> tuple[list[str], list[str]]:
+    """Prints the table, the ratios and the checks; returns (missed goals, failed checks)."""
+    extra = [r for r in runs if r.kind != "measure"]
+    attempts = [r for r in runs if r.kind == "measure"]
+    runs = [r for r in attempts if not r.discarded]
     by_round: dict[int, dict[str, RunResult]] = {}
     for run in runs:
         by_round.setdefault(run.round, {})[run.config.code] = run
+    load = (
+        f"wrk -t{args.threads} -c{args.connections}"
+        if args.load == "wrk"
+        else f"the Python load generator, {args.connections} connections"
+    )
     _say("")
     _say(
         f"TierLab model API overhead: POST {ENDPOINT} ({MODEL}, max_completion_tokens 64), "
-        f"gunicorn {args.workers} sync workers, wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
+        f"gunicorn {args.workers} sync workers, {load}, {args.duration:g} s per slice, "
         f"{args.rounds} round(s), {os.cpu_count()} CPUs"
     )
     versions = bench.versions
@@ -957,13 +1152,18 @@ def report(
             f"{_fmt_ms(_median([r.p50_ms for r in rs])):>10} {_fmt_ms(_median([r.p99_ms for r in rs])):>10} "
             f"{'':>8} {ratio:7.3f}"
         )
-    _say("(others: CPU used by programs outside this benchmark during the run, in % of one CPU; wrk and the")
-    _say(" servers need all 2 CPUs, so anything above a few % makes that run's numbers unrepresentative)")
+    _say("(others: CPU used by programs outside this benchmark during the run, in % of one CPU; the load")
+    _say(" generator and the servers need all the CPUs, so anything above a few % makes that run unrepresentative)")
     busy = [r for r in runs if r.foreign_cpu > BUSY_SHARE * args.duration]
     if busy:
         _say(
             f"WARNING: {len(busy)} of {len(runs)} runs shared the CPUs with other programs "
             f"({'; '.join(sorted({r.foreign_top for r in busy}))}): rerun on a quiet machine."
+        )
+    if args.load != "wrk":
+        _say(
+            "NOTE: measured with the Python load generator (wrk is not installed), which takes more CPU per "
+            "request than wrk on the same cores: the ratios are narrower than wrk's."
         )
     _say("")
     missed = []
@@ -981,6 +1181,12 @@ def report(
                 + ("  ".join(f"{v:.3f}" for v in clean[code]) or "none")
                 + (f"   median {_median(clean[code]):.3f}" if clean[code] else "")
             )
+    for run in extra:
+        if run.kind == "whatif" and med_rps.get("a"):
+            _say(
+                f"what-if no-redis (b without its Redis round trip): {run.rps:.1f} req/s = "
+                f"{run.rps / med_rps['a']:.3f} x a (one short slice, outside the rotation)"
+            )
 
     # CPU and SQL per request: where the machine's time went during the measured windows.
     _say("")
@@ -989,41 +1195,62 @@ def report(
         rs = [r for r in runs if r.config.code == config.code]
         sql = sql_by_config.get(config.code, {})
         served = sql.get("responses", 0) or 1
-        wrk_done = sum(r.requests for r in rs) or 1
+        load_done = sum(r.requests for r in rs) or 1
         cpu = {}
         for r in rs:
             for k, v in r.cpu.items():
                 cpu[k] = cpu.get(k, 0.0) + v
-        cpu_text = ", ".join(f"{k} {v / wrk_done * 1000:.2f}" for k, v in cpu.items())
+        cpu_text = ", ".join(f"{k} {v / load_done * 1000:.2f}" for k, v in cpu.items())
         _say(
             f"  {config.code}: {cpu_text}; SQL reads {sql.get('read', 0) / served:.3f}, writes "
-            f"{sql.get('write', 0) / served:.3f} per request, requests with a SQL write: "
-            f"{sql.get('requests_with_write', 0)} of {served} (all of this server's requests, warm-up included)"
+            f"{sql.get('write', 0) / served:.3f} per request, answered requests with a SQL write: "
+            f"{sql.get('requests_with_write', 0)} of {served} (all of this server's requests: warm-up and race "
+            "included)"
         )
 
     # Correctness.
+    failed: list[str] = []
     _say("")
     _say(
         "Correctness per run (server = 200 responses counted inside gunicorn for the run's key; "
         "counter = the quota backend's requests-today counter):"
     )
     _say(
-        f"  {'run':<4} {'wrk 2xx':>8} {'server 200':>11} {'other':>6} {'records':>8} {'counter':>8} "
-        f"{'tokens rec/counter':>22}  records == admitted"
+        f"  {'run':<7} {'client 2xx':>10} {'server 200':>11} {'other':>6} {'records':>8} {'counter':>8} "
+        f"{'tokens rec/counter':>22}  ok"
     )
-    all_ok = True
-    for run in attempts:
+    for run in attempts + extra:
         check = checks.get(run.label, {})
         served = run.server_responses.get(200, 0)
         other = sum(v for s, v in run.server_responses.items() if s != 200)
         records = check.get("records", -1)
-        if run.config.code == "b" and args.what_if:
-            _say(
-                f"  {run.label:<4} {run.wrk_2xx:>8} {served:>11} {other:>6} {records:>8}   "
-                f"not checked: --what-if {args.what_if}"
-            )
-            continue
-        if run.config.metering:
+        counter, tokens, note = "-", "-", ""
+        if run.kind == "race":
+            counter = check.get("counter_requests_today")
+            refused = run.server_responses.get(429, 0)
+            ok = served == records == counter == RACE_QUOTA and refused == other and served + refused > RACE_QUOTA
+            note = f"race: {RACE_QUOTA} admitted of {served + refused}, {refused} refused (429)"
+            if not ok:
+                failed.append(
+                    f"over- or under-admission in the race on {run.config.code}: quota {RACE_QUOTA}, server answered "
+                    f"200 x{served} and {dict(run.server_responses)}, records {records}, counter {counter}"
+                    + (
+                        "; the load never exceeded the quota: raise --race-seconds"
+                        if served + refused <= RACE_QUOTA
+                        else ""
+                    )
+                )
+        elif run.kind == "whatif":
+            ok = served > 0 and other == 0 and records == 0
+            note = "what-if no-redis: all 200, nothing recorded"
+            if not ok:
+                failed.append(
+                    f"the what-if server (bench/whatif_wsgi.py): {dict(run.server_responses)}, records {records}"
+                )
+        elif run.config.code == "b" and args.what_if:
+            ok = True
+            note = f"not checked: --what-if {args.what_if}"
+        elif run.config.metering:
             counter = check.get("counter_requests_today")
             tokens_ok = check.get("record_tokens") == check.get("counter_tokens_period")
             in_flight = served - run.wrk_2xx
@@ -1035,13 +1262,20 @@ def report(
                 and 0 <= in_flight <= args.connections
             )
             tokens = f"{check.get('record_tokens')}/{check.get('counter_tokens_period')}"
+            if not ok:
+                failed.append(
+                    f"run {run.label}: records {records}, server 200 {served}, counter {counter}, tokens {tokens}, "
+                    f"other statuses {other}, client 2xx {run.wrk_2xx}"
+                )
         else:
-            counter, tokens = "-", "-"
-            ok = records == 0 and other == 0  # the baseline records nothing
-        all_ok &= ok
+            ok = records == 0 and other == 0 and served > 0  # the baseline answers and records nothing
+            note = "baseline: records nothing"
+            if not ok:
+                failed.append(f"baseline run {run.label}: records {records}, statuses {dict(run.server_responses)}")
         _say(
-            f"  {run.label:<4} {run.wrk_2xx:>8} {served:>11} {other:>6} {records:>8} {counter!s:>8} {tokens:>22}  "
+            f"  {run.label:<7} {run.wrk_2xx:>10} {served:>11} {other:>6} {records:>8} {counter!s:>8} {tokens:>22}  "
             f"{'yes' if ok else 'NO'}{'  (run discarded: machine busy)' if run.discarded else ''}"
+            + (f"  {note}" if note else "")
         )
         if run.drain:
             after = run.drain.get("after") or {}
@@ -1053,13 +1287,16 @@ def report(
                 text += f"; drained during the run: {during}"
             _say(f"       {text}")
     b_sql = sql_by_config.get("b", {}).get("requests_with_write", 0)
-    _say(f"records == admitted: {'yes' if all_ok else 'no'}")
-    _say(f"no SQL write on the request path with the Redis backend (b): {'yes' if b_sql == 0 else f'no ({b_sql})'}")
-    _say(
-        "  (wrk 2xx can be lower than server 200 by the requests in flight when wrk stopped: at most one per "
-        "connection)"
-    )
-    return (not missed and all_ok and b_sql == 0), missed
+    if b_sql:
+        failed.append(f"{b_sql} of b's answered requests wrote to the database (the Redis backend must not)")
+    _say(f"records == admitted, no over-admission: {'yes' if not failed else 'NO'}")
+    _say(f"no SQL write on the request path with the Redis backend (b): {'yes' if b_sql == 0 else f'NO ({b_sql})'}")
+    if args.load == "wrk":
+        _say(
+            "  (wrk 2xx can be lower than server 200 by the requests in flight when wrk stopped: at most one per "
+            "connection)"
+        )
+    return missed, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1072,13 +1309,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
     parser.add_argument(
+        "--load",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="load generator: wrk, the Python client in this script, or wrk when installed (default)",
+    )
+    parser.add_argument(
         "--warmup", type=float, default=1.0, help="seconds of unmeasured load before each run (twice that at start)"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s, 1 s warm-up")
-    parser.add_argument("--database-url", help="run against this database (e.g. PostgreSQL) instead of SQLite")
+    parser.add_argument("--race-seconds", type=float, default=1.5, help="seconds of load in the quota race")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI check: 1 round of 2 s, 0.5 s warm-up, no waiting for quiet; profiles b briefly, runs the\n"
+        "what-if server once and the drain loop during b, so every helper module runs",
+    )
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL server (its role needs CREATEDB) for a scratch database, not SQLite"
+    )
     parser.add_argument("--profile", action="store_true", help="profile b and c even if the goals are met")
     parser.add_argument("--no-profile", action="store_true", help="never profile")
     parser.add_argument("--profile-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--profile-skip", type=int, default=300, help="requests per worker not profiled (warm-up; BENCH_PROFILE_SKIP)"
+    )
     parser.add_argument(
         "--drain-during",
         action="store_true",
@@ -1103,25 +1357,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--what-if",
-        choices=["no-settle"],
+        choices=WHATIF_CHOICES,
         default="",
-        help="experiment: (b) without its settle step (no 2nd Redis round trip, no usage record): an upper bound",
+        help="experiment: serve (b) with bench/whatif_wsgi.py, e.g. no-redis: its quota call answered in-process\n"
+        "(no Redis round trip, no usage record): an upper bound",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, DB)")
-    parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 if a goal or check fails")
+    parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 if a goal is missed, too")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.duration, args.warmup, args.profile_seconds = 1, 3.0, 1.0, 3.0
+        args.rounds, args.duration, args.warmup = 1, 2.0, 0.5
+        args.profile_seconds, args.profile_skip, args.retry_busy, args.quiet_wait = 1.0, 20, 0, 0.0
+        args.drain_during = True  # the drain loop's smoke too (its CPU falls on b's slice: quick figures are rough)
 
-    missing = [tool for tool in ("wrk", "redis-server") if shutil.which(tool) is None]
-    if missing:
-        _say(
-            f"{' and '.join(missing)} not found. Install from Debian: apt-get install -y "
-            f"{' '.join('wrk' if t == 'wrk' else 'redis-server' for t in missing)}"
-        )
+    if shutil.which("redis-server") is None:
+        _say("redis-server not found. Install it from Debian: apt-get install -y redis-server")
         return 2
-    if not GUNICORN.exists():
-        _say(f"{GUNICORN} not found: create the virtualenv first (make setup).")
+    if args.load == "auto":
+        args.load = "wrk" if shutil.which("wrk") else "python"
+    elif args.load == "wrk" and shutil.which("wrk") is None:
+        _say("wrk not found. Install it from Debian (apt-get install -y wrk), or use --load python.")
         return 2
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -1129,9 +1384,10 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(_stop_all)
     tmp = Path(tempfile.mkdtemp(prefix="tierlab-bench-"))
     started = time.monotonic()
+    bench = None
     try:
         bench = Bench(args, tmp)
-        _say(f"bench dir {tmp}; setting up (migrate, seed, keys, redis) ...")
+        _say(f"bench dir {tmp}; load generator: {args.load}; setting up (migrate, seed, keys, redis) ...")
         bench.setup()
         bench.start_servers()
         runs: list[RunResult] = []
@@ -1156,18 +1412,30 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if not run.discarded:
                         break
+        # After the measured slices, so refusals (and their statistics flushes) never share a slice.
+        runs += [bench.race(config) for config in CONFIGS if config.metering]
         sql = bench.stop_servers(runs)
+        if args.quick:
+            runs.append(bench.whatif_smoke())
         checks = bench.verify(runs)
-        ok, missed_codes = report(bench, runs, checks, sql, args)
+        missed_codes, failed = report(bench, runs, checks, sql, args)
         missed = [c for c in CONFIGS if c.code in missed_codes]
-        to_profile = [] if args.no_profile else ([c for c in CONFIGS if c.code != "a"] if args.profile else missed)
+        if args.no_profile:
+            to_profile = []
+        elif args.profile:
+            to_profile = [c for c in CONFIGS if c.code != "a"]
+        elif args.quick:
+            to_profile = [CONFIGS[1]]  # a smoke of bench/profiled_wsgi.py: b, briefly
+        else:
+            to_profile = missed
         if to_profile:
             _say("")
-            _say("Goal missed: where the time goes." if missed else "Profile (--profile): where the time goes.")
+            _say("Goal missed: where the time goes." if missed and not args.quick else "Profile: where the time goes.")
             _say("Step timers first (wall and thread CPU around each step, ~1 us per wrapped call), then cProfile")
             _say("(cProfile inflates per-call costs, Python-heavy code most: read its shares, not its microseconds).")
-            timed_base = bench.profile(CONFIGS[0], "timers")
-            print_timers(CONFIGS[0], timed_base, None)
+            timed_base = None if args.quick else bench.profile(CONFIGS[0], "timers")
+            if timed_base is not None:
+                print_timers(CONFIGS[0], timed_base, None)
             for config in to_profile:
                 print_timers(config, bench.profile(config, "timers"), timed_base)
             for config in to_profile:
@@ -1176,7 +1444,15 @@ def main(argv: list[str] | None = None) -> int:
             f"\ntotal time {time.monotonic() - started:.0f} s; python {platform.python_version()}; "
             f"{'kept ' + str(tmp) if args.keep else 'temporary files removed'}"
         )
-        return 1 if (args.fail_on_miss and not ok) else 0
+        if failed:
+            _say("\nCHECKS FAILED:")
+            for failure in failed:
+                _say(f"  - {failure}")
+            return 1
+        if missed and args.fail_on_miss:
+            _say(f"goal(s) missed: {', '.join(c.code for c in missed)} (--fail-on-miss)")
+            return 1
+        return 0
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         _say(f"benchmark failed: {error}")
         _say(f"logs in {tmp}")
@@ -1184,6 +1460,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _stop_all()
+        if bench is not None:
+            bench.close()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 

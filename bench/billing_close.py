@@ -2,14 +2,14 @@
 """How long one billing pass takes when many subscriptions are due at once (issue 4, DESIGN.md "Money
 and time").
 
-One pass is `billing.services.billing_run(now=...)`: a LOCAL part, `billing_periods_close` (renewal
-invoices, their lines, the period advance; set-based, tiers/billing_close.py), and a PAYMENT part
+One pass is `billing.run.billing_run(now=...)`: a LOCAL part, `billing_periods_close` (renewal
+invoices, their lines, the period advance; set-based, billing/close.py), and a PAYMENT part
 (every invoice due charged off-session through Stripe, one PaymentIntent each). This bench measures:
 
   1. the local part for 10,000 and 100,000 due subscriptions on PostgreSQL (a throw-away cluster it
      starts, or --database-url), and for 10,000 on the embedded SQLite default (--sqlite-sizes for more:
      measured at 100,000 it takes minutes there, because the invoice-numbering UPDATE of
-     tiers/billing_close.py:invoice_numbers_assign is planned as a nested loop on SQLite, quadratic in
+     billing/close.py:invoice_numbers_assign is planned as a nested loop on SQLite, quadratic in
      the batch size: ~6 s per batch of 5,000): seconds, cost per subscription,
      SQL statements per batch (counted with connection.execute_wrapper: a fixed number per batch, not
      one per subscription) and the time spent inside the database;
@@ -18,6 +18,11 @@ invoices, their lines, the period advance; set-based, tiers/billing_close.py), a
      gateway beforehand (that set-up is timed and reported separately, it is not part of the pass);
   3. the same pass again on the same data, which must create nothing: 0 periods closed, 0 invoices,
      0 payments (and no PaymentIntent in localstripe), the same row counts.
+Checks (any failure exits 1, listed): before the pass every seeded subscription is due, after it none;
+exactly one invoice per due subscription, the expected lines (fee, and overage where the seed used
+more than Pro includes) and total cents (computed from the tiers' prices, not by the code under
+test); every renewal charged once (one PaymentIntent each in localstripe, every invoice paid); the
+second pass adds nothing.
 The figures are wall-clock times: each measurement waits (up to --quiet-wait) for other programs to
 leave the CPUs alone, records the CPU they used during it anyway, and is marked BUSY when that was more
 than 5% of one CPU.
@@ -29,12 +34,16 @@ The data: N teams, each with an owner, a BillingCustomer and a subscription (act
 Plus (fee only), half on Pro (fee + overage billing), anchored on Jan 1..31 (month-end clamping
 included), every period ended at the bench's clock (2026-03-01 06:00 UTC). Each Pro team has one
 usage record in the ended period; one Pro team in 10 used 250M tokens (50M past Pro's 200M), so its
-invoice has an overage line too. Seeded set-based: one INSERT ... SELECT over generate_series (a
-recursive CTE on SQLite) per table, into a freshly migrated database per measurement.
+invoice has an overage line too. Seeded set-based, for speed: one INSERT ... SELECT over
+generate_series (a recursive CTE on SQLite) per table, into a freshly migrated database per
+measurement; each INSERT's column list is built from the model's _meta, the bench giving only the
+values the close depends on (the others get their defaults; a new required column without one stops
+the seed by name). The Stripe side goes through the project's gateway.
 
     .venv/bin/python bench/billing_close.py                  # 10,000 + 100,000 local, 1,000 payments
-    .venv/bin/python bench/billing_close.py --quick          # 1,000 + 10,000 local, 100 payments
-    .venv/bin/python bench/billing_close.py --skip-postgres  # SQLite only
+    .venv/bin/python bench/billing_close.py --quick          # 1,000 + 6,000 local, 100 payments, a profile
+                                                             # smoke, no waiting for quiet: the CI check
+    .venv/bin/python bench/billing_close.py --skip-postgres  # SQLite only (--skip-sqlite: PostgreSQL only)
     .venv/bin/python bench/billing_close.py --database-url postgres://u:p@127.0.0.1:5432/postgres
 
 --database-url names a PostgreSQL server to use instead of starting one: the bench creates its own
@@ -74,7 +83,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench._billing_close_tasks import bench_roots, cpu_snapshot, foreign_cpu  # noqa: E402 - stdlib only
 
-PYTHON = ROOT / ".venv" / "bin" / "python"
+PYTHON = Path(sys.executable)  # the project's virtualenv: Django comes from it
 NOW = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)  # the simulated billing clock: every period ended by then
 GOAL_SUBSCRIPTIONS = 100_000
 GOAL_SECONDS = 10.0
@@ -470,6 +479,8 @@ class Bench:
     def wait_quiet(self) -> None:
         """Before a measurement: wait (at most --quiet-wait seconds) until other programs leave the CPUs
         alone. The measurement records what they used anyway (foreign_cpu)."""
+        if self.args.quiet_wait <= 0:
+            return
         deadline = time.monotonic() + self.args.quiet_wait
         roots = bench_roots() | {p for p in (self.postmaster_pid, self.localstripe_pid) if p}
         said = False
@@ -737,13 +748,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 and 10,000 local, 100 payments")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI check: 1,000 and 6,000 local, 100 payments, a profile smoke, no waiting for quiet",
+    )
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--skip-sqlite", action="store_true", help="PostgreSQL only")
     parser.add_argument("--database-url", help="an existing PostgreSQL server to create the bench's databases on")
     parser.add_argument("--sizes", help="local-part sizes, comma-separated (default 10000,100000)")
     parser.add_argument(
         "--sqlite-sizes",
-        help="local-part sizes on SQLite (default 10000; --quick: 1000,10000). 100000 takes minutes on SQLite\n"
+        help="local-part sizes on SQLite (default 10000; --quick: 1000,6000, or 1000 with PostgreSQL). 100000\n"
+        "takes minutes on SQLite\n"
         "while invoice numbering there is quadratic per batch (see the module docstring)",
     )
     parser.add_argument("--skip-payments", action="store_true", help="the local part only (no localstripe)")
@@ -755,15 +772,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-wait",
         type=float,
-        default=20.0,
-        help="before each measurement, wait up to this many seconds for other programs to stop using the CPUs",
+        default=None,
+        help="before each measurement, wait up to this many seconds for other programs to stop using the CPUs\n"
+        "(default 20; --quick: 0)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, SQLite files)")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 if the goal is missed")
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in (args.sizes or ("1000,10000" if args.quick else "10000,100000")).split(",")]
-    sqlite_sizes = [int(s) for s in (args.sqlite_sizes or ("1000,10000" if args.quick else "10000")).split(",")]
+    if args.skip_postgres and args.skip_sqlite:
+        parser.error("--skip-postgres and --skip-sqlite leave nothing to measure")
+    # --quick: 6,000 is two batches of CLOSE_BATCH_SIZE (5,000), the second one partial.
+    sizes = [int(s) for s in (args.sizes or ("1000,6000" if args.quick else "10000,100000")).split(",")]
+    # --quick on SQLite: 10,000 too only when it is the one database (with PostgreSQL, SQLite's 1,000 is a smoke).
+    quick_sqlite = "1000,6000" if args.skip_postgres else "1000"
+    sqlite_sizes = [int(s) for s in (args.sqlite_sizes or (quick_sqlite if args.quick else "10000")).split(",")]
     args.payments = args.payments or (100 if args.quick else 1000)
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.quick else 20.0
+    if args.quick:
+        args.profile_top = min(args.profile_top, 10)
 
     if not PYTHON.exists():
         _say(f"{PYTHON} not found: create the virtualenv first (make setup).")
@@ -789,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
             _say("  starting PostgreSQL ..." if not args.database_url else "  connecting to PostgreSQL ...")
             servers.append(PostgresServer(tmp, bench.deadline, args.database_url))
             bench.postmaster_pid = servers[-1].postmaster_pid()
-        servers.append(sqlite)
+        if not args.skip_sqlite:
+            servers.append(sqlite)
         for server in servers:
             bench.template(server)
 
@@ -809,6 +837,16 @@ def main(argv: list[str] | None = None) -> int:
                 "the close again on a fresh copy under cProfile"
             )
             bench.profile = bench.local_part(servers[0], biggest["n"], profile=True)
+            bench.print_profile(bench.profile)
+        elif args.quick and not args.no_profile:
+            # A smoke of the profiled close (the step's cProfile path), on the smallest size.
+            smallest = min(bench.local, key=lambda r: r["n"])
+            server = next(s for s in servers if s.name == smallest["server"])
+            _say(f"\nProfile smoke (--quick): the {smallest['n']:,} close on {server.name} again under cProfile")
+            bench.profile = bench.local_part(server, smallest["n"], profile=True)
+            bench.check(
+                bool(bench.profile["close"].get("profile", {}).get("tottime")), "the profiled close printed no profile"
+            )
             bench.print_profile(bench.profile)
 
         if not args.skip_payments:

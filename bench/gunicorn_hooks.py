@@ -1,4 +1,5 @@
-"""Gunicorn config (``-c bench/gunicorn_hooks.py``) used only by bench/api_overhead.py.
+"""Gunicorn config (``-c bench/gunicorn_hooks.py``) used only by bench/api_overhead.py, for every server it
+starts (baseline and metered alike, so the hooks cost the same in each).
 
 Counts, inside each worker, what the server actually did, so the benchmark can check correctness
 against the server's own numbers instead of the load generator's (wrk abandons the requests in flight
@@ -6,7 +7,9 @@ when its time is up, so its count can be a few lower than what the server admitt
 
 - responses by (last 8 characters of the Authorization header, status code): keys are per run;
 - SQL statements executed while serving requests, by kind (read / write / other), and how many
-  requests executed at least one write: "no SQL write on the request path" is checked, not assumed.
+  answered (2xx) requests executed at least one write: "no SQL write on the request path" is checked,
+  not assumed. Refused requests are counted apart (``refused_with_write``): a refusal may flush the
+  process's buffered refusal statistics (usage/refusals.py), which is a SQL write by design.
 
 Each worker writes its counts to ``$BENCH_STATS_DIR/worker-<pid>.json`` when it exits. With
 ``BENCH_PROFILE=cprofile`` or ``timers`` the WSGI app is ``bench.profiled_wsgi:application`` and the
@@ -57,7 +60,7 @@ def post_request(worker, req, environ, resp):
     status = getattr(resp, "status_code", None) or 0
     _responses[f"{key} {status}"] += 1
     if _request["writes"]:
-        _sql["requests_with_write"] += 1
+        _sql["requests_with_write" if 200 <= status < 300 else "refused_with_write"] += 1
 
 
 def worker_exit(server, worker):

@@ -7,25 +7,29 @@ events per second. Then, in the same run and on the same database, a plain inser
 number of rows into the same table, three ways: Django's ``bulk_create``, the cursor's
 ``executemany``, and one multi-row ``INSERT ... VALUES (...), (...)`` statement per 1,000 rows (one
 transaction per 1,000 rows, only the INSERTs timed: no HTTP, no JSON, no validation, no duplicate
-check, one connection), and the ratio of the API's rate to the fastest of the three. The plain
-inserts run on one connection while the API has its workers: on PostgreSQL that parallelism is why
-the API can be faster; on SQLite, which has one writer at a time, the in-process inserts are the hard
-baseline.
-Finally it replays one whole batch already sent and checks that it adds zero rows (the response says
-0 accepted, 1,000 duplicates, and the table's row count does not move), and that the rows stored
+check, one connection), and the ratio of the API's rate to the fastest of the three. The raw INSERTs
+take their column list from PartnerUsageEvent._meta (a column the bench does not know gets its
+default, or stops the run by name). The plain inserts run on one connection while the API has its
+workers: on PostgreSQL that parallelism is why the API can be faster; on SQLite, which has one writer
+at a time, the in-process inserts are the hard baseline.
+
+Checks (a failed one exits 1): every event sent is accepted (no rejects, no duplicates); a replay of
+one whole batch already sent answers 0 accepted, 1,000 duplicates and adds zero rows; the rows stored
 equal the events the server said it accepted.
 
 Goals (the issue): >= 20,000 events/s on PostgreSQL, and >= 50% of the plain bulk-insert rate.
 
     .venv/bin/python bench/partner_ingest.py                      # embedded default: a fresh SQLite file
-    .venv/bin/python bench/partner_ingest.py --database-url postgres://u:p@127.0.0.1:5432/yourdb
+    .venv/bin/python bench/partner_ingest.py --quick              # 2 s of load: the CI check
+    .venv/bin/python bench/partner_ingest.py --database-url postgres://u:p@127.0.0.1:5432/postgres
     .venv/bin/python bench/partner_ingest.py --seconds 5 --clients 3 --workers 2
 
 Self-contained and self-stopping: a temporary directory (SQLite file, broker folder, logs), one
-gunicorn on a free 127.0.0.1 port, killed on exit; every step has a timeout. On PostgreSQL it migrates
-the database it is given and adds its rows under partners of its own ("bench-<run id>-..."), which it
-deletes at the end (--keep keeps them). Exit status 0 when it ran (goals met or not; --fail-on-miss
-makes a missed goal or a failed check exit 1), 1 on failure.
+gunicorn on a free 127.0.0.1 port, killed on exit; every step has a timeout. With --database-url it
+creates a scratch database on that PostgreSQL server (the role needs CREATEDB; bench/_pg.py) and drops
+it at the end (--keep keeps it, and the temporary directory). Exit status 0 when it ran and its
+checks held (goals met or not; --fail-on-miss makes a missed goal exit 1), 1 on a failed check or
+failure.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,8 +51,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
-GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+sys.path.insert(0, str(ROOT))
+from bench._pg import is_postgres, scratch_database  # noqa: E402 - stdlib only until called
+
+PYTHON = Path(sys.executable)  # the project's virtualenv: gunicorn and Django come from it
 ENDPOINT = "/api/v1/partner/usage-events"
 BATCH = 1_000
 GOAL_EVENTS_PER_SECOND_PG = 20_000
@@ -146,9 +153,9 @@ def _post(conn: http.client.HTTPConnection, secret: str, body: bytes) -> tuple[i
 def start_gunicorn(env: dict, *, workers: int, secret: str, log: Path) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     cmd = [
-        str(GUNICORN), "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-        "--worker-class", "sync", "--timeout", "60", "--graceful-timeout", "10", "--log-level", "warning",
-        "--error-logfile", str(log),
+        str(PYTHON), "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers), "--worker-class", "sync", "--timeout", "60", "--graceful-timeout", "10",
+        "--log-level", "warning", "--error-logfile", str(log),
     ]  # fmt: skip
     with open(log.with_suffix(".out"), "ab") as output:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
@@ -166,6 +173,37 @@ def start_gunicorn(env: dict, *, workers: int, secret: str, log: Path) -> tuple[
             return proc, port
         time.sleep(0.1)
     raise RuntimeError(f"gunicorn not ready within 60 s: see {log}")
+
+
+def _api_ingest(args: argparse.Namespace, env: dict, tmp: Path, run_id: str) -> dict:
+    """Set up, serve, load, replay; the server is stopped before this returns."""
+    setup = _django_side("setup", env, {"run_id": run_id})
+    secret, when = setup["secret"], setup["event_time"]
+    proc, port = start_gunicorn(env, workers=args.workers, secret=secret, log=tmp / "gunicorn.log")
+    try:
+        # Warm-up: every worker connects, loads the key, compiles the statement's plan.
+        Load(port, secret, batch_template(f"{run_id}-warm", when)).run(clients=args.clients, seconds=args.warmup)
+        template = batch_template(run_id, when)
+        load = Load(port, secret, template)
+        elapsed = load.run(clients=args.clients, seconds=args.seconds)
+        if load.errors:
+            raise RuntimeError(f"the load failed: {load.errors[:3]}")
+        before = _django_side("count", env, {"run_id": run_id})["rows"]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        replay_status, replay = _post(conn, secret, batch_body(template, 0))
+        conn.close()
+        after = _django_side("count", env, {"run_id": run_id})["rows"]
+    finally:
+        _stop(proc)
+    return {
+        "load": load,
+        "elapsed": elapsed,
+        "before": before,
+        "after": after,
+        "replay_status": replay_status,
+        "replay": replay,
+        "event_time": when,
+    }
 
 
 class Load:
@@ -219,25 +257,42 @@ class Load:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", default="", help="PostgreSQL URL (your own database); default: SQLite")
+    parser.add_argument(
+        "--database-url", default="", help="a PostgreSQL server for a scratch database (role with CREATEDB)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the load runs (default 10)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first (default 1)")
     parser.add_argument("--clients", type=int, default=3, help="client threads / connections (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
-    parser.add_argument("--keep", action="store_true", help="keep the bench partners and their rows")
-    parser.add_argument("--fail-on-miss", action="store_true")
+    parser.add_argument(
+        "--bulk-rows", type=int, default=0, help="rows per plain-insert way (default: as many as the API accepted)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="CI check: 2 s of load, 0.5 s warm-up, at most 10,000 rows per plain way"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory and the scratch database")
+    parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 if a goal is missed, too")
     parser.add_argument("--django-side", default="", help=argparse.SUPPRESS)
     parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.django_side:
         return django_side(args.django_side, json.loads(args.spec))
+    if args.quick:
+        args.seconds, args.warmup, args.bulk_rows = 2.0, 0.5, args.bulk_rows or 10_000
+    if args.database_url and not is_postgres(args.database_url):
+        parser.error("--database-url must be a PostgreSQL URL (the default is a temporary SQLite file)")
 
     atexit.register(_stop_all)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="tierlab-partner-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        database_url = args.database_url or f"sqlite:///{tmp / 'bench.sqlite3'}"
-        vendor = "postgresql" if database_url.startswith(("postgres", "pgsql")) else "sqlite"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERLAB_", "CELERY_", "DATABASE_"))}
+    tmp = Path(tempfile.mkdtemp(prefix="tierlab-partner-bench-"))
+    drop = None
+    try:
+        if args.database_url:
+            database_url, drop = scratch_database(args.database_url, "partner_ingest")
+        else:
+            database_url = f"sqlite:///{tmp / 'bench.sqlite3'}"
+        vendor = "postgresql" if is_postgres(database_url) else "sqlite"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERLAB_", "CELERY_", "DATABASE_", "BENCH_"))}
         env.update(
             DJANGO_SETTINGS_MODULE="config.settings",
             DEBUG="0",
@@ -249,42 +304,40 @@ def main(argv: list[str] | None = None) -> int:
             PYTHONUNBUFFERED="1",
         )
         run_id = f"bench-{int(time.time())}-{os.getpid()}"
-        setup = _django_side("setup", env, {"run_id": run_id})
-        secret = setup["secret"]
         _say(f"partner ingest benchmark: {vendor}, gunicorn {args.workers} sync workers, {args.clients} clients, ")
         _say(f"  batches of {BATCH} events, {args.seconds:g} s of load, {os.cpu_count()} CPUs")
-        proc, port = start_gunicorn(env, workers=args.workers, secret=secret, log=tmp / "gunicorn.log")
-        when = setup["event_time"]
-        try:
-            # Warm-up: every worker connects, loads the key, compiles the statement's plan.
-            Load(port, secret, batch_template(f"{run_id}-warm", when)).run(clients=args.clients, seconds=1.0)
-            template = batch_template(run_id, when)
-            load = Load(port, secret, template)
-            elapsed = load.run(clients=args.clients, seconds=args.seconds)
-            if load.errors:
-                raise RuntimeError(f"the load failed: {load.errors[:3]}")
-            api_rate = load.accepted / elapsed
-            before = _django_side("count", env, {"run_id": run_id})["rows"]
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            replay_status, replay = _post(conn, secret, batch_body(template, 0))
-            conn.close()
-            after = _django_side("count", env, {"run_id": run_id})["rows"]
-        finally:
-            _stop(proc)
-        bulk = _django_side("bulk", env, {"run_id": run_id, "rows": load.accepted, "event_time": when}, timeout=900)
-        if vendor == "postgresql" and not args.keep:  # the SQLite file goes with the temporary directory
-            _django_side("cleanup", env, {"run_id": run_id}, timeout=900)
+        api = _api_ingest(args, env, tmp, run_id)
+        load = api["load"]
+        bulk_rows = min(load.accepted, args.bulk_rows) if args.bulk_rows else load.accepted
+        bulk = _django_side(
+            "bulk", env, {"run_id": run_id, "rows": bulk_rows, "event_time": api["event_time"]}, timeout=900
+        )
+    except RuntimeError as error:
+        _say(f"benchmark failed: {error}\nlogs in {tmp}")
+        args.keep = True
+        return 1
+    finally:
+        _stop_all()
+        if drop is not None and not args.keep:
+            drop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
+    elapsed, before, after, replay, replay_status = (
+        api["elapsed"], api["before"], api["after"], api["replay"], api["replay_status"]
+    )  # fmt: skip
+    api_rate = load.accepted / elapsed
     # The ratio is taken against the fastest of the plain inserts: the stricter comparison.
     best = max(bulk.values(), key=lambda timing: timing["rows_per_second"])
     ratio = api_rate / best["rows_per_second"] if best["rows_per_second"] else 0.0
-    stored_ok = before == load.accepted
     checks = {
+        "events were sent": load.batches > 0,
         "every event accepted (no rejects, no duplicates)": load.rejected == 0 and load.duplicates == 0,
         "replay: 200, 0 accepted, 1000 duplicates": replay_status == 200
         and (replay.get("accepted"), replay.get("duplicates")) == (0, BATCH),
         "replay: 0 rows added": after == before,
-        "rows stored == events accepted": stored_ok,
+        "rows stored == events accepted": before == load.accepted,
+        "plain inserts stored every row": all(timing["stored"] == timing["rows"] for timing in bulk.values()),
     }
     _say()
     _say(f"API ingest:        {load.accepted:,} events accepted in {elapsed:.2f} s ({load.batches} batches)")
@@ -317,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     )
-    if args.fail_on_miss and (missed or not all(checks.values())):
+    if not all(checks.values()):
+        _say("CHECKS FAILED: " + "; ".join(name for name, ok in checks.items() if not ok))
+        return 1
+    if args.fail_on_miss and missed:
+        _say("goal missed (--fail-on-miss)")
         return 1
     return 0
 
@@ -325,9 +382,35 @@ def main(argv: list[str] | None = None) -> int:
 # --- the Django side (a subprocess with the bench's environment) ------------------------------------------------
 
 
+def _event_columns(given: list[str]) -> tuple[list[str], list]:
+    """PartnerUsageEvent's columns (every concrete field but the id, from ``_meta``): the ``given``
+    attnames first, in that order, then the others with their defaults (NULL for a nullable one).
+    A required column the bench does not give stops it here, by name."""
+    from django.db import connection
+
+    from partners.models import PartnerUsageEvent
+
+    fields = {f.attname: f for f in PartnerUsageEvent._meta.concrete_fields if not f.primary_key}
+    unknown = [name for name in given if name not in fields]
+    if unknown:
+        raise SystemExit(f"PartnerUsageEvent has no field(s) {unknown}: update bench/partner_ingest.py")
+    columns = [fields[name].column for name in given]
+    defaults = []
+    for name, f in fields.items():
+        if name in given:
+            continue
+        if f.has_default():
+            defaults.append(f.get_db_prep_save(f.get_default(), connection))
+        elif f.null:
+            defaults.append(None)
+        else:
+            raise SystemExit(f"PartnerUsageEvent.{name} is required and has no default: bench/partner_ingest.py must")
+        columns.append(f.column)
+    return columns, defaults
+
+
 def django_side(command: str, spec: dict) -> int:
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     from datetime import datetime, timedelta
 
     import django
@@ -338,7 +421,7 @@ def django_side(command: str, spec: dict) -> int:
     from django.utils import timezone
 
     from partners import services as partners
-    from partners.models import Partner, PartnerShareRate, PartnerUsageEvent
+    from partners.models import Partner, PartnerUsageEvent
 
     run_id = spec["run_id"]
     if command == "setup":
@@ -354,9 +437,10 @@ def django_side(command: str, spec: dict) -> int:
         rows = PartnerUsageEvent.objects.filter(partner=partner).exclude(event_id__startswith=f"{run_id}-warm").count()
         result = {"rows": rows}
     elif command == "bulk":
-        # The same rows, straight into the same table, under partners of their own, two plain ways:
-        # the ORM's bulk_create and the cursor's executemany of one INSERT ... VALUES per row (psycopg 3
-        # pipelines it on PostgreSQL). Only the INSERTs are timed, one transaction per 1,000 rows.
+        # The same rows, straight into the same table, under partners of their own, three plain ways:
+        # the ORM's bulk_create, the cursor's executemany of one INSERT ... VALUES per row (psycopg 3
+        # pipelines it on PostgreSQL), one multi-row INSERT. Only the INSERTs are timed, one transaction
+        # per 1,000 rows.
         from django.db import connection
 
         when = datetime.fromisoformat(spec["event_time"])
@@ -364,11 +448,18 @@ def django_side(command: str, spec: dict) -> int:
         total = spec["rows"]
         timings = {}
         table = connection.ops.quote_name(PartnerUsageEvent._meta.db_table)
-        columns = "partner_id, event_id, customer, model, prompt_tokens, completion_tokens, amount_cents, currency, " \
-            "occurred_at, received_at"  # fmt: skip
-        insert = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * 10)})"  # noqa: S608
+        given = ["partner_id", "event_id", "customer", "model", "prompt_tokens", "completion_tokens",
+                 "amount_cents", "currency", "occurred_at", "received_at"]  # fmt: skip
+        columns, defaults = _event_columns(given)
+        quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
+        placeholders = f"({', '.join(['%s'] * len(columns))})"
+        insert = f"INSERT INTO {table} ({quoted}) VALUES {placeholders}"  # noqa: S608 - names from _meta
+        occurred = connection.ops.adapt_datetimefield_value(when)
+        received = connection.ops.adapt_datetimefield_value(now)
         for way in ("bulk_create", "executemany", "multirow"):
-            partner = Partner.objects.create(slug=f"{run_id}-{way}", name=way, contact_email="b@tierlab.localhost")
+            partner, _ = partners.partner_create(
+                slug=f"{run_id}-{way}", name=way, share_bps=1500, contact_email="b@tierlab.localhost"
+            )
             seconds = 0.0
             for start in range(0, total, BATCH):
                 ids = range(start, min(start + BATCH, total))
@@ -381,19 +472,14 @@ def django_side(command: str, spec: dict) -> int:
                         )
                         for i in ids
                     ]  # fmt: skip
-                else:  # executemany and multirow: plain tuples
-                    occurred = connection.ops.adapt_datetimefield_value(when)
-                    received = connection.ops.adapt_datetimefield_value(now)
+                else:  # executemany and multirow: plain tuples, in the order of ``columns``
                     rows = [
                         (partner.pk, f"{run_id}-{i}", f"cust-{i % 997}", "Llama-3.3-70B-Instruct", 812, 164,
-                         1 + i % 50, "usd", occurred, received)
+                         1 + i % 50, "usd", occurred, received, *defaults)
                         for i in ids
                     ]  # fmt: skip
                 if way == "multirow":  # one INSERT ... VALUES (...), (...), ... statement per 1,000 rows
-                    statement = (
-                        f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
-                        + ", ".join([f"({', '.join(['%s'] * 10)})"] * len(rows))
-                    )
+                    statement = f"INSERT INTO {table} ({quoted}) VALUES " + ", ".join([placeholders] * len(rows))  # noqa: S608
                     flat = [value for row in rows for value in row]
                 began = time.perf_counter()
                 with transaction.atomic():
@@ -406,14 +492,13 @@ def django_side(command: str, spec: dict) -> int:
                         with connection.cursor() as cursor:
                             cursor.execute(statement, flat)
                 seconds += time.perf_counter() - began
-            timings[way] = {"rows": total, "seconds": seconds, "rows_per_second": total / seconds if seconds else 0.0}
+            timings[way] = {
+                "rows": total,
+                "seconds": seconds,
+                "rows_per_second": total / seconds if seconds else 0.0,
+                "stored": PartnerUsageEvent.objects.filter(partner=partner).count(),
+            }
         result = timings
-    elif command == "cleanup":
-        for partner in Partner.objects.filter(slug__startswith=run_id):
-            PartnerUsageEvent.objects.filter(partner=partner).delete()
-            PartnerShareRate.objects.filter(partner=partner).delete()
-            partner.delete()
-        result = {"ok": True}
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result), flush=True)

@@ -55,31 +55,34 @@ def _install_timers() -> None:
     from django.db.backends.utils import CursorWrapper
     from redis.commands.core import Script
 
+    from bench import baseline_urls
     from usage import metering, model_api
     from usage.quotas import database
     from usage.quotas import redis as quota_redis
 
+    # A name that is gone fails the run here, loudly: a renamed step must be renamed here too.
     targets = [
         ("view: model_api._chat", model_api, "_chat"),
+        ("baseline view: baseline_urls._chat_baseline", baseline_urls, "_chat_baseline"),
         ("key check: metering.caller_authenticate", metering, "caller_authenticate"),
         ("parsing: model_api._chat_request", model_api, "_chat_request"),
-        ("quota check: metering.admit", metering, "admit"),
-        ("RedisQuotaBackend.reserve", quota_redis.RedisQuotaBackend, "reserve"),
+        ("quota + record: metering.admit_and_record", metering, "admit_and_record"),
+        ("RedisQuotaBackend.consume", quota_redis.RedisQuotaBackend, "consume"),
+        ("DatabaseQuotaBackend.consume", database.DatabaseQuotaBackend, "consume"),
         ("DatabaseQuotaBackend.reserve", database.DatabaseQuotaBackend, "reserve"),
-        ("simulated model: model_api.complete", model_api, "complete"),
-        ("settle: metering.settle", metering, "settle"),
-        ("RedisQuotaBackend.settle", quota_redis.RedisQuotaBackend, "settle"),
         ("DatabaseQuotaBackend.settle", database.DatabaseQuotaBackend, "settle"),
         ("usage_records_create", database, "usage_records_create"),
+        ("simulated model: model_api.complete", model_api, "complete"),
         ("headers: metering.headers_after", metering, "headers_after"),
         ("JSON body: model_api._json_response", model_api, "_json_response"),
-        ("unmetered view: model_api._chat_unmetered", model_api, "_chat_unmetered"),
         ("redis Script call (EVALSHA round trip)", Script, "__call__"),
         ("SQL CursorWrapper.execute", CursorWrapper, "execute"),
         ("DB connect", BaseDatabaseWrapper, "connect"),
         ("DB commit", BaseDatabaseWrapper, "commit"),
     ]
     for name, owner, attribute in targets:
+        if not hasattr(owner, attribute):
+            raise AttributeError(f"bench/profiled_wsgi.py times {owner.__name__}.{attribute}, which is gone")
         setattr(owner, attribute, _timed(name, getattr(owner, attribute)))
 
 

@@ -4,6 +4,7 @@ subscriptions (with the operators' actions on them)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from django import forms
 from django.contrib import admin, messages
@@ -12,17 +13,19 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import AuditEntry
-from billing import services as billing
+from billing import checkout, refunds
 from billing.forms import OperatorReasonForm, OperatorTierMoveForm
 from billing.models import BillingCustomer, Invoice, InvoiceLine, Payment, Refund, StripeEvent
 from core.admin_base import ReadOnlyInline, admin_action_with_form
 from core.errors import ApplicationError
 from core.templatetags.tier_format import money
+from tiers import services as tier_services
 from tiers.models import Subscription
 
-# Money moves only through the billing services (tiers/billing.py), which write the audit log. Here every
-# billing row is read-only (no add, no edit, no delete): the change pages are view-only, and the actions
-# below (comp, refund, move tier, cancel now) are the only way an operator changes billing state.
+# Money moves only through the billing services (billing/checkout.py, refunds.py...), which write the
+# audit log. Here every billing row is read-only (no add, no edit, no delete): the change pages are
+# view-only, and the actions below (comp, refund, move tier, cancel now, suspend) are the only way an
+# operator changes billing state.
 
 
 def _audit_url(team_id: int | None) -> str:
@@ -40,6 +43,21 @@ def _report(modeladmin: admin.ModelAdmin, request: HttpRequest, done: list[str],
         modeladmin.message_user(request, f"{verb} {len(done)}: {', '.join(done)}.", messages.SUCCESS)
     for failure in failed:
         modeladmin.message_user(request, failure, messages.ERROR)
+
+
+def _each_subscription(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset, verb: str, call: Callable[[Subscription], object]
+) -> None:
+    """``call`` (one service) for each selected subscription; what it refused is reported, not raised."""
+    done, failed = [], []
+    for subscription in queryset.select_related("team", "tier"):
+        try:
+            call(subscription)
+        except ApplicationError as exc:
+            failed.append(f"{subscription.team}: {exc.message}")
+        else:
+            done.append(str(subscription.team))
+    _report(modeladmin, request, done, failed, verb)
 
 
 class ReadOnlyBillingAdmin(admin.ModelAdmin):
@@ -125,7 +143,7 @@ class InvoiceAdmin(ReadOnlyBillingAdmin):
                     failed.append(f"{invoice} is {invoice.get_status_display().lower()}, not open: not comped.")
                     continue
                 try:
-                    billing.invoice_comp(invoice=invoice, actor=request.user, reason=data["reason"])
+                    refunds.invoice_comp(invoice=invoice, actor=request.user, reason=data["reason"])
                 except ApplicationError as exc:
                     failed.append(f"{invoice}: {exc.message}")
                 else:
@@ -207,7 +225,7 @@ class PaymentAdmin(ReadOnlyBillingAdmin):
                     failed.append(f"{payment}: only a succeeded, not fully refunded payment can be refunded.")
                     continue
                 try:
-                    billing.payment_refund(payment=payment, actor=request.user, reason=data["reason"])
+                    refunds.payment_refund(payment=payment, actor=request.user, reason=data["reason"])
                 except ApplicationError as exc:
                     failed.append(f"{payment}: {exc.message}")
                 else:
@@ -314,7 +332,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "invoices",
         "audit_trail",
     ]
-    actions = ["move_to_tier", "cancel_now"]
+    actions = ["move_to_tier", "cancel_now", "suspend", "unsuspend"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -353,17 +371,15 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.action(description="Move to tier…", permissions=["change"])
     def move_to_tier(self, request: HttpRequest, queryset):
         def perform(data: dict) -> None:
-            done, failed = [], []
-            for subscription in queryset.select_related("team", "tier"):
-                try:
-                    billing.subscription_tier_set_by_operator(
-                        subscription=subscription, tier=data["tier"], actor=request.user, reason=data["reason"]
-                    )
-                except ApplicationError as exc:
-                    failed.append(f"{subscription.team}: {exc.message}")
-                else:
-                    done.append(str(subscription.team))
-            _report(self, request, done, failed, f"Moved to {data['tier']}")
+            _each_subscription(
+                self,
+                request,
+                queryset,
+                f"Moved to {data['tier']}",
+                lambda subscription: checkout.subscription_tier_set_by_operator(
+                    subscription=subscription, tier=data["tier"], actor=request.user, reason=data["reason"]
+                ),
+            )
 
         return admin_action_with_form(
             self,
@@ -382,15 +398,15 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel now (no refund)", permissions=["change"])
     def cancel_now(self, request: HttpRequest, queryset):
         def perform(data: dict) -> None:
-            done, failed = [], []
-            for subscription in queryset.select_related("team", "tier"):
-                try:
-                    billing.subscription_cancel(team=subscription.team, immediately=True, actor=request.user)
-                except ApplicationError as exc:
-                    failed.append(f"{subscription.team}: {exc.message}")
-                else:
-                    done.append(str(subscription.team))
-            _report(self, request, done, failed, "Canceled now")
+            _each_subscription(
+                self,
+                request,
+                queryset,
+                "Canceled now",
+                lambda subscription: checkout.subscription_cancel(
+                    team=subscription.team, immediately=True, actor=request.user
+                ),
+            )
 
         return admin_action_with_form(
             self,
@@ -403,5 +419,61 @@ class SubscriptionAdmin(admin.ModelAdmin):
             submit_label="Cancel these subscriptions now",
             form_class=forms.Form,
             initial={},
+            perform=perform,
+        )
+
+    @admin.action(description="Suspend…", permissions=["change"])
+    def suspend(self, request: HttpRequest, queryset):
+        def perform(data: dict) -> None:
+            _each_subscription(
+                self,
+                request,
+                queryset,
+                "Suspended",
+                lambda subscription: tier_services.subscription_suspend(
+                    subscription=subscription, actor=request.user, reason=data["reason"]
+                ),
+            )
+
+        return admin_action_with_form(
+            self,
+            request,
+            queryset,
+            action="suspend",
+            title="Suspend subscriptions",
+            intro="The model API refuses a suspended team (subscription_inactive), its periods are not billed, and "
+            "it cannot change tier until the suspension is lifted. Open invoices stay open. Each suspension is "
+            "written to the customer's billing audit log.",
+            submit_label="Suspend these subscriptions",
+            form_class=OperatorReasonForm,
+            initial={"reason": f"Suspended by operator {request.user.email}"},
+            perform=perform,
+        )
+
+    @admin.action(description="Lift suspension…", permissions=["change"])
+    def unsuspend(self, request: HttpRequest, queryset):
+        def perform(data: dict) -> None:
+            _each_subscription(
+                self,
+                request,
+                queryset,
+                "Suspension lifted",
+                lambda subscription: tier_services.subscription_unsuspend(
+                    subscription=subscription, actor=request.user, reason=data["reason"]
+                ),
+            )
+
+        return admin_action_with_form(
+            self,
+            request,
+            queryset,
+            action="unsuspend",
+            title="Lift suspensions",
+            intro="Each subscription returns to what it was (past due while a failed renewal is unpaid, trialing "
+            "while its trial runs, else active); a period that ended meanwhile is billed by the next billing pass. "
+            "Each is written to the customer's billing audit log.",
+            submit_label="Lift these suspensions",
+            form_class=OperatorReasonForm,
+            initial={"reason": f"Suspension lifted by operator {request.user.email}"},
             perform=perform,
         )

@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.selectors import team_for_request
-from billing import services as billing
+from billing import checkout
 from billing.selectors import invoice_list_for_team
 from billing.serializers import InvoiceSerializer, SubscriptionChangeSerializer, SubscriptionRequestSerializer
 from tiers.selectors import subscription_current
@@ -45,13 +45,13 @@ class SubscriptionApi(APIView):
         team = team_for_request(request)
         actor = request.user if isinstance(request.user, User) else None
         if "tier" in data:
-            result = billing.subscription_change(
+            result = checkout.subscription_change(
                 team=team, tier=data["tier"], payment_method=data.get("payment_method"), actor=actor
             )
         elif "cancel" in data:
-            result = billing.subscription_cancel(team=team, actor=actor)
+            result = checkout.subscription_cancel(team=team, actor=actor)
         else:
-            result = billing.subscription_resume(team=team, actor=actor)
+            result = checkout.subscription_resume(team=team, actor=actor)
         body = SubscriptionSerializer(result.subscription).data
         body["change"] = result.change
         body["invoice"] = InvoiceSerializer(result.invoice).data if result.invoice is not None else None

@@ -21,27 +21,27 @@ a crash loses (rolls back) at most the batch in progress, which the next pass re
 
 The date arithmetic per subscription (calendar months, clamped at month ends) stays in Python
 (tiers/periods.py), the one place that rule lives; the rows it produces reach the database as one JSON
-parameter per statement (see rows_cte for why).
+parameter per statement (see core.sql.rows_cte for why). The usage of the ended periods is usage's to
+read (usage.selectors.tokens_used_by_period, one statement per batch).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Model
 from django.utils import timezone
 
 from accounts.models import AuditEntry
 from billing.models import Invoice, InvoiceLine
 from core.periods import add_months, interval_months, period_containing
+from core.sql import column_and_type, datetime_text, execute, insert_rows, param, quoted_table, rows_cte
 from tiers.models import Subscription, Tier
 from tiers.pricing import overage_line_values
-from usage.models import UsageRecord
+from usage.selectors import tokens_used_by_period
 
 # Subscriptions per batch (and transaction). Rows travel as one JSON parameter, so the size is not
 # bounded by SQLite's 32,766 parameters; 5,000 spreads the per-statement overhead (measured on
@@ -97,120 +97,7 @@ def next_period(anchor: datetime, interval: str, boundary: datetime) -> tuple[da
     return anchor, boundary, end
 
 
-# --- SQL over row sets ----------------------------------------------------------------------------------
-
-
-def _column(model: type[Model], field_name: str) -> tuple[str, str]:
-    """(column name, SQL type) of a model field, for the row-set CTEs below."""
-    model_field = model._meta.get_field(field_name)
-    return model_field.column, model_field.cast_db_type(connection)
-
-
-def _param(value: Any) -> Any:
-    """A single parameter in the form the ORM would store it (naive UTC text for a datetime on SQLite,
-    where datetimes compare as text: sqlite3's own adapter would append "+00:00" and break that)."""
-    if isinstance(value, datetime):
-        return connection.ops.adapt_datetimefield_value(value)
-    return value
-
-
-def datetime_text() -> Callable[[datetime], Any]:
-    """How a datetime travels in the JSON rows to this database: ISO 8601 text, in the form the
-    database stores (naive UTC text on SQLite, where datetimes compare as text)."""
-    if connection.vendor == "postgresql":
-        return datetime.isoformat
-    return connection.ops.adapt_datetimefield_value  # looked up once: called per value
-
-
-def _json_datetimes() -> Callable[[Any], Any]:
-    """json.dumps's ``default``: JSON has no datetimes (see datetime_text)."""
-    to_text = datetime_text()
-
-    def default(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return to_text(value)
-        raise TypeError(f"cannot send {type(value).__name__} to the database as JSON")
-
-    return default
-
-
-def rows_cte(name: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-    """``name (col, ...) AS (...)``, a CTE of ``rows``, and its single parameter.
-
-    The rows travel as ONE JSON parameter (an array of arrays) that the database unpacks, whatever the
-    number of rows. With psycopg's client-side binding, which Django uses, a statement with a
-    placeholder per value spends more time being assembled in Python than run, and so does an array
-    per column (psycopg quotes every element in Python). Measured closing 10,000 subscriptions on
-    PostgreSQL: 2.2 s with bulk_create and VALUES placeholders, 1.5 s with arrays, 0.9 s with JSON.
-    json.dumps is C, and PostgreSQL (json_array_elements) and SQLite (json_each, SQLite 3.38+) unpack
-    it in C. Each column is cast to its model field's type on PostgreSQL; SQLite stores what it is
-    given (datetimes as the ORM stores them: see datetime_text).
-    """
-    names = ", ".join(column for column, _ in columns)
-    if connection.vendor == "postgresql":
-        values = ", ".join(f"CAST(e->>{i} AS {sql_type})" for i, (_, sql_type) in enumerate(columns))
-        source = "json_array_elements(CAST(%s AS json)) AS e"
-    else:
-        values = ", ".join(f"json_extract(e.value, '$[{i}]')" for i in range(len(columns)))
-        source = "json_each(%s) AS e"
-    payload = json.dumps(rows, default=_json_datetimes(), separators=(",", ":"))
-    return f"{name} ({names}) AS (SELECT {values} FROM {source})", [payload]  # noqa: S608 - types from _meta
-
-
-def _execute(sql: str, params: Sequence[Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
-
-
-def _insert_rows(
-    model: type[Model],
-    field_names: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    *,
-    constants: dict[str, Any] | None = None,
-    extra_columns: dict[str, str] | None = None,
-    source: str = "r",
-    suffix: str = "",
-) -> list[tuple]:
-    """INSERT ``rows`` (values of ``field_names``) into ``model``'s table in one statement.
-
-    ``constants``: fields with the same value in every row, sent once as parameters rather than per
-    row. ``extra_columns``: column -> SQL expression over ``source`` (e.g. an id drawn in a subquery).
-    ``suffix`` (ON CONFLICT, RETURNING) is appended; ``WHERE true`` is there because SQLite needs it
-    to parse an upsert from a SELECT."""
-    constants = constants or {}
-    extra_columns = extra_columns or {}
-    columns = [_column(model, name) for name in field_names]
-    cte, params = rows_cte("r", columns, rows)
-    pg = connection.vendor == "postgresql"
-    constant_columns = [_column(model, name) for name in constants]
-    constant_sql = [f"CAST(%s AS {sql_type})" if pg else "%s" for _, sql_type in constant_columns]
-    targets = [*extra_columns, *(c for c, _ in columns), *(c for c, _ in constant_columns)]
-    selected = [*extra_columns.values(), *(c for c, _ in columns), *constant_sql]
-    table = connection.ops.quote_name(model._meta.db_table)
-    sql = (
-        f"WITH {cte} INSERT INTO {table} ({', '.join(targets)})"  # noqa: S608 - identifiers from _meta, values as parameters
-        f" SELECT {', '.join(selected)} FROM {source} WHERE true {suffix}"
-    )
-    return _execute(sql, [*params, *(_param(value) for value in constants.values())])
-
-
-def usage_tokens_by_team(periods: Sequence[tuple[int, datetime, datetime]]) -> dict[int, int]:
-    """Total tokens per team in each team's own ``[start, end)``: one query for the whole batch."""
-    if not periods:
-        return {}
-    qn = connection.ops.quote_name
-    time_type = _column(UsageRecord, "created_at")[1]
-    columns = [_column(UsageRecord, "team"), ("period_start", time_type), ("period_end", time_type)]
-    cte, params = rows_cte("p", columns, periods)
-    sql = (
-        f"WITH {cte} SELECT p.team_id, SUM(u.total_tokens) FROM p"  # noqa: S608 - identifiers from _meta, values as parameters
-        f" JOIN {qn(UsageRecord._meta.db_table)} u ON u.team_id = p.team_id"
-        " AND u.created_at >= p.period_start AND u.created_at < p.period_end"
-        " GROUP BY p.team_id"
-    )
-    return {int(team): int(total or 0) for team, total in _execute(sql, params)}
+# --- SQL over row sets (the helpers: core/sql.py) ----------------------------------------------------------
 
 
 def _periods_advance(advances: Sequence[tuple]) -> set[int]:
@@ -220,21 +107,23 @@ def _periods_advance(advances: Sequence[tuple]) -> set[int]:
     pass (or a retried batch) that read the same row advances nothing and issues nothing."""
     if not advances:
         return set()
-    table = connection.ops.quote_name(Subscription._meta.db_table)
-    end_type = _column(Subscription, "current_period_end")[1]
+    table = quoted_table(Subscription)
+    end_type = column_and_type(Subscription, "current_period_end")[1]
     cte, params = rows_cte(
         "v",
         [
-            _column(Subscription, "id"),
+            column_and_type(Subscription, "id"),
             ("old_end", end_type),
-            _column(Subscription, "tier"),
-            _column(Subscription, "billing_anchor"),
-            _column(Subscription, "current_period_start"),
-            _column(Subscription, "current_period_end"),
-            _column(Subscription, "status"),
+            column_and_type(Subscription, "tier"),
+            column_and_type(Subscription, "billing_anchor"),
+            column_and_type(Subscription, "current_period_start"),
+            column_and_type(Subscription, "current_period_end"),
+            column_and_type(Subscription, "status"),
         ],
         advances,
     )
+    # The scheduled change is applied (tier_id), then reset as Subscription.scheduled_change_clear does,
+    # except canceled_at: a cancel that took effect keeps its date.
     sql = (
         f"WITH {cte} UPDATE {table} SET tier_id = v.tier_id, pending_tier_id = NULL,"  # noqa: S608 - identifiers from _meta, values as parameters
         " cancel_at_period_end = %s, billing_anchor = v.billing_anchor,"
@@ -243,7 +132,7 @@ def _periods_advance(advances: Sequence[tuple]) -> set[int]:
         f" FROM v WHERE {table}.id = v.id AND {table}.current_period_end = v.old_end"
         f" RETURNING {table}.id"
     )
-    return {int(row[0]) for row in _execute(sql, [*params, False, _param(timezone.now())])}
+    return {int(row[0]) for row in execute(sql, [*params, False, param(timezone.now())])}
 
 
 def _invoice_number_sql(id_sql: str) -> str:
@@ -267,8 +156,8 @@ def invoice_numbers_assign(invoice_ids: Iterable[int]) -> None:
     ids = [(pk,) for pk in invoice_ids]
     if not ids:
         return
-    table = connection.ops.quote_name(Invoice._meta.db_table)
-    cte, params = rows_cte("n", [_column(Invoice, "id")], ids)
+    table = quoted_table(Invoice)
+    cte, params = rows_cte("n", [column_and_type(Invoice, "id")], ids)
     # The id IN (subquery) form, not UPDATE ... FROM n: SQLite's planner otherwise drives the update
     # from the unique index on `number` (all NULL here) and rescans the batch for every row, which was
     # quadratic (6 s per 5,000 invoices, measured by bench/billing_close.py; 10 ms this way).
@@ -276,7 +165,7 @@ def invoice_numbers_assign(invoice_ids: Iterable[int]) -> None:
         f"WITH {cte} UPDATE {table} SET number = {_invoice_number_sql(f'{table}.id')}"  # noqa: S608 - identifiers from _meta, values as parameters
         f" WHERE {table}.id IN (SELECT id FROM n) AND {table}.number IS NULL"
     )
-    _execute(sql, params)
+    execute(sql, params)
 
 
 def _invoices_insert(rows: Sequence[Sequence[Any]], *, now: datetime) -> list[tuple[int, str]]:
@@ -296,12 +185,12 @@ def _invoices_insert(rows: Sequence[Sequence[Any]], *, now: datetime) -> list[tu
     }
     returning = "ON CONFLICT (billing_key) DO NOTHING RETURNING id, billing_key"
     if connection.vendor != "postgresql":
-        created = _insert_rows(Invoice, _INVOICE_FIELDS, rows, constants=constants, suffix=returning)
+        created = insert_rows(Invoice, _INVOICE_FIELDS, rows, constants=constants, suffix=returning)
         invoice_numbers_assign(invoice_id for invoice_id, _ in created)
         return created
     table = Invoice._meta.db_table
     draw = f"(SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id, r.* FROM r) AS x"  # noqa: S608 - from _meta
-    return _insert_rows(
+    return insert_rows(
         Invoice,
         _INVOICE_FIELDS,
         rows,
@@ -471,10 +360,11 @@ def _close_batch(
     closings = [_plan(row, tiers=tiers, free=free, now=now, text=text) for row in rows]
     # Overage of the ended period, at the tier it ended on. A trial is free, its usage included.
     wanted = [(c.team_id, c.old_start, c.old_end) for c in closings if c.old_tier.bills_overage and not c.trial_ended]
-    tokens_by_team = usage_tokens_by_team(wanted)
+    tokens_by_team = tokens_used_by_period(periods=wanted)
     for c in closings:
-        if c.team_id in tokens_by_team:
-            c.overage = overage_line_values(tier=c.old_tier, tokens_used=tokens_by_team[c.team_id])
+        tokens = tokens_by_team.get(c.team_id)
+        if tokens:  # no usage, no overage
+            c.overage = overage_line_values(tier=c.old_tier, tokens_used=tokens)
 
     advanced = _periods_advance(
         [(c.id, c.old_end_text, c.new_tier.pk, c.anchor_text, c.start_text, c.end_text, c.status) for c in closings]
@@ -496,7 +386,7 @@ def _close_batch(
         created = _invoices_insert(invoice_rows, now=now)
         line_rows = [(invoice_id, *line) for invoice_id, key in created for line in invoices[key]]
         if line_rows:
-            _insert_rows(InvoiceLine, _LINE_FIELDS, line_rows)
+            insert_rows(InvoiceLine, _LINE_FIELDS, line_rows)
         result.invoices_created += len(created)
 
     audits = [

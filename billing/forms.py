@@ -82,6 +82,6 @@ class OperatorReasonForm(forms.Form):
 
 class OperatorTierMoveForm(OperatorReasonForm):
     tier = forms.ModelChoiceField(
-        queryset=Tier.objects.filter(is_archived=False),
+        queryset=Tier.objects.selectable(),
         help_text="Takes effect now, without a proration charge; later renewals bill this tier's price.",
     )

@@ -43,7 +43,7 @@ class SubscriptionRequestSerializer(serializers.Serializer):
 
     tier = serializers.SlugRelatedField(
         slug_field="slug",
-        queryset=Tier.objects.filter(is_public=True, is_archived=False),
+        queryset=Tier.objects.selectable(public_only=True),
         required=False,
         help_text="Slug of a public tier to subscribe or change to.",
         error_messages={"does_not_exist": "There is no tier '{value}' open to subscription."},

@@ -50,16 +50,14 @@ localstripe (1.15.10) workarounds, all here, all harmless on real Stripe:
    returned in the server's order).
 5. ``latest_charge`` is an expanded Charge object in localstripe, an id on real Stripe: the parser
    accepts both.
-6. A SetupIntent confirmed with a payment method does not attach it to the customer in localstripe
-   (real Stripe does): setup_intent_confirm attaches it when the saved method has no customer.
-7. Stripe's test payment method ids localstripe lacks (it knows pm_card_visa,
+6. Stripe's test payment method ids localstripe lacks (it knows pm_card_visa,
    pm_card_visa_chargeDeclined, pm_card_chargeCustomerFail) answer 404; for the documented 3-D Secure
    ones (``TEST_CARD_NUMBERS``) the gateway then creates the payment method from the test card number
    (which real Stripe never gets to, since it knows the ids) and retries once.
-8. No idempotency (see above), and unknown parameters answer 400 or 500: only parameters localstripe
+7. No idempotency (see above), and unknown parameters answer 400 or 500: only parameters localstripe
    accepts are sent (``payment_method_types=["card"]`` is accepted and keeps real Stripe from asking
    for a ``return_url``). localstripe's 500 "Not implemented" is reported as unavailable (5xx).
-9. Webhook registrations are lost on restart (``manage.py localstripe`` registers at every start) and
+8. Webhook registrations are lost on restart (``manage.py localstripe`` registers at every start) and
    deliveries are not retried; localstripe emits no refund events.
 ping() lists one customer rather than reading the balance: localstripe's GET /v1/balance creates an
 object and fires a ``balance.available`` webhook the first time.
@@ -247,7 +245,7 @@ def _is_not_found(exc: stripe.StripeError) -> bool:
 
 def _with_test_card(client: stripe.StripeClient, payment_method: str, call: Callable[[str], T]) -> T:
     """``call(payment_method)``; if the server does not know a documented test payment method id
-    (localstripe, workaround 7), create it from its test card number and call again once."""
+    (localstripe, workaround 6), create it from its test card number and call again once."""
     try:
         return call(payment_method)
     except stripe.InvalidRequestError as exc:
@@ -322,8 +320,8 @@ def customer_create(*, email: str, team_id: int, idempotency_key: str) -> str:
 
 
 def payment_method_attach(*, customer_id: str, payment_method: str, make_default: bool = True) -> CardDetails:
-    """Attach ``payment_method`` (e.g. "pm_card_visa", or an id from a SetupIntent) to the customer and
-    make it the default for invoices. Raises PaymentDeclined when the card is declined at attach.
+    """Attach ``payment_method`` (e.g. "pm_card_visa") to the customer and make it the default for
+    invoices. Raises PaymentDeclined when the card is declined at attach.
 
     Returns the attached method's own id (a test id such as "pm_card_visa" becomes a new ``pm_...``):
     store that one, not the test id."""
@@ -336,40 +334,6 @@ def payment_method_attach(*, customer_id: str, payment_method: str, make_default
         )
         if make_default:
             client.v1.customers.update(customer_id, params={"invoice_settings": {"default_payment_method": pm.id}})
-    return _card_details(pm)
-
-
-def payment_method_detach(*, payment_method_id: str) -> None:
-    with _stripe_errors("payment_method_detach"):
-        _client().v1.payment_methods.detach(payment_method_id)
-
-
-def setup_intent_confirm(*, customer_id: str, payment_method: str) -> CardDetails:
-    """Create and confirm a SetupIntent (saving a card for off-session use); returns the saved card.
-    Raises PaymentDeclined (declined) or PaymentRequiresAction (the card needs 3-D Secure, which needs
-    the customer in a browser). Does not make the card the default: payment_method_attach does."""
-    client = _client()
-    with _stripe_errors("setup_intent_confirm"):
-        intent = client.v1.setup_intents.create(
-            params={"customer": customer_id, "usage": "off_session", "payment_method_types": ["card"]}
-        )
-        intent = _with_test_card(
-            client,
-            payment_method,
-            lambda pm_id: client.v1.setup_intents.confirm(intent.id, params={"payment_method": pm_id}),
-        )
-        if intent.status == "requires_action":
-            raise PaymentRequiresAction(
-                "This card needs the customer to authenticate (3-D Secure).",
-                extra={"setup_intent": intent.id},
-            )
-        if intent.status != "succeeded":
-            raise PaymentDeclined(
-                "The card could not be saved.", extra={"setup_intent": intent.id, "status": intent.status}
-            )
-        pm = client.v1.payment_methods.retrieve(_intent_id(intent.payment_method))
-        if not pm.customer:  # workaround 6: localstripe does not attach it
-            pm = client.v1.payment_methods.attach(pm.id, params={"customer": customer_id})
     return _card_details(pm)
 
 

@@ -7,8 +7,7 @@ from dataclasses import asdict
 
 from celery import shared_task
 
-from billing import services as billing
-from billing import webhooks
+from billing import run, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +15,7 @@ logger = logging.getLogger(__name__)
 # is quick and batch-committed; charging goes through Stripe one invoice at a time, so it gets a budget
 # well inside the soft limit and leaves what it could not charge for the next pass (still due, nothing
 # lost). Hitting the hard limit mid-charge is safe too: every attempt is recorded before Stripe is
-# called, and the next pass recovers it (tiers/billing.py, _payment_recover).
+# called, and the next pass recovers it (billing/payments.py, _payment_recover).
 SOFT_TIME_LIMIT = 240
 TIME_LIMIT = 300
 CHARGE_BUDGET_SECONDS = 180
@@ -34,7 +33,7 @@ CHARGE_BUDGET_SECONDS = 180
 )
 def billing_run() -> dict:
     """One billing pass at the current time: close periods, charge what is due, end dunning."""
-    result = billing.billing_run(charge_budget_seconds=CHARGE_BUDGET_SECONDS)
+    result = run.billing_run(charge_budget_seconds=CHARGE_BUDGET_SECONDS)
     summary = asdict(result)
     if result.errors:
         logger.warning("billing pass finished with %d error(s): %s", len(result.errors), summary)

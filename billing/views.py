@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.selectors import team_for_user
-from billing import services as billing
-from billing import webhooks
+from billing import checkout, customers, selectors, webhooks
 from billing.forms import DECLINED_MESSAGE, CardChangeForm, CheckoutForm
 from billing.models import BillingCustomer, Invoice
-from billing.selectors import invoice_list_for_team
+from billing.services import CheckoutResult, PaymentMethodRequired
 from billing.stripe_gateway import (
     PaymentDeclined,
     PaymentInvalidRequest,
@@ -63,7 +63,7 @@ def _payment_error_message(exc: ApplicationError) -> str:
     return exc.message
 
 
-def _result_message(result: billing.CheckoutResult) -> str:
+def _result_message(result: CheckoutResult) -> str:
     """What a subscribe/change/cancel/resume did, in one sentence for the billing page."""
     subscription = result.subscription
     tier = subscription.tier
@@ -97,7 +97,7 @@ def _result_message(result: billing.CheckoutResult) -> str:
 
 
 def _billing_page(request: HttpRequest, team: Team, card_form: CardChangeForm, *, status: int = 200) -> HttpResponse:
-    overview = billing.billing_overview(team=team)
+    overview = selectors.billing_overview(team=team)
     return render(
         request,
         "billing/billing.html",
@@ -118,7 +118,7 @@ def billing_payment_method(request: HttpRequest) -> HttpResponse:
     form = CardChangeForm(request.POST)
     if form.is_valid():
         try:
-            customer = billing.payment_method_update(
+            customer = customers.payment_method_update(
                 team=team, payment_method=form.selected_payment_method, actor=request.user
             )
         except ApplicationError as exc:
@@ -131,28 +131,27 @@ def billing_payment_method(request: HttpRequest) -> HttpResponse:
     return _billing_page(request, team, form, status=400)
 
 
-@login_required
-@require_POST
-def billing_cancel(request: HttpRequest) -> HttpResponse:
+def _subscription_action(request: HttpRequest, service: Callable[..., CheckoutResult]) -> HttpResponse:
+    """Cancel or undo: call ``service`` for the team, report what it did (or its refusal) on the page."""
     try:
-        result = billing.subscription_cancel(team=_team(request), actor=request.user)
+        result = service(team=_team(request), actor=request.user)
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(request, _result_message(result))
     return redirect("billing")
+
+
+@login_required
+@require_POST
+def billing_cancel(request: HttpRequest) -> HttpResponse:
+    return _subscription_action(request, checkout.subscription_cancel)
 
 
 @login_required
 @require_POST
 def billing_resume(request: HttpRequest) -> HttpResponse:
-    try:
-        result = billing.subscription_resume(team=_team(request), actor=request.user)
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, _result_message(result))
-    return redirect("billing")
+    return _subscription_action(request, checkout.subscription_resume)
 
 
 @login_required
@@ -161,18 +160,18 @@ def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
     # Archived and non-public tiers cannot be chosen: they are not found here.
     tier = get_object_or_404(tier_list_public(), slug=tier_slug)
     subscription = subscription_current(team=team)
-    plan = billing.subscription_change_preview(team=team, tier=tier)
+    plan = checkout.subscription_change_preview(team=team, tier=tier)
     customer = BillingCustomer.objects.filter(team=team).first()
     data = request.POST if request.method == "POST" else None  # a POST without a card is empty, yet bound
     form = CheckoutForm(data, customer=customer, card_needed=plan.card_needed)
     if request.method == "POST" and form.is_valid():
         try:
-            result = billing.subscription_change(
+            result = checkout.subscription_change(
                 team=team, tier=tier, payment_method=form.selected_payment_method, actor=request.user
             )
         except ApplicationError as exc:
             is_card_error = isinstance(
-                exc, (PaymentDeclined, PaymentRequiresAction, PaymentInvalidRequest, billing.PaymentMethodRequired)
+                exc, (PaymentDeclined, PaymentRequiresAction, PaymentInvalidRequest, PaymentMethodRequired)
             )
             field = "payment_method" if is_card_error and "payment_method" in form.fields else None
             form.add_error(field, _payment_error_message(exc))
@@ -190,7 +189,7 @@ def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
 @login_required
 def billing_invoice(request: HttpRequest, number: str) -> HttpResponse:
     team = _team(request)
-    invoice = get_object_or_404(invoice_list_for_team(team=team).select_related("team"), number=number)
+    invoice = get_object_or_404(selectors.invoice_list_for_team(team=team).select_related("team"), number=number)
     lines = list(invoice.lines.select_related("tier"))
     payments = list(invoice.payments.prefetch_related("refunds").order_by("attempt"))
     return render(

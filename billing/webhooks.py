@@ -3,14 +3,14 @@
 Receiving is fast and never does billing work: the event is verified, stored in ``StripeEvent``
 (unique on Stripe's event id) and a Celery task is queued after commit. Processing is idempotent and
 order-independent: an event already processed is skipped, and the outcome itself is applied by
-``billing.payment_outcome_record``, whose contract is "any order, any number of times". Nothing is
+``billing.payments.payment_outcome_record``, whose contract is "any order, any number of times". Nothing is
 ever lost to a failed enqueue: the row is the source of truth, a redelivery of an unprocessed event
 queues it again, and ``stripe_events_pending_process`` (a periodic task) sweeps up what is left.
 
 Handled: ``payment_intent.succeeded`` / ``payment_failed`` / ``requires_action`` / ``canceled`` (the
 PaymentIntent in the event, as Stripe saw it then). Every other type (``charge.refunded``,
 ``customer.*``...) is stored for the record and marked processed: refunds are recorded synchronously
-by ``billing.payment_refund`` (and localstripe sends no refund events).
+by ``billing.refunds.payment_refund`` (and localstripe sends no refund events).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from billing import services as billing
-from billing import stripe_gateway
+from billing import payments, stripe_gateway
 from billing.models import StripeEvent
 
 logger = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def _apply(event: StripeEvent, *, now: datetime) -> None:
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{event.type} event without data.object") from exc
     intent = stripe_gateway.payment_intent_from_object(obj)
-    payment = billing.payment_outcome_record(intent=intent, now=now)
+    payment = payments.payment_outcome_record(intent=intent, now=now)
     if payment is None:
         # Not one of our charges (or one whose Payment row is gone): nothing to settle.
         logger.info("stripe event %s (%s): no payment for %s", event.event_id, event.type, intent.id)

@@ -305,9 +305,6 @@ TIERLAB_QUOTA_BACKEND = env.str("TIERLAB_QUOTA_BACKEND", default="redis" if PROD
 # How stale the model API's in-process view of keys and entitlements may be: a revoked key or a tier
 # change takes effect within this many seconds on every web process.
 TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0)
-# Off only for the overhead benchmark's baseline (bench/api_overhead.py): the same API with no key
-# check, quota or usage record. Production mode refuses to turn it off.
-TIERLAB_METERING = True if PRODUCTION else env.bool("TIERLAB_METERING", default=True)
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # Licensees whose products had more monthly active users than this in the calendar month before a
 # model's release need a licence agreement for that model and later ones (the Llama licence's 700M).

@@ -11,9 +11,8 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows that only services write (usage, statements, check runs): operators read them here, and
-    nothing can be added, changed or deleted. Actions without ``allowed_permissions`` stay available."""
+class _NoWrites:
+    """Nothing can be added, changed or deleted through this admin (viewing needs the view permission)."""
 
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
@@ -25,20 +24,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyAdmin(_NoWrites, admin.ModelAdmin):
+    """Rows that only services write (usage, statements, check runs): operators read them here, and
+    nothing can be added, changed or deleted. Actions without ``allowed_permissions`` stay available."""
+
+
+class ReadOnlyInline(_NoWrites, admin.TabularInline):
     """The rows of a read-only parent (invoice lines, statement lines): shown, never edited."""
 
     extra = 0
     can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 def admin_action_with_form(

@@ -6,11 +6,11 @@ from __future__ import annotations
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import ApplicationError
+from core.errors import ApplicationError, error_body, error_type
 
 
 def _first_error(detail) -> tuple[str | None, str]:
@@ -25,21 +25,9 @@ def _first_error(detail) -> tuple[str | None, str]:
     return None, str(detail)
 
 
-def _body(message: str, *, type_: str, code: str, param: str | None = None, details=None) -> dict:
-    error = {"message": message, "type": type_, "code": code, "param": param}
-    if details is not None:
-        error["details"] = details
-    return {"error": error}
-
-
 def exception_handler(exc, context):
     if isinstance(exc, ApplicationError):
-        status_code = getattr(exc, "status", status.HTTP_400_BAD_REQUEST)
-        param = exc.extra.get("field") if exc.extra else None
-        return Response(
-            _body(exc.message, type_=getattr(exc, "type", "invalid_request_error"), code=exc.code, param=param),
-            status=status_code,
-        )
+        return Response(exc.body(), status=exc.status)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     elif isinstance(exc, Http404):
@@ -52,11 +40,9 @@ def exception_handler(exc, context):
         return None
     if isinstance(exc, exceptions.ValidationError):
         param, message = _first_error(exc.detail)
-        response.data = _body(message, type_="invalid_request_error", code="invalid", param=param, details=exc.detail)
+        response.data = error_body(message, type_="invalid_request_error", code="invalid", param=param)
+        response.data["error"]["details"] = exc.detail
     else:
-        types = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else "error"
-        response.data = _body(
-            str(exc.detail), type_=types.get(response.status_code, "invalid_request_error"), code=code
-        )
+        response.data = error_body(str(exc.detail), type_=error_type(response.status_code), code=code)
     return response

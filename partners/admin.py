@@ -244,20 +244,7 @@ class LicenseAgreementAdmin(RunChecksMixin, admin.ModelAdmin):
     search_fields = ["team__name", "team__memberships__user__email"]
     list_select_related = ["team", "decided_by"]
     actions = ["grant_licenses", "refuse_licenses", "run_license_checks"]
-    readonly_fields = [
-        "team",
-        "status",
-        "required_from",
-        "reported_mau",
-        "mau_month",
-        "monthly_fee_cents",
-        "currency",
-        "terms",
-        "decided_at",
-        "decided_by",
-        "created_at",
-        "updated_at",
-    ]
+    readonly_fields = ["team", *licensing.AGREEMENT_FIELDS, "decided_by", "created_at", "updated_at"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # agreements come from the checks

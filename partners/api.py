@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import team_for_request
+from core.errors import error_body, error_type
 from partners import licensing
 from partners.models import LicenseAgreement, MonthlyActiveUsers
 from partners.services import MAX_EVENTS_PER_BATCH, PartnerError, partner_key_authenticate, partner_usage_events_ingest
@@ -26,50 +27,42 @@ from partners.services import MAX_EVENTS_PER_BATCH, PartnerError, partner_key_au
 logger = logging.getLogger(__name__)
 
 
-def _error(status: int, message: str, *, type_: str, code: str, param: str | None = None) -> JsonResponse:
-    return JsonResponse({"error": {"message": message, "type": type_, "code": code, "param": param}}, status=status)
+def _error(status: int, message: str, *, code: str, param: str | None = None) -> JsonResponse:
+    return JsonResponse(error_body(message, type_=error_type(status), code=code, param=param), status=status)
 
 
 @csrf_exempt  # partner keys, not cookies
 def partner_usage_events(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return _error(405, "Use POST for this endpoint.", type_="invalid_request_error", code="method_not_allowed")
+        return _error(405, "Use POST for this endpoint.", code="method_not_allowed")
     now = timezone.now()
     authorization = request.headers.get("Authorization", "")
     if not authorization.startswith("Bearer "):
         return _error(
             401,
             "Missing partner key: send 'Authorization: Bearer <your TierLab partner key>'.",
-            type_="authentication_error",
             code="invalid_partner_key",
         )
     partner = partner_key_authenticate(raw_key=authorization[7:].strip(), now=now)
     if partner is None:
-        return _error(
-            401,
-            "Invalid partner key: it is wrong or revoked.",
-            type_="authentication_error",
-            code="invalid_partner_key",
-        )
+        return _error(401, "Invalid partner key: it is wrong or revoked.", code="invalid_partner_key")
     if not partner.is_active:
-        return _error(403, "This partner account is deactivated.", type_="permission_error", code="partner_inactive")
+        return _error(403, "This partner account is deactivated.", code="partner_inactive")
     try:
         body = json.loads(request.body or b"null")
     except RequestDataTooBig:
         return _error(
             413,
             f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes; send smaller batches.",
-            type_="invalid_request_error",
             code="request_too_large",
         )
     except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, f"The request body is not valid JSON: {exc}.", type_="invalid_request_error", code="invalid")
+        return _error(400, f"The request body is not valid JSON: {exc}.", code="invalid")
     events = body.get("events") if isinstance(body, dict) else None
     if not isinstance(events, list):
         return _error(
             400,
             'The body must be a JSON object {"events": [...]}.',
-            type_="invalid_request_error",
             code="invalid",
             param="events",
         )
@@ -77,14 +70,13 @@ def partner_usage_events(request: HttpRequest) -> HttpResponse:
         return _error(
             400,
             f"At most {MAX_EVENTS_PER_BATCH} events per request; this one has {len(events)}.",
-            type_="invalid_request_error",
             code="too_many_events",
             param="events",
         )
     try:
         result = partner_usage_events_ingest(partner_id=partner.partner_id, events=events, now=now)
     except PartnerError as exc:
-        return _error(400, exc.message, type_="invalid_request_error", code=exc.code, param=exc.extra.get("field"))
+        return JsonResponse(exc.body(), status=exc.status)
     return JsonResponse(result.as_dict(), json_dumps_params={"separators": (",", ":")})
 
 
@@ -129,17 +121,7 @@ class LicenseAgreementSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = LicenseAgreement
-        fields = [
-            "status",
-            "required_from",
-            "reported_mau",
-            "mau_month",
-            "monthly_fee_cents",
-            "currency",
-            "terms",
-            "decided_at",
-            "created_at",
-        ]
+        fields = [*licensing.AGREEMENT_FIELDS, "created_at"]
         read_only_fields = fields
 
 

@@ -53,6 +53,17 @@ logger = logging.getLogger(__name__)
 
 Status = LicenseAgreement.Status
 CURRENCY_RE = re.compile(r"^[a-z]{3}$")
+# What a licence agreement states, as the licensee's API and the admin show it.
+AGREEMENT_FIELDS = (
+    "status",
+    "required_from",
+    "reported_mau",
+    "mau_month",
+    "monthly_fee_cents",
+    "currency",
+    "terms",
+    "decided_at",
+)
 
 
 class LicenseError(ApplicationError):
@@ -63,7 +74,6 @@ class LicenseNotRequired(LicenseError):
     """The team has no licence agreement (its products were never above the threshold)."""
 
     status = 404
-    type = "not_found_error"
     code = "license_not_required"
 
 

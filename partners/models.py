@@ -1,4 +1,5 @@
-"""Hosting partners (keys, share rates, usage events, statements) and licence agreements (MAU reports, licence checks)."""
+"""Hosting partners (keys, share rates, usage events, statements) and licence agreements (MAU reports,
+licence checks)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ def channel_partner_for_key(*, api_key_id: int) -> int | None:
 
 def license_required_from(*, team_id: int) -> date | None:
     """The first model release date the team needs a licence for, unless its licence is granted.
-    The model API refuses the team's requests to models released on or after it (usage/metering.py asks through usage.extensions)."""
+    The model API refuses the team's requests to models released on or after it (usage/metering.py
+    asks through usage.extensions)."""
     row = (
         LicenseAgreement.objects.filter(team_id=team_id)
         .exclude(status=LicenseAgreement.Status.GRANTED)

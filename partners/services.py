@@ -1,7 +1,7 @@
 """Hosting partners: services and selectors for partners, their keys, their share rates, and the
-ingest of the usage events they report (POST /api/v1/partner/usage-events, usage/partner_api.py).
+ingest of the usage events they report (POST /api/v1/partner/usage-events, partners/api.py).
 
-Statements (what a partner owes per month) live in usage/partner_statements.py.
+Statements (what a partner owes per month) live in partners/statements.py.
 
 Partner keys follow the API-key scheme of accounts/services.py (a clear prefix for the lookup, the
 whole key only as its SHA-256 hash, compared in constant time) with their own marker, "tlp-", so a
@@ -10,22 +10,21 @@ partner key is never mistaken for a team's model-API key, nor the reverse.
 
 from __future__ import annotations
 
-import hmac
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Team
-from accounts.services import api_key_create, api_key_hash
-from billing.close import rows_cte
+from accounts.selectors import secret_key_match
+from accounts.services import api_key_create, secret_key_save
 from core.errors import ApplicationError
 from core.local_cache import TTLCache
 from core.periods import add_months
+from core.sql import insert_rows
 from partners.models import (
     Partner,
     PartnerChannelKey,
@@ -127,7 +126,6 @@ PARTNER_KEY_PREFIX_LENGTH = 16
 
 
 @transaction.atomic
-@transaction.atomic
 def partner_channel_key_create(*, partner: Partner, team: Team, name: str) -> tuple[ApiKey, str]:
     """An API key for ``team`` issued through ``partner``'s channel; returns (key, secret), the secret
     shown once. The team's traffic through it is attributed to the partner (usage records, rollups,
@@ -139,22 +137,17 @@ def partner_channel_key_create(*, partner: Partner, team: Team, name: str) -> tu
 
 def partner_key_create(*, partner: Partner, name: str = "default") -> tuple[PartnerKey, str]:
     """Create a key for ``partner``'s usage reports; returns (key, secret), the secret shown once."""
-    for _ in range(3):
-        raw = PARTNER_KEY_MARKER + secrets.token_urlsafe(34)
-        key = PartnerKey(
-            partner=partner,
-            name=(name or "default").strip() or "default",
-            prefix=raw[:PARTNER_KEY_PREFIX_LENGTH],
-            secret_hash=api_key_hash(raw),
-        )
-        key.full_clean(exclude=["prefix"])
-        try:
-            with transaction.atomic():
-                key.save()
-        except IntegrityError:  # a prefix collision (2^-72 per pair), cheap to handle
-            continue
-        return key, raw
-    raise PartnerError("Could not create a unique key; try again.")
+    name = (name or "default").strip() or "default"
+    created = secret_key_save(
+        marker=PARTNER_KEY_MARKER,
+        prefix_length=PARTNER_KEY_PREFIX_LENGTH,
+        build=lambda prefix, secret_hash: PartnerKey(
+            partner=partner, name=name, prefix=prefix, secret_hash=secret_hash
+        ),
+    )
+    if created is None:
+        raise PartnerError("Could not create a unique key; try again.")
+    return created
 
 
 @transaction.atomic
@@ -205,13 +198,14 @@ def partner_key_authenticate(*, raw_key: str, now: datetime | None = None) -> Au
     a constant-time comparison of SHA-256 hashes, as for team API keys: a revocation or a partner's
     deactivation is seen within that TTL. Also moves the key's ``last_used_at`` (one UPDATE per key
     and process at most once a minute)."""
-    if not raw_key.startswith(PARTNER_KEY_MARKER) or len(raw_key) < PARTNER_KEY_PREFIX_LENGTH + 16:
-        return None
-    prefix = raw_key[:PARTNER_KEY_PREFIX_LENGTH]
-    row = _partner_key_cache.get_or_load(prefix, lambda: _load_partner_key(prefix))
-    if row is None or not hmac.compare_digest(api_key_hash(raw_key), row.secret_hash):
-        return None
-    if row.revoked_at is not None:
+    row = secret_key_match(
+        raw_key,
+        marker=PARTNER_KEY_MARKER,
+        prefix_length=PARTNER_KEY_PREFIX_LENGTH,
+        cache=_partner_key_cache,
+        load=_load_partner_key,
+    )
+    if row is None or row.revoked_at is not None:
         return None
     now = now or timezone.now()
     last = _last_used_written.get(row.key_id)
@@ -319,7 +313,7 @@ def partner_usage_events_ingest(*, partner_id: int, events: list[Any], now: date
     exact even when the same batch is sent twice at once (the unique constraint decides, and on
     PostgreSQL the second insert of a key waits for the first transaction and then skips it).
     Events for months whose statement is already issued are accepted too: the next statement carries
-    them as adjustment lines (usage/partner_statements.py)."""
+    them as adjustment lines (partners/statements.py)."""
     if len(events) > MAX_EVENTS_PER_BATCH:
         raise PartnerError(f"At most {MAX_EVENTS_PER_BATCH} events per request.", extra={"field": "events"})
     now = now or timezone.now()
@@ -348,22 +342,14 @@ def partner_usage_events_ingest(*, partner_id: int, events: list[Any], now: date
 
 def _insert_events(*, partner_id: int, rows: list[tuple], received_at: datetime) -> int:
     """Insert ``rows`` in one statement, skipping event ids the partner already reported; returns how
-    many were inserted. The rows travel as one JSON parameter (billing.close.rows_cte: measured
-    faster than a placeholder per value with psycopg's client-side binding, and free of SQLite's
-    parameter limit)."""
-    fields = PartnerUsageEvent._meta
-    names = [*_EVENT_FIELDS, "occurred_at"]
-    columns = [(fields.get_field(name).column, fields.get_field(name).cast_db_type(connection)) for name in names]
-    cte, params = rows_cte("r", columns, rows)
-    pg = connection.vendor == "postgresql"
-    received_sql = "CAST(%s AS timestamp with time zone)" if pg else "%s"
-    table = connection.ops.quote_name(PartnerUsageEvent._meta.db_table)
-    column_list = ", ".join(column for column, _ in columns)
-    sql = (
-        f"WITH {cte} INSERT INTO {table} (partner_id, {column_list}, received_at, statement_id)"  # noqa: S608 - identifiers from _meta
-        f" SELECT %s, {column_list}, {received_sql}, NULL FROM r WHERE true"
-        " ON CONFLICT (partner_id, event_id) DO NOTHING RETURNING 1"
+    many were inserted. The rows travel as one JSON parameter (core.sql.rows_cte: measured faster
+    than a placeholder per value with psycopg's client-side binding, and free of SQLite's parameter
+    limit)."""
+    inserted = insert_rows(
+        PartnerUsageEvent,
+        [*_EVENT_FIELDS, "occurred_at"],
+        rows,
+        constants={"partner": partner_id, "received_at": received_at, "statement": None},
+        suffix="ON CONFLICT (partner_id, event_id) DO NOTHING RETURNING 1",
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, partner_id, connection.ops.adapt_datetimefield_value(received_at)])
-        return len(cursor.fetchall())
+    return len(inserted)

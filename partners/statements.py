@@ -38,7 +38,7 @@ from django.utils import timezone
 from core.periods import add_months, month_first
 from partners.models import Partner, PartnerStatement, PartnerStatementLine, PartnerUsageEvent
 from partners.services import PartnerError, share_rates_for
-from usage.models import UsageRecord
+from usage.selectors import usage_totals_by_model_for_partner
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +162,7 @@ def _event_lines(*, statement: PartnerStatement, partner_id: int) -> list[Partne
 def _direct_lines(
     *, statement: PartnerStatement, partner_id: int, start: datetime, end: datetime
 ) -> list[PartnerStatementLine]:
-    groups = (
-        UsageRecord.objects.filter(partner_id=partner_id, created_at__gte=start, created_at__lt=end)
-        .values("model")
-        .annotate(n=Count("id"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
-        .order_by("model")
-    )
+    groups = usage_totals_by_model_for_partner(partner_id=partner_id, start=start, end=end)
     return [
         PartnerStatementLine(
             statement=statement,
@@ -176,9 +171,9 @@ def _direct_lines(
             model=group["model"],
             currency=DIRECT_CURRENCY,
             share_bps=0,
-            events=group["n"],
-            prompt_tokens=group["prompt"],
-            completion_tokens=group["completion"],
+            events=group["requests"],
+            prompt_tokens=group["prompt_tokens"],
+            completion_tokens=group["completion_tokens"],
         )
         for group in groups
     ]

@@ -31,6 +31,16 @@ class LanguageModel(models.Model):
         return self.model_id
 
 
+class TierQuerySet(models.QuerySet):
+    def selectable(self, *, public_only: bool = False) -> TierQuerySet:
+        """Tiers that can be chosen now (Tier.selectable_refusal is the same rule for one tier): never an
+        archived one (it keeps its subscribers, but nobody new moves to it); with ``public_only``, only
+        those open to customers (sign-up pages, checkout, the account API), not Enterprise-style tiers
+        that operators and commands assign."""
+        tiers = self.filter(is_archived=False)
+        return tiers.filter(is_public=True) if public_only else tiers
+
+
 class Tier(models.Model):
     """An access tier in the catalog. Limits left empty are unlimited.
 
@@ -87,6 +97,8 @@ class Tier(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = TierQuerySet.as_manager()
+
     class Meta:
         ordering = ["sort_order", "price_cents", "slug"]
         constraints = [
@@ -117,6 +129,15 @@ class Tier(models.Model):
     def bills_overage(self) -> bool:
         return self.overage_policy == self.OveragePolicy.BILL
 
+    def selectable_refusal(self, *, public_only: bool = False) -> str:
+        """Why this tier cannot be chosen now, "" if it can: TierQuerySet.selectable for one tier in
+        hand (tiers.services.tier_selectable_check raises it as TierUnavailable)."""
+        if self.is_archived:
+            return f"Tier '{self.slug}' is archived and cannot be chosen."
+        if public_only and not self.is_public:
+            return f"Tier '{self.slug}' is not available for sign-up."
+        return ""
+
     def clean(self) -> None:
         errors: dict[str, list[str]] = {}
 
@@ -145,6 +166,19 @@ class Tier(models.Model):
             self.currency = self.currency.lower()
         if errors:
             raise ValidationError(errors)
+
+
+class SubscriptionQuerySet(models.QuerySet):
+    def current(self) -> SubscriptionQuerySet:
+        """Not canceled: what teams are on now. A team has at most one (the one-current constraint below);
+        chain ``.filter(team=...)`` and ``.first()`` for a team's."""
+        return self.exclude(status=Subscription.Status.CANCELED)
+
+    def get_locked(self, pk: int) -> Subscription:
+        """Subscription ``pk`` with its tiers, its row locked until the transaction ends. OF self: the
+        subscription row only, not the tiers joined in (PostgreSQL would lock those too, serialising every
+        change on a tier, and refuses FOR UPDATE on the nullable side of the pending_tier outer join)."""
+        return self.select_for_update(of=("self",)).select_related("tier", "pending_tier").get(pk=pk)
 
 
 class Subscription(models.Model):
@@ -181,6 +215,8 @@ class Subscription(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = SubscriptionQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [
@@ -198,3 +234,15 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team} on {self.tier} ({self.status})"
+
+    def scheduled_change_clear(self) -> list[str]:
+        """Drop a scheduled downgrade or cancel, if any: the subscription renews on its tier. Returns the
+        fields it set, for ``save(update_fields=[*fields, ...])``.
+
+        The period close applies a scheduled change in SQL and resets ``pending_tier`` and
+        ``cancel_at_period_end`` there (billing/close.py, _periods_advance); it keeps ``canceled_at``, as
+        the date of the cancel that took effect. Here the change is dropped, so its date goes too."""
+        self.pending_tier = None
+        self.cancel_at_period_end = False
+        self.canceled_at = None
+        return ["pending_tier", "cancel_at_period_end", "canceled_at"]

@@ -17,17 +17,12 @@ if TYPE_CHECKING:
 
 def tier_list_public() -> QuerySet[Tier]:
     """Tiers a visitor may choose: public and not archived, with their models, cheapest first."""
-    return Tier.objects.filter(is_public=True, is_archived=False).prefetch_related("allowed_models")
+    return Tier.objects.selectable(public_only=True).prefetch_related("allowed_models")
 
 
 def subscription_current(*, team: Team) -> Subscription | None:
     """The team's current (not canceled) subscription; the unique constraint allows at most one."""
-    return (
-        Subscription.objects.select_related("tier", "pending_tier")
-        .filter(team=team)
-        .exclude(status=Subscription.Status.CANCELED)
-        .first()
-    )
+    return Subscription.objects.current().select_related("tier", "pending_tier").filter(team=team).first()
 
 
 def language_model_list_active() -> QuerySet[LanguageModel]:
@@ -86,12 +81,7 @@ _entitlements_cache: TTLCache[int, Entitlements | None] = TTLCache(ttl=settings.
 
 
 def _load_entitlements(team_id: int) -> Entitlements | None:
-    subscription = (
-        Subscription.objects.select_related("tier")
-        .filter(team_id=team_id)
-        .exclude(status=Subscription.Status.CANCELED)
-        .first()
-    )
+    subscription = Subscription.objects.current().select_related("tier").filter(team_id=team_id).first()
     if subscription is None:
         return None
     tier = subscription.tier

@@ -10,11 +10,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts import services as account_services
-from accounts.models import User
+from accounts.models import AuditEntry, User
 from core.errors import ApplicationError
 from core.periods import period_bounds
 from tiers import catalog
 from tiers.models import LanguageModel, Subscription, Tier
+from tiers.selectors import entitlements_cache_clear
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -65,6 +66,15 @@ def tier_catalog_seed() -> CatalogSeedResult:
     return result
 
 
+def tier_selectable_check(*, tier: Tier, public_only: bool = False) -> Tier:
+    """``tier`` if it can be chosen now, else TierUnavailable: the one check of Tier.selectable_refusal
+    (archived tiers never; with ``public_only``, as for customers, non-public ones neither)."""
+    refusal = tier.selectable_refusal(public_only=public_only)
+    if refusal:
+        raise TierUnavailable(refusal, extra={"tier": tier.slug})
+    return tier
+
+
 def tier_get_for_signup(*, slug: str | None = None) -> Tier:
     """The tier a new team starts on: ``slug`` if given, else the free tier. Archived tiers are refused."""
     slug = slug or catalog.FREE_TIER_SLUG
@@ -74,9 +84,7 @@ def tier_get_for_signup(*, slug: str | None = None) -> Tier:
             f"Tier '{slug}' does not exist. Run `manage.py seed_tiers` to create the catalog.",
             extra={"tier": slug},
         )
-    if tier.is_archived:
-        raise TierUnavailable(f"Tier '{slug}' is archived and cannot be chosen.", extra={"tier": slug})
-    return tier
+    return tier_selectable_check(tier=tier)
 
 
 @transaction.atomic
@@ -87,8 +95,7 @@ def subscription_create(*, team: Team, tier: Tier, now: datetime | None = None) 
     job; this only records the entitlement.
     """
     now = now or timezone.now()
-    if tier.is_archived:
-        raise TierUnavailable(f"Tier '{tier.slug}' is archived and cannot be chosen.")
+    tier_selectable_check(tier=tier)
     start, end = period_bounds(now, tier.billing_interval, 0)
     trial_end = None
     status = Subscription.Status.ACTIVE
@@ -156,17 +163,8 @@ def subscription_spend_cap_set(
     Applies to the current period at once: the model API sees it when this process's cached
     entitlements are dropped (after commit, here) and other processes' expire.
     """
-    from accounts.models import AuditEntry
-    from tiers.selectors import entitlements_cache_clear
-
     now = now or timezone.now()
-    subscription = (
-        Subscription.objects.select_for_update()
-        .select_related("tier")
-        .filter(team=team)
-        .exclude(status=Subscription.Status.CANCELED)
-        .first()
-    )
+    subscription = Subscription.objects.current().select_for_update().select_related("tier").filter(team=team).first()
     if subscription is None:
         raise SpendCapNotAvailable("Your team has no subscription to set a spend cap on.")
     tier = subscription.tier
@@ -199,6 +197,96 @@ def subscription_spend_cap_set(
     )
     transaction.on_commit(entitlements_cache_clear)
     return subscription
+
+
+# --- Operators: suspend and unsuspend ----------------------------------------------------------------
+
+
+class SubscriptionNotSuspendable(ApplicationError):
+    code = "subscription_not_suspendable"
+    status = 409  # well formed; the subscription is not in a state that allows it
+
+
+class ReasonRequired(ApplicationError):
+    code = "reason_required"
+
+
+def operator_reason_check(reason: str, *, what: str) -> str:
+    """An operator's action on a customer (here, and billing's refunds, comps and tier moves) is written
+    to the audit log with why: refused without a reason."""
+    if not (reason or "").strip():
+        raise ReasonRequired(f"Say why: {what} needs a reason.")
+    return reason
+
+
+@transaction.atomic
+def subscription_suspend(
+    *, subscription: Subscription, actor: User, reason: str, now: datetime | None = None
+) -> Subscription:
+    """Operators suspend a subscription (abuse, a dispute...); written to the audit log.
+
+    Until it is unsuspended: the model API refuses the team with ``subscription_inactive``
+    (Entitlements.is_active_at), its periods are neither closed nor billed (billing's period close takes
+    active and trialing ones only), and the customer cannot change tier. Open invoices stay open, for
+    dunning or a comp. The model API sees it at once in this process, in others within
+    TIERLAB_AUTH_CACHE_SECONDS."""
+    now = now or timezone.now()
+    operator_reason_check(reason, what="a suspension")
+    sub = Subscription.objects.get_locked(subscription.pk)
+    if sub.status in (Subscription.Status.SUSPENDED, Subscription.Status.CANCELED):
+        raise SubscriptionNotSuspendable(f"{sub.team}'s subscription is {sub.get_status_display().lower()} already.")
+    was = sub.status
+    sub.status = Subscription.Status.SUSPENDED
+    sub.save(update_fields=["status", "updated_at"])
+    account_services.audit_entry_create(
+        team_id=sub.team_id,
+        actor=actor,
+        action=AuditEntry.Action.SUSPENDED,
+        description=f"Suspended (was {was}): {reason}",
+        data={"from_status": was, "reason": reason},
+        now=now,
+    )
+    transaction.on_commit(entitlements_cache_clear)
+    subscription.refresh_from_db()
+    return sub
+
+
+def _status_after_suspension(sub: Subscription, *, now: datetime) -> str:
+    """The status a suspended subscription returns to, from its own state (which billing may have moved
+    meanwhile: a renewal charge failed, or was paid): past due while a failed renewal is unpaid (its
+    dunning and the API's grace count from the first failure), trialing on a paid tier while the trial
+    runs, else active."""
+    if sub.past_due_since is not None:
+        return Subscription.Status.PAST_DUE
+    if sub.tier.is_paid and sub.trial_end is not None and now < sub.trial_end:
+        return Subscription.Status.TRIALING
+    return Subscription.Status.ACTIVE
+
+
+@transaction.atomic
+def subscription_unsuspend(
+    *, subscription: Subscription, actor: User, reason: str, now: datetime | None = None
+) -> Subscription:
+    """Operators lift a suspension; written to the audit log. A period that ended meanwhile is closed
+    (and billed) by the next billing pass."""
+    now = now or timezone.now()
+    operator_reason_check(reason, what="lifting a suspension")
+    sub = Subscription.objects.get_locked(subscription.pk)
+    if sub.status != Subscription.Status.SUSPENDED:
+        raise SubscriptionNotSuspendable(f"{sub.team}'s subscription is not suspended.", code="not_suspended")
+    sub.status = _status_after_suspension(sub, now=now)
+    sub.save(update_fields=["status", "updated_at"])
+    account_services.audit_entry_create(
+        team_id=sub.team_id,
+        actor=actor,
+        action=AuditEntry.Action.UNSUSPENDED,
+        description=f"Suspension lifted (now {sub.status}): {reason}",
+        data={"to_status": sub.status, "reason": reason},
+        now=now,
+    )
+    transaction.on_commit(entitlements_cache_clear)
+    subscription.refresh_from_db()
+    return sub
 
 
 # --- New accounts: a personal team on a tier ---------------------------------------------------------

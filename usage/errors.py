@@ -1,6 +1,8 @@
 """Errors of the client-facing model API, in the shape its clients expect:
-``{"error": {"message", "type", "code", "param"}}`` with the HTTP status the official SDKs map to
-their typed exceptions (401 AuthenticationError, 403 PermissionDeniedError, 429 RateLimitError, ...)."""
+``{"error": {"message", "type", "code", "param"}}`` (core.errors.error_body) with the HTTP status the
+official SDKs map to their typed exceptions (401 AuthenticationError, 403 PermissionDeniedError, 429
+RateLimitError, ...). The type is the one the status implies (core.errors.ERROR_TYPES) unless a class
+names its own, as OpenAI's API does for a missing model and an exhausted quota."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from core.errors import ApplicationError
 
 
 class ModelApiError(ApplicationError):
-    status = 400
-    type = "invalid_request_error"
+    """400 by default. ``param`` names the request field at fault; ``retry_after`` (seconds) becomes
+    the Retry-After header; ``headers`` are added to the error response."""
+
     code = "invalid_request"
 
     def __init__(
@@ -21,13 +24,9 @@ class ModelApiError(ApplicationError):
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
     ):
-        super().__init__(message, code=code)
-        self.param = param
+        super().__init__(message, code=code, extra={"field": param} if param is not None else None)
         self.retry_after = retry_after
         self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
 
 
 class InvalidRequest(ModelApiError):
@@ -36,13 +35,11 @@ class InvalidRequest(ModelApiError):
 
 class InvalidApiKey(ModelApiError):
     status = 401
-    type = "authentication_error"
     code = "invalid_api_key"
 
 
 class ModelNotAllowed(ModelApiError):
     status = 403
-    type = "permission_error"
     code = "model_not_allowed"
 
 
@@ -51,7 +48,6 @@ class LicenseRequired(ModelApiError):
     a licence agreement, which operators grant in the admin."""
 
     status = 403
-    type = "permission_error"
     code = "license_required"
 
 
@@ -65,7 +61,6 @@ class RateLimited(ModelApiError):
     """429 for a per-minute/day window: retry after ``retry_after`` seconds."""
 
     status = 429
-    type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
 

@@ -44,7 +44,7 @@ class Caller:
 
 @dataclass(frozen=True)
 class Admission:
-    """An admitted request: settle or refund ``reservation`` (None for a replayed duplicate)."""
+    """An admitted request: ``settle`` records it (its reservation is None for a replayed duplicate)."""
 
     caller: Caller
     request_id: str
@@ -298,11 +298,6 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
     get_quota_backend().settle(reservation=reservation, event=event)
 
 
-def refund(*, admission: Admission) -> None:
-    if admission.decision.reservation is not None:
-        get_quota_backend().refund(reservation=admission.decision.reservation)
-
-
 def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:
     """Rate-limit headers for an admitted request, from the counts its reservation returned, corrected
     by the tokens settled back (``tokens_delta`` = actual - reserved; usually negative)."""
@@ -326,8 +321,3 @@ def metering_caches_clear() -> None:
     _channel_cache.clear()
     _current_limits.clear()
     refusals.refusal_counts_discard()
-
-
-def metering_enabled() -> bool:
-    """False only for the overhead benchmark's baseline run (TIERLAB_METERING=0, never in production)."""
-    return settings.TIERLAB_METERING

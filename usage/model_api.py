@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -284,8 +283,6 @@ def _compat_stream(request_id: str, model: str, created: int, completion, chunks
 
 def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     now = timezone.now()
-    if not metering.metering_enabled():
-        return _chat_unmetered(request, flavor=flavor)
     caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
     client_request_id = request.headers.get("X-Request-Id")
     request_id = metering.request_id_from_header(client_request_id)
@@ -388,21 +385,6 @@ def _stream_response(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
-
-
-def _chat_unmetered(request: HttpRequest, *, flavor: str) -> HttpResponse:
-    """The benchmark baseline: the same parsing and simulated model, no key, no quota, no record."""
-    chat = _chat_request(_body(request), flavor=flavor)
-    completion = complete(model=chat.model, messages=chat.messages, max_tokens=chat.max_tokens,
-                          temperature=chat.temperature, seed=chat.seed)  # fmt: skip
-    request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
-    created = int(time.time())
-    body = (
-        _native_body(request_id, completion)
-        if flavor == NATIVE
-        else _compat_body(request_id, chat.model, created, completion)
-    )
-    return _json_response(body)
 
 
 @model_api_view("POST")

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from django.db import connection, transaction
 from django.db.models import Max
 
+from core.sql import param, quoted_table
 from usage.models import RollupCursor, UsageRecord, UsageRollup
 
 # The fold's cursor; and the highest id seen on the previous beat run, up to which the next run may
@@ -40,11 +41,6 @@ HORIZON_NAME = "usage:horizon"
 
 _COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 _KEY = ("team_id", "granularity", "bucket_start", "model", "api_key_id", "partner_id")
-
-
-def _param(value: datetime) -> object:
-    # The form the ORM stores (naive UTC text on SQLite, where datetimes compare as text).
-    return connection.ops.adapt_datetimefield_value(value)
 
 
 def _bucket_sql(granularity: str, column: str) -> str:
@@ -63,8 +59,7 @@ def _bucket_sql(granularity: str, column: str) -> str:
 def _upsert_from_records_sql(granularity: str, where: str) -> str:
     """INSERT the records matching ``where`` (SQL over the record table) into ``granularity`` buckets,
     adding to existing buckets."""
-    qn = connection.ops.quote_name
-    rollup, record = qn(UsageRollup._meta.db_table), qn(UsageRecord._meta.db_table)
+    rollup, record = quoted_table(UsageRollup), quoted_table(UsageRecord)
     bucket = _bucket_sql(granularity, "created_at")
     updates = ", ".join(f"{c} = {rollup}.{c} + excluded.{c}" for c in _COUNTERS)
     # The WHERE is always present: SQLite needs one in an INSERT ... SELECT ... ON CONFLICT to parse it.
@@ -157,12 +152,11 @@ def usage_rollup_rebuild(*, start: datetime, end: datetime) -> int:
     day_start, day_end = bucket_floor(start, "day"), bucket_ceil(end, "day")
     hours = UsageRollup.objects.filter(granularity=UsageRollup.Granularity.HOUR)
     hours.filter(bucket_start__gte=hour_start, bucket_start__lt=hour_end).delete()
-    qn = connection.ops.quote_name
-    rollup = qn(UsageRollup._meta.db_table)
+    rollup = quoted_table(UsageRollup)
     with connection.cursor() as sql:
         sql.execute(
             _upsert_from_records_sql("hour", "created_at >= %s AND created_at < %s AND id <= %s"),
-            [_param(hour_start), _param(hour_end), cursor.last_record_id],
+            [param(hour_start), param(hour_end), cursor.last_record_id],
         )
         UsageRollup.objects.filter(
             granularity=UsageRollup.Granularity.DAY, bucket_start__gte=day_start, bucket_start__lt=day_end
@@ -174,7 +168,7 @@ def usage_rollup_rebuild(*, start: datetime, end: datetime) -> int:
             f"SELECT team_id, 'day', {day}, model, api_key_id, partner_id, {sums} FROM {rollup} "
             "WHERE granularity = 'hour' AND bucket_start >= %s AND bucket_start < %s "
             f"GROUP BY team_id, {day}, model, api_key_id, partner_id",
-            [_param(day_start), _param(day_end)],
+            [param(day_start), param(day_end)],
         )
     return UsageRecord.objects.filter(
         created_at__gte=hour_start, created_at__lt=hour_end, id__lte=cursor.last_record_id

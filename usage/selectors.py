@@ -1,5 +1,15 @@
+"""Reads of usage data: series and totals for the dashboard, the usage API and alerts, "tokens used in
+a period" for billing, the estimate of the current period's bill.
+
+Every figure is exact and current: whole hours or days come from the rollups (usage/rollups.py), the
+rest (partial hours at a range's edges, records not folded yet) from the records, in one statement,
+so a fold committing meanwhile can neither hide a record nor count it twice. Other apps read usage
+only through here: nothing outside ``usage`` reads its tables.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -7,6 +17,7 @@ from typing import TYPE_CHECKING
 from django.db.models import Count, F, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 
+from core.sql import column_and_type, execute, quoted_table, rows_cte
 from usage.models import RollupCursor, UsageAlert, UsageRecord, UsageRollup
 from usage.rollups import CURSOR_NAME as ROLLUP_CURSOR
 from usage.rollups import bucket_ceil, bucket_floor
@@ -80,10 +91,22 @@ def usage_series(
     return [merged[key] for key in sorted(merged)]
 
 
-def usage_totals_by_model(*, team_id: int, start: datetime, end: datetime) -> list[dict]:
-    """Requests and tokens per model for ``team_id`` in [start, end), exactly (to the microsecond),
-    largest total first: whole hours from the hour rollups, the partial hours at either edge and the
-    records not folded yet from the records. One statement (see usage_series for why)."""
+# --- "Tokens used in a period": one definition, two query shapes -------------------------------------
+# Usage in [start, end) is the sum over the records whose created_at lies in it; every figure below is
+# exactly that, to the microsecond, and current to the last committed record. One team's period is
+# read from the hour rollups plus the records they do not cover; a batch of periods (the period close)
+# from the records, set-based. Why two shapes, measured on PostgreSQL: for one team with constants the
+# planner reads the edges and the unfolded tail through a bitmap OR of two index ranges and the primary
+# key (about 25 ms for a 300,000-record month, against 60 ms summing its records); for 5,000 periods
+# joined from a row set no such per-period plan exists, and the records join is the faster statement
+# (on the period close's benchmark data, half the time of a rollups + records union computing each
+# period's whole hours in SQL). tests/usage/test_tokens_used.py holds both shapes to the same answers.
+
+
+def _usage_by_model(*, team_id: int, start: datetime, end: datetime) -> list[dict]:
+    """Requests and tokens per model of ``team_id`` in [start, end): whole hours from the hour rollups,
+    the partial hours at either edge and the records not folded yet from the records. One statement
+    (see usage_series for why)."""
     inner_start, inner_end = bucket_ceil(start, "hour"), bucket_floor(end, "hour")
     if inner_start >= inner_end:  # less than one whole hour: the records alone
         inner_start = inner_end = start
@@ -93,21 +116,74 @@ def usage_totals_by_model(*, team_id: int, start: datetime, end: datetime) -> li
         bucket_start__gte=inner_start,
         bucket_start__lt=inner_end,
     )
-    records = _edges_and_tail(team_id=team_id, start=start, end=end, inner_start=inner_start, inner_end=inner_end)
-    folded = rollups.values("model").annotate(**_SUMS).order_by()
-    unfolded = records.values("model").annotate(**_RECORD_SUMS).order_by()
-    totals = _summed(folded.union(unfolded, all=True), ("model",))
-    return sorted(totals.values(), key=lambda row: (-row["total_tokens"], row["model"]))
-
-
-def _edges_and_tail(*, team_id: int, start: datetime, end: datetime, inner_start: datetime, inner_end: datetime):
-    """The records of [start, end) the hour rollups of [inner_start, inner_end) do not cover: every
-    record outside the whole hours, and the unfolded ones inside them."""
-    return UsageRecord.objects.filter(
+    # The records the hour rollups of [inner_start, inner_end) do not cover: every record outside the
+    # whole hours, and the unfolded ones inside them.
+    records = UsageRecord.objects.filter(
         Q(created_at__lt=inner_start) | Q(created_at__gte=inner_end) | _unfolded(),
         team_id=team_id,
         created_at__gte=start,
         created_at__lt=end,
+    )
+    folded = rollups.values("model").annotate(**_SUMS).order_by()
+    unfolded = records.values("model").annotate(**_RECORD_SUMS).order_by()
+    return list(_summed(folded.union(unfolded, all=True), ("model",)).values())
+
+
+def usage_totals_by_model(*, team_id: int, start: datetime, end: datetime) -> list[dict]:
+    """Requests and tokens per model for ``team_id`` in [start, end), exact and current, largest total
+    first. One query."""
+    return sorted(
+        _usage_by_model(team_id=team_id, start=start, end=end), key=lambda row: (-row["total_tokens"], row["model"])
+    )
+
+
+def usage_period_totals(*, team_id: int, start: datetime, end: datetime) -> tuple[int, int]:
+    """(requests, total tokens) of ``team_id`` in [start, end), exact and current: the same query as
+    tokens_used. One query."""
+    rows = _usage_by_model(team_id=team_id, start=start, end=end)
+    return sum(row["requests"] for row in rows), sum(row["total_tokens"] for row in rows)
+
+
+def tokens_used(*, team_id: int, start: datetime, end: datetime) -> int:
+    """Tokens ``team_id`` used in [start, end), exact and current: what the dashboard's estimate, the
+    spend cap and an invoice's overage count. One query."""
+    return usage_period_totals(team_id=team_id, start=start, end=end)[1]
+
+
+def tokens_used_by_period(*, periods: Sequence[tuple[int, datetime, datetime]]) -> dict[int, int]:
+    """team_id -> the tokens it used in its own [start, end), for every (team_id, start, end) of
+    ``periods`` (0 for a team without usage; a team appears at most once): tokens_used for a whole
+    batch in ONE statement, whatever its size (the period close passes up to 5,000 periods).
+
+    The periods travel as one JSON parameter (core.sql.rows_cte), joined to the records by the (team,
+    created_at) index; no Python per period beyond building the answer."""
+    used = dict.fromkeys((team_id for team_id, _, _ in periods), 0)
+    if len(used) != len(periods):
+        raise ValueError("tokens_used_by_period: a team appears in more than one period")
+    if not used:
+        return used
+    time_type = column_and_type(UsageRecord, "created_at")[1]
+    columns = [column_and_type(UsageRecord, "team"), ("period_start", time_type), ("period_end", time_type)]
+    cte, params = rows_cte("p", columns, periods)
+    sql = (
+        f"WITH {cte} SELECT p.team_id, SUM(u.total_tokens) FROM p"  # noqa: S608 - identifiers from _meta, values as parameters
+        f" JOIN {quoted_table(UsageRecord)} u ON u.team_id = p.team_id"
+        " AND u.created_at >= p.period_start AND u.created_at < p.period_end"
+        " GROUP BY p.team_id"
+    )
+    used.update((int(team_id), int(total or 0)) for team_id, total in execute(sql, params))
+    return used
+
+
+def usage_totals_by_model_for_partner(*, partner_id: int, start: datetime, end: datetime) -> list[dict]:
+    """Requests ("requests") and prompt/completion tokens per model of the traffic that came through
+    ``partner_id``'s channel (``UsageRecord.partner_id``) in [start, end), by model name: a partner
+    statement's direct lines."""
+    return list(
+        UsageRecord.objects.filter(partner_id=partner_id, created_at__gte=start, created_at__lt=end)
+        .values("model")
+        .annotate(requests=Count("id"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"))
+        .order_by("model")
     )
 
 
@@ -136,13 +212,6 @@ class UsageEstimate:
         if not self.included_tokens:
             return None
         return self.tokens_used / self.included_tokens
-
-
-def usage_period_totals(*, team_id: int, start: datetime, end: datetime) -> tuple[int, int]:
-    """(requests, total tokens) of ``team_id`` in [start, end), exact and current (see
-    usage_totals_by_model). One query."""
-    rows = usage_totals_by_model(team_id=team_id, start=start, end=end)
-    return sum(r["requests"] for r in rows), sum(r["total_tokens"] for r in rows)
 
 
 def usage_estimate_for_subscription(*, subscription: Subscription, now: datetime) -> UsageEstimate:

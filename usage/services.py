@@ -6,9 +6,8 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from django.db import connection
-
 from accounts import services as account_services
+from core.sql import execute, param, quoted_table
 from usage.models import UsageRecord
 from usage.quotas.base import UsageEvent
 
@@ -54,30 +53,28 @@ def usage_records_create(*, events: Sequence[UsageEvent]) -> int:
 
 def _usage_record_insert_one(event: UsageEvent) -> int:
     """The request path's insert: one statement, exact under concurrency (INSERT ... ON CONFLICT DO
-    NOTHING RETURNING works on SQLite >= 3.35 and PostgreSQL), instead of the ORM's count-insert-count."""
-    qn = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {qn(UsageRecord._meta.db_table)} (request_id, team_id, api_key_id, model,"  # noqa: S608
-            " prompt_tokens, completion_tokens, total_tokens, partner_id, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (team_id, request_id) DO NOTHING RETURNING id",
-            [
-                event.request_id,
-                event.team_id,
-                event.api_key_id,
-                event.model,
-                event.prompt_tokens,
-                event.completion_tokens,
-                event.total_tokens,
-                event.partner_id,
-                connection.ops.adapt_datetimefield_value(event.created_at),
-            ],
-        )
-        created = cursor.fetchone() is not None
+    NOTHING RETURNING: see core.sql for the database versions), instead of the ORM's
+    count-insert-count."""
+    created = execute(
+        f"INSERT INTO {quoted_table(UsageRecord)} (request_id, team_id, api_key_id, model,"  # noqa: S608 - identifiers from _meta, values as parameters
+        " prompt_tokens, completion_tokens, total_tokens, partner_id, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (team_id, request_id) DO NOTHING RETURNING id",
+        [
+            event.request_id,
+            event.team_id,
+            event.api_key_id,
+            event.model,
+            event.prompt_tokens,
+            event.completion_tokens,
+            event.total_tokens,
+            event.partner_id,
+            param(event.created_at),
+        ],
+    )
     if created:
         _api_keys_mark_used([event])
-    return int(created)
+    return int(bool(created))
 
 
 # Each process moves a key's last-used time at most once a minute, so the database backend does not

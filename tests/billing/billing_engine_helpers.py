@@ -1,8 +1,7 @@
-"""Helpers of the billing-engine tests (tests/tiers/test_billing_engine.py, test_billing_stripe.py)."""
+"""Helpers of the billing-engine tests (tests/billing/test_billing_engine.py, test_billing_stripe.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 from collections.abc import Callable
@@ -11,26 +10,16 @@ from datetime import datetime
 from django.db import connection
 
 from accounts.models import Team
-from accounts.selectors import team_for_user
-from core.periods import period_bounds
+from tests.factories import SubscriptionFactory, UsageRecordFactory
 from tiers.models import Subscription, Tier
-from tiers.services import user_create
 from usage.models import UsageRecord
-
-_emails = itertools.count(1)
-_requests = itertools.count(1)
 
 
 def team_on(tier: Tier, *, anchor: datetime, email: str | None = None, status: str = "active") -> Team:
-    """A verified user's personal team, subscribed to ``tier`` since ``anchor`` (first period), set up
-    directly: for tests of what happens after a subscription exists, not of how it got there."""
-    user = user_create(email=email or f"subscriber{next(_emails)}@example.com", password="correct-horse-battery-9")
-    team = team_for_user(user=user)
-    start, end = period_bounds(anchor, tier.billing_interval, 0)
-    Subscription.objects.filter(team=team).update(
-        tier=tier, status=status, billing_anchor=anchor, current_period_start=start, current_period_end=end
-    )
-    return team
+    """A team (and its owner) subscribed to ``tier`` since ``anchor`` (first period), set up directly:
+    for tests of what happens after a subscription exists, not of how it got there."""
+    owner = {"team__owner__email": email} if email else {}
+    return SubscriptionFactory(tier=tier, billing_anchor=anchor, status=status, **owner).team
 
 
 def subscription_of(team: Team) -> Subscription:
@@ -38,15 +27,7 @@ def subscription_of(team: Team) -> Subscription:
 
 
 def usage(team: Team, tokens: int, at: datetime) -> UsageRecord:
-    return UsageRecord.objects.create(
-        request_id=f"req-{next(_requests)}",
-        team=team,
-        model="Llama-3.3-70B-Instruct",
-        prompt_tokens=tokens,
-        completion_tokens=0,
-        total_tokens=tokens,
-        created_at=at,
-    )
+    return UsageRecordFactory(team=team, prompt_tokens=tokens, created_at=at)
 
 
 def run_in_threads(targets: list[Callable[[], object]], *, timeout: float = 60) -> list[object]:

@@ -1,5 +1,5 @@
 """The operator's billing admin: read-only invoices, payments, refunds, Stripe events, audit entries and
-customers; actions (comp, refund, move tier, cancel now) that call the billing services."""
+customers; actions (comp, refund, move tier, cancel now, suspend) that call the billing and tiers services."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import AuditEntry
-from billing import services as billing
+from billing import checkout, refunds, services
 from billing.models import Invoice, Payment, Refund, StripeEvent
 from tests.billing.billing_state import (
     card_on_file,
@@ -97,7 +97,7 @@ def test_invoice_page_is_view_only_with_lines_and_payments(ops, billed):
     response = ops.get(url)
     page = response.content.decode()
     assert response.status_code == 200
-    assert "Team tier, monthly fee" in page and "$50.00" in page and "pi_test_TL-0000001" in page
+    assert "Team (Jan 1, 2026 to Feb 1, 2026)" in page and "$50.00" in page and "pi_test_TL-0000001" in page
     assert 'name="_save"' not in page and 'name="total_cents"' not in page  # nothing editable
     assert f"?team__id__exact={billed['alice'].pk}" in page  # the team's audit trail
     # Posting a change is refused; money cannot be edited here.
@@ -198,7 +198,7 @@ def test_subscription_page_shows_the_team_audit_trail_and_invoices(ops, billed, 
 
 def test_comp_action_asks_for_a_reason_and_comps_only_open_invoices(ops, billed, operator, monkeypatch):
     calls = []
-    monkeypatch.setattr(billing, "invoice_comp", lambda **kw: calls.append(kw) or kw["invoice"])
+    monkeypatch.setattr(refunds, "invoice_comp", lambda **kw: calls.append(kw) or kw["invoice"])
     url, selected = _changelist("invoice"), [billed["paid"].pk, billed["open"].pk]
     intermediate = ops.post(url, {"action": "comp_invoices", "_selected_action": selected}).content.decode()
     assert "Comp (waive) invoices" in intermediate and "Comped by operator ops@example.com" in intermediate
@@ -215,7 +215,7 @@ def test_comp_action_asks_for_a_reason_and_comps_only_open_invoices(ops, billed,
 
 
 def test_comp_action_needs_a_reason(ops, billed, monkeypatch):
-    monkeypatch.setattr(billing, "invoice_comp", lambda **kw: pytest.fail("service called"))
+    monkeypatch.setattr(refunds, "invoice_comp", lambda **kw: pytest.fail("service called"))
     url = _changelist("invoice")
     response = ops.post(
         url, {"action": "comp_invoices", "_selected_action": [billed["open"].pk], "apply": "1", "reason": ""}
@@ -225,16 +225,16 @@ def test_comp_action_needs_a_reason(ops, billed, monkeypatch):
 
 def test_comp_action_shows_the_engine_refusal(ops, billed, monkeypatch):
     def comp(**kwargs):
-        raise billing.BillingError("Invoice already settled.")
+        raise services.BillingError("Invoice already settled.")
 
-    monkeypatch.setattr(billing, "invoice_comp", comp)
+    monkeypatch.setattr(refunds, "invoice_comp", comp)
     _, applied = _run_action(ops, "invoice", "comp_invoices", [billed["open"]], reason="x")
     assert "TL-0000002: Invoice already settled." in applied.content.decode()
 
 
 def test_refund_action_refunds_succeeded_payments_in_full(ops, billed, operator, monkeypatch):
     calls = []
-    monkeypatch.setattr(billing, "payment_refund", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(refunds, "payment_refund", lambda **kw: calls.append(kw))
     paid = billed["paid"].payments.get()
     failed = Payment.objects.create(
         invoice=billed["open"],
@@ -255,7 +255,7 @@ def test_refund_action_refunds_succeeded_payments_in_full(ops, billed, operator,
 def test_move_to_tier_action_asks_for_tier_and_reason(ops, billed, operator, catalog, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        billing, "subscription_tier_set_by_operator", lambda **kw: calls.append(kw) or kw["subscription"]
+        checkout, "subscription_tier_set_by_operator", lambda **kw: calls.append(kw) or kw["subscription"]
     )
     subscription = subscription_current(team=billed["alice"])
     first, applied = _run_action(
@@ -271,7 +271,7 @@ def test_move_to_tier_action_asks_for_tier_and_reason(ops, billed, operator, cat
 
 def test_cancel_now_action_confirms_then_cancels_immediately(ops, billed, operator, monkeypatch):
     calls = []
-    monkeypatch.setattr(billing, "subscription_cancel", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(checkout, "subscription_cancel", lambda **kw: calls.append(kw))
     subscription = subscription_current(team=billed["alice"])
     first, _ = _run_action(ops, "subscription", "cancel_now", [subscription])
     assert "nothing is refunded" in first.content.decode()
@@ -279,6 +279,24 @@ def test_cancel_now_action_confirms_then_cancels_immediately(ops, billed, operat
 
 
 # --- Actions through the real engine ---------------------------------------------------------------------
+
+
+def test_suspend_and_lift_actions_ask_for_a_reason_and_write_the_audit_log(ops, billed, operator):
+    subscription = subscription_current(team=billed["alice"])
+    first, applied = _run_action(ops, "subscription", "suspend", [subscription], reason="Abuse report")
+    assert "subscription_inactive" in first.content.decode()
+    assert "Suspended 1: alice@example.com" in applied.content.decode()
+    assert subscription_current(team=billed["alice"]).status == Subscription.Status.SUSPENDED
+    entry = AuditEntry.objects.get(team=billed["alice"], action=AuditEntry.Action.SUSPENDED)
+    assert (entry.actor, entry.data["reason"]) == (operator, "Abuse report")
+
+    _, again = _run_action(ops, "subscription", "suspend", [subscription], reason="Twice")
+    assert "suspended already" in again.content.decode()
+
+    _, lifted = _run_action(ops, "subscription", "unsuspend", [subscription], reason="Resolved")
+    assert "Suspension lifted 1: alice@example.com" in lifted.content.decode()
+    assert subscription_current(team=billed["alice"]).status == Subscription.Status.ACTIVE
+    assert AuditEntry.objects.get(team=billed["alice"], action=AuditEntry.Action.UNSUSPENDED).actor == operator
 
 
 def test_comp_move_and_cancel_with_the_real_engine_write_the_audit_log(ops, billed, catalog, operator):
@@ -300,7 +318,7 @@ def test_comp_move_and_cancel_with_the_real_engine_write_the_audit_log(ops, bill
 
 def test_refund_with_the_real_engine_and_localstripe(ops, catalog, operator, team_tier, stripe_local):
     _, carol = subscriber("carol@example.com")
-    billing.subscription_change(team=carol, tier=team_tier, payment_method="pm_card_visa")
+    checkout.subscription_change(team=carol, tier=team_tier, payment_method="pm_card_visa")
     payment = Payment.objects.get(invoice__team=carol, status="succeeded")
     _run_action(ops, "payment", "refund_payments", [payment], reason="Goodwill")
     payment.refresh_from_db()

@@ -10,10 +10,10 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
-from billing import services as billing
+from billing import checkout, services
 from billing.models import Invoice, Payment
 from billing.stripe_gateway import PaymentDeclined
-from tests.billing.billing_state import invoice_paid, invoice_prorated, paid_tier_without_trial, subscriber
+from tests.billing.billing_state import FEB_1, invoice_paid, invoice_prorated, paid_tier_without_trial, subscriber
 from tiers.models import Subscription
 from tiers.selectors import subscription_current
 
@@ -98,7 +98,7 @@ def test_billing_endpoints_need_authentication(catalog, path):
 )
 def test_subscription_post_validation_errors(api, alice, monkeypatch, payload, param):
     for name in ("subscription_change", "subscription_cancel", "subscription_resume"):
-        monkeypatch.setattr(billing, name, lambda **kw: pytest.fail("engine called"))
+        monkeypatch.setattr(checkout, name, lambda **kw: pytest.fail("engine called"))
     response = api.post("/api/v1/subscription", payload, format="json")
     assert response.status_code == 400
     error = _error(response)
@@ -106,7 +106,7 @@ def test_subscription_post_validation_errors(api, alice, monkeypatch, payload, p
 
 
 def test_subscription_post_on_an_archived_tier_is_refused(api, team_tier, monkeypatch):
-    monkeypatch.setattr(billing, "subscription_change", lambda **kw: pytest.fail("engine called"))
+    monkeypatch.setattr(checkout, "subscription_change", lambda **kw: pytest.fail("engine called"))
     team_tier.is_archived = True
     team_tier.save()
     response = api.post("/api/v1/subscription", {"tier": "team"}, format="json")
@@ -123,11 +123,11 @@ def test_subscription_post_changes_tier_through_the_engine(api, alice, team_tier
         calls.append(kwargs)
         Subscription.objects.filter(team=alice).update(tier=team_tier)
         invoice = invoice_paid(alice, number="TL-0000012", tier=team_tier)
-        return billing.CheckoutResult(
+        return services.CheckoutResult(
             subscription=subscription_current(team=alice), change="subscribed", invoice=invoice
         )
 
-    monkeypatch.setattr(billing, "subscription_change", change)
+    monkeypatch.setattr(checkout, "subscription_change", change)
     response = api.post("/api/v1/subscription", {"tier": "team", "payment_method": "pm_card_visa"}, format="json")
     assert response.status_code == 200
     body = response.json()
@@ -145,9 +145,9 @@ def test_subscription_post_without_payment_method_uses_the_card_on_file(api, tea
 
     def change(**kwargs):
         calls.append(kwargs)
-        return billing.CheckoutResult(subscription=subscription_current(team=kwargs["team"]), change="upgraded")
+        return services.CheckoutResult(subscription=subscription_current(team=kwargs["team"]), change="upgraded")
 
-    monkeypatch.setattr(billing, "subscription_change", change)
+    monkeypatch.setattr(checkout, "subscription_change", change)
     body = api.post("/api/v1/subscription", {"tier": "team"}, format="json").json()
     assert calls[0]["payment_method"] is None and body["invoice"] is None and body["change"] == "upgraded"
 
@@ -156,7 +156,7 @@ def test_subscription_post_declined_is_402_in_the_error_shape(api, alice, team_t
     def change(**kwargs):
         raise PaymentDeclined("Your card was declined.")
 
-    monkeypatch.setattr(billing, "subscription_change", change)
+    monkeypatch.setattr(checkout, "subscription_change", change)
     response = api.post(
         "/api/v1/subscription", {"tier": "team", "payment_method": "pm_card_visa_chargeDeclined"}, format="json"
     )
@@ -175,14 +175,14 @@ def test_subscription_post_cancel_and_resume(api, alice, monkeypatch):
 
     def cancel(**kwargs):
         calls.append(("cancel", kwargs))
-        return billing.CheckoutResult(subscription=subscription, change="cancel_scheduled")
+        return services.CheckoutResult(subscription=subscription, change="cancel_scheduled")
 
     def resume(**kwargs):
         calls.append(("resume", kwargs))
-        return billing.CheckoutResult(subscription=subscription, change="resumed")
+        return services.CheckoutResult(subscription=subscription, change="resumed")
 
-    monkeypatch.setattr(billing, "subscription_cancel", cancel)
-    monkeypatch.setattr(billing, "subscription_resume", resume)
+    monkeypatch.setattr(checkout, "subscription_cancel", cancel)
+    monkeypatch.setattr(checkout, "subscription_resume", resume)
     user = alice.memberships.get().user
     assert api.post("/api/v1/subscription", {"cancel": True}, format="json").json()["change"] == "cancel_scheduled"
     assert api.post("/api/v1/subscription", {"resume": True}, format="json").json()["change"] == "resumed"
@@ -194,9 +194,9 @@ def test_subscription_post_with_an_api_key_has_no_user_actor(alice, team_tier, m
 
     def change(**kwargs):
         calls.append(kwargs)
-        return billing.CheckoutResult(subscription=subscription_current(team=kwargs["team"]), change="subscribed")
+        return services.CheckoutResult(subscription=subscription_current(team=kwargs["team"]), change="subscribed")
 
-    monkeypatch.setattr(billing, "subscription_change", change)
+    monkeypatch.setattr(checkout, "subscription_change", change)
     _, secret = api_key_create(team=alice, name="ci", created_by=None)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
@@ -212,7 +212,7 @@ def test_invoice_list_is_paginated_scoped_and_complete(api, alice, catalog, team
     invoice_paid(alice, number="TL-0000001", tier=team_tier)
     invoice_prorated(alice, number="TL-0000002", old=team_tier, new=catalog["pro"])
     invoice_paid(bob, number="TL-0000003", tier=team_tier)
-    draft = invoice_paid(alice, number="TL-DRAFT", tier=team_tier, status="draft")
+    draft = invoice_paid(alice, number="TL-DRAFT", tier=team_tier, status="draft", issued_at=FEB_1)  # the next period
     Invoice.objects.filter(pk=draft.pk).update(number=None)
 
     response = api.get("/api/v1/invoices")
@@ -238,7 +238,7 @@ def test_invoice_list_is_paginated_scoped_and_complete(api, alice, catalog, team
     assert paid["lines"] == [
         {
             "kind": "fee",
-            "description": "Team tier, monthly fee",
+            "description": "Team (Jan 1, 2026 to Feb 1, 2026)",
             "amount": 5_000,
             "quantity": 1,
             "unit_amount": 5_000,

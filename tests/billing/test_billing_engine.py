@@ -14,14 +14,14 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import AuditEntry
-from billing import services as billing
+from billing import checkout, refunds, run, selectors, services
 from billing.management.commands.run_billing import parse_now
 from billing.models import Invoice, InvoiceLine
 from core.periods import period_bounds
 from tests.billing.billing_engine_helpers import run_in_threads, subscription_of, team_on, usage
 from tests.factories import UserFactory
 from tiers.models import Subscription
-from tiers.services import InvalidTierChange, TierUnavailable
+from tiers.services import InvalidTierChange, ReasonRequired, TierUnavailable
 
 
 def dt(y, m, d, h=10, minute=0):
@@ -34,7 +34,7 @@ MAR_31 = dt(2026, 3, 31)
 
 
 def close(now):
-    return billing.billing_periods_close(now=now)
+    return run.billing_periods_close(now=now)
 
 
 def renewal_of(team) -> Invoice:
@@ -132,7 +132,7 @@ def test_scheduled_downgrade_applies_at_the_boundary_fee_at_new_tier_overage_at_
     pro, plus = catalog["pro"], catalog["plus"]
     team = team_on(pro, anchor=JAN_31)
     usage(team, 201_000_000, dt(2026, 2, 1))
-    result = billing.subscription_change(team=team, tier=plus, now=dt(2026, 2, 10))
+    result = checkout.subscription_change(team=team, tier=plus, now=dt(2026, 2, 10))
     assert result.change == "downgrade_scheduled" and result.invoice is None
     assert subscription_of(team).tier == pro  # nothing changes before the period end
 
@@ -149,7 +149,7 @@ def test_scheduled_downgrade_applies_at_the_boundary_fee_at_new_tier_overage_at_
 @pytest.mark.django_db
 def test_cancel_at_period_end_moves_to_free_with_no_invoice(catalog):
     team = team_on(catalog["plus"], anchor=JAN_31)
-    assert billing.subscription_cancel(team=team, now=dt(2026, 2, 3)).change == "cancel_scheduled"
+    assert checkout.subscription_cancel(team=team, now=dt(2026, 2, 3)).change == "cancel_scheduled"
     close(FEB_28)
     sub = subscription_of(team)
     assert (sub.tier.slug, sub.cancel_at_period_end, sub.status) == ("free", False, "active")
@@ -160,7 +160,7 @@ def test_cancel_at_period_end_moves_to_free_with_no_invoice(catalog):
 def test_cancel_after_overage_bills_the_overage_alone(catalog):
     team = team_on(catalog["pro"], anchor=JAN_31)
     usage(team, 210_000_000, dt(2026, 2, 1))
-    billing.subscription_cancel(team=team, now=dt(2026, 2, 3))
+    checkout.subscription_cancel(team=team, now=dt(2026, 2, 3))
     close(FEB_28)
     invoice = renewal_of(team)
     assert subscription_of(team).tier.slug == "free"
@@ -172,14 +172,14 @@ def test_cancel_after_overage_bills_the_overage_alone(catalog):
 def test_resume_undoes_a_scheduled_downgrade_or_cancel(catalog):
     pro = catalog["pro"]
     team = team_on(pro, anchor=JAN_31)
-    billing.subscription_change(team=team, tier=catalog["free"], now=dt(2026, 2, 3))
+    checkout.subscription_change(team=team, tier=catalog["free"], now=dt(2026, 2, 3))
     assert subscription_of(team).pending_tier.slug == "free"
-    assert billing.subscription_resume(team=team).change == "resumed"
-    billing.subscription_cancel(team=team, now=dt(2026, 2, 3))
+    assert checkout.subscription_resume(team=team).change == "resumed"
+    checkout.subscription_cancel(team=team, now=dt(2026, 2, 3))
     # Choosing the current tier again also undoes it.
-    assert billing.subscription_change(team=team, tier=pro, now=dt(2026, 2, 4)).change == "resumed"
+    assert checkout.subscription_change(team=team, tier=pro, now=dt(2026, 2, 4)).change == "resumed"
     with pytest.raises(InvalidTierChange):
-        billing.subscription_resume(team=team)
+        checkout.subscription_resume(team=team)
     close(FEB_28)
     assert subscription_of(team).tier == pro
     assert renewal_of(team).total_cents == 20_000
@@ -253,7 +253,7 @@ def test_a_monthly_to_yearly_change_re_anchors_at_the_boundary(catalog):
         slug="pro-yearly", name="Pro yearly", price_cents=15_000, billing_interval="year", monthly_tokens=1
     )
     team = team_on(pro, anchor=dt(2026, 1, 15))
-    billing.subscription_change(team=team, tier=yearly, now=dt(2026, 1, 20))  # cheaper: at period end
+    checkout.subscription_change(team=team, tier=yearly, now=dt(2026, 1, 20))  # cheaper: at period end
     close(dt(2026, 2, 15))
     sub = subscription_of(team)
     assert (sub.billing_anchor, sub.current_period_start, sub.current_period_end) == (
@@ -285,7 +285,7 @@ def test_period_close_takes_a_fixed_number_of_queries_per_batch_whatever_its_siz
 @pytest.mark.django_db
 def test_period_close_works_in_batches(catalog):
     teams = [team_on(catalog["plus"], anchor=dt(2026, 1, 5)) for _ in range(7)]
-    result = billing.billing_periods_close(now=dt(2026, 2, 5), batch_size=3)
+    result = run.billing_periods_close(now=dt(2026, 2, 5), batch_size=3)
     assert (result.batches, result.periods_closed, result.invoices_created) == (3, 7, 7)
     numbers = list(Invoice.objects.filter(team__in=teams).values_list("number", flat=True))
     assert len(set(numbers)) == 7 and all(n.startswith("TL-") for n in numbers)
@@ -317,7 +317,7 @@ def test_a_renewal_without_a_card_on_file_goes_into_dunning_without_calling_stri
     settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # anything reaching Stripe would fail the pass
     team = team_on(catalog["plus"], anchor=JAN_31)
 
-    result = billing.billing_run(now=FEB_28)
+    result = run.billing_run(now=FEB_28)
 
     assert (result.payments_failed, result.errors) == (1, [])
     invoice = renewal_of(team)
@@ -336,13 +336,13 @@ def test_a_renewal_without_a_card_on_file_goes_into_dunning_without_calling_stri
 def test_dunning_ends_when_the_retry_schedule_was_shortened(catalog, settings):
     settings.TIERLAB_DUNNING_RETRY_DAYS = [1, 3, 5]
     team = team_on(catalog["plus"], anchor=JAN_31)
-    billing.billing_run(now=FEB_28)
-    billing.billing_run(now=dt(2026, 3, 1))
+    run.billing_run(now=FEB_28)
+    run.billing_run(now=dt(2026, 3, 1))
     invoice = renewal_of(team)
     assert (invoice.attempt_count, invoice.next_attempt_at) == (2, dt(2026, 3, 3))
 
     settings.TIERLAB_DUNNING_RETRY_DAYS = [1]  # two attempts in all: this invoice has had them
-    result = billing.billing_run(now=dt(2026, 3, 3))
+    result = run.billing_run(now=dt(2026, 3, 3))
 
     assert (result.payments_attempted, result.downgraded) == (0, 1)
     invoice.refresh_from_db()
@@ -356,22 +356,22 @@ def test_dunning_ends_when_the_retry_schedule_was_shortened(catalog, settings):
 def test_changes_to_unavailable_tiers_or_the_same_tier_are_refused(catalog):
     team = team_on(catalog["pro"], anchor=JAN_31)
     with pytest.raises(InvalidTierChange):
-        billing.subscription_change(team=team, tier=catalog["pro"], now=dt(2026, 2, 3))
+        checkout.subscription_change(team=team, tier=catalog["pro"], now=dt(2026, 2, 3))
     with pytest.raises(TierUnavailable):
-        billing.subscription_change(team=team, tier=catalog["enterprise"], now=dt(2026, 2, 3))  # not public
+        checkout.subscription_change(team=team, tier=catalog["enterprise"], now=dt(2026, 2, 3))  # not public
     catalog["plus"].is_archived = True
     catalog["plus"].save()
     with pytest.raises(TierUnavailable):
-        billing.subscription_change(team=team, tier=catalog["plus"], now=dt(2026, 2, 3))
+        checkout.subscription_change(team=team, tier=catalog["plus"], now=dt(2026, 2, 3))
     with pytest.raises(InvalidTierChange):
-        billing.subscription_cancel(team=team_on(catalog["free"], anchor=JAN_31))
+        checkout.subscription_cancel(team=team_on(catalog["free"], anchor=JAN_31))
 
 
 @pytest.mark.django_db
 def test_free_to_paid_needs_a_card(catalog):
     team = team_on(catalog["free"], anchor=JAN_31)
-    with pytest.raises(billing.PaymentMethodRequired):
-        billing.subscription_change(team=team, tier=catalog["plus"], now=dt(2026, 2, 3))
+    with pytest.raises(services.PaymentMethodRequired):
+        checkout.subscription_change(team=team, tier=catalog["plus"], now=dt(2026, 2, 3))
     assert subscription_of(team).tier.slug == "free"
 
 
@@ -380,11 +380,11 @@ def test_operator_tier_change_and_immediate_cancel_are_audited(catalog):
     operator = UserFactory(is_staff=True)
     team = team_on(catalog["plus"], anchor=JAN_31)
     sub = subscription_of(team)
-    with pytest.raises(billing.BillingError):
-        billing.subscription_tier_set_by_operator(
+    with pytest.raises(ReasonRequired):
+        checkout.subscription_tier_set_by_operator(
             subscription=sub, tier=catalog["enterprise"], actor=operator, reason=""
         )
-    billing.subscription_tier_set_by_operator(
+    checkout.subscription_tier_set_by_operator(
         subscription=sub, tier=catalog["enterprise"], actor=operator, reason="signed contract", now=dt(2026, 2, 3)
     )
     sub = subscription_of(team)
@@ -392,7 +392,7 @@ def test_operator_tier_change_and_immediate_cancel_are_audited(catalog):
     entry = AuditEntry.objects.get(team=team, action="tier_set_by_operator")
     assert (entry.actor, entry.data["reason"], entry.data["to_tier"]) == (operator, "signed contract", "enterprise")
 
-    result = billing.subscription_cancel(team=team, immediately=True, actor=operator, now=dt(2026, 2, 4))
+    result = checkout.subscription_cancel(team=team, immediately=True, actor=operator, now=dt(2026, 2, 4))
     sub = subscription_of(team)
     assert result.change == "canceled" and sub.tier.slug == "free"
     assert (sub.current_period_start, sub.current_period_end) == period_bounds(dt(2026, 2, 4), "month", 0)
@@ -406,13 +406,27 @@ def test_comp_of_an_open_renewal_voids_it_and_ends_past_due(catalog):
     close(FEB_28)
     invoice = renewal_of(team)
     Subscription.objects.filter(team=team).update(status="past_due", past_due_since=FEB_28)
-    billing.invoice_comp(invoice=invoice, actor=operator, reason="outage credit", now=dt(2026, 3, 1))
+    with pytest.raises(ReasonRequired):
+        refunds.invoice_comp(invoice=invoice, actor=operator, reason=" ", now=dt(2026, 3, 1))
+    refunds.invoice_comp(invoice=invoice, actor=operator, reason="outage credit", now=dt(2026, 3, 1))
     assert (invoice.status, invoice.voided_at, invoice.next_attempt_at) == ("void", dt(2026, 3, 1), None)
     sub = subscription_of(team)
     assert (sub.status, sub.past_due_since) == ("active", None)
     assert AuditEntry.objects.get(team=team, action="invoice_comped").data["reason"] == "outage credit"
-    with pytest.raises(billing.BillingError):
-        billing.invoice_comp(invoice=invoice, actor=operator, reason="again")
+    with pytest.raises(services.BillingError):
+        refunds.invoice_comp(invoice=invoice, actor=operator, reason="again")
+
+
+@pytest.mark.django_db
+def test_comp_of_a_suspended_teams_renewal_clears_its_debt_but_not_the_suspension(catalog):
+    operator = UserFactory(is_staff=True)
+    team = team_on(catalog["pro"], anchor=JAN_31)
+    close(FEB_28)
+    Subscription.objects.filter(team=team).update(status="suspended", past_due_since=FEB_28)
+    refunds.invoice_comp(invoice=renewal_of(team), actor=operator, reason="goodwill", now=dt(2026, 3, 1))
+    sub = subscription_of(team)
+    # Lifting the suspension later must not bring back a debt that is settled (tiers.services.subscription_unsuspend).
+    assert (sub.status, sub.past_due_since) == ("suspended", None)
 
 
 # --- The billing page's overview -------------------------------------------------------------------------
@@ -422,17 +436,17 @@ def test_comp_of_an_open_renewal_voids_it_and_ends_past_due(catalog):
 def test_overview_next_charge_is_the_next_fee_plus_overage_so_far(catalog):
     team = team_on(catalog["pro"], anchor=JAN_31)
     usage(team, 203_000_000, dt(2026, 2, 10))
-    overview = billing.billing_overview(team=team, now=dt(2026, 2, 11))
+    overview = selectors.billing_overview(team=team, now=dt(2026, 2, 11))
     assert (overview.next_charge_at, overview.next_charge_cents, overview.currency) == (FEB_28, 20_180, "usd")
     assert overview.pending_change == ""
 
-    billing.subscription_change(team=team, tier=catalog["plus"], now=dt(2026, 2, 11))
-    overview = billing.billing_overview(team=team, now=dt(2026, 2, 11))
+    checkout.subscription_change(team=team, tier=catalog["plus"], now=dt(2026, 2, 11))
+    overview = selectors.billing_overview(team=team, now=dt(2026, 2, 11))
     assert overview.pending_change == "Moves to Plus on Feb 28"
     assert overview.next_charge_cents == 2_000 + 180
 
-    billing.subscription_cancel(team=team, now=dt(2026, 2, 11))
-    overview = billing.billing_overview(team=team, now=dt(2026, 2, 11))
+    checkout.subscription_cancel(team=team, now=dt(2026, 2, 11))
+    overview = selectors.billing_overview(team=team, now=dt(2026, 2, 11))
     assert overview.pending_change == "Cancels on Feb 28"
     assert overview.next_charge_cents == 180  # only the overage is left to charge
 
@@ -440,7 +454,7 @@ def test_overview_next_charge_is_the_next_fee_plus_overage_so_far(catalog):
 @pytest.mark.django_db
 def test_overview_of_a_free_team_has_no_next_charge(catalog):
     team = team_on(catalog["free"], anchor=JAN_31)
-    overview = billing.billing_overview(team=team, now=dt(2026, 2, 11))
+    overview = selectors.billing_overview(team=team, now=dt(2026, 2, 11))
     assert (overview.next_charge_at, overview.next_charge_cents, overview.card_last4) == (None, None, "")
 
 

@@ -13,7 +13,7 @@ import pytest
 import time_machine
 from django.test import Client
 
-from billing import services as billing
+from billing import checkout, customers, selectors, services
 from billing.models import BillingCustomer, Invoice, Payment
 from billing.stripe_gateway import PaymentDeclined, PaymentProviderUnavailable
 from tests.billing.billing_state import (
@@ -42,7 +42,7 @@ def team_tier(catalog):
     return paid_tier_without_trial()
 
 
-def _overview(team, **overrides) -> billing.BillingOverview:
+def _overview(team, **overrides) -> selectors.BillingOverview:
     values = dict(
         subscription=subscription_current(team=team),
         next_charge_at=None,
@@ -54,7 +54,7 @@ def _overview(team, **overrides) -> billing.BillingOverview:
         invoices=list(Invoice.objects.filter(team=team)),
     )
     values.update(overrides)
-    return billing.BillingOverview(**values)
+    return selectors.BillingOverview(**values)
 
 
 # --- Access ---------------------------------------------------------------------------------------------
@@ -73,8 +73,8 @@ def test_billing_actions_are_post_only(alice, client, path):
 
 def test_billing_forms_refuse_a_post_without_csrf_token(alice, team_tier, monkeypatch):
     called = []
-    monkeypatch.setattr(billing, "subscription_change", lambda **kw: called.append(kw))
-    monkeypatch.setattr(billing, "subscription_cancel", lambda **kw: called.append(kw))
+    monkeypatch.setattr(checkout, "subscription_change", lambda **kw: called.append(kw))
+    monkeypatch.setattr(checkout, "subscription_cancel", lambda **kw: called.append(kw))
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(alice.memberships.get().user)
     assert strict.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"}).status_code == 403
@@ -99,7 +99,7 @@ def test_billing_page_shows_subscription_next_charge_pending_change_card_and_inv
         card_brand="visa",
         card_last4="4242",
     )
-    monkeypatch.setattr(billing, "billing_overview", lambda *, team, now=None: overview)
+    monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: overview)
 
     response = client.get("/billing/")
     page = response.content.decode()
@@ -117,7 +117,7 @@ def test_billing_page_shows_subscription_next_charge_pending_change_card_and_inv
 
 
 def test_billing_page_of_a_free_team_offers_no_cancel(alice, client, monkeypatch):
-    monkeypatch.setattr(billing, "billing_overview", lambda *, team, now=None: _overview(team))
+    monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
     page = client.get("/billing/").content.decode()
     assert 'data-tier="free"' in page and "None scheduled" in page and "No card on file" in page
     assert 'action="/billing/cancel/"' not in page and "No invoices yet" in page
@@ -131,15 +131,15 @@ def test_cancel_and_undo_call_the_services_and_report_what_they_did(alice, clien
 
     def cancel(**kwargs):
         calls.append(("cancel", kwargs))
-        return billing.CheckoutResult(subscription=subscription, change="cancel_scheduled")
+        return services.CheckoutResult(subscription=subscription, change="cancel_scheduled")
 
     def resume(**kwargs):
         calls.append(("resume", kwargs))
-        return billing.CheckoutResult(subscription=subscription, change="resumed")
+        return services.CheckoutResult(subscription=subscription, change="resumed")
 
-    monkeypatch.setattr(billing, "subscription_cancel", cancel)
-    monkeypatch.setattr(billing, "subscription_resume", resume)
-    monkeypatch.setattr(billing, "billing_overview", lambda *, team, now=None: _overview(team))
+    monkeypatch.setattr(checkout, "subscription_cancel", cancel)
+    monkeypatch.setattr(checkout, "subscription_resume", resume)
+    monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
 
     response = client.post("/billing/cancel/", follow=True)
     assert response.redirect_chain == [("/billing/", 302)]
@@ -154,10 +154,10 @@ def test_cancel_and_undo_call_the_services_and_report_what_they_did(alice, clien
 
 def test_cancel_refused_by_the_engine_is_shown_as_an_error(alice, client, monkeypatch):
     def cancel(**kwargs):
-        raise billing.BillingError("There is no paid tier to cancel.")
+        raise services.BillingError("There is no paid tier to cancel.")
 
-    monkeypatch.setattr(billing, "subscription_cancel", cancel)
-    monkeypatch.setattr(billing, "billing_overview", lambda *, team, now=None: _overview(team))
+    monkeypatch.setattr(checkout, "subscription_cancel", cancel)
+    monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
     page = client.post("/billing/cancel/", follow=True).content.decode()
     assert "alert-error" in page and "There is no paid tier to cancel." in page
 
@@ -166,8 +166,8 @@ def test_change_card_declined_is_a_form_error(alice, client, monkeypatch):
     def update(**kwargs):
         raise PaymentDeclined("Your card was declined.")
 
-    monkeypatch.setattr(billing, "payment_method_update", update)
-    monkeypatch.setattr(billing, "billing_overview", lambda *, team, now=None: _overview(team))
+    monkeypatch.setattr(customers, "payment_method_update", update)
+    monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
     response = client.post("/billing/payment-method/", {"payment_method": "pm_card_visa_chargeDeclined"})
     assert response.status_code == 400
     page = response.content.decode()
@@ -181,8 +181,8 @@ def test_change_card_saves_through_the_service(alice, client, monkeypatch):
         calls.append(kwargs)
         return BillingCustomer(team=alice, card_brand="mastercard", card_last4="4444")
 
-    monkeypatch.setattr(billing, "payment_method_update", update)
-    monkeypatch.setattr(billing, "billing_overview", lambda *, team, now=None: _overview(team))
+    monkeypatch.setattr(customers, "payment_method_update", update)
+    monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
     response = client.post("/billing/payment-method/", {"payment_method": "pm_card_mastercard"}, follow=True)
     assert calls == [{"team": alice, "payment_method": "pm_card_mastercard", "actor": alice.memberships.get().user}]
     assert "Your card on file is now Mastercard •••• 4444." in response.content.decode()
@@ -277,15 +277,15 @@ def test_checkout_success_calls_the_engine_once_and_reports_the_charge(alice, cl
         calls.append(kwargs)
         Subscription.objects.filter(team=alice).update(tier=team_tier)
         invoice = invoice_paid(alice, number="TL-0000012", tier=team_tier)
-        return billing.CheckoutResult(
+        return services.CheckoutResult(
             subscription=subscription_current(team=alice),
             change="subscribed",
             invoice=invoice,
             payment=invoice.payments.get(),
         )
 
-    monkeypatch.setattr(billing, "subscription_change", change)
-    monkeypatch.setattr(billing, "billing_overview", lambda *, team, now=None: _overview(team))
+    monkeypatch.setattr(checkout, "subscription_change", change)
+    monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
     response = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"}, follow=True)
     assert response.redirect_chain == [("/billing/", 302)]
     assert calls == [
@@ -302,7 +302,7 @@ def test_checkout_with_the_card_on_file_passes_none(alice, client, team_tier, mo
         calls.append(kwargs)
         raise PaymentDeclined("declined")
 
-    monkeypatch.setattr(billing, "subscription_change", change)
+    monkeypatch.setattr(checkout, "subscription_change", change)
     client.post("/billing/checkout/team/", {"payment_method": "on_file"})
     assert calls[0]["payment_method"] is None
 
@@ -311,7 +311,7 @@ def test_checkout_decline_is_a_form_error_and_changes_nothing(alice, client, tea
     def change(**kwargs):
         raise PaymentDeclined("Your card was declined.", extra={"decline_code": "generic_decline"})
 
-    monkeypatch.setattr(billing, "subscription_change", change)
+    monkeypatch.setattr(checkout, "subscription_change", change)
     response = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa_chargeDeclined"})
     assert response.status_code == 400
     form = response.context["form"]
@@ -333,7 +333,7 @@ def test_checkout_provider_down_and_invalid_change_are_form_errors(alice, client
     def change(**kwargs):
         raise next(errors)
 
-    monkeypatch.setattr(billing, "subscription_change", change)
+    monkeypatch.setattr(checkout, "subscription_change", change)
     first = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"})
     assert first.status_code == 400
     assert "could not reach the payment provider" in first.context["form"].non_field_errors()[0]
@@ -342,7 +342,7 @@ def test_checkout_provider_down_and_invalid_change_are_form_errors(alice, client
 
 
 def test_checkout_rejects_an_unknown_card_without_calling_the_engine(alice, client, team_tier, monkeypatch):
-    monkeypatch.setattr(billing, "subscription_change", lambda **kw: pytest.fail("engine called"))
+    monkeypatch.setattr(checkout, "subscription_change", lambda **kw: pytest.fail("engine called"))
     response = client.post("/billing/checkout/team/", {"payment_method": "pm_card_unknown"})
     assert response.status_code == 400 and "payment_method" in response.context["form"].errors
 
@@ -356,7 +356,7 @@ def test_invoice_page_is_printable_with_lines_total_and_payments(alice, client, 
     page = response.content.decode()
     assert response.status_code == 200
     assert 'Invoice <span class="invoice-number">TL-0000001</span>' in page
-    assert "Team tier, monthly fee" in page and "Jan 1, 2026 \u2013 Feb 1, 2026" in page
+    assert "Team (Jan 1, 2026 to Feb 1, 2026)" in page and "Jan 1, 2026 \u2013 Feb 1, 2026" in page
     assert 'id="invoice-total">$50.00<' in page
     assert 'data-status="paid"' in page and 'data-payment-status="succeeded"' in page and "pi_test_TL-0000001" in page
     assert "window.print()" in page and "tiers/billing.css" in page  # Print button and the print stylesheet

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEntry
 from accounts.selectors import team_for_user
-from billing import services as billing
+from billing import checkout, customers, payments, refunds, run, selectors, services
 from billing import stripe_gateway as gateway
 from billing.models import BillingCustomer, Invoice, Payment, Refund
 from tests.billing.billing_engine_helpers import payment_intents_for_invoice, run_in_threads, subscription_of, usage
@@ -67,7 +67,7 @@ def new_team():
 
 def subscribed(tier: Tier, *, now: datetime = JAN_31, card: str = "pm_card_visa"):
     team = new_team()
-    result = billing.subscription_change(team=team, tier=tier, payment_method=card, now=now)
+    result = checkout.subscription_change(team=team, tier=tier, payment_method=card, now=now)
     assert result.change == "subscribed", result
     mail.outbox.clear()
     return team
@@ -87,7 +87,7 @@ def renewal_of(team) -> Invoice:
 
 def test_checkout_with_a_good_card_charges_the_first_period_and_sends_one_receipt(team_tier, stripe_local):
     team = new_team()
-    result = billing.subscription_change(team=team, tier=team_tier, payment_method="pm_card_visa", now=JAN_31)
+    result = checkout.subscription_change(team=team, tier=team_tier, payment_method="pm_card_visa", now=JAN_31)
 
     assert result.change == "subscribed"
     invoice, payment = result.invoice, result.payment
@@ -115,7 +115,7 @@ def test_checkout_with_a_good_card_charges_the_first_period_and_sends_one_receip
 
     # The webhook (or a second lookup) delivering the same outcome again changes nothing, sends nothing.
     again = gateway.payment_intent_retrieve(payment_intent_id=payment.stripe_payment_intent_id)
-    assert billing.payment_outcome_record(intent=again, now=JAN_31 + timedelta(seconds=2)).pk == payment.pk
+    assert payments.payment_outcome_record(intent=again, now=JAN_31 + timedelta(seconds=2)).pk == payment.pk
     invoice.refresh_from_db()
     assert invoice.paid_at == JAN_31 and len(mail.outbox) == 1
 
@@ -124,7 +124,9 @@ def test_a_card_declined_at_attach_changes_nothing(team_tier, stripe_local):
     team = new_team()
     before = snapshot(team)
     with pytest.raises(gateway.PaymentDeclined):
-        billing.subscription_change(team=team, tier=team_tier, payment_method="pm_card_visa_chargeDeclined", now=JAN_31)
+        checkout.subscription_change(
+            team=team, tier=team_tier, payment_method="pm_card_visa_chargeDeclined", now=JAN_31
+        )
     assert snapshot(team) == before
     assert not Invoice.objects.filter(team=team).exists()
 
@@ -133,28 +135,28 @@ def test_a_charge_declined_at_checkout_voids_its_invoice_and_changes_nothing(tea
     team = new_team()
     before = snapshot(team)
     with pytest.raises(gateway.PaymentDeclined) as declined:
-        billing.subscription_change(team=team, tier=team_tier, payment_method="pm_card_chargeCustomerFail", now=JAN_31)
+        checkout.subscription_change(team=team, tier=team_tier, payment_method="pm_card_chargeCustomerFail", now=JAN_31)
     assert declined.value.code == "card_declined" and declined.value.message
     assert snapshot(team) == before  # still free, same period, not past due
     invoice = Invoice.objects.get(team=team)
     assert (invoice.status, invoice.voided_at, invoice.next_attempt_at) == ("void", JAN_31, None)
     assert list(invoice.payments.values_list("status", flat=True)) == ["failed"]
     assert mail.outbox == []  # the customer saw the error on the page: no dunning, no email
-    billing.billing_run(now=JAN_31 + timedelta(days=2))
+    run.billing_run(now=JAN_31 + timedelta(days=2))
     assert len(payment_intents_for_invoice(stripe_local, invoice.pk)) == 1  # never retried
 
 
 def test_a_double_submitted_checkout_charges_once(team_tier, stripe_local):
     team = new_team()
-    billing.payment_method_update(team=team, payment_method="pm_card_visa")
+    customers.payment_method_update(team=team, payment_method="pm_card_visa")
 
-    def checkout():
-        return billing.subscription_change(team=team, tier=team_tier, now=JAN_31)
+    def subscribe():
+        return checkout.subscription_change(team=team, tier=team_tier, now=JAN_31)
 
-    outcomes = run_in_threads([checkout, checkout])
+    outcomes = run_in_threads([subscribe, subscribe])
 
-    results = [o for o in outcomes if isinstance(o, billing.CheckoutResult)]
-    refused = [o for o in outcomes if not isinstance(o, billing.CheckoutResult)]
+    results = [o for o in outcomes if isinstance(o, services.CheckoutResult)]
+    refused = [o for o in outcomes if not isinstance(o, services.CheckoutResult)]
     assert len(results) == 1 and results[0].change == "subscribed"
     [error] = refused
     # Refused whichever way the race went: the first charge still in flight, the change already done,
@@ -167,7 +169,7 @@ def test_a_double_submitted_checkout_charges_once(team_tier, stripe_local):
 def test_a_trial_starts_without_a_charge_and_only_once_per_team(catalog, stripe_local):
     plus = catalog["plus"]  # 7 trial days
     team = new_team()
-    result = billing.subscription_change(team=team, tier=plus, payment_method="pm_card_visa", now=JAN_31)
+    result = checkout.subscription_change(team=team, tier=plus, payment_method="pm_card_visa", now=JAN_31)
     trial_end = JAN_31 + timedelta(days=7)
     sub = subscription_of(team)
     assert result.change == "trial_started" and result.invoice is None
@@ -177,20 +179,20 @@ def test_a_trial_starts_without_a_charge_and_only_once_per_team(catalog, stripe_
     # The trial's usage has a quota window of its own, before the first paid period.
     assert entitlements_for_team(team_id=team.pk).period_at(JAN_31 + timedelta(days=1))[1] == trial_end
 
-    billing.subscription_cancel(team=team, now=JAN_31 + timedelta(days=2))
-    billing.billing_run(now=trial_end)
+    checkout.subscription_cancel(team=team, now=JAN_31 + timedelta(days=2))
+    run.billing_run(now=trial_end)
     assert subscription_of(team).tier.slug == "free" and not Invoice.objects.filter(team=team).exists()
 
     # Back to Plus: the trial is spent, so the first period is charged at once.
-    again = billing.subscription_change(team=team, tier=plus, now=trial_end + timedelta(days=1))
+    again = checkout.subscription_change(team=team, tier=plus, now=trial_end + timedelta(days=1))
     assert again.change == "subscribed" and again.invoice.total_cents == 2_000
 
 
 def test_a_trial_ends_into_a_charged_first_period(catalog, stripe_local):
     team = new_team()
-    billing.subscription_change(team=team, tier=catalog["pro"], payment_method="pm_card_visa", now=JAN_31)
+    checkout.subscription_change(team=team, tier=catalog["pro"], payment_method="pm_card_visa", now=JAN_31)
     trial_end = JAN_31 + timedelta(days=14)
-    result = billing.billing_run(now=trial_end)
+    result = run.billing_run(now=trial_end)
     assert (result.invoices_created, result.payments_succeeded) == (1, 1)
     invoice = renewal_of(team)
     assert (invoice.status, invoice.total_cents, invoice.period_start) == ("paid", 20_000, trial_end)
@@ -218,7 +220,7 @@ def test_an_upgrade_charges_the_exact_prorated_difference_now(
     team = subscribed(team_tier, now=anchor)
     period = (subscription_of(team).current_period_start, subscription_of(team).current_period_end)
 
-    result = billing.subscription_change(team=team, tier=pro, now=change_at)
+    result = checkout.subscription_change(team=team, tier=pro, now=change_at)
 
     assert result.change == "upgraded"
     invoice = result.invoice
@@ -230,12 +232,12 @@ def test_an_upgrade_charges_the_exact_prorated_difference_now(
     assert intent["amount"] == credit + charge and intent["status"] == "succeeded"
     sub = subscription_of(team)
     assert sub.tier == pro and (sub.current_period_start, sub.current_period_end) == period  # same period
-    assert billing.billing_overview(team=team, now=change_at).next_charge_cents == 20_000
+    assert selectors.billing_overview(team=team, now=change_at).next_charge_cents == 20_000
 
 
 def test_an_upgrade_in_the_last_second_prorates_to_nothing_and_charges_nothing(team_tier, catalog, stripe_local):
     team = subscribed(team_tier)
-    result = billing.subscription_change(team=team, tier=catalog["pro"], now=FEB_28 - timedelta(seconds=1))
+    result = checkout.subscription_change(team=team, tier=catalog["pro"], now=FEB_28 - timedelta(seconds=1))
     assert result.change == "upgraded" and result.payment is None
     assert (result.invoice.status, result.invoice.total_cents) == ("paid", 0)
     assert payment_intents_for_invoice(stripe_local, result.invoice.pk) == []
@@ -244,10 +246,10 @@ def test_an_upgrade_in_the_last_second_prorates_to_nothing_and_charges_nothing(t
 
 def test_a_declined_upgrade_changes_nothing(team_tier, catalog, stripe_local):
     team = subscribed(team_tier)
-    billing.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail")
+    customers.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail")
     before = snapshot(team)
     with pytest.raises(gateway.PaymentDeclined):
-        billing.subscription_change(team=team, tier=catalog["pro"], now=dt(2026, 2, 10))
+        checkout.subscription_change(team=team, tier=catalog["pro"], now=dt(2026, 2, 10))
     assert snapshot(team) == before
     assert Invoice.objects.get(team=team, kind="proration").status == "void"
 
@@ -257,10 +259,10 @@ def test_a_declined_upgrade_changes_nothing(team_tier, catalog, stripe_local):
 
 def test_a_downgrade_applies_at_the_period_end_and_the_renewal_is_charged(team_tier, business_tier, stripe_local):
     team = subscribed(business_tier)
-    assert billing.subscription_change(team=team, tier=team_tier, now=dt(2026, 2, 10)).change == "downgrade_scheduled"
+    assert checkout.subscription_change(team=team, tier=team_tier, now=dt(2026, 2, 10)).change == "downgrade_scheduled"
     assert subscription_of(team).tier == business_tier
 
-    result = billing.billing_run(now=FEB_28)
+    result = run.billing_run(now=FEB_28)
 
     assert (result.periods_closed, result.invoices_created, result.payments_succeeded) == (1, 1, 1)
     assert subscription_of(team).tier == team_tier
@@ -270,16 +272,16 @@ def test_a_downgrade_applies_at_the_period_end_and_the_renewal_is_charged(team_t
     assert len(mail.outbox) == 1 and "Receipt" in mail.outbox[0].subject
 
     # The same pass again: nothing issued, nothing charged.
-    again = billing.billing_run(now=FEB_28)
+    again = run.billing_run(now=FEB_28)
     assert (again.invoices_created, again.payments_attempted) == (0, 0)
 
 
 def test_dunning_retries_on_schedule_then_moves_the_team_to_free(team_tier, stripe_local, settings):
     settings.TIERLAB_DUNNING_RETRY_DAYS = [1, 3, 5]
     team = subscribed(team_tier)
-    billing.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail", now=dt(2026, 2, 1))
+    customers.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail", now=dt(2026, 2, 1))
 
-    first = billing.billing_run(now=FEB_28)
+    first = run.billing_run(now=FEB_28)
     assert (first.invoices_created, first.payments_failed) == (1, 1)
     invoice = renewal_of(team)
     sub = subscription_of(team)
@@ -289,16 +291,16 @@ def test_dunning_retries_on_schedule_then_moves_the_team_to_free(team_tier, stri
     assert ents.is_active_at(dt(2026, 3, 2)) and not ents.is_active_at(dt(2026, 3, 4))  # 3 days of grace
     assert [m.subject for m in mail.outbox] == [f"[TierLab] Payment failed for invoice {invoice.number}"]
 
-    assert billing.billing_run(now=dt(2026, 2, 28, 23)).payments_attempted == 0  # not due yet
+    assert run.billing_run(now=dt(2026, 2, 28, 23)).payments_attempted == 0  # not due yet
     # Retries are counted from the FIRST failure: +1, +3, +5 days.
     for retry_at, next_at in [(dt(2026, 3, 1), dt(2026, 3, 3)), (dt(2026, 3, 3), dt(2026, 3, 5))]:
-        assert billing.billing_run(now=retry_at).payments_failed == 1
+        assert run.billing_run(now=retry_at).payments_failed == 1
         invoice.refresh_from_db()
         assert invoice.next_attempt_at == next_at
     # A past-due subscription does not renew meanwhile.
     assert subscription_of(team).current_period_end == dt(2026, 3, 31)
 
-    last = billing.billing_run(now=dt(2026, 3, 5))
+    last = run.billing_run(now=dt(2026, 3, 5))
 
     assert (last.payments_failed, last.downgraded) == (1, 1)
     invoice.refresh_from_db()
@@ -312,17 +314,17 @@ def test_dunning_retries_on_schedule_then_moves_the_team_to_free(team_tier, stri
     assert subjects[-1] == "[TierLab] Your team was moved to the Free tier"
     assert "Nothing was deleted" in mail.outbox[-1].body
     assert AuditEntry.objects.filter(team=team, action="downgraded_after_dunning").count() == 1
-    assert billing.billing_run(now=dt(2026, 3, 9)).payments_attempted == 0  # nothing left to charge
+    assert run.billing_run(now=dt(2026, 3, 9)).payments_attempted == 0  # nothing left to charge
 
 
 def test_a_new_card_during_dunning_is_charged_at_once_and_restores_the_subscription(team_tier, stripe_local):
     team = subscribed(team_tier)
-    billing.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail")
-    billing.billing_run(now=FEB_28)
+    customers.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail")
+    run.billing_run(now=FEB_28)
     assert subscription_of(team).status == "past_due"
 
-    billing.payment_method_update(team=team, payment_method="pm_card_visa", now=dt(2026, 2, 28, 18))
-    result = billing.billing_run(now=dt(2026, 2, 28, 18))
+    customers.payment_method_update(team=team, payment_method="pm_card_visa", now=dt(2026, 2, 28, 18))
+    result = run.billing_run(now=dt(2026, 2, 28, 18))
 
     assert result.payments_succeeded == 1
     invoice = renewal_of(team)
@@ -338,7 +340,7 @@ def test_overage_is_charged_with_the_renewal(catalog, stripe_local):
     )
     team = subscribed(pro_now)
     usage(team, 3_500_000, dt(2026, 2, 10))
-    billing.billing_run(now=FEB_28)
+    run.billing_run(now=FEB_28)
     invoice = renewal_of(team)
     assert (invoice.status, invoice.total_cents) == ("paid", 20_000 + 150)
     assert [pi["amount"] for pi in payment_intents_for_invoice(stripe_local, invoice.pk)] == [20_150]
@@ -351,7 +353,7 @@ def test_stripe_down_during_period_close_fails_cleanly_and_the_next_pass_complet
     team = subscribed(team_tier)
     settings.STRIPE_API_BASE = f"http://127.0.0.1:{closed_loopback_port()}"
 
-    down = billing.billing_run(now=FEB_28)
+    down = run.billing_run(now=FEB_28)
 
     assert down.errors and down.payments_succeeded == 0
     invoice = renewal_of(team)  # the local part is done, once
@@ -367,7 +369,7 @@ def test_stripe_down_during_period_close_fails_cleanly_and_the_next_pass_complet
         call_command("run_billing", "--now", "2026-02-28T10:01:00Z")
 
     settings.STRIPE_API_BASE = stripe_local
-    up = billing.billing_run(now=FEB_28 + timedelta(minutes=2))
+    up = run.billing_run(now=FEB_28 + timedelta(minutes=2))
 
     assert up.errors == [] and up.payments_succeeded == 1
     invoice.refresh_from_db()
@@ -382,7 +384,7 @@ def _charge_then_crash(invoice: Invoice, now: datetime, *, charge: bool) -> Paym
     that Stripe made for it but whose outcome was never recorded."""
     with transaction.atomic():
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-        payment = billing._payment_start(invoice=locked, now=now)
+        payment = payments.payment_start(invoice=locked, now=now)
     if charge:
         customer = BillingCustomer.objects.get(team=invoice.team)
         gateway.payment_intent_create(
@@ -399,22 +401,22 @@ def _charge_then_crash(invoice: Invoice, now: datetime, *, charge: bool) -> Paym
 def _process_died_a_while_ago(payment: Payment) -> None:
     # A pending attempt younger than PAYMENT_IN_FLIGHT (wall clock) may still be charging in another
     # process; the crash is older than that.
-    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - billing.PAYMENT_IN_FLIGHT * 2)
+    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - payments.PAYMENT_IN_FLIGHT * 2)
 
 
 def test_a_crash_after_the_charge_is_recovered_without_charging_again(team_tier, stripe_local):
     team = subscribed(team_tier)
-    billing.billing_periods_close(now=FEB_28)
+    run.billing_periods_close(now=FEB_28)
     invoice = renewal_of(team)
     payment = _charge_then_crash(invoice, FEB_28, charge=True)
     [intent] = payment_intents_for_invoice(stripe_local, invoice.pk)
 
     # Right after: it may still be in flight, so the next pass leaves it alone.
-    assert billing.billing_run(now=FEB_28 + timedelta(seconds=30)).payments_attempted == 0
+    assert run.billing_run(now=FEB_28 + timedelta(seconds=30)).payments_attempted == 0
     assert Payment.objects.get(pk=payment.pk).status == "pending"
 
     _process_died_a_while_ago(payment)
-    result = billing.billing_run(now=FEB_28 + timedelta(minutes=5))
+    result = run.billing_run(now=FEB_28 + timedelta(minutes=5))
 
     assert result.payments_attempted == 0 and result.payments_succeeded == 1  # found, not charged
     payment.refresh_from_db()
@@ -426,12 +428,12 @@ def test_a_crash_after_the_charge_is_recovered_without_charging_again(team_tier,
 
 def test_a_crash_before_the_charge_reached_stripe_sends_the_same_attempt_once(team_tier, stripe_local):
     team = subscribed(team_tier)
-    billing.billing_periods_close(now=FEB_28)
+    run.billing_periods_close(now=FEB_28)
     invoice = renewal_of(team)
     payment = _charge_then_crash(invoice, FEB_28, charge=False)
     _process_died_a_while_ago(payment)
 
-    result = billing.billing_run(now=FEB_28 + timedelta(minutes=5))
+    result = run.billing_run(now=FEB_28 + timedelta(minutes=5))
 
     assert (result.payments_attempted, result.payments_succeeded) == (1, 1)
     assert list(invoice.payments.values_list("attempt", "status")) == [(1, "succeeded")]
@@ -441,12 +443,12 @@ def test_a_crash_before_the_charge_reached_stripe_sends_the_same_attempt_once(te
 
 def test_two_passes_recovering_the_same_lost_attempt_send_it_once(team_tier, stripe_local):
     team = subscribed(team_tier)
-    billing.billing_periods_close(now=FEB_28)
+    run.billing_periods_close(now=FEB_28)
     invoice = renewal_of(team)
     _process_died_a_while_ago(_charge_then_crash(invoice, FEB_28, charge=False))
 
     later = FEB_28 + timedelta(minutes=5)
-    outcomes = run_in_threads([lambda: billing.billing_run(now=later), lambda: billing.billing_run(now=later)])
+    outcomes = run_in_threads([lambda: run.billing_run(now=later), lambda: run.billing_run(now=later)])
 
     assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
     assert sum(o.payments_attempted for o in outcomes) == 1
@@ -456,7 +458,7 @@ def test_two_passes_recovering_the_same_lost_attempt_send_it_once(team_tier, str
 
 def test_two_passes_at_once_issue_one_invoice_and_one_charge_each(team_tier, stripe_local):
     teams = [subscribed(team_tier) for _ in range(3)]
-    outcomes = run_in_threads([lambda: billing.billing_run(now=FEB_28), lambda: billing.billing_run(now=FEB_28)])
+    outcomes = run_in_threads([lambda: run.billing_run(now=FEB_28), lambda: run.billing_run(now=FEB_28)])
     assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
     assert sum(o.invoices_created for o in outcomes) == 3
     assert sum(o.payments_succeeded for o in outcomes) == 3
@@ -469,22 +471,22 @@ def test_two_passes_at_once_issue_one_invoice_and_one_charge_each(team_tier, str
 
 def test_outcomes_apply_once_in_any_order(team_tier, stripe_local):
     team = subscribed(team_tier)
-    billing.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail")
-    billing.billing_run(now=FEB_28)
+    customers.payment_method_update(team=team, payment_method="pm_card_chargeCustomerFail")
+    run.billing_run(now=FEB_28)
     invoice = renewal_of(team)
     first = invoice.payments.get(attempt=1)
     failed = gateway.payment_intent_retrieve(payment_intent_id=first.stripe_payment_intent_id)
     assert failed.status == "requires_payment_method"
 
     # The failure again (a webhook after the synchronous result): no second email, no new schedule.
-    billing.payment_outcome_record(intent=failed, now=FEB_28 + timedelta(seconds=1))
+    payments.payment_outcome_record(intent=failed, now=FEB_28 + timedelta(seconds=1))
     assert len(mail.outbox) == 1
     assert Invoice.objects.get(pk=invoice.pk).next_attempt_at == dt(2026, 3, 1)
 
     # The retry succeeds; the first attempt's failure arriving after that changes nothing.
-    billing.payment_method_update(team=team, payment_method="pm_card_visa", now=dt(2026, 3, 1))
-    billing.billing_run(now=dt(2026, 3, 1))
-    billing.payment_outcome_record(intent=failed, now=dt(2026, 3, 1, 11))
+    customers.payment_method_update(team=team, payment_method="pm_card_visa", now=dt(2026, 3, 1))
+    run.billing_run(now=dt(2026, 3, 1))
+    payments.payment_outcome_record(intent=failed, now=dt(2026, 3, 1, 11))
     invoice.refresh_from_db()
     assert invoice.status == "paid" and subscription_of(team).status == "active"
     # A success is final: a stale failure for the succeeded attempt changes nothing either.
@@ -493,10 +495,10 @@ def test_outcomes_apply_once_in_any_order(team_tier, stripe_local):
         gateway.payment_intent_retrieve(payment_intent_id=second.stripe_payment_intent_id),
         status="requires_payment_method",
     )
-    billing.payment_outcome_record(intent=stale)
+    payments.payment_outcome_record(intent=stale)
     assert Payment.objects.get(pk=second.pk).status == "succeeded"
     # Not ours: ignored.
-    assert billing.payment_outcome_record(intent=dataclasses.replace(stale, id="pi_unknown", metadata={})) is None
+    assert payments.payment_outcome_record(intent=dataclasses.replace(stale, id="pi_unknown", metadata={})) is None
 
 
 # --- Operators ----------------------------------------------------------------------------------------------
@@ -507,21 +509,21 @@ def test_refunds_are_written_to_stripe_and_the_audit_log(team_tier, stripe_local
     team = subscribed(team_tier)
     payment = Payment.objects.get(invoice__team=team)
 
-    refund = billing.payment_refund(payment=payment, actor=operator, reason="goodwill", amount_cents=1_000)
+    refund = refunds.payment_refund(payment=payment, actor=operator, reason="goodwill", amount_cents=1_000)
 
     assert (refund.status, refund.amount_cents, refund.created_by) == ("succeeded", 1_000, operator)
     assert refund.stripe_refund_id and payment.amount_refunded_cents == 1_000
     entry = AuditEntry.objects.get(team=team, action="refund")
     assert (entry.actor, entry.data["reason"], entry.data["amount_cents"]) == (operator, "goodwill", 1_000)
-    with pytest.raises(billing.BillingError, match=r"\$40\.00"):
-        billing.payment_refund(payment=payment, actor=operator, reason="too much", amount_cents=4_001)
-    billing.payment_refund(payment=payment, actor=operator, reason="the rest")
+    with pytest.raises(services.BillingError, match=r"\$40\.00"):
+        refunds.payment_refund(payment=payment, actor=operator, reason="too much", amount_cents=4_001)
+    refunds.payment_refund(payment=payment, actor=operator, reason="the rest")
     assert payment.amount_refunded_cents == 5_000 and Refund.objects.filter(payment=payment).count() == 2
 
 
 def test_the_overview_shows_the_card_the_next_charge_and_the_invoices(team_tier, stripe_local):
     team = subscribed(team_tier)
-    overview = billing.billing_overview(team=team, now=dt(2026, 2, 1))
+    overview = selectors.billing_overview(team=team, now=dt(2026, 2, 1))
     assert (overview.card_brand, overview.card_last4) == ("visa", "4242")
     assert (overview.next_charge_at, overview.next_charge_cents, overview.currency) == (FEB_28, 5_000, "usd")
     assert [invoice.kind for invoice in overview.invoices] == ["initial"]

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from billing import services as billing
+from billing import checkout
 from billing.models import Invoice
 from core.periods import period_bounds
 from tests.billing.billing_engine_helpers import payment_intents_for_invoice
@@ -34,7 +34,7 @@ def test_beat_and_worker_renew_and_charge_a_subscription_once(catalog, stripe_lo
     team = new_team()
     # Subscribed 40 days ago: its first period ended about ten days ago, so the next pass renews it.
     started = timezone.now() - timedelta(days=40)
-    billing.subscription_change(team=team, tier=paid_tier("team", 5_000), payment_method="pm_card_visa", now=started)
+    checkout.subscription_change(team=team, tier=paid_tier("team", 5_000), payment_method="pm_card_visa", now=started)
     billing_run_every_two_seconds()
 
     with celery_worker_and_beat(tmp_path / "celery") as celery:

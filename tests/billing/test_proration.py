@@ -1,4 +1,5 @@
-"""Proration and overage arithmetic, to the cent (billing/proration.py and tiers/pricing.py: pure functions, no database)."""
+"""Proration and overage arithmetic, to the cent (billing/proration.py and tiers/pricing.py: pure functions,
+no database)."""
 
 from __future__ import annotations
 

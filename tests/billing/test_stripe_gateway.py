@@ -105,24 +105,6 @@ def test_attach_to_unknown_customer_is_an_invalid_request(stripe_local):
         gateway.payment_method_attach(customer_id="cus_doesnotexist", payment_method="pm_card_visa")
 
 
-def test_setup_intent_saves_the_card_on_the_customer(stripe_local, customer):
-    card = gateway.setup_intent_confirm(customer_id=customer, payment_method="pm_card_visa")
-    assert (card.brand, card.last4) == ("visa", "4242")
-    saved = json.loads(localstripe_request(stripe_local, "GET", f"/v1/payment_methods?customer={customer}&type=card"))
-    assert [pm["id"] for pm in saved["data"]] == [card.payment_method_id]
-
-
-def test_setup_intent_with_a_3ds_card_requires_action(customer):
-    with pytest.raises(gateway.PaymentRequiresAction):
-        gateway.setup_intent_confirm(customer_id=customer, payment_method="pm_card_authenticationRequired")
-
-
-def test_detach(stripe_local, customer, visa):
-    gateway.payment_method_detach(payment_method_id=visa.payment_method_id)
-    saved = json.loads(localstripe_request(stripe_local, "GET", f"/v1/payment_methods?customer={customer}&type=card"))
-    assert saved["data"] == []
-
-
 # --- Charges ------------------------------------------------------------------------------------------
 
 

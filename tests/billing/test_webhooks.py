@@ -15,8 +15,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from billing import services as billing
-from billing import stripe_gateway, webhooks
+from billing import payments, stripe_gateway, webhooks
 from billing.models import StripeEvent
 from billing.tasks import stripe_event_process_task
 from config.celery import app as celery_app
@@ -81,13 +80,13 @@ def celery_eager(monkeypatch):
 
 @pytest.fixture
 def outcomes(monkeypatch) -> list[stripe_gateway.PaymentIntentResult]:
-    """billing.payment_outcome_record replaced by a recorder (the engine has its own tests)."""
+    """payments.payment_outcome_record replaced by a recorder (the engine has its own tests)."""
     recorded: list[stripe_gateway.PaymentIntentResult] = []
 
     def record(*, intent, now=None):
         recorded.append(intent)
 
-    monkeypatch.setattr(billing, "payment_outcome_record", record)
+    monkeypatch.setattr(payments, "payment_outcome_record", record)
     return recorded
 
 
@@ -99,7 +98,7 @@ def secret(settings) -> str:
 def billing_engine_implemented() -> bool:
     probe = stripe_gateway.PaymentIntentResult(id="pi_probe", status="succeeded", amount_cents=1, currency="usd")
     try:
-        billing.payment_outcome_record(intent=probe)
+        payments.payment_outcome_record(intent=probe)
     except NotImplementedError:
         return False
     except Exception:  # implemented, and unhappy with a probe that matches nothing: fine
@@ -254,7 +253,7 @@ def test_processing_twice_applies_once(outcomes):
 @pytest.mark.django_db
 def test_events_in_any_order_each_reach_billing(outcomes):
     # A failure reported after the success of a later attempt: both are handed over, in arrival order;
-    # billing.payment_outcome_record's contract makes the order irrelevant.
+    # payments.payment_outcome_record's contract makes the order irrelevant.
     succeeded = _stored(payment_intent_event("evt_2", intent_id="pi_2"))
     failed = _stored(
         payment_intent_event(
@@ -273,14 +272,14 @@ def test_processing_error_is_recorded_and_raised_then_cleared(monkeypatch):
     def broken(*, intent, now=None):
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(billing, "payment_outcome_record", broken)
+    monkeypatch.setattr(payments, "payment_outcome_record", broken)
     with pytest.raises(RuntimeError):
         webhooks.stripe_event_process(event_id=stored.pk)
     stored.refresh_from_db()
     assert stored.processed_at is None
     assert stored.processing_error == "RuntimeError: database is locked"
 
-    monkeypatch.setattr(billing, "payment_outcome_record", lambda *, intent, now=None: None)
+    monkeypatch.setattr(payments, "payment_outcome_record", lambda *, intent, now=None: None)
     webhooks.stripe_event_process(event_id=stored.pk)
     stored.refresh_from_db()
     assert stored.processed_at is not None
@@ -329,36 +328,22 @@ def test_webhook_settles_a_pending_payment_through_the_billing_engine(
     """The contract end to end: a payment left pending (crash after the charge) is settled by the
     payment_intent.succeeded webhook: payment succeeded, invoice paid."""
     from billing.models import Invoice, Payment
+    from tests.factories import PaymentFactory
     from tiers.services import user_create
 
     if not billing_engine_implemented():
-        pytest.xfail("billing.payment_outcome_record is still the interface stub (NotImplementedError)")
+        pytest.xfail("payments.payment_outcome_record is still the interface stub (NotImplementedError)")
 
     user = user_create(email="payer@example.com", tier_slug="pro")
     subscription = user.memberships.get().team.subscriptions.get()
-    now = timezone.now()
-    invoice = Invoice.objects.create(
-        billing_key=f"initial:{subscription.pk}:{subscription.current_period_start.isoformat()}",
-        team=subscription.team,
-        subscription=subscription,
-        kind=Invoice.Kind.INITIAL,
-        status=Invoice.Status.OPEN,
-        currency="usd",
-        total_cents=2_000,
-        period_start=subscription.current_period_start,
-        period_end=subscription.current_period_end,
-        issued_at=now,
-        attempt_count=1,
-    )
-    payment = Payment.objects.create(
-        invoice=invoice,
-        attempt=1,
-        idempotency_key=f"invoice:{invoice.pk}:attempt:1",
+    # A checkout's first-period invoice and its first attempt, as the engine records them before Stripe.
+    payment = PaymentFactory(
+        invoice__subscription=subscription,
+        invoice__kind=Invoice.Kind.INITIAL,
+        invoice__issued_at=timezone.now(),
         stripe_payment_intent_id="pi_settled_by_webhook",
-        amount_cents=2_000,
-        currency="usd",
-        created_at=now,
     )
+    invoice = payment.invoice
     event = payment_intent_event(intent_id="pi_settled_by_webhook")
     event["data"]["object"]["metadata"] = {"invoice_id": str(invoice.pk), "payment_id": str(payment.pk), "attempt": "1"}
 

@@ -149,10 +149,10 @@ def test_new_user_journey(page, shot, seeded_catalog, mailoutbox):
 def test_bad_input_in_browser(page, shot, seeded_catalog, mailoutbox):
     from allauth.account.models import EmailAddress
 
-    from accounts import services as account_services
+    from tiers import services as tier_services
 
     User = _user_model()
-    taken = account_services.user_create(email="taken@example.com", password="Taken-Account-Pass-77")
+    taken = tier_services.user_create(email="taken@example.com", password="Taken-Account-Pass-77")
     users_before = User.objects.count()
 
     # --- Duplicate email, as typed and in other case: a form error, no second user, no email.

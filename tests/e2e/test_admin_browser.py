@@ -38,10 +38,10 @@ def _pricing_card(page, slug: str):
 
 
 def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
-    from accounts import services as account_services
+    from tiers import services as tier_services
     from tiers.models import Tier
 
-    account_services.operator_ensure(email=OPERATOR_EMAIL, password=OPERATOR_PASSWORD)
+    tier_services.operator_ensure(email=OPERATOR_EMAIL, password=OPERATOR_PASSWORD)
     seeded_before = {t.slug: (t.is_archived, t.requests_per_minute) for t in Tier.objects.all()}
     assert set(seeded_before) == {"free", "plus", "pro", "enterprise"}
 

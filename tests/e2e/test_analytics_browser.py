@@ -22,13 +22,13 @@ OPERATOR_PASSWORD = "Operator-Console-5150"
 
 
 def test_operator_reads_the_analytics_dashboard(page, shot, seeded_catalog):
-    from accounts import services as account_services
+    from tiers import services as tier_services
 
     # The clock runs from NOW (mid-June 2026) for the whole test, server thread included, so the
     # default 12-month window is Jul 2025 .. Jun 2026 whenever the test runs.
     with time_machine.travel(NOW, tick=True):
         usage_history(money_history(seeded_catalog))
-        account_services.operator_ensure(email=OPERATOR_EMAIL, password=OPERATOR_PASSWORD)
+        tier_services.operator_ensure(email=OPERATOR_EMAIL, password=OPERATOR_PASSWORD)
 
         page.goto("/admin/")
         assert path_of(page.url) == "/admin/login/", page.url

@@ -21,8 +21,9 @@ from partners import licensing
 from partners.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
 from partners.selectors import license_required_from
 from partners.tasks import license_checks_run as license_checks_task
+from tests.factories import LanguageModelFactory, TierFactory
 from tiers import services as tier_services
-from tiers.models import LanguageModel, Subscription, Tier
+from tiers.models import LanguageModel, Subscription
 from tiers.selectors import entitlements_cache_clear
 from tiers.services import operator_ensure
 from usage.metering import metering_caches_clear
@@ -42,7 +43,7 @@ def _team(email: str):
 
 
 def _model(model_id: str, released_on: date) -> LanguageModel:
-    model = LanguageModel.objects.create(model_id=model_id, display_name=model_id, released_on=released_on)
+    model = LanguageModelFactory(model_id=model_id, released_on=released_on)
     metering_caches_clear()
     return model
 
@@ -261,8 +262,12 @@ def api(catalog):
     """Two teams on a tier with the old and a new model, each with a real API key; "big" is flagged
     for the release of the new model (October MAU above the threshold), "small" is not."""
     new = _model(NEW_MODEL, NEW_RELEASE)
-    tier = Tier.objects.create(slug="licensing-test", name="Licensing test", is_paid=False, price_cents=0)
-    tier.allowed_models.set(LanguageModel.objects.filter(model_id__in=[OLD_MODEL, new.model_id]))
+    tier = TierFactory(
+        slug="licensing-test",
+        name="Licensing test",
+        free=True,
+        allowed_models=LanguageModel.objects.filter(model_id__in=[OLD_MODEL, new.model_id]),
+    )
     secrets = {}
     teams = {}
     for name, mau in (("big", THRESHOLD + 1), ("small", THRESHOLD)):

@@ -17,8 +17,8 @@ from partners import services as partners
 from partners import statements as partner_statements
 from partners import tasks
 from partners.models import PartnerStatement, PartnerStatementLine, PartnerUsageEvent
+from tests.factories import UsageRecordFactory
 from tiers import services as tier_services
-from usage.models import UsageRecord
 
 BIG = "Llama-3.3-70B-Instruct"
 SMALL = "Llama-3.3-8B-Instruct"
@@ -194,21 +194,13 @@ def test_direct_traffic_through_the_partner_channel_is_a_direct_line(partner, ca
     team = team_for_user(user=user)
     key, _ = partners.partner_channel_key_create(partner=partner, team=team, name="app")
     for i, when in enumerate([at(2026, 2, 3), at(2026, 2, 27), at(2026, 3, 1)]):
-        UsageRecord.objects.create(
-            request_id=f"r{i}",
-            team=team,
-            api_key=key,
-            model=SMALL,
-            prompt_tokens=10,
-            completion_tokens=20,
-            total_tokens=30,
-            partner_id=partner.pk,
-            created_at=when,
-        )
-    UsageRecord.objects.create(  # the same team without the partner channel: not the partner's
-        request_id="own", team=team, model=SMALL, prompt_tokens=1, completion_tokens=1, total_tokens=2,
-        created_at=at(2026, 2, 5),
-    )  # fmt: skip
+        UsageRecordFactory(
+            request_id=f"r{i}", team=team, api_key=key, model=SMALL, prompt_tokens=10, completion_tokens=20,
+            partner_id=partner.pk, created_at=when,
+        )  # fmt: skip
+    UsageRecordFactory(  # the same team without the partner channel: not the partner's
+        request_id="own", team=team, model=SMALL, prompt_tokens=1, completion_tokens=1, created_at=at(2026, 2, 5)
+    )
     statement = partner_statements.partner_statement_issue(partner=partner, month=date(2026, 2, 1), now=at(2026, 3, 2))
     line = statement.lines.get()
     assert (line.kind, line.model, line.events, line.prompt_tokens, line.completion_tokens) == (

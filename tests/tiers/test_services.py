@@ -55,6 +55,42 @@ def test_public_list_hides_private_and_archived_tiers(catalog):
     assert [t.slug for t in tier_list_public()] == ["free", "pro"]
 
 
+@pytest.mark.django_db
+def test_which_tier_can_be_chosen_is_one_rule_for_a_query_and_for_a_tier_in_hand(catalog):
+    services.tier_archive(tier=catalog["plus"])
+    for public_only, selectable in [(False, ["free", "pro", "enterprise"]), (True, ["free", "pro"])]:
+        assert sorted(t.slug for t in Tier.objects.selectable(public_only=public_only)) == sorted(selectable)
+        for tier in Tier.objects.all():
+            assert (tier.selectable_refusal(public_only=public_only) == "") == (tier.slug in selectable)
+    assert services.tier_selectable_check(tier=catalog["enterprise"]) == catalog["enterprise"]  # operators
+    with pytest.raises(services.TierUnavailable, match="not available for sign-up") as caught:
+        services.tier_selectable_check(tier=catalog["enterprise"], public_only=True)
+    assert caught.value.extra == {"tier": "enterprise"}
+    with pytest.raises(services.TierUnavailable, match="archived"):
+        services.tier_selectable_check(tier=catalog["plus"])
+
+
+@pytest.mark.django_db
+def test_current_subscriptions_leave_out_canceled_ones(catalog):
+    team = team_create_personal(user=UserFactory())
+    old = services.subscription_create(team=team, tier=catalog["free"])
+    Subscription.objects.filter(pk=old.pk).update(status=Subscription.Status.CANCELED)
+    current = services.subscription_create(team=team, tier=catalog["pro"])
+    assert list(Subscription.objects.current().filter(team=team)) == [current]
+    assert subscription_current(team=team) == current
+
+
+@pytest.mark.django_db
+def test_scheduled_change_clear_drops_a_downgrade_or_cancel_and_names_its_fields(catalog):
+    team = team_create_personal(user=UserFactory())
+    sub = services.subscription_create(team=team, tier=catalog["pro"])
+    sub.pending_tier, sub.cancel_at_period_end, sub.canceled_at = catalog["free"], True, sub.current_period_start
+    sub.save()
+    sub.save(update_fields=[*sub.scheduled_change_clear(), "updated_at"])
+    sub.refresh_from_db()
+    assert (sub.pending_tier, sub.cancel_at_period_end, sub.canceled_at) == (None, False, None)
+
+
 def _tier(**overrides) -> Tier:
     values = dict(slug="t", name="T", is_paid=True, price_cents=1000, currency="usd")
     values.update(overrides)

@@ -136,6 +136,30 @@ class Decision:
     def code(self) -> str | None:
         return self.denied.refusal_code if self.denied else None
 
+    # The decisions every backend makes, built one way.
+    @classmethod
+    def reserved(
+        cls, *, team_id: int, request_id: str, tokens: int, limits: Sequence[Limit], now: datetime, used: dict
+    ) -> Decision:
+        """Admitted: ``tokens`` are reserved in every limit of ``limits`` until settled or refunded."""
+        reservation = Reservation(
+            team_id=team_id, request_id=request_id, tokens=tokens, limits=tuple(limits), reserved_at=now
+        )
+        return cls(allowed=True, reservation=reservation, used=used)
+
+    @classmethod
+    def repeated(cls, *, used: dict) -> Decision:
+        """The request id was admitted and recorded before: serve it again, consume nothing."""
+        return cls(allowed=True, duplicate=True, used=used)
+
+    @classmethod
+    def refused(cls, *, limits: Sequence[Limit], used: dict, tokens: int, now: datetime) -> Decision | None:
+        """The refusal that the counts ``used`` explain (see ``refusal``); None if every limit has room."""
+        denied, retry_after = refusal(limits, used, tokens=tokens, now=now)
+        if denied is None:
+            return None
+        return cls(allowed=False, denied=denied, retry_after=retry_after, used=used)
+
 
 class QuotaBackend(abc.ABC):
     """Check-and-consume of every limit of a request at once. Implementations must be safe under
@@ -189,7 +213,7 @@ class QuotaBackend(abc.ABC):
         decision = self.reserve(team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, now=now)
         if decision.allowed and decision.reservation is not None:
             if not self.settle(reservation=decision.reservation, event=event):
-                return Decision(allowed=True, duplicate=True, used=decision.used)
+                return Decision.repeated(used=decision.used)
             delta = event.total_tokens - tokens
             used = {
                 name: max(0, count + delta) if name.unit == "tokens" else count for name, count in decision.used.items()

@@ -33,6 +33,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from core.sql import param, quoted_table
 from usage.models import TeamQuotaState, UsageRecord
 from usage.quotas.base import (
     REFUSAL_ORDER,
@@ -45,7 +46,6 @@ from usage.quotas.base import (
     UsageEvent,
     day_window,
     minute_window,
-    refusal,
 )
 from usage.services import usage_records_create
 
@@ -87,9 +87,10 @@ def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
 
 @functools.lru_cache(maxsize=1024)
 def _adapted(vendor: str, value: datetime) -> Any:
-    """The database's form of a window start. The same few windows recur on every request, and
-    Django's conversion (to naive UTC text on SQLite) was a tenth of the hot path's time."""
-    return connection.ops.adapt_datetimefield_value(value)
+    """The database's form of a window start (core.sql.param), per vendor. The same few windows recur
+    on every request, and Django's conversion (to naive UTC text on SQLite) was a tenth of the hot
+    path's time."""
+    return param(value)
 
 
 def _positive(expression: str) -> str:
@@ -103,9 +104,8 @@ def _current(column: str, start_column: str, param: str) -> str:
 
 
 def _sql() -> dict[str, str]:
-    qn = connection.ops.quote_name
-    quota = qn(TeamQuotaState._meta.db_table)
-    record = qn(UsageRecord._meta.db_table)
+    quota = quoted_table(TeamQuotaState)
+    record = quoted_table(UsageRecord)
     minute_requests = _current("minute_requests", "minute_start", "minute")
     minute_tokens = _current("minute_tokens", "minute_start", "minute")
     day_requests = _current("day_requests", "day_start", "day")
@@ -223,16 +223,20 @@ class DatabaseQuotaBackend(QuotaBackend):
                 cursor.execute(reserve_sql, params)
                 row = cursor.fetchone()
                 if row is not None:
-                    reservation = Reservation(
-                        team_id=team_id, request_id=request_id, tokens=tokens, limits=tuple(limits), reserved_at=now
+                    return Decision.reserved(
+                        team_id=team_id,
+                        request_id=request_id,
+                        tokens=tokens,
+                        limits=limits,
+                        now=now,
+                        used=self._used(limits, row),
                     )
-                    return Decision(allowed=True, reservation=reservation, used=self._used(limits, row))
 
                 cursor.execute(self._statement("explain"), params)
                 recorded, row_team, *counters = cursor.fetchone()
                 used = self._used(limits, counters)
                 if recorded:
-                    return Decision(allowed=True, duplicate=True, used=used)
+                    return Decision.repeated(used=used)
                 if row_team is None:
                     # The team's first request: create its row (a racing request may do the same).
                     TeamQuotaState.objects.bulk_create(
@@ -240,9 +244,9 @@ class DatabaseQuotaBackend(QuotaBackend):
                         ignore_conflicts=True,
                     )
                     continue
-                denied, retry_after = refusal(limits, used, tokens=tokens, now=now)
-                if denied is not None:
-                    return Decision(allowed=False, denied=denied, retry_after=retry_after, used=used)
+                refused = Decision.refused(limits=limits, used=used, tokens=tokens, now=now)
+                if refused is not None:
+                    return refused
                 # Room again since the UPDATE: another request settled or refunded. Try again.
         # Only under a storm of refunds racing this request: refuse it as "slow down".
         names = {limit.name for limit in limits}

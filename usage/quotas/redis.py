@@ -10,8 +10,9 @@ events into ``UsageRecord`` in batches and acknowledges them only after the comm
 
 The monthly counter outlives the Redis state it started from only if Redis keeps it: when the script
 finds it missing (a fresh or flushed Redis mid-period) it says so, and the counter is initialised once
-from the database's usage records with SET NX, then the script runs again. Redis itself remembers that
-it was initialised, so there is no per-process cache to go stale and no SQL in the steady state.
+from the database's usage (usage.selectors.tokens_used) with SET NX, then the script runs again. Redis
+itself remembers that it was initialised, so there is no per-process cache to go stale and no SQL in
+the steady state.
 
 Deployment notes: one Redis (with replicas if wanted), not Cluster: the settle script touches a
 team's counters and the shared stream. Use ``maxmemory-policy noeviction``: an evicted monthly
@@ -38,9 +39,7 @@ from typing import Any
 
 import redis
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
 
-from usage.models import UsageRecord
 from usage.quotas.base import (
     Decision,
     Limit,
@@ -48,8 +47,8 @@ from usage.quotas.base import (
     QuotaBackend,
     Reservation,
     UsageEvent,
-    refusal,
 )
+from usage.selectors import tokens_used
 from usage.services import usage_records_create
 
 logger = logging.getLogger(__name__)
@@ -126,14 +125,6 @@ def _event_parse(fields: dict[str, str]) -> UsageEvent:
     )
 
 
-def _period_tokens_recorded(*, team_id: int, limit: Limit) -> int:
-    """Tokens the database has recorded for ``team_id`` in ``limit``'s window."""
-    total = UsageRecord.objects.filter(
-        team_id=team_id, created_at__gte=limit.window_start, created_at__lt=limit.window_end
-    ).aggregate(total=Sum("total_tokens"))["total"]
-    return int(total or 0)
-
-
 class RedisQuotaBackend(QuotaBackend):
     """Quotas in Redis (see the module docstring). ``key_prefix`` namespaces every key and the stream
     (tests give each test its own)."""
@@ -181,7 +172,7 @@ class RedisQuotaBackend(QuotaBackend):
 
     def _period_initialise(self, *, team_id: int, limit: Limit, now: datetime) -> None:
         # NX: if another process initialised it (and requests counted on) meanwhile, keep theirs.
-        tokens = _period_tokens_recorded(team_id=team_id, limit=limit)
+        tokens = tokens_used(team_id=team_id, start=limit.window_start, end=limit.window_end)
         self.client.set(self._counter_key(team_id, limit), tokens, nx=True, ex=_ttl(limit, now))
 
     # --- the contract -------------------------------------------------------------------------------
@@ -279,16 +270,15 @@ class RedisQuotaBackend(QuotaBackend):
             if status == "ok" and event is not None:  # consumed and recorded: nothing left to settle
                 return Decision(allowed=True, used=used)
             if status == "ok":
-                reservation = Reservation(
-                    team_id=team_id, request_id=request_id, tokens=tokens, limits=tuple(limits), reserved_at=now
+                return Decision.reserved(
+                    team_id=team_id, request_id=request_id, tokens=tokens, limits=limits, now=now, used=used
                 )
-                return Decision(allowed=True, reservation=reservation, used=used)
             if status == "duplicate":
-                return Decision(allowed=True, duplicate=True, used=used)
-            denied, retry_after = refusal(limits, used, tokens=tokens, now=now)
-            if denied is None:  # pragma: no cover - the script and refusal() disagree
+                return Decision.repeated(used=used)
+            refused = Decision.refused(limits=limits, used=used, tokens=tokens, now=now)
+            if refused is None:  # pragma: no cover - the script and refusal() disagree
                 raise AssertionError(f"reserve.lua refused but no limit is full: {used}")
-            return Decision(allowed=False, denied=denied, retry_after=retry_after, used=used)
+            return refused
         raise RuntimeError(f"monthly counter of team {team_id} vanished twice while initialising it")
 
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from billing import services as billing
+from billing.run import billing_run
 
 
 def parse_now(value: str) -> datetime:
@@ -46,7 +46,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         now = parse_now(options["now"]) if options.get("now") else timezone.now()
-        result = billing.billing_run(now=now)
+        result = billing_run(now=now)
         self.stdout.write(
             f"Billing pass at {now.isoformat()}: {result.periods_closed} period(s) closed, "
             f"{result.invoices_created} invoice(s) issued, {result.changes_applied} scheduled change(s) applied; "
