@@ -114,11 +114,7 @@ def usage_alerts_evaluate(*, now: datetime | None = None) -> int:
     Safe to run twice or concurrently."""
     now = now or timezone.now()
     team_ids = _teams_with_recent_usage(now=now)
-    subscriptions = (
-        Subscription.objects.select_related("tier")
-        .filter(team_id__in=team_ids)
-        .exclude(status=Subscription.Status.CANCELED)
-    )
+    subscriptions = Subscription.objects.current().select_related("tier").filter(team_id__in=team_ids)
     created: list[int] = []
     for subscription in subscriptions:
         estimate = usage_estimate_for_subscription(subscription=subscription, now=now)

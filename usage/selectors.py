@@ -145,8 +145,9 @@ def usage_period_totals(*, team_id: int, start: datetime, end: datetime) -> tupl
 
 
 def tokens_used(*, team_id: int, start: datetime, end: datetime) -> int:
-    """Tokens ``team_id`` used in [start, end), exact and current: what the dashboard's estimate, the
-    spend cap and an invoice's overage count. One query."""
+    """Tokens ``team_id`` used in [start, end), exact and current: what the dashboard's estimate and
+    the usage alerts count (through usage_period_totals), billing's overview of the next charge, and
+    the Redis quota backend when it rebuilds a lost monthly counter. One query."""
     return usage_period_totals(team_id=team_id, start=start, end=end)[1]
 
 
@@ -176,8 +177,8 @@ def tokens_used_by_period(*, periods: Sequence[tuple[int, datetime, datetime]]) 
 
 
 def usage_totals_by_model_for_partner(*, partner_id: int, start: datetime, end: datetime) -> list[dict]:
-    """Requests ("requests") and prompt/completion tokens per model of the traffic that came through
-    ``partner_id``'s channel (``UsageRecord.partner_id``) in [start, end), by model name: a partner
+    """{"model", "requests", "prompt_tokens", "completion_tokens"} per model, by name, of the traffic
+    that came through ``partner_id``'s channel (``UsageRecord.partner_id``) in [start, end): a partner
     statement's direct lines."""
     return list(
         UsageRecord.objects.filter(partner_id=partner_id, created_at__gte=start, created_at__lt=end)
