@@ -1,11 +1,11 @@
 """Operator analytics on money: MRR and subscribers by tier, revenue by month, failed payments.
 
-Read-only selectors for the admin's analytics page (tiers/admin_analytics.py). Each figure is one
+Read-only selectors for the admin's analytics page (partners/admin_analytics.py). Each figure is one
 set-based aggregate (GROUP BY tier / month with SUM and FILTER), so the cost does not grow with the
 number of customers in Python; only the aggregated rows (a handful of tiers, at most a few dozen
 months) are shaped here.
 
-Conventions, the same as the billing engine's (tiers/billing.py, tiers/billing_close.py):
+Conventions, the same as the billing engine's (billing/checkout.py, billing/close.py):
 - Money is integer cents with its currency; every money figure is split by currency, never summed
   across currencies (the seed catalog is all usd, an operator may add others).
 - Months are UTC calendar months, named by their first day (a ``date``). A range of N months ends

@@ -20,7 +20,7 @@ Each batch is one transaction: an invoice never exists without its period advanc
 a crash loses (rolls back) at most the batch in progress, which the next pass redoes.
 
 The date arithmetic per subscription (calendar months, clamped at month ends) stays in Python
-(tiers/periods.py), the one place that rule lives; the rows it produces reach the database as one JSON
+(core/periods.py), the one place that rule lives; the rows it produces reach the database as one JSON
 parameter per statement (see core.sql.rows_cte for why). The usage of the ended periods is usage's to
 read (usage.selectors.tokens_used_by_period, one statement per batch).
 """
@@ -62,7 +62,7 @@ class PeriodCloseResult:
     batches: int = 0
 
 
-# --- Descriptions and amounts (shared with the checkout invoices in tiers/billing.py) -----------------
+# --- Descriptions and amounts (shared with the checkout invoices in billing/checkout.py) ----------
 
 
 # English month abbreviations, as strftime("%b") gives them in the C locale, without its cost (a tenth
@@ -85,7 +85,7 @@ def overage_description(*, tier: Tier, tokens: int) -> str:
 def next_period(anchor: datetime, interval: str, boundary: datetime) -> tuple[datetime, datetime, datetime]:
     """(anchor, start, end) of the period that starts at ``boundary``, the end of the previous one.
 
-    Periods are computed from the anchor (tiers/periods.py), so month-end clamping never drifts. If
+    Periods are computed from the anchor (core/periods.py), so month-end clamping never drifts. If
     ``boundary`` is not on the anchor's grid for ``interval`` (the tier's interval changed, monthly to
     yearly, or a period was edited by hand), the subscription is re-anchored at the boundary: periods
     stay contiguous, which matters more than keeping the old anchor day.

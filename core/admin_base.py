@@ -73,4 +73,4 @@ def admin_action_with_form(
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "media": modeladmin.media + form.media,
     }
-    return TemplateResponse(request, "admin/tiers/billing_action.html", context)
+    return TemplateResponse(request, "admin/action_form.html", context)

@@ -1,7 +1,7 @@
 """The operator analytics page in the admin (/admin/analytics/): staff only, thin.
 
 It parses the range (``?months=N``), calls one selector (``partners.analytics.operator_dashboard``) and
-renders its figures as server-side SVG charts (config/charts.py), each with a table of the same numbers,
+renders its figures as server-side SVG charts (core/charts.py), each with a table of the same numbers,
 so the page loads nothing from the internet and reads without JavaScript.
 
 Included from config/urls.py before the admin's own URLs (``path("admin/analytics/", include(...))``),

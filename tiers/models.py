@@ -194,7 +194,7 @@ class Subscription(models.Model):
     team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="subscriptions")
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="subscriptions")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    # Periods are computed from the anchor (see tiers/periods.py), so month-end clamping never drifts.
+    # Periods are computed from the anchor (see core/periods.py), so month-end clamping never drifts.
     billing_anchor = models.DateTimeField()
     current_period_start = models.DateTimeField()
     current_period_end = models.DateTimeField()

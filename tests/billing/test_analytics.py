@@ -1,4 +1,4 @@
-"""Operator analytics on money (tiers/analytics.py): a known history, and every figure checked exactly.
+"""Operator analytics on money (billing/analytics.py): a known history, and every figure checked exactly.
 
 The history (``money_history``) is also what the usage analytics, the admin page and the browser test
 build on; its figures are worked out by hand in the comments next to each row.

@@ -359,7 +359,7 @@ def test_invoice_page_is_printable_with_lines_total_and_payments(alice, client, 
     assert "Team (Jan 1, 2026 to Feb 1, 2026)" in page and "Jan 1, 2026 \u2013 Feb 1, 2026" in page
     assert 'id="invoice-total">$50.00<' in page
     assert 'data-status="paid"' in page and 'data-payment-status="succeeded"' in page and "pi_test_TL-0000001" in page
-    assert "window.print()" in page and "tiers/billing.css" in page  # Print button and the print stylesheet
+    assert "window.print()" in page and "billing/billing.css" in page  # Print button and the print stylesheet
 
 
 def test_invoice_page_shows_a_prorated_credit_and_charge(alice, client, catalog, team_tier):
