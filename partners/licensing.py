@@ -325,7 +325,7 @@ def license_refuse(
 
 
 # --- Emails -------------------------------------------------------------------------------------------
-# Sent after the commit, to the team's owners. As with the billing emails (billing/emails.py, through accounts/emails.py), a failing
+# Sent after the commit, to the team's owners. As with the billing emails (accounts/emails.py), a failing
 # mail server is logged, not raised: the state change has happened, and a retried check must not fail.
 
 

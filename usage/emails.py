@@ -1,6 +1,6 @@
 """Usage emails: an alert crossed (80% / 100% of the included tokens, the spend cap).
 
-Plain text, to the team's owners, like the billing emails (billing/emails.py, through accounts/emails.py). "Exactly once per alert"
+Plain text, to the team's owners, like the billing emails (accounts/emails.py). "Exactly once per alert"
 is usage/alerts.py's job (the unique alert row and the emailed_at claim); this only renders and sends.
 A failing mail server is logged and reported as False, so the caller can retry later.
 """
