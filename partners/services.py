@@ -317,8 +317,9 @@ def _validate_event(event: Any, *, earliest: datetime, latest: datetime) -> tupl
     if not isinstance(event, dict):
         raise ValueError("An event must be a JSON object.")
     for name, value in event.items():
+        name = str(name)  # JSON keys are strings; a caller in Python might pass other keys
         if isinstance(value, dict | list):
-            raise ValueError(f"'{str(name)[:40]}' must not be an object or an array: an event is a flat object.")
+            raise ValueError(f"{name[:40]!r} must not be an object or an array: an event is a flat object.")
         if not _clean_text(name) or (isinstance(value, str) and not _clean_text(value)):
             raise ValueError(f"{name[:40]!r} must not contain NUL characters or unpaired surrogates.")
     event_id = event.get("event_id")

@@ -191,7 +191,8 @@ def partner_statements_issue(*, now: datetime | None = None) -> int:
     """Issue every missing statement of every partner for the months that are over; returns how many
     were issued. Run by beat after month end (usage.tasks.partner_statements_issue); safe to run any
     number of times and concurrently (each issue is idempotent). A partner's months start at the
-    earlier of the month it was created and the month of its first reported event.
+    earlier of the month it was created and the month of its first reported event, but never before
+    the month of its first share rate.
 
     Also retries the email of statements whose email could not be sent before."""
     now = now or timezone.now()
