@@ -70,6 +70,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -449,19 +450,42 @@ def webhook_event_verify(*, payload: bytes, signature_header: str) -> WebhookEve
     Uses the SDK's check (``WebhookSignature.verify_header``, the first half of construct_event: HMAC
     of ``t.payload``, constant-time compare, 300 s tolerance against replays) and then parses the JSON
     itself: construct_event would build a stripe Event only to be turned back into a dict, and it
-    crashes (AttributeError) on a signed payload that is JSON but not an object."""
+    crashes (AttributeError) on a signed payload that is JSON but not an object.
+
+    The SDK's tolerance only bounds the past (``timestamp < now - tolerance``): a delivery signed for a
+    time in the future passes it, and would stay replayable until that time plus the tolerance. So a
+    signature timestamp more than WEBHOOK_FUTURE_TOLERANCE seconds ahead of our clock is refused too."""
     try:
         stripe.WebhookSignature.verify_header(
             payload, signature_header, settings.STRIPE_WEBHOOK_SECRET, stripe.Webhook.DEFAULT_TOLERANCE
         )
+        _webhook_timestamp_not_in_future(signature_header)
         data = json.loads(payload)
     except stripe.SignatureVerificationError as exc:
         raise WebhookSignatureInvalid("The webhook signature is invalid.") from exc
-    except (ValueError, TypeError) as exc:  # not JSON, not UTF-8
+    except (ValueError, TypeError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deeply
         raise WebhookSignatureInvalid("The webhook payload is not a valid event.") from exc
     if not isinstance(data, dict) or not data.get("id") or not data.get("type"):
         raise WebhookSignatureInvalid("The webhook payload is not a valid event.")
     return WebhookEvent(id=str(data["id"]), type=str(data["type"]), payload=data)
+
+
+# Clock skew allowed between Stripe and us for a signature timestamp in the future (seconds), as
+# much as the SDK allows in the past.
+WEBHOOK_FUTURE_TOLERANCE = stripe.Webhook.DEFAULT_TOLERANCE
+
+
+def _webhook_timestamp_not_in_future(signature_header: str) -> None:
+    """Raise SignatureVerificationError when the header's ``t=`` (already verified by the SDK, so
+    present and an integer) is more than WEBHOOK_FUTURE_TOLERANCE seconds ahead of now."""
+    # Parsed as the SDK parses it (WebhookSignature._get_timestamp_and_signatures): "t=" items.
+    timestamps = [item[2:] for item in signature_header.split(",") if item.startswith("t=")]
+    try:
+        timestamp = int(timestamps[0])
+    except (IndexError, ValueError):
+        raise stripe.SignatureVerificationError("No valid timestamp in the header.", signature_header) from None
+    if timestamp > time.time() + WEBHOOK_FUTURE_TOLERANCE:
+        raise stripe.SignatureVerificationError("The timestamp is in the future.", signature_header)
 
 
 def ping() -> bool:

@@ -305,6 +305,12 @@ TIERLAB_QUOTA_BACKEND = env.str("TIERLAB_QUOTA_BACKEND", default="redis" if PROD
 # How stale the model API's in-process view of keys and entitlements may be: a revoked key or a tier
 # change takes effect within this many seconds on every web process.
 TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0)
+# How late a hosting partner may report a usage event: an event dated more than this many days before
+# the partner's first share rate is refused by the ingest (POST /api/v1/partner/usage-events). Two
+# months covers a partner that reports a month's backlog after month end; anything older is a wrong
+# timestamp (e.g. "0001-01-01"), which would otherwise make the statement task issue a statement for
+# every month since.
+TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS = env.int("TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS", default=62)
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # Licensees whose products had more monthly active users than this in the calendar month before a
 # model's release need a licence agreement for that model and later ones (the Llama licence's 700M).

@@ -58,6 +58,8 @@ def partner_usage_events(request: HttpRequest) -> HttpResponse:
         )
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, f"The request body is not valid JSON: {exc}.", code="invalid")
+    except RecursionError:  # json.loads recurses once per nesting level; events are flat objects
+        return _error(400, "The request body is nested too deeply; events are flat objects.", code="invalid")
     events = body.get("events") if isinstance(body, dict) else None
     if not isinstance(events, list):
         return _error(
@@ -80,7 +82,11 @@ def partner_usage_events(request: HttpRequest) -> HttpResponse:
     return JsonResponse(result.as_dict(), json_dumps_params={"separators": (",", ":")})
 
 
-MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+MONTH_RE = re.compile(r"^([0-9]{4})-([0-9]{2})$")  # ASCII: \d matches any script's digits
+# The months a report may name: none of TierLab's licensees reported before 2000, and four-digit years
+# keep "YYYY-MM" round-tripping ("0017-05" was stored, then read back as "17-05").
+MIN_MONTH_YEAR = 2000
+MAX_MONTH_YEAR = 9999
 # PositiveBigIntegerField's upper bound on PostgreSQL (bigint); SQLite's integer is the same width.
 MAX_ACTIVE_USERS = 2**63 - 1
 
@@ -89,19 +95,20 @@ MAX_ACTIVE_USERS = 2**63 - 1
 class MonthField(serializers.Field):
     """A calendar month as "YYYY-MM" <-> the date of its first day."""
 
-    default_error_messages = {"invalid": "A month as YYYY-MM, e.g. 2026-10."}
+    default_error_messages = {"invalid": f"A month as YYYY-MM from {MIN_MONTH_YEAR} on, e.g. 2026-10."}
 
     def to_internal_value(self, data) -> date:
         match = MONTH_RE.match(data) if isinstance(data, str) else None
         if match is None:
             self.fail("invalid")
         year, month = int(match[1]), int(match[2])
-        if not (1 <= month <= 12 and year >= 1):
+        if not (1 <= month <= 12 and MIN_MONTH_YEAR <= year <= MAX_MONTH_YEAR):
             self.fail("invalid")
         return date(year, month, 1)
 
     def to_representation(self, value: date) -> str:
-        return f"{value:%Y-%m}"
+        # Not f"{value:%Y-%m}": strftime's %Y does not pad years below 1000 on every platform.
+        return f"{value.year:04d}-{value.month:02d}"
 
 
 class MauReportSerializer(serializers.ModelSerializer):

@@ -36,7 +36,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from core.periods import add_months, month_first
-from partners.models import Partner, PartnerStatement, PartnerStatementLine, PartnerUsageEvent
+from partners.models import Partner, PartnerShareRate, PartnerStatement, PartnerStatementLine, PartnerUsageEvent
 from partners.services import PartnerError, share_rates_for
 from usage.selectors import usage_totals_by_model_for_partner
 
@@ -191,7 +191,8 @@ def partner_statements_issue(*, now: datetime | None = None) -> int:
     """Issue every missing statement of every partner for the months that are over; returns how many
     were issued. Run by beat after month end (usage.tasks.partner_statements_issue); safe to run any
     number of times and concurrently (each issue is idempotent). A partner's months start at the
-    earlier of the month it was created and the month of its first reported event.
+    earlier of the month it was created and the month of its first reported event, but never before
+    the month of its first share rate.
 
     Also retries the email of statements whose email could not be sent before."""
     now = now or timezone.now()
@@ -204,14 +205,25 @@ def partner_statements_issue(*, now: datetime | None = None) -> int:
     issued_months: dict[int, set[date]] = {}
     for partner_id, month in PartnerStatement.objects.values_list("partner_id", "month"):
         issued_months.setdefault(partner_id, set()).add(month)
+    first_rates = dict(
+        PartnerShareRate.objects.values("partner_id")
+        .annotate(first=Min("effective_from"))
+        .values_list("partner_id", "first")
+    )
     issued = 0
     for partner in Partner.objects.all():
         starts = [month_first(partner.created_at)]
         if partner.pk in first_events:
             starts.append(month_first(first_events[partner.pk]))
+        first = min(starts)
+        if partner.pk in first_rates:
+            # Never before the first share rate's month (defence in depth: the ingest refuses events
+            # much older than that, which once meant one statement per month since year 1). Earlier
+            # events are not lost: the first statement claims them as adjustment lines.
+            first = max(first, month_first(first_rates[partner.pk]))
         done = issued_months.get(partner.pk, set())
         latest_done = max(done, default=None)
-        for month in _months(min(starts), last):
+        for month in _months(first, last):
             if month in done or (latest_done is not None and month < latest_done):
                 continue
             partner_statement_issue(partner=partner, month=month, now=now)
@@ -234,28 +246,43 @@ def partner_statement_totals(*, statement: PartnerStatement) -> list[dict]:
     )
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (CSV injection): a partner
+# reports the ``model`` text, so "=1+1+cmd|' /C calc'!A0" would run in an operator's spreadsheet.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe for a spreadsheet: text starting with a formula character gets a leading "'"
+    (OWASP's CSV injection advice); numbers stay numbers (a negative amount is not a formula)."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def partner_statement_csv(*, statement: PartnerStatement) -> str:
-    """The statement as CSV: a header, then one row per line (amounts in integer cents)."""
+    """The statement as CSV: a header, then one row per line (amounts in integer cents). Text cells
+    are escaped with ``csv_cell``."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180 line ends: the writer then also quotes a cell holding a lone "\r" (with "\n" alone it
+    # would not, and a model name with a carriage return would break the row in two).
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for line in statement.lines.order_by("id"):
-        writer.writerow(
-            [
-                statement.partner.slug,
-                f"{statement.month:%Y-%m}",
-                line.kind,
-                f"{line.usage_month:%Y-%m}",
-                line.model,
-                line.currency,
-                line.share_bps,
-                line.events,
-                line.prompt_tokens,
-                line.completion_tokens,
-                line.revenue_cents,
-                line.share_cents,
-            ]
-        )
+        row = [
+            statement.partner.slug,
+            f"{statement.month:%Y-%m}",
+            line.kind,
+            f"{line.usage_month:%Y-%m}",
+            line.model,
+            line.currency,
+            line.share_bps,
+            line.events,
+            line.prompt_tokens,
+            line.completion_tokens,
+            line.revenue_cents,
+            line.share_cents,
+        ]
+        writer.writerow([csv_cell(cell) for cell in row])
     return out.getvalue()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.test import Client
@@ -119,6 +119,8 @@ def test_event_ids_are_per_partner(partner):
 
 def test_event_times_are_stored_in_utc(partner):
     p, secret = partner
+    # The partner was created today: a rate dated earlier lets it report events of that time.
+    partners.partner_share_rate_set(partner=p, share_bps=1500, effective_from=date(2026, 2, 1))
     post({"events": [event("tz", time="2026-03-01T01:30:00+02:00")]}, secret)
     stored = PartnerUsageEvent.objects.get(partner=p, event_id="tz")
     assert stored.occurred_at == datetime(2026, 2, 28, 23, 30, tzinfo=UTC)
