@@ -81,12 +81,14 @@ class TeamAdmin(admin.ModelAdmin):
 class ApiKeyAdmin(admin.ModelAdmin):
     """Operators see keys (never secrets: only the prefix exists) and can revoke them."""
 
-    list_display = ["name", "prefix", "team", "status", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_display = [
+        "name", "prefix", "team", "scopes", "status", "created_at", "last_used_at", "expires_at", "revoked_at",
+    ]  # fmt: skip
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "team__name", "team__memberships__user__email"]
     list_select_related = ["team"]
     readonly_fields = [
-        "team", "name", "prefix", "created_by", "created_at", "expires_at", "last_used_at", "revoked_at",
+        "team", "name", "prefix", "scopes", "created_by", "created_at", "expires_at", "last_used_at", "revoked_at",
     ]  # fmt: skip
     exclude = ["secret_hash"]
     actions = ["revoke_keys"]

@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 
 from accounts import services
 from accounts.models import User
-from accounts.selectors import api_key_list, team_for_request
+from accounts.selectors import AuthenticatedKey, api_key_list, team_for_request
 from accounts.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 
 
@@ -29,13 +29,16 @@ class ApiKeyListCreateApi(generics.ListAPIView):
             name=data.validated_data["name"],
             expires_at=data.validated_data.get("expires_at"),
             created_by=request.user if isinstance(request.user, User) else None,
+            scopes=data.validated_data.get("scopes"),
+            creator_scopes=request.auth.scopes if isinstance(request.auth, AuthenticatedKey) else None,
         )
         key.secret = secret
         return Response(ApiKeyCreatedSerializer(key).data, status=status.HTTP_201_CREATED)
 
 
 class ApiKeyDetailApi(APIView):
-    """One of the team's keys; DELETE revokes it (it stays listed, as revoked)."""
+    """One of the team's keys; DELETE revokes it (it stays listed, as revoked). With an API key, DELETE
+    needs the ``manage`` scope (accounts.permissions.HasKeyScope, as every write)."""
 
     def _key(self, request, key_id: int):
         # Scoped to the caller's team: another team's key id is simply not found.

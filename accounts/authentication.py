@@ -14,10 +14,11 @@ class ApiKeyPrincipal:
     is_authenticated = True
     is_anonymous = False
 
-    def __init__(self, *, team: Team, key_id: int):
+    def __init__(self, *, team: Team, key_id: int, scopes: frozenset[str] = frozenset()):
         self.team = team
         self.key_id = key_id
-        self.pk = None  # no User row: DRF's user throttle falls back to the client address
+        self.scopes = scopes
+        self.pk = None  # no User row: accounts.throttling buckets it by key id and team id instead
 
     def __str__(self) -> str:
         return f"API key {self.key_id}"
@@ -35,7 +36,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key = api_key_authenticate(raw_key=header[len(self.keyword) + 1 :].strip(), now=timezone.now())
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid API key: it is wrong, revoked or expired.")
-        return ApiKeyPrincipal(team=Team.objects.get(pk=key.team_id), key_id=key.key_id), key
+        principal = ApiKeyPrincipal(team=Team.objects.get(pk=key.team_id), key_id=key.key_id, scopes=key.scopes)
+        return principal, key
 
     def authenticate_header(self, request) -> str:
         return self.keyword

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 
@@ -90,13 +91,27 @@ class Membership(models.Model):
         return f"{self.user} in {self.team} ({self.role})"
 
 
+def api_key_scopes_default() -> list[str]:
+    """What a key may do unless more is asked for: call the model API and read the account API."""
+    return [ApiKey.Scope.MODEL, ApiKey.Scope.READ]
+
+
 class ApiKey(models.Model):
     """A team's API key. The secret is shown once at creation and stored only as a SHA-256 hash.
 
     Keys are high-entropy random strings, so a fast hash is enough (a slow password hasher would only
     slow every API request); ``prefix`` is the public, unique lookup part, so authentication is one
     indexed lookup plus a constant-time hash comparison.
+
+    ``scopes`` (a list of ``Scope`` values) says what the key may do: ``model`` the model API, ``read``
+    the account API's reads, ``manage`` its writes (keys, subscription, spend cap, licence requests,
+    MAU reports).
     """
+
+    class Scope(models.TextChoices):
+        MODEL = "model", "Model API"
+        READ = "read", "Read the account"
+        MANAGE = "manage", "Manage the account"
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
@@ -107,6 +122,7 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.JSONField(default=api_key_scopes_default, help_text="model, read and/or manage")
 
     class Meta:
         ordering = ["-created_at"]
@@ -114,6 +130,16 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    def clean(self) -> None:
+        super().clean()
+        if not isinstance(self.scopes, list) or not self.scopes:
+            raise ValidationError({"scopes": "Give the key at least one scope: model, read or manage."})
+        unknown = [scope for scope in self.scopes if scope not in ApiKey.Scope.values]
+        if unknown:
+            raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(map(str, unknown))}."})
+        # Stored once each, in the declared order: lists compare equal and read the same everywhere.
+        self.scopes = [scope for scope in ApiKey.Scope.values if scope in self.scopes]
 
     @property
     def status(self) -> str:
@@ -125,6 +151,21 @@ class ApiKey(models.Model):
         if self.expires_at is not None and self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+
+class ApiThrottleCounter(models.Model):
+    """One fixed-window request counter of the account API's abuse throttle (accounts.throttling), used
+    when the cache cannot increment atomically (the embedded default, Django's DatabaseCache, reads and
+    writes). One row per bucket, reset in place when a new window starts, so the table holds one row
+    per key, team, user or client address that called recently."""
+
+    bucket = models.CharField(max_length=100, unique=True)
+    # Not "window" nor "count": WINDOW is reserved in PostgreSQL, and the upsert is hand-written SQL.
+    window_index = models.BigIntegerField(help_text="The window's start in epoch seconds / its length.")
+    hits = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.bucket}: {self.hits} in window {self.window_index}"
 
 
 class AuditEntry(models.Model):

@@ -52,6 +52,12 @@ class AuthenticatedKey:
     key_id: int
     team_id: int
     name: str
+    # What the key may do (ApiKey.Scope values), loaded with the key and cached with it: checking a
+    # scope costs no query.
+    scopes: frozenset[str]
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class _KeyRow:
     secret_hash: str
     expires_at: datetime | None
     revoked_at: datetime | None
+    scopes: frozenset[str]
 
 
 class _HashedKey(Protocol):
@@ -99,10 +106,10 @@ _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_C
 def _load_key_row(prefix: str) -> _KeyRow | None:
     row = (
         ApiKey.objects.filter(prefix=prefix)
-        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at")
+        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at", "scopes")
         .first()
     )
-    return _KeyRow(*row) if row else None
+    return _KeyRow(*row[:6], scopes=frozenset(row[6] or ())) if row else None
 
 
 def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> AuthenticatedKey | None:
@@ -119,7 +126,7 @@ def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> Authen
     now = now or timezone.now()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
-    return AuthenticatedKey(key_id=row.key_id, team_id=row.team_id, name=row.name)
+    return AuthenticatedKey(key_id=row.key_id, team_id=row.team_id, name=row.name, scopes=row.scopes)
 
 
 def api_key_cache_clear() -> None:

@@ -19,6 +19,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "expires_at",
             "last_used_at",
             "revoked_at",
+            "scopes",
         ]
         read_only_fields = fields
 
@@ -34,6 +35,22 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    scopes = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        allow_empty=False,
+        help_text="model, read and/or manage (default: model and read). "
+        "A key grants at most its own scopes; from a session, only owners and admins grant manage.",
+    )
+
+    def validate_scopes(self, value: list[str]) -> list[str]:
+        unknown = [scope for scope in value if scope not in ApiKey.Scope.values]
+        if unknown:
+            # One error for the field (param "scopes"), naming what is wrong.
+            raise serializers.ValidationError(
+                f"Unknown scope(s): {', '.join(unknown)}. Scopes are {', '.join(ApiKey.Scope.values)}."
+            )
+        return value
 
 
 class MeSerializer(serializers.Serializer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -35,6 +35,56 @@ API_KEY_PREFIX_LENGTH = 15
 
 class ApiKeyError(ApplicationError):
     code = "invalid_api_key_request"
+
+
+class InsufficientScope(ApplicationError):
+    """403: the caller may not do this: its API key lacks the scope, or it asks for a scope it may not
+    grant. The one refusal of the key scopes (DESIGN.md), on the account API and the keys page alike."""
+
+    status = 403
+    code = "insufficient_scope"
+
+
+# Who may hand out ``manage`` from a session: the roles that administer keys and billing (DESIGN.md).
+API_KEY_MANAGE_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
+
+
+def api_key_can_grant_manage(*, user: User, team: Team) -> bool:
+    """Whether ``user`` (a session, not a key) may create keys with the ``manage`` scope for ``team``."""
+    return Membership.objects.filter(user=user, team=team, role__in=API_KEY_MANAGE_ROLES).exists()
+
+
+def _api_key_scopes(
+    *, team: Team, scopes: Iterable[str] | None, created_by: User | None, creator_scopes: Collection[str] | None
+) -> list[str]:
+    """The scopes a new key gets: ``scopes`` if given, else model + read, once the creator may grant them.
+
+    A key (``creator_scopes`` set) grants at most its own scopes; a session user grants ``manage`` only
+    as an owner or admin of ``team``; the system (no creator: management commands, partner channels)
+    grants anything."""
+    wanted = list(dict.fromkeys(scopes)) if scopes is not None else [ApiKey.Scope.MODEL, ApiKey.Scope.READ]
+    unknown = [scope for scope in wanted if scope not in ApiKey.Scope.values]
+    if unknown or not wanted:
+        raise ApiKeyError(
+            f"Scopes are model, read and manage; got {', '.join(map(str, unknown)) or 'none'}.",
+            extra={"field": "scopes"},
+        )
+    if creator_scopes is not None:
+        beyond = [scope for scope in wanted if scope not in creator_scopes]
+        if beyond:
+            raise InsufficientScope(
+                f"A key cannot create a key with more scopes than its own (it lacks: {', '.join(beyond)}).",
+                extra={"field": "scopes"},
+            )
+    elif (
+        created_by is not None
+        and ApiKey.Scope.MANAGE in wanted
+        and not api_key_can_grant_manage(user=created_by, team=team)
+    ):
+        raise InsufficientScope(
+            "Only the team's owners and admins can create keys with the manage scope.", extra={"field": "scopes"}
+        )
+    return wanted
 
 
 def api_key_hash(raw_key: str) -> str:
@@ -72,8 +122,14 @@ def api_key_create(
     name: str,
     created_by: User | None = None,
     expires_at: datetime | None = None,
+    scopes: Iterable[str] | None = None,
+    creator_scopes: Collection[str] | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key for ``team``; returns (key, secret). The secret is not stored and cannot be shown again.
+
+    ``scopes`` default to model + read. ``creator_scopes`` are the scopes of the API key making this
+    request (None for a session or the system): a key never creates a key with more scopes than its
+    own, and only owners and admins grant ``manage`` from a session (403 ``insufficient_scope``).
 
     A key for a hosting partner's channel is made by ``partners.services.partner_channel_key_create``,
     which calls this and records the channel."""
@@ -82,11 +138,18 @@ def api_key_create(
         raise ApiKeyError("Give the key a name, e.g. the app that will use it.", extra={"field": "name"})
     if expires_at is not None and expires_at <= timezone.now():
         raise ApiKeyError("The expiry must be in the future.", extra={"field": "expires_at"})
+    granted = _api_key_scopes(team=team, scopes=scopes, created_by=created_by, creator_scopes=creator_scopes)
     created = secret_key_save(
         marker=API_KEY_MARKER,
         prefix_length=API_KEY_PREFIX_LENGTH,
         build=lambda prefix, secret_hash: ApiKey(
-            team=team, name=name, prefix=prefix, secret_hash=secret_hash, created_by=created_by, expires_at=expires_at
+            team=team,
+            name=name,
+            prefix=prefix,
+            secret_hash=secret_hash,
+            created_by=created_by,
+            expires_at=expires_at,
+            scopes=granted,
         ),
     )
     if created is None:

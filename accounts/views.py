@@ -17,12 +17,14 @@ _NEW_SECRET = "tierlab_new_api_key_secret"  # noqa: S105 (a session key name, no
 @login_required
 def keys(request: HttpRequest) -> HttpResponse:
     team = team_for_user(user=request.user)
-    form = ApiKeyCreateForm(request.POST or None)
+    can_grant_manage = services.api_key_can_grant_manage(user=request.user, team=team)
+    form = ApiKeyCreateForm(request.POST or None, can_grant_manage=can_grant_manage)
     if request.method == "POST" and form.is_valid():
         key, secret = services.api_key_create(
             team=team,
             name=form.cleaned_data["name"],
             expires_at=form.cleaned_data["expires_at"],
+            scopes=form.cleaned_data["scopes"] or None,  # none ticked: the default, model + read
             created_by=request.user,
         )
         request.session[_NEW_SECRET] = {"id": key.pk, "secret": secret}

@@ -196,7 +196,8 @@ REST_FRAMEWORK = {
         "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsTeamMember"],
+    # Key-authenticated requests also need the key's scope: read for GET, manage for writes.
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsTeamMember", "accounts.permissions.HasKeyScope"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": [
@@ -207,12 +208,16 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     # `?format=csv` on /api/v1/usage is the export, not DRF's renderer override.
     "URL_FORMAT_OVERRIDE": None,
-    # Abuse protection only (DESIGN.md): billable quotas never go through DRF throttles.
-    "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
-    ],
-    "DEFAULT_THROTTLE_RATES": {"user": "600/min", "anon": "60/min"},
+    # Abuse protection only (DESIGN.md): billable quotas never go through DRF throttles. Atomic
+    # fixed-window counters per API key and per team (both must have room), per user for sessions,
+    # per client address for anonymous callers (accounts/throttling.py).
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.AccountApiThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "api_key": env.str("TIERLAB_API_THROTTLE_KEY", default="600/min"),
+        "team": env.str("TIERLAB_API_THROTTLE_TEAM", default="1200/min"),
+        "user": env.str("TIERLAB_API_THROTTLE_USER", default="600/min"),
+        "anon": env.str("TIERLAB_API_THROTTLE_ANON", default="60/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "TierLab account API",

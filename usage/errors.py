@@ -43,6 +43,13 @@ class ModelNotAllowed(ModelApiError):
     code = "model_not_allowed"
 
 
+class InsufficientScope(ModelApiError):
+    """403: the API key lacks the ``model`` scope (an account-API-only key)."""
+
+    status = 403
+    code = "insufficient_scope"
+
+
 class LicenseRequired(ModelApiError):
     """403: the team's products passed the monthly-active-user threshold; models released since need
     a licence agreement, which operators grant in the admin."""

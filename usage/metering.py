@@ -77,6 +77,8 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
     key = api_key_authenticate(raw_key=authorization[7:].strip(), now=now)
     if key is None:
         raise errors.InvalidApiKey("Invalid API key: it is wrong, revoked or expired.")
+    if not key.has_scope("model"):  # ApiKey.Scope.MODEL; the scopes come cached with the key
+        raise errors.InsufficientScope("This API key lacks the 'model' scope: it is for the account API only.")
     entitlements = entitlements_for_team(team_id=key.team_id)
     if entitlements is None or not entitlements.is_active_at(now):
         status = entitlements.subscription_status if entitlements else "none"

@@ -99,7 +99,9 @@ def test_keys_api_create_list_revoke_with_session(alice):
 
 @pytest.mark.django_db
 def test_keys_api_with_an_api_key_and_error_shapes(alice):
-    _, secret = services.api_key_create(team=team_for_user(user=alice), name="automation")
+    _, secret = services.api_key_create(
+        team=team_for_user(user=alice), name="automation", scopes=["model", "read", "manage"]
+    )
     client = APIClient()
     assert client.get("/api/v1/keys").status_code in (401, 403)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
@@ -128,7 +130,9 @@ def test_one_team_never_sees_or_revokes_another_teams_keys(alice, bob):
     alice_key.refresh_from_db()
     assert alice_key.revoked_at is None
 
-    _, bob_secret = services.api_key_create(team=team_for_user(user=bob), name="bob-app")
+    _, bob_secret = services.api_key_create(
+        team=team_for_user(user=bob), name="bob-app", scopes=["model", "read", "manage"]
+    )
     key_client = APIClient()
     key_client.credentials(HTTP_AUTHORIZATION=f"Bearer {bob_secret}")
     assert key_client.delete(f"/api/v1/keys/{alice_key.pk}").status_code == 404

@@ -197,7 +197,7 @@ def test_subscription_post_with_an_api_key_has_no_user_actor(alice, team_tier, m
         return services.CheckoutResult(subscription=subscription_current(team=kwargs["team"]), change="subscribed")
 
     monkeypatch.setattr(checkout, "subscription_change", change)
-    _, secret = api_key_create(team=alice, name="ci", created_by=None)
+    _, secret = api_key_create(team=alice, name="ci", created_by=None, scopes=["model", "read", "manage"])
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert client.post("/api/v1/subscription", {"tier": "team"}, format="json").status_code == 200

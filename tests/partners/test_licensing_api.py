@@ -31,7 +31,9 @@ def accounts(catalog):
     """Two teams; "alice" is called with an API key, "bob" with a logged-in session."""
     alice = tier_services.user_create(email="alice@example.com")
     bob = tier_services.user_create(email="bob@example.com")
-    _, secret = account_services.api_key_create(team=team_for_user(user=alice), name="reports")
+    _, secret = account_services.api_key_create(
+        team=team_for_user(user=alice), name="reports", scopes=["model", "read", "manage"]
+    )
     session = Client()
     session.force_login(bob)
     return {

@@ -219,8 +219,10 @@ def test_tier_change_and_revocation_take_effect_within_seconds(live_server, acco
 
     from rest_framework.test import APIClient
 
+    # Revoking through the account API needs a key with the manage scope (the SDK's key has model + read).
+    _, manage_secret = services.api_key_create(team=team, name="ops", scopes=["model", "read", "manage"])
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {manage_secret}")
     assert api.delete(f"/api/v1/keys/{key.pk}").json()["status"] == "revoked"
 
     def key_refused() -> bool:

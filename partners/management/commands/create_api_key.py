@@ -25,8 +25,25 @@ class Command(BaseCommand):
             default=None,
             help="Slug of the hosting partner whose channel the key is for (its traffic is attributed to them).",
         )
+        parser.add_argument(
+            "--scopes",
+            default=None,
+            help="Comma-separated scopes: model, read, manage (default: model,read).",
+        )
 
-    def handle(self, *args, email: str, name: str, tier: str | None, partner: str | None = None, **options):
+    def handle(
+        self,
+        *args,
+        email: str,
+        name: str,
+        tier: str | None,
+        partner: str | None = None,
+        scopes: str | None = None,
+        **options,
+    ):
+        scope_list = [scope.strip() for scope in scopes.split(",") if scope.strip()] if scopes is not None else None
+        if partner and scope_list is not None:
+            raise CommandError("--scopes does not apply to a partner channel's key (it gets model and read).")
         channel = None
         if partner:
             channel = partner_get(slug=partner)
@@ -44,7 +61,7 @@ class Command(BaseCommand):
                 if team is None:
                     team = tier_services.account_setup_new_user(user=user, tier_slug=tier)
                 if channel is None:
-                    key, secret = services.api_key_create(team=team, name=name)
+                    key, secret = services.api_key_create(team=team, name=name, scopes=scope_list)
                 else:
                     key, secret = partner_channel_key_create(partner=channel, team=team, name=name)
         except ValidationError as exc:
@@ -53,6 +70,7 @@ class Command(BaseCommand):
             raise CommandError(exc.message) from exc
         through = f" through partner '{channel.slug}'" if channel else ""
         self.stdout.write(
-            f"API key '{key.name}' ({key.prefix}…) for team '{team.name}'{through}. The secret, shown once:"
+            f"API key '{key.name}' ({key.prefix}…) for team '{team.name}'{through}, scopes "
+            f"{','.join(key.scopes)}. The secret, shown once:"
         )
         self.stdout.write(secret)
