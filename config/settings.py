@@ -317,6 +317,9 @@ TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0
 # every month since.
 TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS = env.int("TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS", default=62)
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# How long a client's X-Request-Id stays bound to its recorded request (DESIGN.md "Request ids", like
+# Stripe's idempotency keys): the same request is answered again, a different one refused with 409.
+TIERLAB_REQUEST_ID_RETENTION_SECONDS = env.int("TIERLAB_REQUEST_ID_RETENTION_SECONDS", default=24 * 3600)
 # Licensees whose products had more monthly active users than this in the calendar month before a
 # model's release need a licence agreement for that model and later ones (the Llama licence's 700M).
 TIERLAB_LICENSE_MAU_THRESHOLD = env.int("TIERLAB_LICENSE_MAU_THRESHOLD", default=700_000_000)

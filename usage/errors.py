@@ -87,6 +87,14 @@ class SubscriptionInactive(ModelApiError):
     code = "subscription_inactive"
 
 
+class RequestIdReused(ModelApiError):
+    """409: the ``X-Request-Id`` was already used for a different request (within the retention; see
+    DESIGN.md "Request ids"). Nothing was counted; send a new id."""
+
+    status = 409
+    code = "request_id_reused"
+
+
 class MethodNotAllowed(ModelApiError):
     status = 405
     code = "method_not_allowed"

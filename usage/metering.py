@@ -8,6 +8,8 @@ and the only shared-state operations are the quota backend's reserve and settle.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -68,6 +70,14 @@ def request_id_from_header(value: str | None) -> str:
             param="X-Request-Id",
         )
     return value
+
+
+def request_hash(*, path: str, body: object) -> str:
+    """What a client's request id is bound to (DESIGN.md "Request ids"): SHA-256 of the endpoint path
+    (native and compat differ) and the canonical JSON of the parsed body. Only computed for requests
+    that carry a client id."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{path}\n{canonical}".encode()).hexdigest()
 
 
 def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
@@ -191,11 +201,13 @@ def admit(
     now: datetime,
     check_model: bool = True,
     request_id_is_new: bool = False,
+    request_hash: str = "",
 ) -> Admission:
     """Check the model and reserve ``tokens`` (prompt + maximum completion) against every limit.
-    Raises the 4xx the client should see if the request may not run. ``check_model`` is False for the
-    moderation model, which every tier may call. ``request_id_is_new``: the id was generated here (the
-    client sent none), so it cannot be a retry."""
+    Raises the 4xx the client should see if the request may not run (409 for a client id recorded
+    with a different ``request_hash``). ``check_model`` is False for the moderation model, which every
+    tier may call. ``request_id_is_new``: the id was generated here (the client sent none), so it
+    cannot be a retry."""
     if check_model:
         model_check(caller=caller, model=model)
     limits = limits_current(entitlements=caller.entitlements, now=now)
@@ -206,6 +218,7 @@ def admit(
         tokens=tokens,
         now=now,
         request_id_is_new=request_id_is_new,
+        request_hash=request_hash,
     )
     _raise_if_refused(caller=caller, decision=decision, limits=limits, now=now)
     return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
@@ -221,6 +234,7 @@ def admit_and_record(
     completion_tokens: int,
     now: datetime,
     request_id_is_new: bool = False,
+    request_hash: str = "",
 ) -> Admission:
     """``admit`` and ``settle`` in one step, for a request whose output is already computed (a
     non-streaming completion): checked against every limit with ``tokens`` (prompt + maximum
@@ -237,6 +251,7 @@ def admit_and_record(
         completion_tokens=completion_tokens,
         created_at=now,
         partner_id=caller.partner_id,
+        request_hash=request_hash,
     )
     decision = get_quota_backend().consume(
         team_id=caller.team_id,
@@ -252,6 +267,12 @@ def admit_and_record(
 
 
 def _raise_if_refused(*, caller: Caller, decision: Decision, limits: tuple[Limit, ...], now: datetime) -> None:
+    if decision.reused:
+        raise errors.RequestIdReused(
+            "This X-Request-Id was already used for a different request. Reuse an id only to retry the "
+            "same request; send a new id for a new one.",
+            param="X-Request-Id",
+        )
     if not decision.allowed:
         refusals.refusal_count(
             team_id=caller.team_id, tier_slug=caller.entitlements.tier_slug, code=decision.code or "", now=now
@@ -296,6 +317,7 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
         completion_tokens=completion_tokens,
         created_at=now,
         partner_id=admission.caller.partner_id,
+        request_hash=reservation.request_hash,
     )
     get_quota_backend().settle(reservation=reservation, event=event)
 

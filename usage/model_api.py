@@ -287,6 +287,7 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     client_request_id = request.headers.get("X-Request-Id")
     request_id = metering.request_id_from_header(client_request_id)
     chat = _chat_request(_body(request), flavor=flavor)
+    request_hash = _request_hash(request) if client_request_id else ""
     # The simulated completion is deterministic and cheap (about 0.1 ms), so it is computed before
     # admission; its prompt count is the tokenizer's (no second count of the messages).
     completion = _complete(chat)
@@ -306,6 +307,7 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
             tokens=reserve,
             now=now,
             request_id_is_new=not client_request_id,
+            request_hash=request_hash,
         )
         return _stream_response(request_id, chat, completion, admission, reserve, created, flavor, headers)
 
@@ -321,6 +323,7 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
         completion_tokens=completion.completion_tokens,
         now=now,
         request_id_is_new=not client_request_id,
+        request_hash=request_hash,
     )
     headers.update(metering.headers_after(admission=admission, tokens_delta=0, now=now))
     body = (
@@ -329,6 +332,12 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
         else _compat_body(request_id, chat.model, created, completion)
     )
     return _json_response(body, headers=headers)
+
+
+def _request_hash(request: HttpRequest) -> str:
+    # Only for requests with a client id, whose body is already known to be valid JSON: parsed again
+    # here rather than threaded through the parsing above.
+    return metering.request_hash(path=request.path_info, body=json.loads(request.body))
 
 
 def _complete(chat: ChatRequest):
@@ -439,13 +448,17 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
     and counts as a request against the per-minute and per-day windows, but no tokens are billed."""
     now = timezone.now()
     caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
-    request_id = metering.request_id_from_header(request.headers.get("X-Request-Id"))
+    client_request_id = request.headers.get("X-Request-Id")
+    request_id = metering.request_id_from_header(client_request_id)
     body = _body(request)
     messages = _messages(body)
     model = body.get("model") or MODERATION_MODEL
     if not isinstance(model, str):
         raise errors.InvalidRequest("'model' must be a string.", param="model")
-    admission = metering.admit(caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False)
+    admission = metering.admit(
+        caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False,
+        request_id_is_new=not client_request_id, request_hash=_request_hash(request) if client_request_id else "",
+    )  # fmt: skip
     texts = [_message_text(m) for m in messages]
     results = moderate(texts)
     metering.settle(admission=admission, prompt_tokens=0, completion_tokens=0, now=now)

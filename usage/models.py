@@ -7,7 +7,8 @@ from django.db import models
 
 class UsageRecord(models.Model):
     """One admitted model-API request. Exactly one per (team, request id): a client retry that sends
-    the same ``X-Request-Id`` is served again but never counted twice."""
+    the same ``X-Request-Id`` with the same request (``request_hash``) is served again but never
+    counted twice; the same id with a different request is refused (usage/quotas/base.py)."""
 
     request_id = models.CharField(max_length=100)
     team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="usage_records")
@@ -21,6 +22,8 @@ class UsageRecord(models.Model):
     # The hosting-partner channel the request came through, if any (partners arrive later).
     partner_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(db_index=True)
+    # SHA-256 (hex) of the endpoint path and the canonical JSON body; "" for server-generated ids.
+    request_hash = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         constraints = [

@@ -35,6 +35,7 @@ def usage_records_create(*, events: Sequence[UsageEvent]) -> int:
             total_tokens=e.total_tokens,
             partner_id=e.partner_id,
             created_at=e.created_at,
+            request_hash=e.request_hash,
         )
         for e in events
     ]
@@ -57,8 +58,8 @@ def _usage_record_insert_one(event: UsageEvent) -> int:
     count-insert-count."""
     created = execute(
         f"INSERT INTO {quoted_table(UsageRecord)} (request_id, team_id, api_key_id, model,"  # noqa: S608 - identifiers from _meta, values as parameters
-        " prompt_tokens, completion_tokens, total_tokens, partner_id, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " prompt_tokens, completion_tokens, total_tokens, partner_id, created_at, request_hash)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (team_id, request_id) DO NOTHING RETURNING id",
         [
             event.request_id,
@@ -70,6 +71,7 @@ def _usage_record_insert_one(event: UsageEvent) -> int:
             event.total_tokens,
             event.partner_id,
             param(event.created_at),
+            event.request_hash,
         ],
     )
     if created:

@@ -62,7 +62,7 @@ def limits_at(
     )
 
 
-def event_for(team: Team, request_id: str, *, tokens: int, now: datetime = NOW) -> UsageEvent:
+def event_for(team: Team, request_id: str, *, tokens: int, now: datetime = NOW, request_hash: str = "") -> UsageEvent:
     prompt = tokens // 3
     return UsageEvent(
         request_id=request_id,
@@ -72,6 +72,7 @@ def event_for(team: Team, request_id: str, *, tokens: int, now: datetime = NOW) 
         prompt_tokens=prompt,
         completion_tokens=tokens - prompt,
         created_at=now,
+        request_hash=request_hash,
     )
 
 
@@ -84,12 +85,17 @@ def admit(
     actual: int | None = None,
     now: datetime = NOW,
     request_id: str | None = None,
+    request_hash: str = "",
 ) -> Decision:
     """Reserve ``tokens`` and, if admitted, settle to ``actual`` (default: as reserved)."""
     request_id = request_id or uuid.uuid4().hex
-    decision = backend.reserve(team_id=team.id, request_id=request_id, limits=limits, tokens=tokens, now=now)
+    decision = backend.reserve(
+        team_id=team.id, request_id=request_id, limits=limits, tokens=tokens, now=now, request_hash=request_hash
+    )
     if decision.reservation is not None:
-        event = event_for(team, request_id, tokens=tokens if actual is None else actual, now=now)
+        event = event_for(
+            team, request_id, tokens=tokens if actual is None else actual, now=now, request_hash=request_hash
+        )
         assert backend.settle(reservation=decision.reservation, event=event) is True
     return decision
 
@@ -309,11 +315,9 @@ def test_a_request_id_racing_itself_is_counted_and_recorded_once(backend, team):
     assert first.allowed and second.allowed
 
     assert backend.settle(reservation=first.reservation, event=event_for(team, "twice", tokens=40)) is True
-    if second.reservation is not None:
-        # The database backend admits both and finds out at settle; Redis refuses it at reserve.
-        assert backend.settle(reservation=second.reservation, event=event_for(team, "twice", tokens=90)) is False
-    else:
-        assert second.duplicate
+    # Neither is recorded when both are admitted (each consumes); the second settle finds the first's
+    # record of the same request and gives its reservation back.
+    assert backend.settle(reservation=second.reservation, event=event_for(team, "twice", tokens=90)) is False
 
     assert backend.used(team_id=team.id, limits=limits) == {RPM: 1, TPM: 40, RPD: 1, MONTHLY: 40}
     drained(backend)
@@ -333,6 +337,125 @@ def test_database_settle_of_an_already_recorded_request_returns_false_and_gives_
 
     assert backend.used(team_id=team.id, limits=limits) == before
     assert records_of(team) == (2, 135)
+
+
+# --- request ids bind to the request they recorded (DESIGN.md "Request ids"; issue 11, finding 1) ------
+
+
+def test_a_recorded_request_id_with_a_different_request_is_refused_and_consumes_nothing(backend, team):
+    limits = limits_at(NOW, rpm=5, tpm=10_000, rpd=50, monthly=100_000)
+    assert admit(backend, team, limits, request_id="dup-X", request_hash="a" * 64).allowed
+    before = backend.used(team_id=team.id, limits=limits)
+
+    other = backend.reserve(
+        team_id=team.id, request_id="dup-X", limits=limits, tokens=100, now=NOW, request_hash="b" * 64
+    )
+    assert not other.allowed and other.reused and not other.duplicate and other.reservation is None
+    assert other.denied is None and other.code is None
+    consumed = backend.consume(
+        team_id=team.id, request_id="dup-X", limits=limits, tokens=100, now=NOW,
+        event=event_for(team, "dup-X", tokens=60, request_hash="b" * 64),
+    )  # fmt: skip
+    assert not consumed.allowed and consumed.reused
+
+    same = backend.reserve(
+        team_id=team.id, request_id="dup-X", limits=limits, tokens=100, now=NOW, request_hash="a" * 64
+    )
+    assert same.allowed and same.duplicate and same.reservation is None
+    assert backend.used(team_id=team.id, limits=limits) == before
+    drained(backend)
+    assert records_of(team) == (1, 100)
+    assert UsageRecord.objects.get(team=team).request_hash == "a" * 64
+
+
+@pytest.mark.parametrize("path", ["reserve", "consume"])
+def test_a_full_window_is_not_bypassed_by_reusing_a_recorded_request_id(backend, team, path):
+    # The finding: one request with an id, the minute used up, then other prompts with the same id.
+    limits = limits_at(NOW, rpm=2, tpm=100_000, rpd=1_000, monthly=1_000_000)
+    assert admit(backend, team, limits, request_id="dup-X", request_hash="0" * 64).allowed
+    assert admit(backend, team, limits).allowed
+    assert admit(backend, team, limits).denied is RPM
+    before = backend.used(team_id=team.id, limits=limits)
+
+    for number in range(15):
+        request_hash = f"{number + 1:064x}"
+        if path == "reserve":
+            decision = backend.reserve(
+                team_id=team.id, request_id="dup-X", limits=limits, tokens=150, now=NOW, request_hash=request_hash
+            )
+        else:
+            decision = backend.consume(
+                team_id=team.id, request_id="dup-X", limits=limits, tokens=150, now=NOW,
+                event=event_for(team, "dup-X", tokens=120, request_hash=request_hash),
+            )  # fmt: skip
+        assert not decision.allowed and decision.reused
+
+    assert backend.used(team_id=team.id, limits=limits) == before
+    drained(backend)
+    assert records_of(team) == (2, 200)
+
+
+def test_a_refused_request_id_may_be_used_again(backend, team):
+    limits = limits_at(NOW, rpm=1)
+    assert admit(backend, team, limits).allowed
+    refused = backend.reserve(team_id=team.id, request_id="later", limits=limits, tokens=100, now=NOW, request_hash="a")
+    assert refused.denied is RPM
+
+    later = NOW + timedelta(minutes=1)
+    retried = admit(backend, team, limits_at(later, rpm=1), now=later, request_id="later", request_hash="b")
+    assert retried.allowed and not retried.duplicate and retried.reservation is not None
+    drained(backend)
+    assert records_of(team) == (2, 200)
+
+
+def test_an_unsettled_request_id_may_be_used_again_and_a_racing_different_request_stays_counted(backend, team):
+    limits = limits_at(NOW, rpm=5, tpm=10_000)
+    first = backend.reserve(team_id=team.id, request_id="p", limits=limits, tokens=100, now=NOW, request_hash="a")
+    # Not settled yet (or never): the id is not bound, so the next request with it is admitted, and consumes.
+    second = backend.reserve(team_id=team.id, request_id="p", limits=limits, tokens=100, now=NOW, request_hash="b")
+    assert first.allowed and second.allowed and second.reservation is not None
+    assert second.used[RPM] == 2
+
+    assert backend.settle(reservation=first.reservation, event=event_for(team, "p", tokens=40, request_hash="a"))
+    # Served although its id was recorded meanwhile with another request: it keeps its actual cost.
+    assert not backend.settle(reservation=second.reservation, event=event_for(team, "p", tokens=70, request_hash="b"))
+
+    assert backend.used(team_id=team.id, limits=limits) == {RPM: 2, TPM: 110, RPD: 2, MONTHLY: 110}
+    drained(backend)
+    assert records_of(team) == (1, 40)
+
+
+def test_a_refunded_request_leaves_its_id_free(backend, team):
+    limits = limits_at(NOW, rpm=5)
+    decision = backend.reserve(team_id=team.id, request_id="r", limits=limits, tokens=100, now=NOW, request_hash="a")
+    backend.refund(reservation=decision.reservation)
+    again = admit(backend, team, limits, request_id="r", request_hash="b")
+    assert again.allowed and again.reservation is not None
+    assert admit(backend, team, limits, request_id="r", request_hash="c").reused
+
+
+def test_request_ids_are_answered_again_only_within_the_retention(backend, team, settings):
+    settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS = 3600
+    limits = limits_at(NOW, rpm=5)
+    assert admit(backend, team, limits, request_id="old", request_hash="a").allowed
+    if isinstance(backend, RedisQuotaBackend):
+        # The binding lives as long as the retention (the one setting both backends read).
+        assert 3590 <= backend.client.ttl(backend._request_id_key(team.id, "old")) <= 3600
+
+    within = NOW + timedelta(minutes=59)
+    replay = backend.reserve(
+        team_id=team.id, request_id="old", limits=limits_at(within, rpm=5), tokens=100, now=within, request_hash="a"
+    )
+    assert replay.duplicate
+
+    if isinstance(backend, DatabaseQuotaBackend):
+        # The record keeps the id taken (its unique key would drop a second record): past the retention
+        # the same request is no longer answered again, and it is never admitted uncounted.
+        past = NOW + timedelta(hours=2)
+        late = backend.reserve(
+            team_id=team.id, request_id="old", limits=limits_at(past, rpm=5), tokens=100, now=past, request_hash="a"
+        )
+        assert late.reused and not late.allowed
 
 
 def test_counters_never_go_negative(backend, team):
@@ -415,6 +538,10 @@ def test_database_backend_admits_with_one_statement(team, django_assert_num_quer
         assert backend.settle(reservation=decision.reservation, event=event_for(team, "hot", tokens=50))
     with django_assert_num_queries(2):
         assert backend.reserve(team_id=team.id, request_id="hot", limits=limits, tokens=100, now=NOW).duplicate
+    with django_assert_num_queries(2):
+        assert backend.reserve(
+            team_id=team.id, request_id="hot", limits=limits, tokens=100, now=NOW, request_hash="other"
+        ).reused
 
 
 def test_redis_backend_runs_no_sql_on_the_request_path(redis_quota, team, django_assert_num_queries):

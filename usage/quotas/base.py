@@ -99,6 +99,9 @@ class UsageEvent:
     completion_tokens: int
     created_at: datetime
     partner_id: int | None = None
+    # SHA-256 of the endpoint and the canonical body (usage.metering.request_hash); "" when the id was
+    # generated for this request. A reused client id is answered again only for the same hash.
+    request_hash: str = ""
 
     @property
     def total_tokens(self) -> int:
@@ -112,6 +115,9 @@ class Reservation:
     tokens: int
     limits: tuple[Limit, ...]
     reserved_at: datetime
+    request_hash: str = ""
+    # The id was generated for this request: settle neither checks nor remembers it.
+    request_id_is_new: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,11 @@ class Decision:
     """The outcome of ``reserve``.
 
     allowed: admitted; ``reservation`` must then be settled or refunded.
-    duplicate: a request with this request id was already admitted and recorded for this team: serve
-        it again, but nothing was consumed and nothing must be settled (``reservation`` is None).
+    duplicate: the same request (same request hash) with this request id was already admitted and
+        recorded for this team: serve it again, but nothing was consumed and nothing must be settled
+        (``reservation`` is None).
+    reused: not allowed, because this request id was recorded with a different request (or too long
+        ago to be answered again): nothing was consumed; the client must send a new id.
     Otherwise refused by ``denied``: ``code`` says why and ``retry_after`` (seconds) when to retry.
     ``used`` maps each limit to its count in the current window after this decision.
     """
@@ -128,6 +137,7 @@ class Decision:
     allowed: bool
     reservation: Reservation | None = None
     duplicate: bool = False
+    reused: bool = False
     denied: LimitName | None = None
     retry_after: int = 0
     used: dict[LimitName, int] = field(default_factory=dict)
@@ -139,18 +149,38 @@ class Decision:
     # The decisions every backend makes, built one way.
     @classmethod
     def reserved(
-        cls, *, team_id: int, request_id: str, tokens: int, limits: Sequence[Limit], now: datetime, used: dict
+        cls,
+        *,
+        team_id: int,
+        request_id: str,
+        tokens: int,
+        limits: Sequence[Limit],
+        now: datetime,
+        used: dict,
+        request_hash: str = "",
+        request_id_is_new: bool = False,
     ) -> Decision:
         """Admitted: ``tokens`` are reserved in every limit of ``limits`` until settled or refunded."""
         reservation = Reservation(
-            team_id=team_id, request_id=request_id, tokens=tokens, limits=tuple(limits), reserved_at=now
+            team_id=team_id,
+            request_id=request_id,
+            tokens=tokens,
+            limits=tuple(limits),
+            reserved_at=now,
+            request_hash=request_hash,
+            request_id_is_new=request_id_is_new,
         )
         return cls(allowed=True, reservation=reservation, used=used)
 
     @classmethod
     def repeated(cls, *, used: dict) -> Decision:
-        """The request id was admitted and recorded before: serve it again, consume nothing."""
+        """The same request with this id was admitted and recorded before: serve it again, consume nothing."""
         return cls(allowed=True, duplicate=True, used=used)
+
+    @classmethod
+    def id_reused(cls, *, used: dict) -> Decision:
+        """The request id was recorded with a different request: refuse it, consume nothing."""
+        return cls(allowed=False, reused=True, used=used)
 
     @classmethod
     def refused(cls, *, limits: Sequence[Limit], used: dict, tokens: int, now: datetime) -> Decision | None:
@@ -175,11 +205,21 @@ class QuotaBackend(abc.ABC):
         tokens: int,
         now: datetime,
         request_id_is_new: bool = False,
+        request_hash: str = "",
     ) -> Decision:
         """Atomically: if every enforced limit has room for this request (1 request, ``tokens`` tokens),
         consume it from all of them and return an allowed decision; otherwise consume nothing and return
         the first limit that refused (monthly quota before per-minute/day windows, so "out of quota" is
         never reported as "slow down").
+
+        Request ids (DESIGN.md "Request ids"), checked in the same atomic step: if a usage event with
+        this (team, request id) was recorded within ``settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS``
+        with the same ``request_hash``, return ``Decision.repeated`` (served again, nothing consumed,
+        whatever the limits say: it is the same, already counted request); if it was recorded with
+        another hash, ``Decision.id_reused`` (nothing consumed). Only a recorded request binds its id:
+        an id whose request was refused, refunded or not settled yet is admitted like a new one, and
+        consumes. A backend may keep a recorded id longer than the retention (the database backend
+        keeps it as long as the record: an older reuse is refused, never admitted uncounted).
 
         ``request_id_is_new``: the id was generated for this request (the client sent none), so it
         cannot be a retry; a backend may skip its duplicate check. Records stay unique on it anyway."""
@@ -187,8 +227,10 @@ class QuotaBackend(abc.ABC):
     @abc.abstractmethod
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
         """Correct the reserved tokens to ``event.total_tokens`` (in the same windows that were reserved,
-        if they are still current) and record ``event`` exactly once. Returns False, giving the whole
-        reservation back, if a usage event with the same (team, request id) was already recorded."""
+        if they are still current) and record ``event`` exactly once. Returns False if a usage event
+        with the same (team, request id) was already recorded (a request racing another with its id):
+        the whole reservation is given back if that event was the same request (same hash: it is
+        counted once); a different request stays counted, so racing ids never skip a limit."""
 
     @abc.abstractmethod
     def refund(self, *, reservation: Reservation) -> None:
@@ -208,9 +250,17 @@ class QuotaBackend(abc.ABC):
         """``reserve`` (checked with ``tokens``, the prompt plus maximum completion) and ``settle`` to
         ``event``'s actual tokens as one step, for a request whose output is known before it is admitted
         (a non-streaming completion of the simulated model). Admits and refuses exactly as reserve would;
-        an allowed decision has no reservation left to settle or refund. Backends may do it in one round
-        trip; this default does the two steps."""
-        decision = self.reserve(team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, now=now)
+        an allowed decision has no reservation left to settle or refund. The request hash is
+        ``event.request_hash``. Backends may do it in one round trip; this default does the two steps."""
+        decision = self.reserve(
+            team_id=team_id,
+            request_id=request_id,
+            limits=limits,
+            tokens=tokens,
+            now=now,
+            request_id_is_new=request_id_is_new,
+            request_hash=event.request_hash,
+        )
         if decision.allowed and decision.reservation is not None:
             if not self.settle(reservation=decision.reservation, event=event):
                 return Decision.repeated(used=decision.used)

@@ -4,9 +4,13 @@ Every counter of a team lives in its one ``TeamQuotaState`` row, next to the sta
 counts. ``reserve`` is a single ``UPDATE ... WHERE <every limit has room> RETURNING``: it starts a
 window's counter again from zero when the request belongs to a later window, checks all limits and
 consumes them in one statement, so the row lock (PostgreSQL) or the database write lock (SQLite)
-makes racing requests queue instead of over-admitting. A duplicate request id is part of the same
+makes racing requests queue instead of over-admitting. A recorded request id is part of the same
 WHERE clause (``NOT EXISTS`` a usage record), so an admitted request costs one SQL statement; only
-the rare paths (no row yet, refused, duplicate) read the row afterwards to say why.
+the rare paths (no row yet, refused, recorded id) read the row afterwards to say why. A recorded id
+is answered again only for the same request hash and within the retention
+(``TIERLAB_REQUEST_ID_RETENTION_SECONDS``); otherwise it is refused as reused. The record stays, and
+the unique (team, request id) with it, so an id older than the retention is refused rather than
+admitted again: its settle could not record it, and it would be served uncounted.
 
 ``settle`` corrects the token counters and writes the usage record in one transaction. It updates
 the quota row first: on PostgreSQL that row lock serialises the team's settles, so two settles of
@@ -20,7 +24,7 @@ that to milliseconds, and it keeps simulated time (far-future windows) from pois
 SQL statements per request: reserve 1 (admitted) or 2 (refused, duplicate) or 4 (the team's first
 request: UPDATE, SELECT, INSERT, UPDATE); settle 4 in one transaction (the quota UPDATE, then
 ``usage_records_create``: COUNT, INSERT, COUNT), one UPDATE more when the request id was already
-recorded; refund 1.
+recorded (and one SELECT of the recorded hash); refund 1.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from core.sql import param, quoted_table
@@ -141,10 +146,13 @@ def _sql() -> dict[str, str]:
     return {
         "reserve": reserve(with_period=False),
         "reserve_period": reserve(with_period=True),
-        # Why a reserve changed nothing: is the request id recorded, does the row exist, the counts.
-        # The LEFT JOIN from a one-row table answers all three in one statement.
+        # Why a reserve changed nothing: is the request id recorded (and if so, the hash it was recorded
+        # with, or NULL when that was before the retention cutoff), does the row exist, the counts. The
+        # LEFT JOIN from a one-row table answers all of it in one statement.
         "explain": (
             f"SELECT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_id = %(request_id)s),"  # noqa: S608 - identifiers from _meta, values as parameters
+            f" (SELECT request_hash FROM {record} WHERE team_id = %(team)s AND request_id = %(request_id)s"
+            " AND created_at >= %(retained_since)s),"
             f" q.team_id, {_current('q.minute_requests', 'q.minute_start', 'minute')},"
             f" {_current('q.minute_tokens', 'q.minute_start', 'minute')},"
             f" {_current('q.day_requests', 'q.day_start', 'day')},"
@@ -205,6 +213,7 @@ class DatabaseQuotaBackend(QuotaBackend):
         tokens: int,
         now: datetime,
         request_id_is_new: bool = False,  # not used: the duplicate check rides in the same statement
+        request_hash: str = "",
     ) -> Decision:
         windows = _windows(limits, now)
         capacity = {name: UNLIMITED for name in LimitName}
@@ -230,13 +239,20 @@ class DatabaseQuotaBackend(QuotaBackend):
                         limits=limits,
                         now=now,
                         used=self._used(limits, row),
+                        request_hash=request_hash,
+                        request_id_is_new=request_id_is_new,
                     )
 
+                retention = timedelta(seconds=settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS)
+                params["retained_since"] = param(now - retention)
                 cursor.execute(self._statement("explain"), params)
-                recorded, row_team, *counters = cursor.fetchone()
+                recorded, recorded_hash, row_team, *counters = cursor.fetchone()
                 used = self._used(limits, counters)
                 if recorded:
-                    return Decision.repeated(used=used)
+                    # The same request is answered again; another one (or one past the retention) is refused.
+                    if recorded_hash == request_hash:
+                        return Decision.repeated(used=used)
+                    return Decision.id_reused(used=used)
                 if row_team is None:
                     # The team's first request: create its row (a racing request may do the same).
                     TeamQuotaState.objects.bulk_create(
@@ -268,8 +284,15 @@ class DatabaseQuotaBackend(QuotaBackend):
             self._adjust(cursor, reservation, requests=0, tokens=event.total_tokens - reservation.tokens)
             if usage_records_create(events=[event]):
                 return True
-            # Recorded before (a retry with the same request id raced this one): give it all back.
-            self._adjust(cursor, reservation, requests=-1, tokens=-event.total_tokens)
+            # Recorded before: a request with the same id raced this one. The same request is counted
+            # once: give it all back. A different one was served too, so it stays counted.
+            recorded_hash = (
+                UsageRecord.objects.filter(team_id=event.team_id, request_id=event.request_id)
+                .values_list("request_hash", flat=True)
+                .first()
+            )
+            if recorded_hash == event.request_hash:
+                self._adjust(cursor, reservation, requests=-1, tokens=-event.total_tokens)
             return False
 
     def refund(self, *, reservation: Reservation) -> None:

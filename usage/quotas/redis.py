@@ -2,11 +2,17 @@
 
 Counters are plain integer keys per team, limit and window (``tl:q:<team>:rpm:<window start epoch>``)
 that expire a while after their window ends, so a new window simply finds no key. ``reserve`` is one
-script (``lua/reserve.lua``, after Sentry's ``is_rate_limited.lua``) that reads every counter, refuses
-if any has no room and otherwise increments them all, and sets the request id's key (TTL 48 h) that
-makes a retried request id a duplicate. ``settle`` is one script that corrects the token counters and
-appends the usage event to a stream; ``drain_usage_stream`` (a Celery task's job) writes the stream's
+script (``lua/reserve.lua``, after Sentry's ``is_rate_limited.lua``) that reads every counter and the
+client's request-id key, answers a recorded id (the same request again, or a different one: reused),
+refuses if any counter has no room and otherwise increments them all. ``settle`` is one script that
+corrects the token counters, appends the usage event to a stream and binds the request id to the
+request's hash for ``TIERLAB_REQUEST_ID_RETENTION_SECONDS`` (a request answered in one call, ``consume``,
+does all of it in the reserve script). ``drain_usage_stream`` (a Celery task's job) writes the stream's
 events into ``UsageRecord`` in batches and acknowledges them only after the commit.
+
+After the retention the key is gone and an id is admitted (and counted) like a new one; its event is
+then dropped by the unique (team, request id) when drained, so it is counted in the quota but not
+billed from the records. Server-generated ids have no key at all.
 
 The monthly counter outlives the Redis state it started from only if Redis keeps it: when the script
 finds it missing (a fresh or flushed Redis mid-period) it says so, and the counter is initialised once
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from usage.quotas.base import (
@@ -60,9 +67,6 @@ _LIMIT_CODE = {
     LimitName.REQUESTS_PER_DAY: "rpd",
     LimitName.MONTHLY_TOKENS: "mtok",
 }
-# A retried request id within this time is a duplicate (clients retry within minutes; 48 h covers a
-# day of outage). Older repeats are admitted again and dropped by the unique constraint when drained.
-REQUEST_ID_TTL_SECONDS = 48 * 3600
 # How long a counter outlives its window: a request admitted just before the edge can still be
 # settled or refunded, and a billing period that has ended but is not closed yet keeps counting.
 _MAX_GRACE = timedelta(days=1)
@@ -76,6 +80,11 @@ class _Prepared:
     static_args: list[int | str]
 
 
+def _request_id_ttl(request_id_is_new: bool) -> int:
+    """The request-id key's TTL for the scripts: 0 (no check, no key) for a server-generated id."""
+    return 0 if request_id_is_new else settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS
+
+
 def _ttl(limit: Limit, now: datetime) -> int:
     """Seconds a counter of ``limit`` should live from ``now``: relative to the request's clock, not
     Redis's, so explicit (simulated, test) times behave as real ones."""
@@ -87,6 +96,7 @@ def _ttl(limit: Limit, now: datetime) -> int:
 # sixteen per XADD (each value is packed by redis-py on the request path).
 _EVENT_ORDER = (
     "request_id", "team_id", "api_key_id", "model", "prompt_tokens", "completion_tokens", "created_at", "partner_id",
+    "request_hash",
 )  # fmt: skip
 
 
@@ -100,16 +110,17 @@ def _event_fields(event: UsageEvent) -> list[str]:
         event.completion_tokens,
         event.created_at.isoformat(),
         event.partner_id,
+        event.request_hash,
     ]
     return ["e", json.dumps(packed, separators=(",", ":"))]
 
 
 def _event_parse(fields: dict[str, str]) -> UsageEvent:
     if "e" in fields:
-        fields = {
-            name: ("" if value is None else str(value))
-            for name, value in zip(_EVENT_ORDER, json.loads(fields["e"]), strict=True)
-        }
+        values = json.loads(fields["e"])
+        if len(values) == len(_EVENT_ORDER) - 1:  # appended before request hashes were streamed
+            values.append("")
+        fields = {name: ("" if value is None else str(value)) for name, value in zip(_EVENT_ORDER, values, strict=True)}
     created_at = datetime.fromisoformat(fields["created_at"])
     if created_at.tzinfo is None:
         raise ValueError(f"created_at must be timezone-aware: {fields['created_at']!r}")
@@ -122,6 +133,7 @@ def _event_parse(fields: dict[str, str]) -> UsageEvent:
         completion_tokens=int(fields["completion_tokens"]),
         created_at=created_at,
         partner_id=int(fields["partner_id"]) if fields.get("partner_id") else None,
+        request_hash=fields.get("request_hash", ""),
     )
 
 
@@ -185,6 +197,7 @@ class RedisQuotaBackend(QuotaBackend):
         tokens: int,
         now: datetime,
         request_id_is_new: bool = False,
+        request_hash: str = "",
     ) -> Decision:
         return self._check_and_consume(
             team_id=team_id,
@@ -193,6 +206,7 @@ class RedisQuotaBackend(QuotaBackend):
             tokens=tokens,
             now=now,
             request_id_is_new=request_id_is_new,
+            request_hash=request_hash,
         )
 
     def consume(
@@ -215,6 +229,7 @@ class RedisQuotaBackend(QuotaBackend):
             now=now,
             event=event,
             request_id_is_new=request_id_is_new,
+            request_hash=event.request_hash,
         )
 
     def _prepared_for(self, team_id: int, limits: Sequence[Limit]) -> _Prepared:
@@ -251,12 +266,15 @@ class RedisQuotaBackend(QuotaBackend):
         now: datetime,
         event: UsageEvent | None = None,
         request_id_is_new: bool = False,
+        request_hash: str = "",
     ) -> Decision:
         prepared = self._prepared_for(team_id, limits)
         keys = [self._request_id_key(team_id, request_id), *prepared.counter_keys]
         charged = tokens if event is None else event.total_tokens
-        rid_ttl = 0 if request_id_is_new else REQUEST_ID_TTL_SECONDS
-        args: list[int | str | float] = [rid_ttl, len(limits), now.timestamp(), tokens, charged, *prepared.static_args]
+        rid_ttl = _request_id_ttl(request_id_is_new)
+        args: list[int | str | float] = [
+            rid_ttl, len(limits), now.timestamp(), tokens, charged, request_hash, *prepared.static_args,
+        ]  # fmt: skip
         if event is not None:
             keys.append(self.stream)
             args += _event_fields(event)
@@ -271,10 +289,19 @@ class RedisQuotaBackend(QuotaBackend):
                 return Decision(allowed=True, used=used)
             if status == "ok":
                 return Decision.reserved(
-                    team_id=team_id, request_id=request_id, tokens=tokens, limits=limits, now=now, used=used
+                    team_id=team_id,
+                    request_id=request_id,
+                    tokens=tokens,
+                    limits=limits,
+                    now=now,
+                    used=used,
+                    request_hash=request_hash,
+                    request_id_is_new=request_id_is_new,
                 )
             if status == "duplicate":
                 return Decision.repeated(used=used)
+            if status == "reused":
+                return Decision.id_reused(used=used)
             refused = Decision.refused(limits=limits, used=used, tokens=tokens, now=now)
             if refused is None:  # pragma: no cover - the script and refusal() disagree
                 raise AssertionError(f"reserve.lua refused but no limit is full: {used}")
@@ -282,24 +309,33 @@ class RedisQuotaBackend(QuotaBackend):
         raise RuntimeError(f"monthly counter of team {team_id} vanished twice while initialising it")
 
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
-        # Duplicates are refused at reserve by the request-id key, so every settle records its event
-        # (a repeat older than the key's TTL is dropped by the unique constraint when drained).
-        token_keys = [
-            self._counter_key(reservation.team_id, limit) for limit in reservation.limits if limit.name.unit == "tokens"
-        ]
-        self._settle(
-            keys=[self.stream, *token_keys],
-            args=[event.total_tokens - reservation.tokens, *_event_fields(event)],
+        # The script records the event and binds the request id, unless a request with the same id was
+        # recorded while this one ran (see lua/settle.lua).
+        limits = reservation.limits
+        per_counter: list[int | str] = []
+        for limit in limits:
+            per_counter += ["r" if limit.name.unit == "requests" else "t", limit.cost(tokens=reservation.tokens)]
+        recorded = self._settle(
+            keys=[
+                self.stream,
+                self._request_id_key(reservation.team_id, reservation.request_id),
+                *(self._counter_key(reservation.team_id, limit) for limit in limits),
+            ],
+            args=[
+                _request_id_ttl(reservation.request_id_is_new),
+                event.request_hash,
+                event.total_tokens - reservation.tokens,
+                len(limits),
+                *per_counter,
+                *_event_fields(event),
+            ],
         )
-        return True
+        return bool(recorded)
 
     def refund(self, *, reservation: Reservation) -> None:
         limits = reservation.limits
         self._refund(
-            keys=[
-                self._request_id_key(reservation.team_id, reservation.request_id),
-                *(self._counter_key(reservation.team_id, limit) for limit in limits),
-            ],
+            keys=[self._counter_key(reservation.team_id, limit) for limit in limits],
             args=[limit.cost(tokens=reservation.tokens) for limit in limits],
         )
 
