@@ -156,8 +156,8 @@ ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[TierLab] "
 # Sign-up, login and password reset never reveal whether an address has an account: sign-up with a
-# known address shows "check your email" and mails the owner a notice; password reset says the same
-# for known and unknown addresses.
+# known address shows the same "check your email" page as a new one, and password reset says the
+# same for known and unknown addresses.
 ACCOUNT_PREVENT_ENUMERATION = True
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if PRODUCTION else "http"
 
@@ -207,11 +207,12 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 
 
-# Content-Security-Policy (django-csp, core/csp.py): every page loads its scripts, styles, images and
-# fonts from this origin only; nothing comes from the internet. Styles allow inline: the admin, Swagger
-# UI and the usage gauges use style attributes and <style> blocks. The invoice's Print button is the one
-# inline event handler, allowed by its hash. Swagger UI (drf-spectacular) starts with an inline script:
-# that path alone allows inline scripts.
+# --- Content-Security-Policy ------------------------------------------------------------------------
+# django-csp (core/csp.py): every page loads its scripts, styles, images and fonts from this origin only;
+# nothing comes from the internet. Styles allow inline: the admin, Swagger UI and the usage gauges use
+# style attributes and <style> blocks. The invoice's Print button is the one inline event handler,
+# allowed by its hash. Swagger UI (drf-spectacular) starts with an inline script: that path alone
+# allows inline scripts (TIERLAB_CSP_INLINE_SCRIPT_PATHS).
 def _csp_hash(source: str) -> str:
     return f"'sha256-{base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()}'"
 

@@ -7,7 +7,7 @@ view (``/api/docs/``) starts Swagger with an inline ``<script>``; the paths list
 
 from __future__ import annotations
 
-from csp.constants import UNSAFE_INLINE
+from csp.constants import SELF, UNSAFE_INLINE
 from csp.middleware import CSPMiddleware as BaseCSPMiddleware
 from csp.middleware import PolicyParts
 from django.conf import settings
@@ -18,5 +18,6 @@ class CSPMiddleware(BaseCSPMiddleware):
         parts = super().get_policy_parts(request, response, report_only=report_only)
         prefixes = tuple(getattr(settings, "TIERLAB_CSP_INLINE_SCRIPT_PATHS", ()))
         if prefixes and request.path_info.startswith(prefixes):
-            parts.update = {**(parts.update or {}), "script-src": [UNSAFE_INLINE]}
+            # Replaced, not added to: a hash in script-src would make browsers ignore 'unsafe-inline'.
+            parts.replace = {**(parts.replace or {}), "script-src": [SELF, UNSAFE_INLINE]}
         return parts
