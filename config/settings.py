@@ -6,9 +6,16 @@ email, database-backed cache. ``TIERLAB_PRODUCTION=1`` switches to production mo
 and external services have no default and must be set.
 """
 
+import base64
+import hashlib
+import os
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
+
+from core.config_checks import CHECKED, problems_message, production_problems
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -19,7 +26,11 @@ env = environ.Env()
 PRODUCTION = env.bool("TIERLAB_PRODUCTION", default=False)
 
 if PRODUCTION:
-    # No defaults for secrets or services in production: a missing variable is an error at startup.
+    # No defaults for secrets or services in production, and no embedded default or local service
+    # either: every missing variable and unsafe value is collected first, then refused in one message.
+    _problems = production_problems({name: os.environ.get(name) for name in CHECKED})
+    if _problems:
+        raise ImproperlyConfigured(problems_message(_problems))
     SECRET_KEY = env.str("SECRET_KEY")
     DEBUG = env.bool("DEBUG", default=False)
     ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
@@ -45,6 +56,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "allauth",
     "allauth.account",
+    "csp",
     # TierLab, bottom layer first: each app imports only the apps listed before it.
     "core",
     "accounts",
@@ -56,6 +68,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "core.csp.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -116,7 +129,9 @@ CACHES = {
 # --- Authentication ---------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend, refusing the demo operator (seed_demo) in production mode; first, so its
+    # refusal stops allauth's backend from trying too.
+    "accounts.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
@@ -140,10 +155,10 @@ ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[TierLab] "
-# A sign-up form that says "this email is already registered" is what SaaS users expect; allauth's
-# enumeration protection would instead show "check your email" and send a notice. We choose the
-# clear form error; login and password reset still do not reveal whether an address exists.
-ACCOUNT_PREVENT_ENUMERATION = False
+# Sign-up, login and password reset never reveal whether an address has an account: sign-up with a
+# known address shows the same "check your email" page as a new one, and password reset says the
+# same for known and unknown addresses.
+ACCOUNT_PREVENT_ENUMERATION = True
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if PRODUCTION else "http"
 
 # --- Email ------------------------------------------------------------------------------------------
@@ -189,6 +204,34 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+
+
+# --- Content-Security-Policy ------------------------------------------------------------------------
+# django-csp (core/csp.py): every page loads its scripts, styles, images and fonts from this origin only;
+# nothing comes from the internet. Styles allow inline: the admin, Swagger UI and the usage gauges use
+# style attributes and <style> blocks. The invoice's Print button is the one inline event handler,
+# allowed by its hash. Swagger UI (drf-spectacular) starts with an inline script: that path alone
+# allows inline scripts (TIERLAB_CSP_INLINE_SCRIPT_PATHS).
+def _csp_hash(source: str) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()}'"
+
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, "'unsafe-hashes'", _csp_hash("window.print()")],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+TIERLAB_CSP_INLINE_SCRIPT_PATHS = ["/api/docs/"]
 
 # --- Django REST framework --------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -316,7 +359,8 @@ TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0
 # timestamp (e.g. "0001-01-01"), which would otherwise make the statement task issue a statement for
 # every month since.
 TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS = env.int("TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS", default=62)
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Required in production with the Redis quota backend (core/config_checks.py); no localhost fallback there.
+REDIS_URL = env.str("REDIS_URL", default="" if PRODUCTION else "redis://127.0.0.1:6379/0")
 # How long a client's X-Request-Id stays bound to its recorded request (DESIGN.md "Request ids", like
 # Stripe's idempotency keys): the same request is answered again, a different one refused with 409.
 TIERLAB_REQUEST_ID_RETENTION_SECONDS = env.int("TIERLAB_REQUEST_ID_RETENTION_SECONDS", default=24 * 3600)

@@ -9,6 +9,8 @@ class CoreConfig(AppConfig):
     verbose_name = "Core"
 
     def ready(self) -> None:
+        from core.checks import production_settings_check
         from core.sql import sqlite_version_check
 
         checks.register(sqlite_version_check)
+        checks.register(production_settings_check, checks.Tags.security, deploy=True)
