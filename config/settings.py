@@ -56,6 +56,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Bounded bodies and JSON 404/405 on /v1/, /compat/v1/ and /api/, before anything reads the body.
+    "core.middleware.ApiBoundaryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -190,6 +192,15 @@ if PRODUCTION:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
 
+# --- Request bodies ---------------------------------------------------------------------------------
+# The APIs refuse larger bodies with 413 request_too_large (core.middleware, by Content-Length, before
+# any view reads them). The partner ingest takes batches of 1,000 events, so it has its own limit.
+# Django's DATA_UPLOAD_MAX_MEMORY_SIZE stays the backstop of request.body everywhere: it must admit
+# the largest API limit, or a partner batch under its limit would be refused by Django first.
+TIERLAB_MAX_BODY_BYTES = env.int("TIERLAB_MAX_BODY_BYTES", default=1024 * 1024)
+TIERLAB_PARTNER_MAX_BODY_BYTES = env.int("TIERLAB_PARTNER_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(TIERLAB_MAX_BODY_BYTES, TIERLAB_PARTNER_MAX_BODY_BYTES)
+
 # --- Django REST framework --------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -202,6 +213,12 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    # Bounded JSON (depth, lone surrogates, NUL: a 400 naming the param); forms for the browsable API.
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
