@@ -10,9 +10,11 @@ Contract of :func:`json_loads_bounded`:
    100k-deep input. The bracket count is a C-speed ``str.count``; the exact depth scan runs only when
    the count could exceed the limit.
 3. Strings (keys and values) may not hold a lone surrogate (``"\\ud800"``: not Unicode, it cannot be
-   stored or encoded later) nor NUL (``"\\u0000"``: PostgreSQL text refuses it). After rule 1 both can
-   only come from ``\\u`` escapes, so the walk over the parsed value that finds the param path runs
-   only when the text holds such an escape: a normal request pays one regex search.
+   stored or encoded later) nor NUL (``"\\u0000"``: PostgreSQL text refuses it); integers must fit
+   ``max_int`` (a bigint column) and numbers a double (``1e999`` would be infinity). After rule 1 a
+   bad string can only come from a ``\\u`` escape and a bad number needs 19 digits or a 3-digit
+   exponent, so the walk over the parsed value that finds the param path (``messages[0].content``)
+   runs only when one regex search finds such text: a normal request pays that one search.
 4. ``NaN``/``Infinity`` are not JSON and are refused, as are integers over 4,300 digits (Python's own
    limit on int parsing).
 """
@@ -20,6 +22,7 @@ Contract of :func:`json_loads_bounded`:
 from __future__ import annotations
 
 import json
+import math
 import re
 from itertools import accumulate
 from typing import Any
@@ -28,9 +31,12 @@ from core.errors import ApplicationError
 
 MAX_DEPTH = 64
 
-# A \u escape that may decode to a surrogate (D800-DFFF) or to NUL. An escaped backslash before "u"
-# (``\\ud800``) also matches: that only costs the walk, which then finds nothing.
-_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+MAX_INT = 2**63 - 1  # what a bigint column holds: a larger integer could never be stored
+
+# What may decode to a bad value: a \u escape of a surrogate (D800-DFFF) or NUL, a run of 19 digits
+# (an integer that may pass MAX_INT, or a long mantissa), a 3-digit exponent (a double's overflow).
+# Matches inside strings, or an escaped backslash before "u" (``\\ud800``), only cost the walk.
+_SUSPECT = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)|\d{19}|[eE][+]?\d{3}")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _SURROGATE_OR_NUL = re.compile("[\ud800-\udfff\x00]")
@@ -81,28 +87,42 @@ def _path(parent: str, key: str | int) -> str:
     return f"{parent}.{key}" if parent else key
 
 
-def _bad_string_path(value: Any) -> tuple[str, str] | None:
-    """(path, what) of the first string holding a lone surrogate or NUL, iteratively (no recursion)."""
-    stack: list[tuple[str, Any]] = [("", value)]
-    while stack:
-        where, item = stack.pop()
-        if isinstance(item, str):
-            found = _SURROGATE_OR_NUL.search(item)
-            if found:
-                return where, "NUL" if found.group() == "\x00" else "a lone surrogate"
-        elif isinstance(item, dict):
-            for key, inner in reversed(item.items()):
-                path = _path(where, key)
-                found = _SURROGATE_OR_NUL.search(key)
-                if found:
-                    return path, "NUL" if found.group() == "\x00" else "a lone surrogate"
-                stack.append((path, inner))
-        elif isinstance(item, list):
-            stack.extend((_path(where, index), inner) for index, inner in reversed(list(enumerate(item))))
+def _fault(item: Any, max_int: int) -> str | None:
+    """What is wrong with one parsed value (a key or a leaf), or None."""
+    if isinstance(item, str):
+        found = _SURROGATE_OR_NUL.search(item)
+        if found:
+            return "holds NUL" if found.group() == "\x00" else "holds a lone surrogate"
+    elif isinstance(item, int) and not isinstance(item, bool):
+        if not -max_int <= item <= max_int:
+            return f"is an integer outside -{max_int} to {max_int}"
+    elif isinstance(item, float) and math.isinf(item):
+        return "is a number outside the range of a double"
     return None
 
 
-def json_loads_bounded(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+def _first_fault(value: Any, max_int: int) -> tuple[str, str] | None:
+    """(path, what) of the first bad key or leaf in document order, iteratively (no recursion)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in reversed(item.items()):
+                path = _path(where, key)
+                fault = _fault(key, max_int)
+                if fault:
+                    return path, fault
+                stack.append((path, inner))
+        elif isinstance(item, list):
+            stack.extend((_path(where, index), inner) for index, inner in reversed(list(enumerate(item))))
+        else:
+            fault = _fault(item, max_int)
+            if fault:
+                return where, fault
+    return None
+
+
+def json_loads_bounded(raw: bytes | str, *, max_depth: int = MAX_DEPTH, max_int: int = MAX_INT) -> Any:
     """The JSON value of ``raw`` under the rules above; raises JsonInputError (400) otherwise.
     An empty body is ``None``."""
     from_bytes = isinstance(raw, bytes)
@@ -126,11 +146,9 @@ def json_loads_bounded(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     except ValueError as exc:
         raise JsonInputError(f"The request body is not valid JSON: {exc}.") from exc
     # Strictly decoded bytes hold no raw surrogate, and JSON refuses a raw NUL: only escapes remain.
-    if _SUSPECT_ESCAPE.search(text) or (not from_bytes and _SURROGATE_OR_NUL.search(text)):
-        bad = _bad_string_path(value)
-        if bad is not None:
-            where, what = bad
-            raise JsonInputError(
-                f"'{where or 'body'}' holds {what}: strings must be valid Unicode without NUL.", param=where or None
-            )
+    if _SUSPECT.search(text) or (not from_bytes and _SURROGATE_OR_NUL.search(text)):
+        fault = _first_fault(value, max_int)
+        if fault is not None:
+            where, what = fault
+            raise JsonInputError(f"'{where or 'body'}' {what}.", param=where or None)
     return value

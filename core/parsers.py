@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework.parsers import JSONParser
 
-from core.json_input import RequestTooLarge, json_loads_bounded
+from core.json_input import JsonInputError, RequestTooLarge, json_loads_bounded
 
 
 class BoundedJSONParser(JSONParser):
@@ -19,4 +19,6 @@ class BoundedJSONParser(JSONParser):
         raw = stream.read(limit + 1)
         if len(raw) > limit:
             raise RequestTooLarge(limit)
+        if not raw.strip():  # as DRF's JSONParser: a blank body with a JSON content type is not JSON
+            raise JsonInputError("The request body is not valid JSON: it is blank.")
         return json_loads_bounded(raw)

@@ -35,8 +35,6 @@ NATIVE = "llama"
 COMPAT = "openai"
 ROLES = {"system", "user", "assistant", "tool"}
 MODERATION_MODEL = MODERATION_MODELS[0]
-# The largest integer a field takes: what a signed 64-bit column or a seed holds.
-MAX_INT = 2**63 - 1
 
 
 def _json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
@@ -113,8 +111,8 @@ def _int(body: dict, name: str, *, minimum: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
-        raise errors.InvalidRequest(f"'{name}' must be an integer from {minimum} to {MAX_INT}.", param=name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise errors.InvalidRequest(f"'{name}' must be an integer >= {minimum}.", param=name)
     return value
 
 

@@ -232,6 +232,14 @@ def test_usage_out_of_range_dates_are_400(session, query, param):
     assert_error(session.get(f"/api/v1/usage?{query}"), 400, param=param)
 
 
+@pytest.mark.django_db
+def test_account_api_out_of_range_integers_are_400(session):
+    url = "/api/v1/subscription/spend-cap"
+    for body in (f'{{"amount_cents": {2**64}, "hard": true}}', '{"amount_cents": 1e999}'):
+        response = session.generic("PUT", url, body, content_type="application/json")
+        assert_error(response, 400, param="amount_cents")
+
+
 # --- The loader -------------------------------------------------------------------------------------
 
 
