@@ -48,7 +48,7 @@ class JsonInputError(ApplicationError):
 
     status = 400
     type = "invalid_request_error"
-    code = "invalid_request"
+    code = "invalid"  # the account API's validation code (core.api); the model API re-raises its own
 
     def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message, extra={"field": param} if param is not None else None)
