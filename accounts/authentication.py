@@ -31,7 +31,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).decode(errors="replace")
-        if not header.startswith(f"{self.keyword} "):
+        if header[: len(self.keyword) + 1].lower() != f"{self.keyword.lower()} ":  # case-insensitive scheme
             return None
         key = api_key_authenticate(raw_key=header[len(self.keyword) + 1 :].strip(), now=timezone.now())
         if key is None:

@@ -69,6 +69,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "core.csp.CSPMiddleware",
+    # Bounded bodies and JSON 404/405 on /v1/, /compat/v1/ and /api/, before anything reads the body.
+    "core.middleware.ApiBoundaryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -233,6 +235,15 @@ CONTENT_SECURITY_POLICY = {
 }
 TIERLAB_CSP_INLINE_SCRIPT_PATHS = ["/api/docs/"]
 
+# --- Request bodies ---------------------------------------------------------------------------------
+# The APIs refuse larger bodies with 413 request_too_large (core.middleware, by Content-Length, before
+# any view reads them). The partner ingest takes batches of 1,000 events, so it has its own limit.
+# Django's DATA_UPLOAD_MAX_MEMORY_SIZE stays the backstop of request.body everywhere: it must admit
+# the largest API limit, or a partner batch under its limit would be refused by Django first.
+TIERLAB_MAX_BODY_BYTES = env.int("TIERLAB_MAX_BODY_BYTES", default=1024 * 1024)
+TIERLAB_PARTNER_MAX_BODY_BYTES = env.int("TIERLAB_PARTNER_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(TIERLAB_MAX_BODY_BYTES, TIERLAB_PARTNER_MAX_BODY_BYTES)
+
 # --- Django REST framework --------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -246,6 +257,12 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    # Bounded JSON (depth, lone surrogates, NUL: a 400 naming the param); forms for the browsable API.
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",

@@ -20,15 +20,30 @@ MAX_RANGE = {"day": timedelta(days=400), "hour": timedelta(days=31)}
 CSV_COLUMNS = ["period", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens"]
 
 
+# The instants a usage query may name: well inside datetime's range, so offsets and the default
+# 30-day window cannot overflow it (year 1 at +14:00 is before datetime.min in UTC).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _instant(value: str, *, param: str) -> datetime:
-    """An ISO date (midnight UTC) or datetime (UTC if it has no offset)."""
-    parsed = parse_datetime(value)
-    if parsed is None:
-        day = parse_date(value)
-        if day is None:
-            raise serializers.ValidationError({param: [f"'{value}' is not an ISO date or datetime."]})
-        parsed = datetime.combine(day, time.min)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    """An ISO date (midnight UTC) or datetime (UTC if it has no offset), from 1970 to 9000 UTC."""
+    invalid = serializers.ValidationError({param: [f"'{value}' is not an ISO date or datetime."]})
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None:
+            day = parse_date(value)
+            if day is None:
+                raise invalid
+            parsed = datetime.combine(day, time.min)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        in_utc = parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # well-formed but not a date (2026-02-30), or out of range
+        raise invalid from exc
+    if not EARLIEST <= in_utc <= LATEST:
+        window = f"{EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}"
+        raise serializers.ValidationError({param: [f"'{value}' is outside {window}."]})
+    return parsed
 
 
 class UsageQuerySerializer(serializers.Serializer):

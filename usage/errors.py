@@ -95,6 +95,13 @@ class RequestIdReused(ModelApiError):
     code = "request_id_reused"
 
 
+class RequestTooLarge(ModelApiError):
+    """413: the body is over the size limit (core.middleware refuses most of these first)."""
+
+    status = 413
+    code = "request_too_large"
+
+
 class MethodNotAllowed(ModelApiError):
     status = 405
     code = "method_not_allowed"

@@ -82,7 +82,7 @@ def request_hash(*, path: str, body: object) -> str:
 
 def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
     """The caller of a model-API request from its ``Authorization: Bearer <key>`` header."""
-    if not authorization or not authorization.startswith("Bearer "):
+    if not authorization or authorization[:7].lower() != "bearer ":  # the scheme is case-insensitive (RFC 9110)
         raise errors.InvalidApiKey("Missing API key: send 'Authorization: Bearer <your TierLab API key>'.")
     key = api_key_authenticate(raw_key=authorization[7:].strip(), now=now)
     if key is None:

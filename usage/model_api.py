@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from core.json_input import JsonInputError, json_loads_bounded
 from tiers.selectors import language_model_list_active
 from usage import errors, metering
+from usage.moderation import MODERATION_MODELS
 from usage.simulator import MAX_COMPLETION_TOKENS, complete, iter_chunks, moderate
 
 logger = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ logger = logging.getLogger(__name__)
 NATIVE = "llama"
 COMPAT = "openai"
 ROLES = {"system", "user", "assistant", "tool"}
-MODERATION_MODEL = "Llama-Guard-4-12B"
+MODERATION_MODEL = MODERATION_MODELS[0]
 
 
 def _json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
@@ -47,7 +51,9 @@ def model_api_view(*methods: str) -> Callable:
         def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             try:
                 if request.method not in methods:
-                    raise errors.MethodNotAllowed(f"Use {' or '.join(methods)} for this endpoint.")
+                    raise errors.MethodNotAllowed(
+                        f"Use {' or '.join(methods)} for this endpoint.", headers={"Allow": ", ".join(methods)}
+                    )
                 return view(request, *args, **kwargs)
             except errors.ModelApiError as exc:
                 headers = dict(exc.headers)
@@ -86,10 +92,16 @@ class ChatRequest:
 
 
 def _body(request: HttpRequest) -> dict:
+    """The JSON object of the body, bounded (core.json_input: depth, lone surrogates and NUL are a 400
+    naming the param); core.middleware has already refused a body over TIERLAB_MAX_BODY_BYTES."""
     try:
-        body = json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}.") from exc
+        body = json_loads_bounded(request.body)
+    except RequestDataTooBig as exc:
+        raise errors.RequestTooLarge(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes."
+        ) from exc
+    except JsonInputError as exc:
+        raise errors.InvalidRequest(exc.message, param=exc.param) from exc
     if not isinstance(body, dict):
         raise errors.InvalidRequest("The request body must be a JSON object.")
     return body
@@ -455,6 +467,11 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
     model = body.get("model") or MODERATION_MODEL
     if not isinstance(model, str):
         raise errors.InvalidRequest("'model' must be a string.", param="model")
+    if model not in MODERATION_MODELS:
+        raise errors.ModelNotFound(
+            f"The moderation model '{model}' does not exist; use one of {', '.join(MODERATION_MODELS)}.",
+            param="model",
+        )
     admission = metering.admit(
         caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False,
         request_id_is_new=not client_request_id, request_hash=_request_hash(request) if client_request_id else "",

@@ -15,7 +15,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CATEGORIES", "ModerationResult", "moderate"]
+__all__ = ["CATEGORIES", "MODERATION_MODELS", "ModerationResult", "moderate"]
+
+MODERATION_MODELS: tuple[str, ...] = ("Llama-Guard-4-12B",)
+"""The moderation model ids /v1/moderations answers to (the first is the default); any other is a 404."""
 
 CATEGORIES: dict[str, str] = {
     "S1": "Violent Crimes",

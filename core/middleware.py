@@ -1,0 +1,91 @@
+"""The APIs' boundary (/v1/, /compat/v1/, /api/): bodies are bounded before any view reads them, and
+Django's own 404 and 405 pages become the JSON error shape there (an HTML page, and in debug mode a
+list of every URL pattern, is no answer for an SDK).
+
+Bodies: a Content-Length over the limit is refused with 413 ``request_too_large`` before anything is
+read; the limit is TIERLAB_MAX_BODY_BYTES, or TIERLAB_PARTNER_MAX_BODY_BYTES for the partner ingest
+(1,000 events a batch). A body without Content-Length (``Transfer-Encoding: chunked``) is read by
+Django as empty unless the server marks its input as terminated (``wsgi.input_terminated``, as
+gunicorn does); then it is read here up to the limit and refused past it, so no path reads without
+bound. Django's RequestDataTooBig (DATA_UPLOAD_MAX_MEMORY_SIZE, raised on ``request.body``) is the
+same 413 on these paths rather than Django's HTML 400.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.wsgi import LimitedStream
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from core.errors import error_body, error_type
+
+API_PATH = re.compile(r"^/(?:(?:compat/)?v1|api)(?:/|$)")
+PARTNER_INGEST_PATH = "/api/v1/partner/usage-events"
+
+
+def _error(status: int, message: str, *, code: str, headers: dict[str, str] | None = None) -> JsonResponse:
+    return JsonResponse(error_body(message, type_=error_type(status), code=code), status=status, headers=headers)
+
+
+def _too_large(limit: int) -> JsonResponse:
+    return _error(413, f"The request body is larger than {limit:,} bytes.", code="request_too_large")
+
+
+def _is_json(response: HttpResponse) -> bool:
+    return response.get("Content-Type", "").startswith("application/json")
+
+
+class ApiBoundaryMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        path = request.path_info
+        if not API_PATH.match(path):
+            return self.get_response(request)
+        limit = (
+            settings.TIERLAB_PARTNER_MAX_BODY_BYTES if path == PARTNER_INGEST_PATH else settings.TIERLAB_MAX_BODY_BYTES
+        )
+        refusal = self._body_refusal(request, limit)
+        if refusal is not None:
+            return refusal
+        response = self.get_response(request)
+        if response.status_code == 404 and not _is_json(response):
+            return _error(404, f"There is no endpoint at {path}.", code="not_found")
+        if response.status_code == 405 and not _is_json(response):
+            allow = response.get("Allow", "")
+            return _error(
+                405, f"Use {allow or 'another method'} for this endpoint.", code="method_not_allowed",
+                headers={"Allow": allow} if allow else None,
+            )  # fmt: skip
+        if response.status_code == 405 and not response.has_header("Allow") and path == PARTNER_INGEST_PATH:
+            response["Allow"] = "POST"
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, RequestDataTooBig) and API_PATH.match(request.path_info):
+            return _too_large(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        return None
+
+    @staticmethod
+    def _body_refusal(request: HttpRequest, limit: int) -> HttpResponse | None:
+        declared = request.META.get("CONTENT_LENGTH")
+        if declared:
+            try:
+                length = int(declared)
+            except ValueError:
+                return _error(400, "Content-Length must be a number of bytes.", code="invalid_request")
+            return _too_large(limit) if length > limit else None
+        if "HTTP_TRANSFER_ENCODING" in request.META and request.META.get("wsgi.input_terminated"):
+            body = request.META["wsgi.input"].read(limit + 1)
+            if len(body) > limit:
+                return _too_large(limit)
+            # The bounded body, re-read by the view as if it had come with its Content-Length.
+            request.META["CONTENT_LENGTH"] = str(len(body))
+            request._stream = LimitedStream(io.BytesIO(body), len(body))
+        return None
