@@ -37,7 +37,7 @@ def partner_usage_events(request: HttpRequest) -> HttpResponse:
         return _error(405, "Use POST for this endpoint.", code="method_not_allowed")
     now = timezone.now()
     authorization = request.headers.get("Authorization", "")
-    if not authorization.startswith("Bearer "):
+    if authorization[:7].lower() != "bearer ":  # the scheme is case-insensitive (RFC 9110)
         return _error(
             401,
             "Missing partner key: send 'Authorization: Bearer <your TierLab partner key>'.",

@@ -123,7 +123,7 @@ def test_the_baseline_answers_the_metered_body_without_key_quota_or_record(catal
     # The compat shape carries the second it was created in; everything else is the same, byte for byte.
     assert abs(metered_body.pop("created", 0) - baseline_body.pop("created", 0)) <= 1
     assert baseline_body == metered_body
-    if "created" not in metered.json():
+    if b'"created"' not in metered.content:
         assert baseline.content == metered.content
     assert baseline["x-request-id"] == metered["x-request-id"] == "same-id"
     assert not [h for h in baseline.headers if h.lower().startswith("x-ratelimit")]
