@@ -63,8 +63,6 @@ class ApiBoundaryMiddleware:
                 405, f"Use {allow or 'another method'} for this endpoint.", code="method_not_allowed",
                 headers={"Allow": allow} if allow else None,
             )  # fmt: skip
-        if response.status_code == 405 and not response.has_header("Allow") and path == PARTNER_INGEST_PATH:
-            response["Allow"] = "POST"
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

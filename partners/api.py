@@ -34,7 +34,9 @@ def _error(status: int, message: str, *, code: str, param: str | None = None) ->
 @csrf_exempt  # partner keys, not cookies
 def partner_usage_events(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return _error(405, "Use POST for this endpoint.", code="method_not_allowed")
+        response = _error(405, "Use POST for this endpoint.", code="method_not_allowed")
+        response["Allow"] = "POST"
+        return response
     now = timezone.now()
     authorization = request.headers.get("Authorization", "")
     if authorization[:7].lower() != "bearer ":  # the scheme is case-insensitive (RFC 9110)

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from django.test import Client
 from django.utils import timezone
 
 from partners import services as partners
@@ -21,43 +20,11 @@ from partners.models import MonthlyActiveUsers, PartnerStatement, PartnerUsageEv
 from tests.billing.test_webhooks import deliver, payment_intent_event, sign
 from tests.partners.test_licensing_api import MAU
 from tests.partners.test_licensing_api import accounts as accounts  # a fixture
+from tests.partners.test_partner_api import _fresh_partner_keys as _fresh_partner_keys  # an autouse fixture
+from tests.partners.test_partner_api import event, post
+from tests.partners.test_partner_api import partner as partner  # a fixture
 
-URL = "/api/v1/partner/usage-events"
 FORMULA = "=1+1+cmd|' /C calc'!A0"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_partner_keys():
-    partners.partner_key_cache_clear()
-    yield
-    partners.partner_key_cache_clear()
-
-
-@pytest.fixture
-def partner(db):
-    return partners.partner_create(
-        slug="cloudco", name="CloudCo", share_bps=1500, contact_email="billing@cloudco.example"
-    )
-
-
-def event(event_id: str, **overrides) -> dict:
-    body = {
-        "event_id": event_id,
-        "customer": "acme",
-        "model": "Llama-3.3-70B-Instruct",
-        "prompt_tokens": 100,
-        "completion_tokens": 50,
-        "amount_cents": 12,
-        "currency": "usd",
-        "time": (timezone.now() - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
-    }
-    body.update(overrides)
-    return body
-
-
-def post(body, secret: str):
-    data = body if isinstance(body, str | bytes) else json.dumps(body)  # ensure_ascii: "\ud800" travels
-    return Client().post(URL, data, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
 
 
 BAD_EVENTS = {
