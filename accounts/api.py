@@ -48,7 +48,7 @@ class ApiKeyDetailApi(APIView):
     def get(self, request, key_id: int):
         return Response(ApiKeySerializer(self._key(request, key_id)).data)
 
-    @extend_schema(responses=ApiKeySerializer)
+    @extend_schema(responses={200: ApiKeySerializer})
     def delete(self, request, key_id: int):
         key = services.api_key_revoke(key=self._key(request, key_id))
         return Response(ApiKeySerializer(key).data)

@@ -1,10 +1,16 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import ApiKey
 
 
+@extend_schema_field({"type": "array", "minItems": 1, "items": {"type": "string", "enum": ApiKey.Scope.values}})
+class ScopesField(serializers.ListField):
+    """A list of scope names; validated as a whole (one error naming every unknown scope, param "scopes")."""
+
+
 class ApiKeySerializer(serializers.ModelSerializer):
-    created_by = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
     status = serializers.CharField(read_only=True, help_text="active, revoked or expired")
 
     class Meta:
@@ -33,9 +39,10 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    # Not blank once trimmed (the regex says so in the schema: a non-space character).
+    name = serializers.RegexField(r"\S", max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    scopes = serializers.ListField(
+    scopes = ScopesField(
         child=serializers.CharField(),
         required=False,
         allow_empty=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import Http404
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -31,7 +31,13 @@ class SubscriptionApi(APIView):
 
     @extend_schema(
         request=SubscriptionRequestSerializer,
-        responses=SubscriptionChangeSerializer,
+        responses={
+            200: SubscriptionChangeSerializer,
+            402: OpenApiResponse(description="`card_declined` or `payment_method_required`: nothing changed."),
+            503: OpenApiResponse(
+                description="`payment_provider_unavailable`: Stripe did not answer in time; try again later."
+            ),
+        },
         examples=[
             OpenApiExample("Subscribe or change tier", value={"tier": "pro", "payment_method": "pm_card_visa"}),
             OpenApiExample("Cancel at period end", value={"cancel": True}),

@@ -252,7 +252,7 @@ REST_FRAMEWORK = {
     ],
     # Key-authenticated requests also need the key's scope: read for GET, manage for writes.
     "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsTeamMember", "accounts.permissions.HasKeyScope"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -280,12 +280,17 @@ REST_FRAMEWORK = {
     },
 }
 SPECTACULAR_SETTINGS = {
-    "TITLE": "TierLab account API",
+    "TITLE": "TierLab API",
     "DESCRIPTION": (
-        "Your team, tiers, API keys and usage. The model API (/v1, /compat/v1) follows the Llama and OpenAI APIs."
+        "The model API (/v1 in the Llama API's shape, /compat/v1 in OpenAI's), the account API (/api/v1: your"
+        " team, tiers, API keys, usage and invoices) and the partner API (usage reports, MAU, licences)."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The APIs take JSON (core.parsers.BoundedJSONParser); the form parsers serve the browsable API only.
+    "PARSER_WHITELIST": ["core.parsers.BoundedJSONParser"],
+    # The model API and partner ingest (plain Django views) and every operation's refusals (config/openapi.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.openapi.postprocess_all_apis"],
     # Swagger UI from the drf-spectacular-sidecar package: served as static files, nothing from the internet.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

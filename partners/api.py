@@ -13,7 +13,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -93,7 +93,7 @@ MAX_MONTH_YEAR = 9999
 MAX_ACTIVE_USERS = 2**63 - 1
 
 
-@extend_schema_field({"type": "string", "pattern": r"^\d{4}-\d{2}$", "example": "2026-10"})
+@extend_schema_field({"type": "string", "pattern": r"^[2-9][0-9]{3}-(0[1-9]|1[0-2])$", "example": "2026-10"})
 class MonthField(serializers.Field):
     """A calendar month as "YYYY-MM" <-> the date of its first day."""
 
@@ -161,11 +161,14 @@ class MauReportApi(generics.ListAPIView):
         return Response(MauReportSerializer(report).data, status=status.HTTP_201_CREATED)
 
 
+NO_LICENSE = OpenApiResponse(description="`license_not_required`: your team has no licence agreement.")
+
+
 class LicenseApi(APIView):
     """Your team's licence agreement (404 if none is required): status required / requested / granted /
     refused, the first release date it covers, the MAU figure that triggered it, and the fee terms."""
 
-    @extend_schema(responses=LicenseAgreementSerializer)
+    @extend_schema(responses={200: LicenseAgreementSerializer, 404: NO_LICENSE})
     def get(self, request):
         agreement = licensing.license_agreement_for_team(team=team_for_request(request))
         if agreement is None:
@@ -179,7 +182,14 @@ class LicenseRequestApi(APIView):
     """Ask for the required licence (status required -> requested); operators decide in the admin.
     Asking again while requested is harmless; a decided agreement answers 409."""
 
-    @extend_schema(request=None, responses=LicenseAgreementSerializer)
+    @extend_schema(
+        request=None,
+        responses={
+            200: LicenseAgreementSerializer,
+            404: NO_LICENSE,
+            409: OpenApiResponse(description="Already decided."),
+        },
+    )
     def post(self, request):
         agreement = licensing.license_request(team=team_for_request(request), now=timezone.now())
         return Response(LicenseAgreementSerializer(agreement).data)

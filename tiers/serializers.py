@@ -34,7 +34,7 @@ class TierSerializer(serializers.ModelSerializer):
 
 class SubscriptionSerializer(serializers.ModelSerializer):
     tier = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    pending_tier = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    pending_tier = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
 
     class Meta:
         model = Subscription

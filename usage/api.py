@@ -8,7 +8,7 @@ from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -47,12 +47,23 @@ def _instant(value: str, *, param: str) -> datetime:
 
 
 class UsageQuerySerializer(serializers.Serializer):
-    start = serializers.CharField(required=False, help_text="ISO date or datetime; default: 30 days ago.")
-    end = serializers.CharField(required=False, help_text="ISO date or datetime, exclusive; default: now.")
-    granularity = serializers.ChoiceField(choices=["day", "hour"], default="day")
-    model = serializers.CharField(required=False, max_length=100, help_text="Only this model; default: every model.")
+    # Blank is the same as absent (DRF's rule for query strings): the default applies.
+    start = serializers.CharField(
+        required=False, allow_blank=True, help_text="ISO date or datetime; default: 30 days ago."
+    )
+    end = serializers.CharField(
+        required=False, allow_blank=True, help_text="ISO date or datetime, exclusive; default: now."
+    )
+    format = serializers.ChoiceField(
+        choices=["json", "csv"], required=False, allow_blank=True, help_text="csv for a download"
+    )
+    granularity = serializers.ChoiceField(choices=["day", "hour"], default="day", allow_blank=True)
+    model = serializers.CharField(
+        required=False, allow_blank=True, max_length=100, help_text="Only this model; default: every model."
+    )
 
     def validate(self, attrs):
+        attrs["granularity"] = attrs.get("granularity") or "day"
         now = timezone.now()
         end = _instant(attrs["end"], param="end") if attrs.get("end") else now
         start = _instant(attrs["start"], param="start") if attrs.get("start") else end - timedelta(days=30)
@@ -63,7 +74,7 @@ class UsageQuerySerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"start": [f"At most {days} days at {attrs['granularity']} granularity."]}
             )
-        return {"start": start, "end": end, "granularity": attrs["granularity"], "model": attrs.get("model")}
+        return {"start": start, "end": end, "granularity": attrs["granularity"], "model": attrs.get("model") or None}
 
 
 class UsageRowSerializer(serializers.Serializer):
@@ -91,9 +102,11 @@ class UsageApi(APIView):
     @extend_schema(
         parameters=[
             UsageQuerySerializer,
-            OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], description="csv for a download"),
         ],
-        responses=UsageSeriesSerializer,
+        responses={
+            (200, "application/json"): UsageSeriesSerializer,
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="With ?format=csv."),
+        },
     )
     def get(self, request):
         query = UsageQuerySerializer(data=request.query_params)

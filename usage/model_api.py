@@ -34,6 +34,22 @@ logger = logging.getLogger(__name__)
 NATIVE = "llama"
 COMPAT = "openai"
 ROLES = {"system", "user", "assistant", "tool"}
+# What a message may carry, as the Llama and OpenAI APIs define it (an assistant message from a response
+# can be sent back as it is); anything else is a 400 naming it, as both APIs do. The simulated model
+# reads role and content only.
+# Field -> (types allowed, what the 400 says). Tool calls come with tools (not yet simulated).
+MESSAGE_STRINGS = {"name": (str,), "stop_reason": (str,), "tool_call_id": (str,), "refusal": (str, type(None))}
+MESSAGE_FIELDS = frozenset({"role", "content", *MESSAGE_STRINGS})
+PART_FIELDS = {"text": frozenset({"type", "text"}), "image_url": frozenset({"type", "image_url"})}
+
+
+def _unknown_field(obj: dict, allowed: frozenset, where: str) -> None:
+    for name in obj:
+        if name not in allowed:
+            param = f"{where}.{name}"
+            raise errors.InvalidRequest(f"Unknown parameter '{param}'.", param=param)
+
+
 MODERATION_MODEL = MODERATION_MODELS[0]
 
 
@@ -133,7 +149,12 @@ def _messages(body: dict) -> list[dict]:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise errors.InvalidRequest(f"'{where}' must be an object with 'role' and 'content'.", param=where)
-        if message.get("role") not in ROLES:
+        _unknown_field(message, MESSAGE_FIELDS, where)
+        for name, types in MESSAGE_STRINGS.items():
+            if name in message and not isinstance(message[name], types):
+                param = f"{where}.{name}"
+                raise errors.InvalidRequest(f"'{param}' must be a string.", param=param)
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise errors.InvalidRequest(
                 f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.", param=f"{where}.role"
             )
@@ -145,33 +166,78 @@ def _messages(body: dict) -> list[dict]:
         if isinstance(content, dict):  # the Llama API also accepts a single content item
             content = [content]
         if not isinstance(content, list) or not all(
-            isinstance(part, dict) and part.get("type") in {"text", "image_url"} for part in content
+            isinstance(part, dict) and isinstance(part.get("type"), str) and part["type"] in {"text", "image_url"}
+            for part in content
         ):
             raise errors.InvalidRequest(
                 f"'{where}.content' must be a string or a list of text/image_url parts.", param=f"{where}.content"
             )
         for part_index, part in enumerate(content):
+            _unknown_field(part, PART_FIELDS[part["type"]], f"{where}.content[{part_index}]")
             if part["type"] == "text" and not isinstance(part.get("text"), str):
                 param = f"{where}.content[{part_index}].text"
                 raise errors.InvalidRequest(f"'{param}' must be a string.", param=param)
+            if part["type"] == "image_url" and not _image_url_valid(part.get("image_url")):
+                param = f"{where}.content[{part_index}].image_url"
+                raise errors.InvalidRequest(f"'{param}' must be a URL string or {{\"url\": ...}}.", param=param)
     return messages
 
 
+# The parameters each API takes; any other is a 400 naming it, as the Llama and OpenAI APIs answer (a
+# parameter silently ignored would make a client believe it had an effect). ``user`` is accepted and
+# only logged by the real APIs: here it has no effect; ``top_k`` and ``repetition_penalty`` (Llama)
+# do not change the simulated answer either.
+_COMMON_PARAMETERS = {"model", "messages", "max_completion_tokens", "stream", "temperature", "top_p", "seed", "user"}
+PARAMETERS = {
+    NATIVE: frozenset({*_COMMON_PARAMETERS, "top_k", "repetition_penalty"}),
+    COMPAT: frozenset({*_COMMON_PARAMETERS, "max_tokens", "stream_options"}),
+}
+MODERATION_PARAMETERS = frozenset({"model", "messages"})
+
+
+def _parameters_check(body: dict, allowed: frozenset) -> None:
+    for name in body:
+        if name not in allowed:
+            raise errors.InvalidRequest(f"Unknown parameter '{name}': this API does not support it.", param=name)
+
+
+def _image_url_valid(value: Any) -> bool:
+    """A URL string (the Llama API) or {"url": "...", "detail": "..."} (OpenAI); absent is accepted."""
+    if value is None or isinstance(value, str):
+        return True
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("url", ""), str)
+        and isinstance(value.get("detail", ""), str)
+        and set(value) <= {"url", "detail"}
+    )
+
+
 def _chat_request(body: dict, *, flavor: str) -> ChatRequest:
+    _parameters_check(body, PARAMETERS[flavor])
+    if "user" in body and not isinstance(body["user"], str):
+        raise errors.InvalidRequest("'user' must be a string.", param="user")
+    _int(body, "top_k", minimum=0)
+    _number(body, "repetition_penalty", low=0, high=2)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise errors.InvalidRequest("'model' is required: the id of a model your tier includes.", param="model")
     messages = _messages(body)
     max_tokens = _int(body, "max_completion_tokens", minimum=1)
-    if max_tokens is None and flavor == COMPAT:
-        max_tokens = _int(body, "max_tokens", minimum=1)
+    if flavor == COMPAT:
+        legacy = _int(body, "max_tokens", minimum=1)  # checked even when unused
+        max_tokens = legacy if max_tokens is None else max_tokens
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise errors.InvalidRequest("'stream' must be true or false.", param="stream")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
-        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        if (
+            not isinstance(options, dict)
+            or not isinstance(options.get("include_usage", False), bool)
+            or (set(options) - {"include_usage"})
+        ):
             raise errors.InvalidRequest("'stream_options' must be an object like {\"include_usage\": true}.",
                                         param="stream_options")  # fmt: skip
         include_usage = options.get("include_usage", False)
@@ -463,9 +529,12 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
     client_request_id = request.headers.get("X-Request-Id")
     request_id = metering.request_id_from_header(client_request_id)
     body = _body(request)
+    _parameters_check(body, MODERATION_PARAMETERS)
     messages = _messages(body)
-    model = body.get("model") or MODERATION_MODEL
-    if not isinstance(model, str):
+    model = body.get("model")
+    if model is None:
+        model = MODERATION_MODEL
+    elif not isinstance(model, str):
         raise errors.InvalidRequest("'model' must be a string.", param="model")
     if model not in MODERATION_MODELS:
         raise errors.ModelNotFound(

@@ -11,22 +11,11 @@ import pytest
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
-from accounts import services
-from accounts.selectors import team_for_user
 from core.json_input import JsonInputError, json_loads_bounded
-from tiers import services as tier_services
 
 CHAT = "/v1/chat/completions"
 COMPAT_CHAT = "/compat/v1/chat/completions"
 SMALL = "Llama-3.3-8B-Instruct"
-
-
-@pytest.fixture
-def account(catalog):
-    user = tier_services.user_create(email="dev@example.com", password="dev-password-1234")
-    team = team_for_user(user=user)
-    _, secret = services.api_key_create(team=team, name="test")
-    return user, secret
 
 
 def chat(**overrides) -> dict:
