@@ -95,6 +95,26 @@ def throttle_counter_hit(*, bucket: str, seconds: int, now: float) -> tuple[int,
     return count, (window + 1) * seconds - now
 
 
+# Bucket prefix -> the rate it is counted under (AccountApiThrottle.buckets).
+BUCKET_RATES = {"key:": "api_key", "team:": "team", "user:": "user", "anon:": "anon"}
+# How long a counter row outlives its window before the hourly prune deletes it.
+COUNTER_RETENTION_SECONDS = 24 * 3600
+
+
+def throttle_counters_prune(*, now: float) -> int:
+    """Delete the database counters (the embedded default's) whose window ended more than
+    COUNTER_RETENTION_SECONDS ago: one row per key, team, user or client address that ever called would
+    otherwise stay forever. Returns how many rows went. Run hourly by accounts.tasks."""
+    rates = settings.REST_FRAMEWORK.get("DEFAULT_THROTTLE_RATES", {})
+    deleted = 0
+    for prefix, rate_name in BUCKET_RATES.items():
+        _, seconds = rate_parse(rates.get(rate_name) or "1/d")  # no rate: rows are a day's windows at most
+        stale_before = int((now - COUNTER_RETENTION_SECONDS) // seconds)
+        rows = ApiThrottleCounter.objects.filter(bucket__startswith=prefix, window_index__lt=stale_before)
+        deleted += rows.delete()[0]
+    return deleted
+
+
 class AccountApiThrottle(BaseThrottle):
     """The account API's abuse throttle (a default throttle class): see the module docstring."""
 

@@ -1,7 +1,7 @@
 """The account REST API under /api/v1/, its OpenAPI schema and the offline Swagger UI."""
 
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts.api import ApiKeyDetailApi, ApiKeyListCreateApi
 from billing.api import InvoiceDetailApi, InvoiceListApi, SubscriptionApi
@@ -20,5 +20,5 @@ urlpatterns = [
     path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
     path("", include("partners.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]

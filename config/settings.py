@@ -68,7 +68,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "core.csp.CSPMiddleware",
+    "csp.middleware.CSPMiddleware",
     # Bounded bodies and JSON 404/405 on /v1/, /compat/v1/ and /api/, before anything reads the body.
     "core.middleware.ApiBoundaryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -210,11 +210,10 @@ if PRODUCTION:
 
 
 # --- Content-Security-Policy ------------------------------------------------------------------------
-# django-csp (core/csp.py): every page loads its scripts, styles, images and fonts from this origin only;
+# django-csp: every page loads its scripts, styles, images and fonts from this origin only;
 # nothing comes from the internet. Styles allow inline: the admin, Swagger UI and the usage gauges use
 # style attributes and <style> blocks. The invoice's Print button is the one inline event handler,
-# allowed by its hash. Swagger UI (drf-spectacular) starts with an inline script: that path alone
-# allows inline scripts (TIERLAB_CSP_INLINE_SCRIPT_PATHS).
+# allowed by its hash. Swagger UI is drf-spectacular's split view: its start-up script is a file too.
 def _csp_hash(source: str) -> str:
     return f"'sha256-{base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()}'"
 
@@ -233,7 +232,6 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": [NONE],
     },
 }
-TIERLAB_CSP_INLINE_SCRIPT_PATHS = ["/api/docs/"]
 
 # --- Request bodies ---------------------------------------------------------------------------------
 # The APIs refuse larger bodies with 413 request_too_large (core.middleware, by Content-Length, before
@@ -329,6 +327,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Synced into django-celery-beat's tables when beat starts; operators may then edit it in the admin.
 CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "core.tasks.heartbeat_record", "schedule": 30.0},
+    # The account API throttle's database counters idle for a day (embedded default only has rows).
+    "throttle-counters-prune": {"task": "accounts.tasks.throttle_counters_prune", "schedule": 3600.0},
     # Redis quota backend only (a no-op otherwise): usage events from the stream into UsageRecord.
     "usage-stream-drain": {"task": "usage.tasks.usage_stream_drain", "schedule": 2.0},
     # Period close, charges due and dunning (billing/).

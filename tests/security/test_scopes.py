@@ -287,3 +287,22 @@ def test_concurrent_requests_never_pass_the_limit(live_server, catalog, settings
     with ThreadPoolExecutor(max_workers=limit + extra) as pool:
         statuses = list(pool.map(call, range(limit + extra)))
     assert statuses.count(200) == limit and statuses.count(429) == extra, statuses
+
+
+def test_throttle_counters_idle_for_a_day_are_pruned(db, settings):
+    """The database counters (embedded default) kept one row per caller forever; the hourly task drops
+    rows whose window ended over a day ago and keeps current ones."""
+    from accounts.models import ApiThrottleCounter
+    from accounts.tasks import throttle_counters_prune_task
+
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"api_key": "600/min", "team": "1200/min", "user": "600/min", "anon": "60/min"},
+    }
+    now = 1_800_000_000.0
+    day_ago = now - 86_400 - 120
+    for bucket, when in [("key:1", now), ("key:2", day_ago), ("team:1", now - 3600), ("anon:10.0.0.1", day_ago)]:
+        throttling._database_counter_hit(bucket, int(when // 60))  # the embedded default's counter
+    assert throttling.throttle_counters_prune(now=now) == 2
+    assert set(ApiThrottleCounter.objects.values_list("bucket", flat=True)) == {"key:1", "team:1"}
+    assert throttle_counters_prune_task.run() == 0  # now = the real clock: nothing left is a day old
