@@ -77,12 +77,18 @@ def partner_statement_issue(*, partner: Partner, month: date, now: datetime | No
 
     Idempotent: the unique (partner, month) constraint, and the partner row lock taken first, make a
     second or concurrent call return the statement the first one issued, unchanged. Refuses the
-    current or a future month (it is not over), and a month before the partner's latest statement (its
-    events were claimed by that later statement already)."""
+    current or a future month (it is not over), a month before the partner's first share rate (nothing
+    is owed for it; the first statement claims earlier events as adjustments), and a month before the
+    partner's latest statement (its events were claimed by that later statement already)."""
     now = now or timezone.now()
     month = month.replace(day=1)
     if month >= month_first(now):
         raise PartnerError(f"{month:%Y-%m} is not over yet: statements are issued after the month ends.")
+    first_rate = PartnerShareRate.objects.filter(partner=partner).aggregate(first=Min("effective_from"))["first"]
+    if first_rate is not None and month < month_first(first_rate):
+        raise PartnerError(
+            f"{month:%Y-%m} is before {partner}'s first share rate ({first_rate:%Y-%m-%d}): nothing is owed for it."
+        )
     Partner.objects.select_for_update().filter(pk=partner.pk).first()  # serialise issues per partner
     existing = PartnerStatement.objects.filter(partner=partner, month=month).first()
     if existing is not None:

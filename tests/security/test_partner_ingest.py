@@ -132,6 +132,25 @@ def test_the_statement_task_starts_at_the_first_share_rate_month():
     assert PartnerUsageEvent.objects.get().statement.month == months[0]
 
 
+@pytest.mark.django_db
+def test_an_operator_cannot_issue_a_statement_before_the_first_share_rate_month():
+    """The task started at the first rate's month, but issuing by hand (the admin, a shell) did not:
+    a statement for 2025-12 would have claimed the old events at 0 bps and blocked later months."""
+    with time_machine.travel(datetime(2026, 1, 10, 9, tzinfo=UTC), tick=False):
+        partner, _ = partners.partner_create(
+            slug="newco", name="NewCo", share_bps=1000, contact_email="b@newco.example"
+        )
+    with pytest.raises(partners.PartnerError, match="before NewCo's first share rate"):
+        partner_statements.partner_statement_issue(
+            partner=partner, month=datetime(2025, 12, 1).date(), now=datetime(2026, 2, 2, tzinfo=UTC)
+        )
+    assert not PartnerStatement.objects.exists()
+    statement = partner_statements.partner_statement_issue(
+        partner=partner, month=datetime(2026, 1, 1).date(), now=datetime(2026, 2, 2, tzinfo=UTC)
+    )
+    assert f"{statement.month:%Y-%m}" == "2026-01"
+
+
 def test_a_formula_model_is_escaped_in_the_statement_csv(partner, admin_client):
     p, secret = partner
     models = [FORMULA, "+1", "-1", "@SUM(A1)", "\tx", "\rx", "Llama-3.3-70B-Instruct"]
