@@ -305,11 +305,15 @@ CELERY_BROKER_URL = (
     env.str("CELERY_BROKER_URL") if PRODUCTION else env.str("CELERY_BROKER_URL", default="filesystem://")
 )
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport, made to survive a full disk: messages appear only complete, and a
+    # file that is not a message is moved to corrupt/ and logged instead of stopping the worker.
+    CELERY_BROKER_TRANSPORT = "core.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
         "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
         "control_folder": str(CELERY_BROKER_DIR / "control"),
         "processed_folder": str(CELERY_BROKER_DIR / "processed"),
+        "corrupt_folder": str(CELERY_BROKER_DIR / "corrupt"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True

@@ -171,3 +171,61 @@ def gunicorn(
         yield server
     finally:
         _stop(popen)
+
+
+# --- a Celery worker on a broker folder of its own ------------------------------------------------------------
+
+
+def filesystem_broker_env(env: dict[str, str], broker_dir: Path) -> dict[str, str]:
+    """``env`` with the embedded broker (core.broker's filesystem transport) in ``broker_dir``, whatever
+    broker the suite runs with (CI's second run uses Redis)."""
+    return {**env, "CELERY_BROKER_URL": "filesystem://", "CELERY_BROKER_DIR": str(broker_dir)}
+
+
+def filesystem_broker_app(broker_dir: Path):
+    """A Celery app of its own (the project's is never reconfigured) that publishes into ``broker_dir``
+    as the project's web server and beat do. The caller must unset CELERY_BROKER_URL in the
+    environment: Celery prefers it over an app's broker_url."""
+    from celery import Celery
+
+    app = Celery(f"broker-{broker_dir.name}", set_as_current=False)
+    app.conf.update(
+        broker_url="filesystem://",
+        broker_transport="core.broker:Transport",
+        broker_transport_options={
+            "data_folder_in": str(broker_dir / "queue"),
+            "data_folder_out": str(broker_dir / "queue"),
+            "control_folder": str(broker_dir / "control"),
+            "processed_folder": str(broker_dir / "processed"),
+            "corrupt_folder": str(broker_dir / "corrupt"),
+            "store_processed": False,
+        },
+        broker_connection_retry_on_startup=False,
+    )
+    for name in ("queue", "control", "processed"):
+        (broker_dir / name).mkdir(parents=True, exist_ok=True)
+    return app
+
+
+@contextlib.contextmanager
+def celery_worker(env: dict[str, str], workdir: Path):
+    """``celery worker`` (solo pool, as tests/helpers_celery.py starts it) with ``env``; yields a
+    helpers_celery.CeleryProcesses of one, stopped (TERM, then KILL) when the block ends."""
+    from tests.helpers_celery import CeleryProcess, CeleryProcesses
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "worker.log"
+    log = log_path.open("wb")
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--pool", "solo",
+         "--hostname", f"ops-{os.getpid()}-{time.monotonic_ns()}@%h", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    worker = CeleryProcess(name="worker", popen=popen, log_path=log_path, _log=log)
+    processes = CeleryProcesses([worker])
+    try:
+        processes.wait_for("worker ready", lambda: b" ready." in log_path.read_bytes(), timeout=90)
+        yield processes
+    finally:
+        worker.stop()

@@ -1,0 +1,136 @@
+"""The embedded broker with a real worker: bad message files are set aside while the worker keeps
+consuming, and a full file system under the broker is survived (issue 12, item 6).
+
+The worker is ``celery worker`` from this venv on a broker folder of the test's own (core.broker's
+transport, as ``make run`` uses it), writing into the test database. The task is the heartbeat: each
+one delivered adds 1 to the ``beat`` heartbeat's count, so the count says how many were consumed.
+The full-disk case mounts a 1 MiB tmpfs as the broker's ``var/`` folder, which needs root (CI runs as
+root); elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from core.models import Heartbeat
+from tests.faults.servers_ops import celery_worker, filesystem_broker_app, filesystem_broker_env
+from tests.helpers_celery import HEARTBEAT_TASK, subprocess_environment
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+BAD_FILES = {
+    "0000_empty.celery.msg": b"",  # what kombu's transport left on a full disk
+    "0001_truncated.celery.msg": b'{"body": "eyJ',  # a write cut short
+    "0002_garbage.celery.msg": b"\x00\x01\x02 not a message",
+}
+
+
+def _beats() -> int:
+    beat = Heartbeat.objects.filter(name="beat").first()
+    return beat.count if beat else 0
+
+
+@pytest.fixture
+def broker(tmp_path, monkeypatch):
+    # Celery prefers the CELERY_BROKER_URL environment variable (CI's second run: Redis) to an app's own.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    return tmp_path
+
+
+def test_worker_sets_bad_files_aside_and_consumes_the_good_messages(broker: Path):
+    broker_dir = broker / "var" / "celery"
+    app = filesystem_broker_app(broker_dir)
+    for name, content in BAD_FILES.items():
+        (broker_dir / "queue" / name).write_bytes(content)
+    for _ in range(3):
+        app.send_task(HEARTBEAT_TASK)
+    env = filesystem_broker_env(subprocess_environment(broker), broker_dir)
+
+    with celery_worker(env, broker / "worker") as worker:
+        worker.wait_for("3 heartbeats", lambda: _beats() >= 3, timeout=60)
+        app.send_task(HEARTBEAT_TASK)  # and it goes on consuming
+        worker.wait_for("a 4th heartbeat", lambda: _beats() >= 4, timeout=60)
+        worker.assert_running()
+        log = worker.logs()
+
+    assert _beats() == 4
+    assert sorted(os.listdir(broker_dir / "corrupt")) == sorted(BAD_FILES)
+    assert [name for name in os.listdir(broker_dir / "queue") if name.endswith(".msg")] == []
+    for name in BAD_FILES:
+        assert f"broker: {name} (" in log
+    assert "Unrecoverable error" not in log
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs to fill needs root (CI runs as root)")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=30, check=False)
+        if os.path.ismount(mount_point):
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30, check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Write a file in ``folder`` until the file system is full; returns it."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as file:
+        for chunk in (64 * 1024, 4096, 512, 1):
+            try:
+                while True:
+                    file.write(b"\0" * chunk)
+            except OSError:
+                continue
+    return filler
+
+
+def test_worker_survives_a_full_disk_and_consumes_again_once_space_is_freed(broker: Path):
+    with tmpfs(broker / "var", "1m") as var:
+        broker_dir = var / "celery"
+        app = filesystem_broker_app(broker_dir)
+        env = filesystem_broker_env(subprocess_environment(broker), broker_dir)
+        with celery_worker(env, broker / "worker") as worker:  # the worker's log is not on the tmpfs
+            app.send_task(HEARTBEAT_TASK)
+            worker.wait_for("a heartbeat", lambda: _beats() >= 1, timeout=60)
+
+            filler = _fill(var)
+            refused = 0
+            for _ in range(3):
+                try:
+                    app.send_task(HEARTBEAT_TASK)
+                except Exception:  # kombu's ChannelError (or Celery's wrapper): the producer is told
+                    refused += 1
+            left = sorted(os.listdir(broker_dir / "queue"))
+            # What kombu's own transport left behind at this point: an empty message file.
+            (broker_dir / "queue" / "0000_left-by-kombu.celery.msg").write_bytes(b"")
+            worker.wait_for(
+                "the empty file set aside", lambda: "broker: 0000_left-by-kombu.celery.msg (0 bytes)" in worker.logs()
+            )
+            worker.assert_running()
+
+            filler.unlink()
+            for _ in range(3):
+                app.send_task(HEARTBEAT_TASK)
+            worker.wait_for("3 more heartbeats", lambda: _beats() >= 4, timeout=60)
+            worker.assert_running()
+            log = worker.logs()
+
+    print(f"\nfull disk: {refused} of 3 sends refused, queue folder then held {left}; 3 sent after freeing")
+    assert refused == 3
+    assert left == []  # no zero-byte .msg, no .part: nothing a worker could choke on
+    assert _beats() == 4
+    assert "Unrecoverable error" not in log
