@@ -147,10 +147,16 @@ def _http_status(port: int, path: str) -> int | None:
 
 @contextlib.contextmanager
 def gunicorn(
-    env: dict[str, str], workdir: Path, *, workers: int = 2, ready_path: str = "/pricing/"
+    env: dict[str, str],
+    workdir: Path,
+    *,
+    workers: int = 2,
+    ready_path: str = "/pricing/",
+    ready_status: int | None = 200,
 ) -> Iterator[Gunicorn]:
     """``gunicorn config.wsgi:application`` (sync workers, as in production) with ``env``, until it
-    answers ``ready_path``; stopped with TERM (then KILL) when the block ends."""
+    answers ``ready_path`` with ``ready_status`` (None: any answer); stopped with TERM (then KILL) when
+    the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "gunicorn.log"
     port = free_port()
@@ -164,7 +170,7 @@ def gunicorn(
     server = Gunicorn(popen=popen, port=port, log_path=log_path)
     try:
         deadline = time.monotonic() + 90
-        while _http_status(port, ready_path) != 200:
+        while (status := _http_status(port, ready_path)) is None or ready_status not in (None, status):
             if popen.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not serve {ready_path}\n{server.log_tail()}")
             time.sleep(0.2)
@@ -229,3 +235,26 @@ def celery_worker(env: dict[str, str], workdir: Path):
         yield processes
     finally:
         worker.stop()
+
+
+# --- a small file system of its own ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``mount_point`` for the block (root only: skipped elsewhere)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=30, check=False)
+        if os.path.ismount(mount_point):
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30, check=False)

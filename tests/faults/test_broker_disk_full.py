@@ -10,15 +10,13 @@ root); elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from core.models import Heartbeat
-from tests.faults.servers_ops import celery_worker, filesystem_broker_app, filesystem_broker_env
+from tests.faults.servers_ops import celery_worker, filesystem_broker_app, filesystem_broker_env, tmpfs
 from tests.helpers_celery import HEARTBEAT_TASK, subprocess_environment
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -64,25 +62,6 @@ def test_worker_sets_bad_files_aside_and_consumes_the_good_messages(broker: Path
     for name in BAD_FILES:
         assert f"broker: {name} (" in log
     assert "Unrecoverable error" not in log
-
-
-@contextlib.contextmanager
-def tmpfs(mount_point: Path, size: str):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs to fill needs root (CI runs as root)")
-    mount_point.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=30, check=False)
-        if os.path.ismount(mount_point):
-            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30, check=False)
 
 
 def _fill(folder: Path) -> Path:
