@@ -7,8 +7,8 @@ What kombu's own transport does wrong, and what this one does instead:
    (the disk is full) leaves a zero-byte or truncated ``.msg`` file, and a consumer can even read one
    still being written. Here the message is written under a hidden temporary name in the same
    folder and renamed into place only once complete (rename is atomic within a folder); a failed write
-   removes its temporary file and raises ChannelError to the producer. No partial message is ever
-   visible.
+   removes its temporary file and the producer gets kombu's OperationalError. No partial message is
+   ever visible.
 2. Its consumer parses whatever it finds: an empty or garbage file raises JSONDecodeError out of the
    worker's consumer loop ("Unrecoverable error"), the worker exits, and every restart eats one more
    bad file the same way. Here a file that is not a message is moved aside into ``corrupt_folder``
@@ -140,6 +140,14 @@ class Channel(filesystem.Channel):
 
 
 class Transport(filesystem.Transport):
-    """kombu's filesystem transport with the Channel above (``driver_type`` stays ``filesystem``)."""
+    """kombu's filesystem transport with the Channel above (``driver_type`` stays ``filesystem``).
+
+    A message that cannot be written is a channel error that publishing may retry at once (kombu's
+    ``ensure``), not a lost connection: kombu's fallback counts every error as a connection error, and
+    its reconnect then published on the closed channel ("'NoneType' object has no attribute 'client'").
+    So a producer on a full disk gets kombu's OperationalError, which the APIs answer with 503
+    ``broker_unavailable`` (core/dependencies.py)."""
 
     Channel = Channel
+    recoverable_connection_errors = ()
+    recoverable_channel_errors = (ChannelError,)

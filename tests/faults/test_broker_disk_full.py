@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
+from kombu.exceptions import OperationalError
 
+from core.dependencies import dependency_failure
 from core.models import Heartbeat
 from tests.faults.servers_ops import celery_worker, filesystem_broker_app, filesystem_broker_env, tmpfs
 from tests.helpers_celery import HEARTBEAT_TASK, subprocess_environment
@@ -87,12 +89,12 @@ def test_worker_survives_a_full_disk_and_consumes_again_once_space_is_freed(brok
             worker.wait_for("a heartbeat", lambda: _beats() >= 1, timeout=60)
 
             filler = _fill(var)
-            refused = 0
+            refused = []
             for _ in range(3):
                 try:
                     app.send_task(HEARTBEAT_TASK)
-                except Exception:  # kombu's ChannelError (or Celery's wrapper): the producer is told
-                    refused += 1
+                except OperationalError as error:  # the producer is told, and an API answers 503
+                    refused.append(dependency_failure(error).code)
             left = sorted(os.listdir(broker_dir / "queue"))
             # What kombu's own transport left behind at this point: an empty message file.
             (broker_dir / "queue" / "0000_left-by-kombu.celery.msg").write_bytes(b"")
@@ -108,8 +110,8 @@ def test_worker_survives_a_full_disk_and_consumes_again_once_space_is_freed(brok
             worker.assert_running()
             log = worker.logs()
 
-    print(f"\nfull disk: {refused} of 3 sends refused, queue folder then held {left}; 3 sent after freeing")
-    assert refused == 3
+    print(f"\nfull disk: sends refused {refused}, queue folder then held {left}; 3 sent after freeing")
+    assert refused == ["broker_unavailable"] * 3
     assert left == []  # no zero-byte .msg, no .part: nothing a worker could choke on
     assert _beats() == 4
     assert "Unrecoverable error" not in log
