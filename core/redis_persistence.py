@@ -8,7 +8,8 @@ billed. So production requires the append-only file with ``appendfsync everysec`
 - ``always``: Redis writes and fsyncs the AOF before it answers; nothing answered is lost.
 - ``everysec``: Redis writes the AOF before it answers and fsyncs it once a second. A restart or a
   crash of Redis itself loses nothing (the operating system still holds the written pages); a crash
-  of the host or a power cut loses the last second of usage, up to two if the disk stalls.
+  of the host or a power cut loses the last second of usage. While an fsync is stalled on a slow disk,
+  Redis may hold writes back for up to 2 s, which any crash then loses.
 - ``no`` (the OS flushes when it likes, about every 30 s) and RDB snapshots alone lose far more.
 
 Read with ``CONFIG GET append*``. Managed Redis services often disable or rename CONFIG: then AOF is
@@ -39,7 +40,7 @@ DURABLE_FSYNC = ("everysec", "always")
 # Largest window of answered usage a crash can lose, per policy (see the module docstring).
 MAX_LOSS = {
     "always": "none",
-    "everysec": "1 s of usage on a host crash or power cut (2 s if the disk stalls); none on a Redis restart",
+    "everysec": "none on a Redis restart; 1 s on a host crash or power cut (2 s if the disk stalls)",
 }
 TIMEOUT_SECONDS = 2.0
 
