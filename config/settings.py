@@ -308,11 +308,15 @@ CELERY_BROKER_URL = (
     env.str("CELERY_BROKER_URL") if PRODUCTION else env.str("CELERY_BROKER_URL", default="filesystem://")
 )
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport, made to survive a full disk: messages appear only complete, and a
+    # file that is not a message is moved to corrupt/ and logged instead of stopping the worker.
+    CELERY_BROKER_TRANSPORT = "core.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
         "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
         "control_folder": str(CELERY_BROKER_DIR / "control"),
         "processed_folder": str(CELERY_BROKER_DIR / "processed"),
+        "corrupt_folder": str(CELERY_BROKER_DIR / "corrupt"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
@@ -383,6 +387,15 @@ TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0
 TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS = env.int("TIERLAB_PARTNER_EVENT_MAX_LATENESS_DAYS", default=62)
 # Required in production with the Redis quota backend (core/config_checks.py); no localhost fallback there.
 REDIS_URL = env.str("REDIS_URL", default="" if PRODUCTION else "redis://127.0.0.1:6379/0")
+# The Redis quota backend keeps answered usage in Redis until the drain stores it: production requires
+# its append-only file with appendfsync everysec or always, checked at start (config/wsgi.py), by
+# /healthz and by `check --deploy` (core/redis_persistence.py). Where CONFIG is disabled (managed Redis),
+# the operator states the fsync policy they checked: TIERLAB_REDIS_APPENDFSYNC=everysec.
+TIERLAB_REDIS_PERSISTENCE_REQUIRED = PRODUCTION
+TIERLAB_REDIS_APPENDFSYNC = env.str("TIERLAB_REDIS_APPENDFSYNC", default="")
+# /healthz answers 503 ("disk") when the folder of the embedded default's SQLite database or broker
+# has less free space than this: SQLite and the broker fail on a full disk, usage cannot be recorded.
+TIERLAB_HEALTHZ_MIN_FREE_DISK_MB = env.int("TIERLAB_HEALTHZ_MIN_FREE_DISK_MB", default=100)
 # How long a client's X-Request-Id stays bound to its recorded request (DESIGN.md "Request ids", like
 # Stripe's idempotency keys): the same request is answered again, a different one refused with 409.
 TIERLAB_REQUEST_ID_RETENTION_SECONDS = env.int("TIERLAB_REQUEST_ID_RETENTION_SECONDS", default=24 * 3600)

@@ -9,8 +9,9 @@ class CoreConfig(AppConfig):
     verbose_name = "Core"
 
     def ready(self) -> None:
-        from core.checks import production_settings_check
+        from core.checks import production_settings_check, redis_persistence_deploy_check
         from core.sql import sqlite_version_check
 
         checks.register(sqlite_version_check)
         checks.register(production_settings_check, checks.Tags.security, deploy=True)
+        checks.register(redis_persistence_deploy_check, "durability", deploy=True)

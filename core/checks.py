@@ -54,3 +54,20 @@ def production_settings_check(app_configs=None, **kwargs) -> list[checks.CheckMe
         checks.Error(message, hint="See README.md, 'Production checklist'.", id=CHECK_IDS[name])
         for name, message in production_problems_by_variable(settings_values())
     ]
+
+
+def redis_persistence_deploy_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """tierlab.E013: the Redis quota backend's Redis has no durable persistence (core/redis_persistence.py);
+    tierlab.W013 when it cannot be asked (unreachable from where the check runs)."""
+    import redis
+
+    from core.redis_persistence import quota_redis_persistence
+
+    hint = "See README.md, 'Production checklist' (Redis persistence)."
+    try:
+        state = quota_redis_persistence()
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        return [checks.Warning(f"REDIS_URL: cannot check Redis persistence: {error}", hint=hint, id="tierlab.W013")]
+    if state is None:
+        return []
+    return [checks.Error(f"REDIS_URL: {problem}", hint=hint, id="tierlab.E013") for problem in state.problems]

@@ -13,6 +13,8 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
 }
 
 

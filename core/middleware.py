@@ -9,11 +9,19 @@ Django as empty unless the server marks its input as terminated (``wsgi.input_te
 gunicorn does); then it is read here up to the limit and refused past it, so no path reads without
 bound. Django's RequestDataTooBig (DATA_UPLOAD_MAX_MEMORY_SIZE, raised on ``request.body``) is the
 same 413 on these paths rather than Django's HTML 400.
+
+Failures: no HTML page under these paths, in debug mode or not. An exception a view lets through is
+answered here: 503 with ``Retry-After`` when a dependency is down (core/dependencies.py: the database,
+the cache, the broker), else 500 ``internal_error`` (logged with its traceback). A 500 page that
+Django made from an exception elsewhere (an inner middleware) becomes the JSON 500. Pages outside the
+APIs get a short 503 page with ``Retry-After`` when a dependency is down, instead of a 500 (or, in
+debug mode, the debug page); other exceptions on pages stay Django's.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Callable
 
@@ -21,8 +29,12 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 
+from core.dependencies import dependency_failure
 from core.errors import error_body, error_type
+
+logger = logging.getLogger(__name__)
 
 API_PATH = re.compile(r"^/(?:(?:compat/)?v1|api)(?:/|$)")
 PARTNER_INGEST_PATH = "/api/v1/partner/usage-events"
@@ -55,6 +67,8 @@ class ApiBoundaryMiddleware:
         if refusal is not None:
             return refusal
         response = self.get_response(request)
+        if response.status_code >= 500 and not _is_json(response):
+            return _error(500, "Internal error.", code="internal_error")
         if response.status_code == 404 and not _is_json(response):
             return _error(404, f"There is no endpoint at {path}.", code="not_found")
         if response.status_code == 405 and not _is_json(response):
@@ -66,8 +80,22 @@ class ApiBoundaryMiddleware:
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if isinstance(exception, RequestDataTooBig) and API_PATH.match(request.path_info):
+        api = bool(API_PATH.match(request.path_info))
+        if isinstance(exception, RequestDataTooBig) and api:
             return _too_large(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        failure = dependency_failure(exception)
+        if failure is not None:
+            logger.warning("%s %s: %s unavailable: %r", request.method, request.path, failure.part, exception)
+            headers = {"Retry-After": str(failure.retry_after)}
+            if api:
+                return _error(503, failure.message, code=failure.code, headers=headers)
+            # A page of its own, rendered without the request: base.html's navigation reads the
+            # session and the user, which need the very database that may be down.
+            page = render_to_string("503.html", {"message": failure.message, "part": failure.part})
+            return HttpResponse(page, status=503, headers=headers)
+        if api:
+            logger.error("%s %s failed", request.method, request.path, exc_info=exception)
+            return _error(500, "Internal error.", code="internal_error")
         return None
 
     @staticmethod
