@@ -236,11 +236,11 @@ CONTENT_SECURITY_POLICY = {
 # --- Request bodies ---------------------------------------------------------------------------------
 # The APIs refuse larger bodies with 413 request_too_large (core.middleware, by Content-Length, before
 # any view reads them). The partner ingest takes batches of 1,000 events, so it has its own limit.
-# Django's DATA_UPLOAD_MAX_MEMORY_SIZE stays the backstop of request.body everywhere: it must admit
-# the largest API limit, or a partner batch under its limit would be refused by Django first.
+# Django's DATA_UPLOAD_MAX_MEMORY_SIZE stays the backstop of request.body everywhere else (pages and
+# forms keep Django's 2.5 MB); the partner ingest reads its stream itself, within its own limit.
 TIERLAB_MAX_BODY_BYTES = env.int("TIERLAB_MAX_BODY_BYTES", default=1024 * 1024)
 TIERLAB_PARTNER_MAX_BODY_BYTES = env.int("TIERLAB_PARTNER_MAX_BODY_BYTES", default=8 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(TIERLAB_MAX_BODY_BYTES, TIERLAB_PARTNER_MAX_BODY_BYTES)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(TIERLAB_MAX_BODY_BYTES, 2_621_440)
 
 # --- Django REST framework --------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -8,8 +8,6 @@ import logging
 import re
 from datetime import date
 
-from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -51,13 +49,9 @@ def partner_usage_events(request: HttpRequest) -> HttpResponse:
     if not partner.is_active:
         return _error(403, "This partner account is deactivated.", code="partner_inactive")
     try:
-        body = json.loads(request.body or b"null")
-    except RequestDataTooBig:
-        return _error(
-            413,
-            f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes; send smaller batches.",
-            code="request_too_large",
-        )
+        # read(), not .body: the body is already bounded by TIERLAB_PARTNER_MAX_BODY_BYTES (core.middleware),
+        # and .body would apply Django's DATA_UPLOAD_MAX_MEMORY_SIZE, which stays at its default for pages.
+        body = json.loads(request.read() or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, f"The request body is not valid JSON: {exc}.", code="invalid")
     except RecursionError:  # json.loads recurses once per nesting level; events are flat objects

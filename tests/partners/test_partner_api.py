@@ -182,11 +182,21 @@ def test_a_full_batch_of_1000_is_accepted(partner):
 
 def test_an_oversized_body_is_413_in_the_api_error_shape(partner, settings):
     _, secret = partner
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000
+    settings.TIERLAB_PARTNER_MAX_BODY_BYTES = 1_000
     response = post({"events": [event(f"big-{i}") for i in range(20)]}, secret)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert PartnerUsageEvent.objects.count() == 0
+
+
+def test_a_batch_larger_than_djangos_upload_limit_but_within_the_partner_limit_is_accepted(partner, settings):
+    """Pages keep Django's 2.5 MB DATA_UPLOAD_MAX_MEMORY_SIZE; the ingest has its own 8 MiB limit."""
+    _, secret = partner
+    events = [{**event(f"wide-{i}"), "note": "x" * 3_000} for i in range(1000)]  # about 3.2 MB
+    body = post({"events": events}, secret).json()
+    assert body["accepted"] == 1000
+    big_form = Client().post("/accounts/login/", {"login": "a@b.example", "password": "x" * 3_000_000})
+    assert big_form.status_code == 400  # Django's RequestDataTooBig on a page
 
 
 def test_get_is_refused(partner):
