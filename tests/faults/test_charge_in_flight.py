@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import AuditEntry
@@ -97,7 +98,14 @@ def test_a_charge_held_past_the_client_timeout_is_never_sent_again(settings, str
     with proxy:
         # Pass 1 sends the first charge, which the proxy holds; pass 2 runs while it is held.
         first: list[object] = []
-        pass_1 = threading.Thread(target=lambda: first.append(run.billing_run(now=FEB_28)), daemon=True)
+
+        def billing_pass_1() -> None:
+            try:
+                first.append(run.billing_run(now=FEB_28))
+            finally:
+                connection.close()  # this thread's own connection
+
+        pass_1 = threading.Thread(target=billing_pass_1, daemon=True)
         pass_1.start()
         assert proxy.wait_until(lambda: len(proxy.seen(*CREATE)) >= 1, WAIT_SECONDS)
         second = run.billing_run(now=FEB_28)
