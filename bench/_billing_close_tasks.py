@@ -575,7 +575,7 @@ def _time_gateway_calls() -> dict[str, list[float]]:
     from billing import stripe_gateway as gateway
 
     calls: dict[str, list[float]] = {}
-    for name in ("payment_intent_create", "payment_intent_find", "payment_intent_retrieve"):
+    for name in ("payment_intent_create", "payment_intents_find", "payment_intent_retrieve"):
         original = getattr(gateway, name)
 
         def timed(*args, _original=original, _name=name, **kwargs):

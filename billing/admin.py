@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from accounts.models import AuditEntry
 from billing import checkout, refunds
 from billing.forms import OperatorReasonForm, OperatorTierMoveForm
-from billing.models import BillingCustomer, Invoice, InvoiceLine, Payment, Refund, StripeEvent
+from billing.models import BillingCustomer, ExtraCharge, Invoice, InvoiceLine, Payment, Refund, StripeEvent
 from core.admin_base import ReadOnlyInline, admin_action_with_form
 from core.errors import ApplicationError
 from core.templatetags.tier_format import money
@@ -175,6 +175,18 @@ class RefundInline(ReadOnlyInline):
         return money(refund.amount_cents, refund.payment.currency)
 
 
+class ExtraChargeInline(ReadOnlyInline):
+    """Second charges of this attempt (or charges of its closed invoice), refunded automatically."""
+
+    model = ExtraCharge
+    fields = ["stripe_payment_intent_id", "reason", "amount", "status", "stripe_refund_id", "created_at"]
+    readonly_fields = fields
+
+    @admin.display(description="Amount")
+    def amount(self, extra: ExtraCharge) -> str:
+        return money(extra.amount_cents, extra.currency)
+
+
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyBillingAdmin):
     list_display = ["__str__", "team", "amount", "refunded", "status", "failure_code", "created_at"]
@@ -186,7 +198,7 @@ class PaymentAdmin(ReadOnlyBillingAdmin):
         "invoice__team__memberships__user__email",
     ]
     list_select_related = ["invoice__team"]
-    inlines = [RefundInline]
+    inlines = [RefundInline, ExtraChargeInline]
     actions = ["refund_payments"]
     fields = [
         "invoice",
@@ -199,6 +211,7 @@ class PaymentAdmin(ReadOnlyBillingAdmin):
         "idempotency_key",
         "failure_code",
         "failure_message",
+        "quiet_until",
         "created_at",
         "updated_at",
     ]
@@ -259,6 +272,22 @@ class RefundAdmin(ReadOnlyBillingAdmin):
     @admin.display(description="Amount", ordering="amount_cents")
     def amount(self, refund: Refund) -> str:
         return money(refund.amount_cents, refund.payment.currency)
+
+
+@admin.register(ExtraCharge)
+class ExtraChargeAdmin(ReadOnlyBillingAdmin):
+    """Money TierLab did not ask for (billing/extra_charges.py): refunded automatically; a ``failed``
+    one (Stripe refused the refund) is for an operator to settle in Stripe's dashboard."""
+
+    list_display = ["stripe_payment_intent_id", "payment", "reason", "amount", "status", "created_at"]
+    list_filter = ["status", "reason", "created_at"]
+    search_fields = ["stripe_payment_intent_id", "stripe_refund_id", "payment__invoice__number"]
+    list_select_related = ["payment__invoice"]
+    readonly_fields = ["amount"]
+
+    @admin.display(description="Amount", ordering="amount_cents")
+    def amount(self, extra: ExtraCharge) -> str:
+        return money(extra.amount_cents, extra.currency)
 
 
 @admin.register(StripeEvent)

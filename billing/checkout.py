@@ -253,7 +253,7 @@ def _checkout_invoices_settle(*, subscription_id: int, now: datetime) -> None:
         invoice_charge(invoice_id=invoice_id, now=now)
     if Invoice.objects.filter(pk__in=open_ids, status=Invoice.Status.OPEN).exists():
         raise BillingError(
-            "A payment for this subscription is still in progress; try again in a minute.",
+            "A payment for this subscription is still in progress; try again in a few minutes.",
             code="payment_in_progress",
         )
 
@@ -280,7 +280,7 @@ def _checkout_charge(
         # double click) finds this one's invoice here and stops, rather than charging again.
         if Invoice.objects.filter(subscription=sub, kind__in=CHECKOUT_KINDS, status=Invoice.Status.OPEN).exists():
             raise BillingError(
-                "A payment for this subscription is still in progress; try again in a minute.",
+                "A payment for this subscription is still in progress; try again in a few minutes.",
                 code="payment_in_progress",
             )
         if kind == Invoice.Kind.INITIAL:

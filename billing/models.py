@@ -120,6 +120,11 @@ class Payment(models.Model):
     failure_code = models.CharField(max_length=100, blank=True)
     failure_message = models.CharField(max_length=500, blank=True)
     amount_refunded_cents = models.BigIntegerField(default=0)
+    # Wall-clock time until which a charge request of this attempt may still be in flight (the quiet
+    # period after each send, billing.payments): a pending attempt is left alone until then. Kept
+    # after a settled outcome that is not the answer to the attempt's only send (a re-send, a webhook
+    # or lookup after a timeout), so the attempt is looked up once more for a late second charge.
+    quiet_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -127,6 +132,14 @@ class Payment(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["invoice", "attempt"], name="billing_payment_invoice_attempt_unique"),
+        ]
+        indexes = [
+            # The billing pass's look-ups of settled attempts to check again: few rows, most are null.
+            models.Index(
+                fields=["quiet_until"],
+                name="billing_payment_quiet_until",
+                condition=models.Q(quiet_until__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -145,6 +158,46 @@ class Refund(models.Model):
 
     def __str__(self) -> str:
         return f"refund of {self.amount_cents} on {self.payment}"
+
+
+class ExtraCharge(models.Model):
+    """A PaymentIntent that took money TierLab did not ask for, refunded automatically: a second charge
+    of one attempt (a request that arrived after its attempt was sent again), a charge of an invoice
+    another attempt had paid, or of one voided meanwhile. Unique on the PaymentIntent, so it is
+    refunded once whoever finds it (webhook, lookup) and however often. Not a ``Refund``: that money
+    was never revenue (analytics count paid invoices and subtract refunds of them)."""
+
+    class Reason(models.TextChoices):
+        DUPLICATE = "duplicate", "Second charge of a paid invoice"
+        INVOICE_CLOSED = "invoice_closed", "Charge of a void invoice"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Refund pending"
+        REFUNDED = "refunded", "Refunded"
+        FAILED = "failed", "Refund failed"
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="extra_charges")
+    stripe_payment_intent_id = models.CharField(max_length=100, unique=True)
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    amount_cents = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    stripe_refund_id = models.CharField(max_length=100, blank=True)
+    failure_message = models.CharField(max_length=500, blank=True)
+    # Like Payment.quiet_until, for the refund request: not sent again before then.
+    quiet_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    refunded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"extra charge {self.stripe_payment_intent_id} ({self.status})"
+
+    @property
+    def refund_idempotency_key(self) -> str:
+        return f"extra_charge:{self.stripe_payment_intent_id}:refund"
 
 
 class StripeEvent(models.Model):

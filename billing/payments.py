@@ -8,12 +8,22 @@ effect happens on a transition of the Payment row, so it happens once: a paid ch
 its tier change (``checkout_apply``: payments know what a paid checkout means, so billing.checkout,
 which starts charges, imports this module and not the other way round); a failed checkout is voided;
 a failed renewal is a dunning step (billing.dunning).
+
+Exactly once when a charge's outcome is unknown (Stripe slow or down, a process killed mid-call): an
+attempt is sent, then left alone for the quiet period (stripe_gateway.charge_quiet_period: longer
+than the client waits, plus the time a proxy may hold a request; wall-clock, ``Payment.quiet_until``),
+because until then its request may still reach Stripe. It is settled by its webhook at any time, or
+after the quiet period by a look-up by metadata; only when Stripe has no PaymentIntent for it is the
+same attempt (same idempotency key and metadata) sent again, with a quiet period of its own. If a
+request held for longer still lands after all, the second succeeded PaymentIntent it makes is found
+(its webhook, or the look-up of every attempt that was sent more than once, once its last quiet
+period is over) and refunded automatically (billing.extra_charges).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -24,7 +34,8 @@ from accounts.models import AuditEntry
 from billing import emails
 from billing import stripe_gateway as gateway
 from billing.dunning import dunning_step, subscription_restore_if_settled
-from billing.models import BillingCustomer, Invoice, InvoiceLine, Payment
+from billing.extra_charges import extra_charge_record
+from billing.models import BillingCustomer, ExtraCharge, Invoice, InvoiceLine, Payment
 from billing.services import CHECKOUT_KINDS, audit, billing_now, entitlements_changed
 from tiers.models import Subscription
 
@@ -33,15 +44,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A pending Payment without an outcome may be a charge another process is making right now: the row
-# is committed before Stripe is called, and the call takes up to the gateway's read timeout (10 s).
-# Only after this long (wall-clock time: it is about processes, not about the simulated billing
-# clock) is it treated as abandoned (a crash) and looked up in Stripe. A minute is six times the
-# timeout, and short enough that the next pass (beat runs one every minute) picks it up.
-PAYMENT_IN_FLIGHT = timedelta(seconds=60)
-# Payment.failure_code of a pending attempt whose call ended in PaymentProviderUnavailable: the call is
-# over (not in flight), so the next pass may look it up at once instead of waiting PAYMENT_IN_FLIGHT.
+# Payment.failure_code of a pending attempt whose call ended in PaymentProviderUnavailable, for the
+# record: the call is over, but its request may not be (it is left alone until Payment.quiet_until).
 FAILURE_PROVIDER_UNAVAILABLE = "provider_unavailable"
+# Settled attempts checked again per pass for a second charge (billing_run; normally none or a few).
+RECHECK_LIMIT = 100
 FAILURE_NO_PAYMENT_METHOD = "no_payment_method"
 FAILURE_NOT_SENT = "not_sent"
 # PaymentIntent status -> Payment status. "processing" (and anything unknown) stays pending until a
@@ -66,6 +73,8 @@ def payment_start(*, invoice: Invoice, now: datetime) -> Payment:
         amount_cents=invoice.total_cents,
         currency=invoice.currency,
         status=Payment.Status.PENDING,
+        # The send follows the commit at once: its quiet period starts now (a margin of a minute).
+        quiet_until=timezone.now() + gateway.charge_quiet_period(),
         created_at=now,
     )
     invoice.attempt_count = attempt
@@ -80,9 +89,16 @@ def _charge_metadata(*, invoice_id: int, attempt: int, team_id: int) -> dict[str
     return {"invoice_id": str(invoice_id), "attempt": str(attempt), "team_id": str(team_id)}
 
 
-def payment_send(*, payment: Payment, invoice: Invoice, customer: BillingCustomer | None, now: datetime) -> Payment:
-    """Charge one recorded attempt and apply its outcome. PaymentProviderUnavailable is re-raised with
-    the attempt left pending (marked, so the next pass looks it up at once)."""
+def payment_send(
+    *, payment: Payment, invoice: Invoice, customer: BillingCustomer | None, now: datetime, resend: bool = False
+) -> Payment:
+    """Charge one recorded attempt (its quiet period already started) and apply its outcome.
+    PaymentProviderUnavailable is re-raised with the attempt left pending until its quiet period ends.
+
+    The answer to an attempt's only send settles it for good (``quiet_until`` cleared): no other
+    request of it exists. After a ``resend`` the earlier request may still land, so the attempt keeps
+    its quiet period and is looked up once more when it ends (payments_recheck)."""
+    answered = not resend
     if customer is None or not customer.default_payment_method_id:
         return _payment_outcome_apply(
             payment_id=payment.pk,
@@ -90,6 +106,7 @@ def payment_send(*, payment: Payment, invoice: Invoice, customer: BillingCustome
             failure_code=FAILURE_NO_PAYMENT_METHOD,
             failure_message="There is no card on file.",
             now=now,
+            answered=answered,
         )
     try:
         intent = gateway.payment_intent_create(
@@ -111,6 +128,7 @@ def payment_send(*, payment: Payment, invoice: Invoice, customer: BillingCustome
             failure_code=exc.code,
             failure_message=exc.message,
             now=now,
+            answered=answered,
         )
     except (gateway.PaymentDeclined, gateway.PaymentInvalidRequest) as exc:
         # The gateway raises a decline only when no PaymentIntent was left behind (nothing charged);
@@ -121,48 +139,83 @@ def payment_send(*, payment: Payment, invoice: Invoice, customer: BillingCustome
             failure_code=str(exc.extra.get("decline_code") or exc.code),
             failure_message=exc.message,
             now=now,
+            answered=answered,
         )
-    return _intent_outcome_apply(payment_id=payment.pk, intent=intent, now=now)
+    return _intent_outcome_apply(payment_id=payment.pk, intent=intent, now=now, answered=answered)
 
 
-def _payment_mark_unreachable(*, payment: Payment, exc: gateway.PaymentProviderUnavailable) -> None:
-    """The attempt stays pending (did the charge happen? unknown), marked so the next pass looks it up
-    at once rather than waiting PAYMENT_IN_FLIGHT: the call is over, nobody is waiting on it."""
-    Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(
-        failure_code=FAILURE_PROVIDER_UNAVAILABLE, failure_message=exc.message[:500], updated_at=timezone.now()
-    )
+def _payment_mark_unreachable(
+    *, payment: Payment, exc: gateway.PaymentProviderUnavailable, nothing_sent: bool = False
+) -> None:
+    """The attempt stays pending (did the charge happen? unknown) until its quiet period ends: the call
+    is over, but its request may still be on its way. ``nothing_sent``: only a look-up failed, so the
+    quiet period a claim started for it is given back (the next pass may look again at once)."""
+    fields = {"failure_code": FAILURE_PROVIDER_UNAVAILABLE, "failure_message": exc.message[:500]}
+    if nothing_sent:
+        fields["quiet_until"] = timezone.now()
+    Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(**fields, updated_at=timezone.now())
 
 
 def _payment_in_flight(payment: Payment) -> bool:
-    if payment.failure_code == FAILURE_PROVIDER_UNAVAILABLE:
-        return False  # the call that made it returned (with an error): nobody is waiting on it
-    return payment.updated_at > timezone.now() - PAYMENT_IN_FLIGHT
+    """May a request of this pending attempt still reach Stripe? (Rows from before ``quiet_until``
+    existed count their quiet period from their last change.)"""
+    until = payment.quiet_until or payment.updated_at + gateway.charge_quiet_period()
+    return until > timezone.now()
+
+
+def _attempt_intents(
+    *, payment: Payment, invoice: Invoice, customer: BillingCustomer | None
+) -> list[PaymentIntentResult]:
+    """Every PaymentIntent Stripe has for this attempt (by the metadata sent with it; oldest first),
+    and the one recorded on it if the metadata search missed it."""
+    intents: list[PaymentIntentResult] = []
+    if customer is not None:
+        metadata = _charge_metadata(invoice_id=invoice.pk, attempt=payment.attempt, team_id=invoice.team_id)
+        metadata.pop("team_id")  # invoice + attempt identify it; fewer keys to disagree on
+        intents = gateway.payment_intents_find(customer_id=customer.stripe_customer_id, metadata=metadata)
+    recorded = payment.stripe_payment_intent_id
+    if recorded and all(intent.id != recorded for intent in intents):
+        intents.append(gateway.payment_intent_retrieve(payment_intent_id=recorded))
+    return intents
+
+
+def _attempt_intents_record(*, payment: Payment, intents: list[PaymentIntentResult], now: datetime) -> Payment:
+    """Apply what Stripe has for one attempt: the PaymentIntent that took its money (the recorded one if
+    it did, else the first that did; else the recorded one, else the newest) is its outcome; any other
+    that took money too is an extra charge, refunded (payment_outcome_record)."""
+    recorded = next((i for i in intents if i.id == payment.stripe_payment_intent_id), None)
+    succeeded = [i for i in intents if i.succeeded]
+    if recorded is not None and recorded.succeeded:
+        primary = recorded
+    else:
+        primary = succeeded[0] if succeeded else recorded or intents[-1]
+    logger.info("payment %s: outcome looked up: %s (%s)", payment.pk, primary.id, primary.status)
+    result = payment_outcome_record(intent=primary, now=now) or payment
+    for intent in succeeded:
+        if intent.id != primary.id:
+            payment_outcome_record(intent=intent, now=now)
+    return result
 
 
 def _payment_recover(*, payment: Payment, invoice: Invoice, now: datetime) -> tuple[Payment, bool]:
-    """Settle a pending attempt whose outcome never arrived. Returns (payment, charged_now).
+    """Settle a pending attempt whose outcome never arrived and whose quiet period is over (claimed by
+    the caller). Returns (payment, charged_now).
 
-    Never charges twice: the attempt is first looked up in Stripe (by its PaymentIntent id, or by the
-    metadata sent with it). Found: its outcome is applied. Not found: the charge never reached Stripe,
-    so a renewal sends the SAME attempt again (same idempotency key and metadata); a checkout charge is
-    voided instead, since its customer has gone (they were told it failed and may try again).
+    Never charges twice: every PaymentIntent Stripe has for the attempt is looked up first (by the
+    metadata sent with it). Found: its outcome is applied. Not found: after the quiet period that means
+    the request never reached Stripe, so a renewal sends the SAME attempt again (same idempotency key
+    and metadata; a new quiet period); a checkout charge is voided instead, since its customer has gone
+    (they were told it was not confirmed and may try again). A request held on the way for longer than
+    the quiet period is the one case this cannot see: billing.extra_charges refunds what it charges.
     """
     customer = BillingCustomer.objects.filter(team_id=invoice.team_id).first()
     try:
-        if payment.stripe_payment_intent_id:
-            intent = gateway.payment_intent_retrieve(payment_intent_id=payment.stripe_payment_intent_id)
-        elif customer is None:
-            intent = None
-        else:
-            metadata = _charge_metadata(invoice_id=invoice.pk, attempt=payment.attempt, team_id=invoice.team_id)
-            metadata.pop("team_id")  # invoice + attempt identify it; fewer keys to disagree on
-            intent = gateway.payment_intent_find(customer_id=customer.stripe_customer_id, metadata=metadata)
+        intents = _attempt_intents(payment=payment, invoice=invoice, customer=customer)
     except gateway.PaymentProviderUnavailable as exc:
-        _payment_mark_unreachable(payment=payment, exc=exc)
+        _payment_mark_unreachable(payment=payment, exc=exc, nothing_sent=True)
         raise
-    if intent is not None:
-        logger.info("payment %s: outcome recovered from %s (%s)", payment.pk, intent.id, intent.status)
-        return payment_outcome_record(intent=intent, now=now) or payment, False
+    if intents:
+        return _attempt_intents_record(payment=payment, intents=intents, now=now), False
     if invoice.kind in CHECKOUT_KINDS:
         return (
             _payment_outcome_apply(
@@ -174,7 +227,9 @@ def _payment_recover(*, payment: Payment, invoice: Invoice, now: datetime) -> tu
             ),
             False,
         )
-    return payment_send(payment=payment, invoice=invoice, customer=customer, now=now), True
+    # The look-up took time of its own: the re-send's quiet period starts now, right before it.
+    Payment.objects.filter(pk=payment.pk).update(quiet_until=timezone.now() + gateway.charge_quiet_period())
+    return payment_send(payment=payment, invoice=invoice, customer=customer, now=now, resend=True), True
 
 
 def invoice_charge(*, invoice_id: int, now: datetime) -> tuple[Payment | None, bool]:
@@ -202,10 +257,12 @@ def invoice_charge(*, invoice_id: int, now: datetime) -> tuple[Payment | None, b
         elif _payment_in_flight(pending):
             return pending, False
         else:
-            # Claim the abandoned attempt (under the invoice lock) before looking it up: it now looks
-            # in flight to any other pass for PAYMENT_IN_FLIGHT, so two passes never both find it
-            # missing in Stripe and both send it again.
-            Payment.objects.filter(pk=pending.pk).update(failure_code="", updated_at=timezone.now())
+            # Claim the quiet attempt (under the invoice lock) before looking it up: it now looks in
+            # flight to any other pass for a quiet period, so two passes never both find it missing in
+            # Stripe and both send it again.
+            Payment.objects.filter(pk=pending.pk).update(
+                failure_code="", quiet_until=timezone.now() + gateway.charge_quiet_period(), updated_at=timezone.now()
+            )
     if pending is not None:
         return _payment_recover(payment=pending, invoice=invoice, now=now)
     if payment is None:
@@ -219,12 +276,44 @@ def invoice_pay(*, invoice: Invoice, now: datetime | None = None) -> Payment | N
     None if there is nothing to charge (paid, void, zero total).
 
     The attempt is recorded (pending, committed) before Stripe is called. If an earlier attempt is
-    still pending, no new one is made: it is returned as is while it may be in flight (PAYMENT_IN_FLIGHT),
-    else recovered (see _payment_recover). Raises PaymentProviderUnavailable when Stripe cannot be
+    still pending, no new one is made: it is returned as is while it may be in flight (its quiet
+    period), else recovered (see _payment_recover). Raises PaymentProviderUnavailable when Stripe cannot be
     reached; the attempt stays pending and the next call completes it. ``invoice`` is refreshed."""
     payment, _ = invoice_charge(invoice_id=invoice.pk, now=billing_now(now))
     invoice.refresh_from_db()
     return payment
+
+
+def payments_recheck(*, now: datetime, limit: int = RECHECK_LIMIT) -> int:
+    """Look up once more each settled attempt whose quiet period has just ended although it was settled
+    (it was sent more than once, or settled by a webhook or look-up while a request of it may still
+    have been on its way): a second PaymentIntent that took money is refunded. Returns how many were
+    checked. Raises PaymentProviderUnavailable (the rest wait for the next pass)."""
+    wall = timezone.now()
+    due = list(
+        Payment.objects.filter(quiet_until__lte=wall)
+        .exclude(status=Payment.Status.PENDING)
+        .order_by("id")
+        .values_list("pk", "quiet_until")[:limit]
+    )
+    checked = 0
+    for payment_id, quiet_until in due:
+        claim = timezone.now() + gateway.charge_quiet_period()
+        # Compare-and-set: one pass checks it; another one skips it.
+        if not Payment.objects.filter(pk=payment_id, quiet_until=quiet_until).update(quiet_until=claim):
+            continue
+        payment = Payment.objects.select_related("invoice").get(pk=payment_id)
+        customer = BillingCustomer.objects.filter(team_id=payment.invoice.team_id).first()
+        try:
+            intents = _attempt_intents(payment=payment, invoice=payment.invoice, customer=customer)
+        except gateway.PaymentProviderUnavailable:
+            Payment.objects.filter(pk=payment_id, quiet_until=claim).update(quiet_until=quiet_until)
+            raise
+        if intents:
+            _attempt_intents_record(payment=payment, intents=intents, now=now)
+        Payment.objects.filter(pk=payment_id, quiet_until=claim).update(quiet_until=None)
+        checked += 1
+    return checked
 
 
 def invoice_settle_without_charge(*, invoice_id: int, now: datetime) -> None:
@@ -248,40 +337,31 @@ def _payment_for_intent(intent: PaymentIntentResult) -> Payment | None:
 
 
 def payment_outcome_record(*, intent: PaymentIntentResult, now: datetime | None = None) -> Payment | None:
-    """Apply a PaymentIntent's outcome (from the charge call or a webhook, in any order, any number of
-    times) to its Payment, invoice and subscription; sends the receipt / payment-failed email once.
+    """Apply a PaymentIntent's outcome (from the charge call, a webhook or a look-up, in any order, any
+    number of times) to its Payment, invoice and subscription; sends the receipt / payment-failed email
+    once.
 
     None if the PaymentIntent is not one of ours. Success is final: a failure arriving after it (an
-    older event) changes nothing; the same outcome twice changes nothing the second time."""
+    older event) changes nothing; the same outcome twice changes nothing the second time. A second
+    PaymentIntent that took money for an attempt that has it already (or for an invoice paid or voided
+    meanwhile) is refunded automatically (billing.extra_charges)."""
     payment = _payment_for_intent(intent)
     if payment is None:
         return None
-    if payment.stripe_payment_intent_id and payment.stripe_payment_intent_id != intent.id:
-        # The same attempt charged by two PaymentIntents: it cannot happen through this module (an
-        # attempt is sent again only after Stripe said it has no PaymentIntent for it), but if it ever
-        # did, a person must refund one of them.
-        if intent.succeeded:
-            logger.error("payment %s: second PaymentIntent %s for one attempt succeeded", payment.pk, intent.id)
-            audit(
-                team_id=payment.invoice.team_id,
-                action=AuditEntry.Action.DUPLICATE_CHARGE,
-                description=f"PaymentIntent {intent.id} also charged attempt {payment.attempt}: refund one.",
-                now=billing_now(now),
-                payment_id=payment.pk,
-                payment_intent=intent.id,
-            )
-        return payment
     return _intent_outcome_apply(payment_id=payment.pk, intent=intent, now=billing_now(now))
 
 
-def _intent_outcome_apply(*, payment_id: int, intent: PaymentIntentResult, now: datetime) -> Payment:
+def _intent_outcome_apply(
+    *, payment_id: int, intent: PaymentIntentResult, now: datetime, answered: bool = False
+) -> Payment:
     return _payment_outcome_apply(
         payment_id=payment_id,
         status=_INTENT_STATUS.get(intent.status, Payment.Status.PENDING),
-        intent_id=intent.id,
+        intent=intent,
         failure_code=intent.failure_code,
         failure_message=intent.failure_message,
         now=now,
+        answered=answered,
     )
 
 
@@ -290,22 +370,47 @@ def _payment_outcome_apply(
     payment_id: int,
     status: str,
     now: datetime,
-    intent_id: str = "",
+    intent: PaymentIntentResult | None = None,
     failure_code: str = "",
     failure_message: str = "",
+    answered: bool = False,
 ) -> Payment:
     """The state machine of an attempt, under row locks (invoice, then payment, then subscription, the
     same order as invoice_pay takes them). Every effect (invoice paid, tier change, dunning step,
-    email) happens on a transition of the Payment row, so it happens once, whoever gets here first."""
+    email, extra charge refunded) happens on a transition of a row, so it happens once, whoever gets
+    here first. ``answered``: the outcome is the answer to the attempt's only send (payment_send)."""
     with transaction.atomic():
         invoice_id = Payment.objects.filter(pk=payment_id).values_list("invoice_id", flat=True).get()
         invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
         payment = Payment.objects.select_for_update().get(pk=payment_id)
         previous = payment.status
         fields = {"updated_at"}
-        if intent_id and not payment.stripe_payment_intent_id:
-            payment.stripe_payment_intent_id = intent_id
+        recorded = payment.stripe_payment_intent_id
+        if intent is not None and recorded and intent.id != recorded:
+            # A second PaymentIntent for this attempt: a request of it that reached Stripe after the
+            # attempt was sent again. One that took no money changes nothing.
+            if status != Payment.Status.SUCCEEDED:
+                return payment
+            if previous == Payment.Status.SUCCEEDED:
+                extra_charge_record(
+                    payment=payment,
+                    invoice=invoice,
+                    intent_id=intent.id,
+                    amount_cents=intent.amount_cents,
+                    currency=intent.currency or payment.currency,
+                    reason=ExtraCharge.Reason.DUPLICATE,
+                    now=now,
+                )
+                return payment
+            # It took the money the recorded one did not: it is this attempt's outcome.
+            payment.stripe_payment_intent_id = intent.id
             fields.add("stripe_payment_intent_id")
+        elif intent is not None and not recorded:
+            payment.stripe_payment_intent_id = intent.id
+            fields.add("stripe_payment_intent_id")
+        if answered and status != Payment.Status.PENDING and payment.quiet_until is not None:
+            payment.quiet_until = None  # nothing else of this attempt can be on its way
+            fields.add("quiet_until")
         settled = previous == Payment.Status.SUCCEEDED
         if settled or status == Payment.Status.PENDING or status == previous:
             payment.save(update_fields=fields)  # a duplicate, a stale event, or still processing
@@ -386,16 +491,17 @@ def _payment_succeeded(*, payment: Payment, invoice: Invoice, now: datetime) -> 
         payment_id = payment.pk
         transaction.on_commit(lambda: emails.receipt_send(payment_id=payment_id))
         return
-    # Money arrived for an invoice that is paid by another attempt or void (a checkout voided as
-    # "never sent" whose charge did go through after all). Keep the record and tell an operator.
-    logger.error("payment %s succeeded on invoice %s, which is %s", payment.pk, invoice.pk, invoice.status)
-    audit(
-        team_id=invoice.team_id,
-        action=AuditEntry.Action.PAYMENT_ON_CLOSED_INVOICE,
-        description=f"Attempt {payment.attempt} of {invoice.number} ({invoice.status}) succeeded: refund it.",
+    # Money arrived for an invoice that another attempt paid (a second charge of one invoice) or that
+    # is void (a checkout voided as "never sent" whose charge did go through after all): given back.
+    paid = invoice.status == Invoice.Status.PAID
+    extra_charge_record(
+        payment=payment,
+        invoice=invoice,
+        intent_id=payment.stripe_payment_intent_id or "",
+        amount_cents=payment.amount_cents,
+        currency=payment.currency,
+        reason=ExtraCharge.Reason.DUPLICATE if paid else ExtraCharge.Reason.INVOICE_CLOSED,
         now=now,
-        payment_id=payment.pk,
-        invoice_id=invoice.pk,
     )
 
 

@@ -13,8 +13,9 @@ from billing import close as billing_close
 from billing import stripe_gateway as gateway
 from billing.close import CLOSE_BATCH_SIZE, PeriodCloseResult
 from billing.dunning import dunning_sweep
+from billing.extra_charges import extra_charges_refund_pending
 from billing.models import Invoice, Payment
-from billing.payments import invoice_charge
+from billing.payments import invoice_charge, payments_recheck
 from billing.services import FAILED_STATUSES, BillingRunResult, billing_now, free_tier
 from core.errors import ApplicationError
 from tiers.selectors import entitlements_cache_clear
@@ -43,7 +44,9 @@ def billing_periods_close(*, now: datetime | None = None, batch_size: int = CLOS
 def billing_run(*, now: datetime | None = None, charge_budget_seconds: float | None = None) -> BillingRunResult:
     """One pass of the engine (beat runs it every minute; `manage.py run_billing --now ISO` runs one):
     close every period that ended (invoice + advance, applying scheduled changes), charge the invoices
-    that are due (first attempts and dunning retries), and end dunning for those out of retries.
+    that are due (first attempts and dunning retries; an attempt whose request may still be in flight
+    is left alone), check attempts sent more than once for a second charge and refund it, and end
+    dunning for those out of retries.
     Safe to run twice at once and after a crash.
 
     Charging stops early when Stripe is unreachable (PROVIDER_DOWN_AFTER failures in a row) or after
@@ -94,5 +97,13 @@ def billing_run(*, now: datetime | None = None, charge_budget_seconds: float | N
             result.payments_failed += 1
             if Invoice.objects.filter(pk=invoice_id, status=Invoice.Status.UNCOLLECTIBLE).exists():
                 result.downgraded += 1
+    if provider_down < PROVIDER_DOWN_AFTER:
+        # Charges sent more than once, once quiet: a late second charge is found and refunded; and
+        # refunds of extra charges whose answer was lost.
+        try:
+            payments_recheck(now=now)
+            extra_charges_refund_pending(now=now)
+        except gateway.PaymentProviderUnavailable as exc:
+            result.errors.append(f"checking earlier charges: {exc.message}")
     result.downgraded += dunning_sweep(now=now)
     return result

@@ -5,6 +5,8 @@ only the ones above it in this list (no cycles):
 - ``billing.customers``: the Stripe customer and the card on file.
 - ``billing.dunning``: what a failed renewal means (past due, retries, the end: written off, moved to
   free) and what settling it means (active again).
+- ``billing.extra_charges``: a charge TierLab did not ask for (a second charge of one invoice, a charge
+  of a void one), refunded automatically once.
 - ``billing.payments``: charging an invoice, and a charge's outcome (from the call or a webhook) with
   what it means: a paid checkout invoice applies its tier change (``checkout_apply``), a failure
   voids a checkout invoice or is a dunning step.

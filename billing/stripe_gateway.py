@@ -13,15 +13,23 @@ so nothing else in the process can change how we talk to Stripe.
   for, so the SDK's types and the responses agree. Upgrading the SDK is the moment to move it (a test
   fails when they diverge). localstripe ignores the ``Stripe-Version`` header; it answers in its own,
   older shape (its events even say ``api_version: 2017-08-15``), which the parsers below accept too.
-- Timeouts: ``TIMEOUT`` (3 s to connect, 10 s to read) for operations, ``PING_TIMEOUT`` for /healthz.
-  The SDK's default is 80 s, long enough to pin a web worker or a Celery task.
+- Timeouts: STRIPE_CONNECT_TIMEOUT_SECONDS (3) and STRIPE_READ_TIMEOUT_SECONDS (10) for operations,
+  ``PING_TIMEOUT`` for /healthz. The SDK's default is 80 s, long enough to pin a web worker or a task.
 - ``max_network_retries = 0``: the SDK (12+) retries twice by default, re-sending POSTs with the same
   idempotency key. That is safe on real Stripe but NOT on localstripe, which ignores idempotency keys:
   a retried charge could charge twice. Recovery belongs to the engine instead: a timeout raises
-  PaymentProviderUnavailable, the Payment row stays pending, and the next pass looks the charge up with
-  ``payment_intent_find`` (by metadata) before charging again.
-- Idempotency keys are still passed (``idempotency_key`` arguments) for real Stripe's sake; correctness
-  never depends on them.
+  PaymentProviderUnavailable, the Payment row stays pending, and the attempt is left alone for
+  ``charge_quiet_period()`` before it is looked up (``payment_intents_find``, by metadata) and, only
+  if Stripe has no PaymentIntent for it, sent again (billing.payments).
+- ``charge_quiet_period()``: how long after a charge request is sent it may still reach Stripe. The
+  client waits at most ``request_max_seconds()`` (connect + read timeout per try, times the tries,
+  plus the SDK's backoff between them: 13 s by default); after the client gives up, a proxy or load
+  balancer on the way may still hold the request and deliver it, for as long as its own upstream
+  timeout (60 s by default in nginx and AWS load balancers: ``TRANSIT_MAX_SECONDS``). Default 73 s;
+  TIERLAB_PAYMENT_QUIET_SECONDS sets it, never below ``request_max_seconds()``.
+- Idempotency keys on every create that moves money or makes an object (``idempotency_key``
+  arguments: PaymentIntents ``invoice:<id>:attempt:<n>``, refunds, customers). On real Stripe they make
+  a re-sent attempt exactly-once by themselves; on localstripe correctness never depends on them.
 
 Errors: ``stripe.CardError`` -> PaymentDeclined (``code`` / ``decline_code`` in ``extra``), or
 PaymentRequiresAction when its code is ``authentication_required``; connection errors, timeouts, 429
@@ -83,9 +91,14 @@ from core.errors import ApplicationError
 logger = logging.getLogger(__name__)
 
 API_VERSION = "2026-10-28.endive"  # = stripe 16.1.0's _ApiVersion.CURRENT (tests check they agree)
-TIMEOUT: tuple[float, float] = (3.0, 10.0)  # (connect, read) seconds
-PING_TIMEOUT: tuple[float, float] = (1.0, 2.0)
+PING_TIMEOUT: tuple[float, float] = (1.0, 2.0)  # (connect, read) seconds
 MAX_NETWORK_RETRIES = 0  # see the module docstring: localstripe ignores idempotency keys
+# The SDK's longest sleep between two tries (stripe._http_client.HTTPClient.MAX_DELAY): part of how
+# long a request can last if MAX_NETWORK_RETRIES is ever raised.
+RETRY_DELAY_MAX_SECONDS = 5.0
+# How long a request the client gave up on may still be held on the way and then reach Stripe: the
+# default upstream timeout of nginx (proxy_read_timeout) and of AWS load balancers (idle timeout).
+TRANSIT_MAX_SECONDS = 60.0
 LIST_PAGE_SIZE = 100
 
 # Stripe's documented test payment methods that localstripe does not know, by card number.
@@ -195,8 +208,36 @@ def _client_for(api_key: str, api_base: str, timeout: tuple[float, float]) -> st
     )
 
 
-def _client(timeout: tuple[float, float] = TIMEOUT) -> stripe.StripeClient:
-    return _client_for(settings.STRIPE_SECRET_KEY, (settings.STRIPE_API_BASE or "").rstrip("/"), timeout)
+def request_timeout() -> tuple[float, float]:
+    """(connect, read) seconds of every operation but the health ping."""
+    return (float(settings.STRIPE_CONNECT_TIMEOUT_SECONDS), float(settings.STRIPE_READ_TIMEOUT_SECONDS))
+
+
+def request_max_seconds() -> float:
+    """The longest the client waits for one operation: every try's connect + read timeout, and the
+    SDK's backoff between tries."""
+    connect, read = request_timeout()
+    return (connect + read) * (1 + MAX_NETWORK_RETRIES) + RETRY_DELAY_MAX_SECONDS * MAX_NETWORK_RETRIES
+
+
+def charge_quiet_period() -> dt.timedelta:
+    """How long after a charge (or refund) request is sent it may still take effect at Stripe: before
+    then, not finding it in Stripe does not mean it never arrived (module docstring)."""
+    configured = settings.TIERLAB_PAYMENT_QUIET_SECONDS
+    longest = request_max_seconds()
+    seconds = longest + TRANSIT_MAX_SECONDS if configured is None else float(configured)
+    if seconds <= longest:
+        # A quiet period the client's own wait outlasts would let a second pass send an attempt again
+        # while the first one is still waiting for Stripe's answer.
+        logger.warning("TIERLAB_PAYMENT_QUIET_SECONDS=%s is not above the request time; using %s", seconds, longest)
+        seconds = longest + 1
+    return dt.timedelta(seconds=seconds)
+
+
+def _client(timeout: tuple[float, float] | None = None) -> stripe.StripeClient:
+    return _client_for(
+        settings.STRIPE_SECRET_KEY, (settings.STRIPE_API_BASE or "").rstrip("/"), timeout or request_timeout()
+    )
 
 
 def _error_body(exc: stripe.StripeError) -> dict[str, Any]:
@@ -395,21 +436,33 @@ def _declined_intent(
 
 
 def payment_intent_find(*, customer_id: str, metadata: dict[str, str]) -> PaymentIntentResult | None:
-    """The customer's PaymentIntent whose metadata contains all of ``metadata`` (newest first), or
-    None. Used to recover a charge whose local record was not updated (crash after charging)."""
+    """The customer's newest PaymentIntent whose metadata contains all of ``metadata``, or None."""
     with _stripe_errors("payment_intent_find"):
         return _payment_intent_find(_client(), customer_id=customer_id, metadata=metadata)
+
+
+def payment_intents_find(*, customer_id: str, metadata: dict[str, str]) -> list[PaymentIntentResult]:
+    """Every PaymentIntent of the customer whose metadata contains all of ``metadata``, oldest first
+    (by ``created``; same-second ties in the server's order). Used to settle an attempt whose outcome
+    never arrived, and to find a second charge of one attempt."""
+    with _stripe_errors("payment_intents_find"):
+        return [payment_intent_from_object(pi) for pi in _payment_intents_matching(_client(), customer_id, metadata)]
 
 
 def _payment_intent_find(
     client: stripe.StripeClient, *, customer_id: str, metadata: dict[str, str]
 ) -> PaymentIntentResult | None:
+    matches = _payment_intents_matching(client, customer_id, metadata)
+    return payment_intent_from_object(matches[-1]) if matches else None
+
+
+def _payment_intents_matching(
+    client: stripe.StripeClient, customer_id: str, metadata: dict[str, str]
+) -> list[dict[str, Any]]:
     wanted = {str(k): str(v) for k, v in metadata.items()}
     matches = [pi for pi in _customer_payment_intents(client, customer_id) if wanted.items() <= _metadata(pi).items()]
-    if not matches:
-        return None
-    newest = max(matches, key=lambda pi: int(pi.get("created") or 0))
-    return payment_intent_from_object(newest)
+    # Stable: localstripe lists oldest first, real Stripe newest first (workaround 4).
+    return sorted(matches, key=lambda pi: int(pi.get("created") or 0))
 
 
 def _customer_payment_intents(client: stripe.StripeClient, customer_id: str) -> Iterator[dict[str, Any]]:
@@ -441,6 +494,15 @@ def refund_create(*, payment_intent_id: str, amount_cents: int, idempotency_key:
     with _stripe_errors("refund_create"):
         refund = _client().v1.refunds.create(params=params, options={"idempotency_key": idempotency_key})
     return RefundResult(id=refund.id, status=str(refund.status or ""), amount_cents=int(refund.amount))
+
+
+def refunds_for_payment_intent(*, payment_intent_id: str) -> list[RefundResult]:
+    """The refunds of a PaymentIntent (newest first on both servers): how a refund whose answer was
+    lost is found before it is sent again."""
+    with _stripe_errors("refunds_for_payment_intent"):
+        page = _client().v1.refunds.list(params={"payment_intent": payment_intent_id, "limit": LIST_PAGE_SIZE})
+        refunds = list(page.auto_paging_iter())
+    return [RefundResult(id=r.id, status=str(r.status or ""), amount_cents=int(r.amount)) for r in refunds]
 
 
 def webhook_event_verify(*, payload: bytes, signature_header: str) -> WebhookEvent:

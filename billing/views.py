@@ -59,7 +59,13 @@ def _payment_error_message(exc: ApplicationError) -> str:
     if isinstance(exc, PaymentInvalidRequest):
         return f"The payment provider refused this card ({exc.message}). Nothing was charged or changed: try another."
     if isinstance(exc, PaymentProviderUnavailable):
-        return "We could not reach the payment provider. Nothing was charged or changed: try again in a minute."
+        # Its answer may have been lost on the way, so "nothing was charged" is not known: the engine
+        # settles the attempt within minutes (billing.payments) and never charges it twice.
+        return (
+            "We could not reach the payment provider, or it did not answer in time. Your tier changes only"
+            " once a payment is confirmed, and you are never charged twice: look at this page again in a few"
+            " minutes."
+        )
     return exc.message
 
 

@@ -8,7 +8,9 @@ ever lost to a failed enqueue: the row is the source of truth, a redelivery of a
 queues it again, and ``stripe_events_pending_process`` (a periodic task) sweeps up what is left.
 
 Handled: ``payment_intent.succeeded`` / ``payment_failed`` / ``requires_action`` / ``canceled`` (the
-PaymentIntent in the event, as Stripe saw it then). Every other type (``charge.refunded``,
+PaymentIntent in the event, as Stripe saw it then). A ``succeeded`` event is also how a second charge
+of one attempt (a request that landed after the attempt was sent again) is usually found: it is
+refunded automatically (billing.extra_charges). Every other type (``charge.refunded``,
 ``customer.*``...) is stored for the record and marked processed: refunds are recorded synchronously
 by ``billing.refunds.payment_refund`` (and localstripe sends no refund events).
 """

@@ -361,6 +361,13 @@ else:
     STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_tierlab_localstripe")
     STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_tierlab_localstripe")
     STRIPE_API_BASE = env.str("STRIPE_API_BASE", default=f"http://127.0.0.1:{LOCALSTRIPE_PORT}")
+# How long the Stripe client waits to connect and for an answer (no retries: billing/stripe_gateway.py).
+STRIPE_CONNECT_TIMEOUT_SECONDS = env.float("STRIPE_CONNECT_TIMEOUT_SECONDS", default=3.0)
+STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=10.0)
+# How long after a charge request is sent it may still reach Stripe: an attempt whose answer was lost
+# is neither looked up nor sent again before then. Unset: derived from the timeouts above plus the
+# time a proxy on the way may hold a request (73 s by default; stripe_gateway.charge_quiet_period).
+TIERLAB_PAYMENT_QUIET_SECONDS = env.float("TIERLAB_PAYMENT_QUIET_SECONDS", default=None)
 
 # --- Billing ----------------------------------------------------------------------------------------
 # Dunning: after a failed charge, retry this many days after the first failure; after the last

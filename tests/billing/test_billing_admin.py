@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from accounts.models import AuditEntry
 from billing import checkout, refunds, services
-from billing.models import Invoice, Payment, Refund, StripeEvent
+from billing.models import ExtraCharge, Invoice, Payment, Refund, StripeEvent
 from tests.billing.billing_state import (
     card_on_file,
     invoice_paid,
@@ -106,7 +106,9 @@ def test_invoice_page_is_view_only_with_lines_and_payments(ops, billed):
     assert (invoice.total_cents, invoice.status) == (5_000, "paid")
 
 
-@pytest.mark.parametrize("model", ["invoice", "payment", "refund", "stripeevent", "auditentry", "billingcustomer"])
+@pytest.mark.parametrize(
+    "model", ["invoice", "payment", "refund", "extracharge", "stripeevent", "auditentry", "billingcustomer"]
+)
 def test_billing_rows_are_listed_but_cannot_be_added(ops, billed, model):
     assert (
         ops.get(reverse(f"admin:{'accounts' if model == 'auditentry' else 'billing'}_{model}_add")).status_code == 403
@@ -150,8 +152,21 @@ def test_payment_refund_event_customer_and_audit_pages(ops, billed, operator):
 
     payments = ops.get(_changelist("payment")).content.decode()
     assert "TL-0000001 attempt 1" in payments and "$50.00" in payments
+    extra = ExtraCharge.objects.create(
+        payment=payment,
+        stripe_payment_intent_id="pi_test_second",
+        reason=ExtraCharge.Reason.DUPLICATE,
+        amount_cents=5_000,
+        currency="usd",
+        status=ExtraCharge.Status.REFUNDED,
+        stripe_refund_id="re_test_auto",
+        created_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )
     payment_page = ops.get(reverse("admin:billing_payment_change", args=[payment.pk])).content.decode()
     assert "re_test_1" in payment_page and 'name="_save"' not in payment_page  # refunds inline, view-only
+    assert "pi_test_second" in payment_page and "re_test_auto" in payment_page  # extra charges inline
+    assert "pi_test_second" in ops.get(_changelist("extracharge")).content.decode()
+    assert ops.get(reverse("admin:billing_extracharge_change", args=[extra.pk])).status_code == 200
 
     assert "Customer asked" in ops.get(_changelist("refund")).content.decode()
     assert ops.get(reverse("admin:billing_refund_change", args=[refund.pk])).status_code == 200

@@ -365,8 +365,14 @@ def test_stripe_down_during_period_close_fails_cleanly_and_the_next_pass_complet
         None,
     )
     assert subscription_of(team).status == "active"  # nothing failed on the customer's side
-    with pytest.raises(CommandError, match="error"):
+    # Its request may still be on its way (the quiet period, wall clock): not looked up, not sent again.
+    assert payment.quiet_until > timezone.now() + gateway.charge_quiet_period() - timedelta(seconds=30)
+    call_command("run_billing", "--now", "2026-02-28T10:01:00Z")
+    assert Payment.objects.get(pk=payment.pk).failure_code == "provider_unavailable"
+    _process_died_a_while_ago(payment)  # the quiet period is over
+    with pytest.raises(CommandError, match="error"):  # the look-up fails: Stripe is still down
         call_command("run_billing", "--now", "2026-02-28T10:01:00Z")
+    assert Payment.objects.get(pk=payment.pk).quiet_until <= timezone.now()  # a look-up sends nothing
 
     settings.STRIPE_API_BASE = stripe_local
     up = run.billing_run(now=FEB_28 + timedelta(minutes=2))
@@ -399,9 +405,9 @@ def _charge_then_crash(invoice: Invoice, now: datetime, *, charge: bool) -> Paym
 
 
 def _process_died_a_while_ago(payment: Payment) -> None:
-    # A pending attempt younger than PAYMENT_IN_FLIGHT (wall clock) may still be charging in another
-    # process; the crash is older than that.
-    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - payments.PAYMENT_IN_FLIGHT * 2)
+    # A pending attempt inside its quiet period (wall clock) may still be charging in another process;
+    # the crash is older than that.
+    Payment.objects.filter(pk=payment.pk).update(quiet_until=timezone.now() - timedelta(seconds=1))
 
 
 def test_a_crash_after_the_charge_is_recovered_without_charging_again(team_tier, stripe_local):

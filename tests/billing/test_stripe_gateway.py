@@ -3,13 +3,16 @@ translation against a stub server, /healthz's Stripe entry and the `localstripe`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.server
 import json
 import re
+import socket
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -158,6 +161,26 @@ def test_payment_intent_find_pages_through_more_than_one_page(customer, visa, mo
     assert gateway.payment_intent_find(customer_id=customer, metadata={"invoice_id": "0"}) == results[0]
 
 
+def test_payment_intents_find_returns_every_charge_of_an_attempt_oldest_first(customer, visa):
+    first = _charge(customer, visa.payment_method_id, invoice="5")
+    again = _charge(customer, visa.payment_method_id, invoice="5")  # a request that landed twice
+    _charge(customer, visa.payment_method_id, invoice="6")
+    assert gateway.payment_intents_find(customer_id=customer, metadata={"invoice_id": "5", "attempt": "1"}) == [
+        first,
+        again,
+    ]
+    assert gateway.payment_intents_find(customer_id=customer, metadata={"invoice_id": "7"}) == []
+
+
+def test_refunds_for_payment_intent_lists_what_was_refunded(customer, visa):
+    charge = _charge(customer, visa.payment_method_id)
+    assert gateway.refunds_for_payment_intent(payment_intent_id=charge.id) == []
+    first = gateway.refund_create(payment_intent_id=charge.id, amount_cents=500, idempotency_key="r1")
+    second = gateway.refund_create(payment_intent_id=charge.id, amount_cents=700, idempotency_key="r2")
+    refunds = gateway.refunds_for_payment_intent(payment_intent_id=charge.id)
+    assert sorted(refunds, key=lambda r: r.amount_cents) == [first, second]
+
+
 def test_failed_charge_is_found_by_metadata(customer):
     failing = gateway.payment_method_attach(customer_id=customer, payment_method="pm_card_chargeCustomerFail")
     failed = _charge(customer, failing.payment_method_id, invoice="9")
@@ -207,6 +230,54 @@ def test_unreachable_stripe_raises_provider_unavailable_quickly(settings):
     assert time.monotonic() - started < 3
     assert caught.value.status == 503
     assert caught.value.code == "payment_provider_unavailable"
+
+
+def test_the_read_timeout_is_the_setting_and_a_request_is_sent_once(settings):
+    """A server that accepts and never answers: the client gives up after STRIPE_READ_TIMEOUT_SECONDS,
+    having opened one connection (no retries: a re-sent charge could charge twice)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    settings.STRIPE_API_BASE = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS = 1.0, 0.5
+    try:
+        started = time.monotonic()
+        with pytest.raises(gateway.PaymentProviderUnavailable):
+            _charge("cus_x", "pm_x")
+        elapsed = time.monotonic() - started
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(5)
+        for sock in accepted:
+            sock.close()
+    assert 0.5 <= elapsed < 0.5 + 1.5
+    assert len(accepted) == 1
+
+
+def test_the_quiet_period_is_derived_from_the_timeouts_and_never_shorter_than_a_request(settings):
+    settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS = 2.0, 7.0
+    settings.TIERLAB_PAYMENT_QUIET_SECONDS = None
+    assert gateway.request_timeout() == (2.0, 7.0)
+    assert gateway.request_max_seconds() == 9.0  # one try: MAX_NETWORK_RETRIES is 0
+    assert gateway.charge_quiet_period() == timedelta(seconds=9.0 + gateway.TRANSIT_MAX_SECONDS)
+    settings.TIERLAB_PAYMENT_QUIET_SECONDS = 30
+    assert gateway.charge_quiet_period() == timedelta(seconds=30)
+    settings.TIERLAB_PAYMENT_QUIET_SECONDS = 5  # shorter than the client may wait: raised above it
+    assert gateway.charge_quiet_period() == timedelta(seconds=10)
+    settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS = 3.0, 10.0
+    settings.TIERLAB_PAYMENT_QUIET_SECONDS = None
+    assert gateway.charge_quiet_period() == timedelta(seconds=73)  # the defaults, as documented
 
 
 def test_refused_credentials_are_reported_as_misconfigured(stripe_local, settings):
