@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -373,14 +374,26 @@ def _stream_response(
             yield piece
             sent["tokens"] += 1
 
+    # A stream that is still being sent after half the reservation timeout (a client reading it very
+    # slowly) is cut there, so it is settled well before the sweeper would take its reservation for an
+    # abandoned one (TIERLAB_RESERVATION_TIMEOUT_SECONDS bounds every request).
+    cut_at = time.monotonic() + settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS / 2
+
     def events() -> Iterator[bytes]:
         try:
             if flavor == NATIVE:
-                yield from _native_stream(request_id, completion, counted_chunks())
+                stream = _native_stream(request_id, completion, counted_chunks())
             else:
-                yield from _compat_stream(
+                stream = _compat_stream(
                     request_id, chat.model, created, completion, counted_chunks(), chat.include_usage
                 )
+            for event in stream:
+                if time.monotonic() > cut_at:
+                    logger.warning(
+                        "stream %s cut after %s s", request_id, settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS / 2
+                    )
+                    return
+                yield event
         finally:
             # Settled once the stream ends, or when the client goes away: then only what was generated
             # up to that point is counted (a proportional share of the completion's tokens).
@@ -472,13 +485,13 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
             f"The moderation model '{model}' does not exist; use one of {', '.join(MODERATION_MODELS)}.",
             param="model",
         )
-    admission = metering.admit(
-        caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False,
-        request_id_is_new=not client_request_id, request_hash=_request_hash(request) if client_request_id else "",
+    # Computed before admission (keyword matching, microseconds), then admitted and recorded in one step.
+    results = moderate([_message_text(m) for m in messages])
+    admission = metering.admit_and_record(
+        caller=caller, model=model, request_id=request_id, tokens=0, prompt_tokens=0, completion_tokens=0, now=now,
+        check_model=False, request_id_is_new=not client_request_id,
+        request_hash=_request_hash(request) if client_request_id else "",
     )  # fmt: skip
-    texts = [_message_text(m) for m in messages]
-    results = moderate(texts)
-    metering.settle(admission=admission, prompt_tokens=0, completion_tokens=0, now=now)
     payload = {
         "model": model,
         "results": [{"flagged": r.flagged, "flagged_categories": list(r.flagged_categories)} for r in results],
