@@ -921,7 +921,10 @@ class Bench:
             raise RuntimeError(f"the {mode} profile of {config.code} measured no request (BENCH_PROFILE_SKIP?)")
         data = {"requests": requests, "rps": result["rps"], "p50_ms": result["p50_ms"]}
         if mode == "cprofile":
-            data["stats"] = pstats.Stats(*[str(p) for p in profiles])
+            # A worker that served no more than BENCH_PROFILE_SKIP requests (a busy machine) wrote an empty
+            # profile, which pstats refuses: merge the others.
+            measured = [p for p in profiles if json.loads(p.with_suffix(".json").read_text())["profile"]["requests"]]
+            data["stats"] = pstats.Stats(*[str(p) for p in measured])
         else:
             timers: dict[str, list[float]] = {}
             for path in profiles:
