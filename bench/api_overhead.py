@@ -921,7 +921,10 @@ class Bench:
             raise RuntimeError(f"the {mode} profile of {config.code} measured no request (BENCH_PROFILE_SKIP?)")
         data = {"requests": requests, "rps": result["rps"], "p50_ms": result["p50_ms"]}
         if mode == "cprofile":
-            data["stats"] = pstats.Stats(*[str(p) for p in profiles])
+            # A worker that served no more than BENCH_PROFILE_SKIP requests (a busy machine) wrote an empty
+            # profile, which pstats refuses: merge the others.
+            measured = [p for p in profiles if json.loads(p.with_suffix(".json").read_text())["profile"]["requests"]]
+            data["stats"] = pstats.Stats(*[str(p) for p in measured])
         else:
             timers: dict[str, list[float]] = {}
             for path in profiles:
@@ -964,10 +967,10 @@ BREAKDOWN = (
     ("    simulated model: simulator.complete", "usage/simulator.py", "complete"),
     ("    quota + usage event/record: metering.admit_and_record", "usage/metering.py", "admit_and_record"),
     ("      backend.consume (redis: one script call)", "usage/quotas/redis.py", "consume"),
-    ("      backend.consume (database: reserve + settle)", "usage/quotas/base.py", "consume"),
+    ("      backend.consume (database: one transaction)", "usage/quotas/database.py", "consume"),
     ("        backend.reserve (database)", "usage/quotas/database.py", "reserve"),
     ("        backend.settle (database)", "usage/quotas/database.py", "settle"),
-    ("          usage_records_create (COUNT, INSERT, COUNT)", "usage/services.py", "usage_records_create"),
+    ("          usage_record_insert (INSERT ... ON CONFLICT)", "usage/services.py", "usage_record_insert"),
     ("    rate-limit headers: metering.headers_after", "usage/metering.py", "headers_after"),
     ("    JSON body: model_api._json_response", "usage/model_api.py", "_json_response"),
     ("  redis-py Script calls (EVALSHA round trips)", "redis/commands/core.py", "__call__"),
@@ -998,7 +1001,7 @@ TIMER_ORDER = (
     "DatabaseQuotaBackend.consume",
     "DatabaseQuotaBackend.reserve",
     "DatabaseQuotaBackend.settle",
-    "usage_records_create",
+    "usage_record_insert",
     "headers: metering.headers_after",
     "JSON body: model_api._json_response",
     "redis Script call (EVALSHA round trip)",
@@ -1014,7 +1017,7 @@ _NESTING = {
     "DatabaseQuotaBackend.consume": 3,
     "DatabaseQuotaBackend.reserve": 4,
     "DatabaseQuotaBackend.settle": 4,
-    "usage_records_create": 5,
+    "usage_record_insert": 4,
     "redis Script call (EVALSHA round trip)": 1,
     "SQL CursorWrapper.execute": 1,
     "DB commit": 1,

@@ -71,7 +71,7 @@ def _install_timers() -> None:
         ("DatabaseQuotaBackend.consume", database.DatabaseQuotaBackend, "consume"),
         ("DatabaseQuotaBackend.reserve", database.DatabaseQuotaBackend, "reserve"),
         ("DatabaseQuotaBackend.settle", database.DatabaseQuotaBackend, "settle"),
-        ("usage_records_create", database, "usage_records_create"),
+        ("usage_record_insert", database, "usage_record_insert"),
         ("simulated model: model_api.complete", model_api, "complete"),
         ("headers: metering.headers_after", metering, "headers_after"),
         ("JSON body: model_api._json_response", model_api, "_json_response"),

@@ -335,6 +335,11 @@ CELERY_BEAT_SCHEDULE = {
     "throttle-counters-prune": {"task": "accounts.tasks.throttle_counters_prune", "schedule": 3600.0},
     # Redis quota backend only (a no-op otherwise): usage events from the stream into UsageRecord.
     "usage-stream-drain": {"task": "usage.tasks.usage_stream_drain", "schedule": 2.0},
+    # Reservations never settled (a crashed process, a lost connection) refunded after
+    # TIERLAB_RESERVATION_TIMEOUT_SECONDS, their request ids freed; both quota backends.
+    "usage-reservations-sweep": {"task": "usage.tasks.usage_reservations_sweep", "schedule": 60.0},
+    # Request ids recorded more than TIERLAB_REQUEST_ID_RETENTION_SECONDS ago freed on their records.
+    "usage-request-ids-release": {"task": "usage.tasks.usage_request_ids_release", "schedule": 3600.0},
     # Period close, charges due and dunning (billing/).
     "billing-run": {"task": "billing.tasks.billing_run", "schedule": 60.0},
     # Webhook events whose processing was never queued (broker down at receipt) are picked up here.
@@ -403,6 +408,16 @@ TIERLAB_REDIS_APPENDFSYNC = env.str("TIERLAB_REDIS_APPENDFSYNC", default="")
 # /healthz answers 503 ("disk") when the folder of the embedded default's SQLite database or broker
 # has less free space than this: SQLite and the broker fail on a full disk, usage cannot be recorded.
 TIERLAB_HEALTHZ_MIN_FREE_DISK_MB = env.int("TIERLAB_HEALTHZ_MIN_FREE_DISK_MB", default=100)
+# The Redis quota backend's socket timeouts (usage/quotas/redis.py). A script answers in well under a
+# millisecond; past the read timeout the model API answers 503 quota_backend_unavailable, and a script
+# Redis runs later than half of it does nothing (its caller has given up). No call is retried.
+TIERLAB_REDIS_CONNECT_TIMEOUT_SECONDS = env.float("TIERLAB_REDIS_CONNECT_TIMEOUT_SECONDS", default=1.0)
+TIERLAB_REDIS_READ_TIMEOUT_SECONDS = env.float("TIERLAB_REDIS_READ_TIMEOUT_SECONDS", default=1.0)
+# A reservation (a streamed request, admitted and not settled yet) older than this was abandoned: its
+# process crashed or lost its connection. The sweeper (beat, every 60 s) refunds it and frees its
+# request id. Far longer than any request takes: a completion is computed before admission and a
+# stream stops itself after half of this (usage/model_api.py), so only a dead process leaves one.
+TIERLAB_RESERVATION_TIMEOUT_SECONDS = env.int("TIERLAB_RESERVATION_TIMEOUT_SECONDS", default=300)
 # How long a client's X-Request-Id stays bound to its recorded request (DESIGN.md "Request ids", like
 # Stripe's idempotency keys): the same request is answered again, a different one refused with 409.
 TIERLAB_REQUEST_ID_RETENTION_SECONDS = env.int("TIERLAB_REQUEST_ID_RETENTION_SECONDS", default=24 * 3600)

@@ -95,6 +95,24 @@ class RequestIdReused(ModelApiError):
     code = "request_id_reused"
 
 
+class RequestInProgress(ModelApiError):
+    """409: a request with this ``X-Request-Id`` and the same body is still in progress (admitted, not
+    finished yet), as Stripe answers a reused idempotency key whose first request has not completed.
+    Nothing was counted; retry after ``retry_after`` seconds."""
+
+    status = 409
+    code = "request_id_in_progress"
+
+
+class QuotaBackendUnavailable(ModelApiError):
+    """503: the quota backend (Redis, or the database) did not answer in time, so the request cannot be
+    checked against the limits. Nothing was counted for it; retry after ``retry_after`` seconds."""
+
+    status = 503
+    type = "server_error"
+    code = "quota_backend_unavailable"
+
+
 class RequestTooLarge(ModelApiError):
     """413: the body is over the size limit (core.middleware refuses most of these first)."""
 

@@ -4,14 +4,22 @@ settle the reservation to the actual tokens, which records the usage exactly onc
 
 Everything here is on the hot path: keys and entitlements come from short-lived in-process caches,
 and the only shared-state operations are the quota backend's reserve and settle.
+
+When the quota backend cannot answer (``QuotaBackendUnavailable``) the request is refused with 503
+``quota_backend_unavailable`` and ``Retry-After``: it was not counted (usage/quotas/base.py says what a
+backend guarantees about a call it did not answer). A settle that fails at the end of a stream is
+logged; its reservation is refunded by the sweeper.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -22,9 +30,24 @@ from core.local_cache import TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
 from usage import errors, extensions, refusals
 from usage.quotas import get_quota_backend
-from usage.quotas.base import Decision, Limit, LimitName, Reservation, UsageEvent, day_window, minute_window
+from usage.quotas.base import (
+    Decision,
+    Limit,
+    LimitName,
+    QuotaBackendUnavailable,
+    Reservation,
+    UsageEvent,
+    day_window,
+    minute_window,
+)
+
+logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+# Retry-After of a 503 quota_backend_unavailable: a stalled or restarting Redis is worth a short wait.
+QUOTA_UNAVAILABLE_RETRY_AFTER_SECONDS = 2
+# Retry-After of a 409 request_id_in_progress: the first request usually finishes within a second.
+IN_PROGRESS_RETRY_AFTER_SECONDS = 1
 
 _models_cache: TTLCache[str, dict[str, date]] = TTLCache(ttl=30)
 # The first model release date each team needs a licence for (None: no licence needed, or granted).
@@ -211,15 +234,16 @@ def admit(
     if check_model:
         model_check(caller=caller, model=model)
     limits = limits_current(entitlements=caller.entitlements, now=now)
-    decision = get_quota_backend().reserve(
-        team_id=caller.team_id,
-        request_id=request_id,
-        limits=limits,
-        tokens=tokens,
-        now=now,
-        request_id_is_new=request_id_is_new,
-        request_hash=request_hash,
-    )
+    with _quota_backend_answering():
+        decision = get_quota_backend().reserve(
+            team_id=caller.team_id,
+            request_id=request_id,
+            limits=limits,
+            tokens=tokens,
+            now=now,
+            request_id_is_new=request_id_is_new,
+            request_hash=request_hash,
+        )
     _raise_if_refused(caller=caller, decision=decision, limits=limits, now=now)
     return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
 
@@ -235,12 +259,14 @@ def admit_and_record(
     now: datetime,
     request_id_is_new: bool = False,
     request_hash: str = "",
+    check_model: bool = True,
 ) -> Admission:
     """``admit`` and ``settle`` in one step, for a request whose output is already computed (a
-    non-streaming completion): checked against every limit with ``tokens`` (prompt + maximum
-    completion, exactly as ``admit`` reserves), consumed and recorded at the actual tokens. One quota
-    backend call (one Redis round trip) instead of two."""
-    model_check(caller=caller, model=model)
+    non-streaming completion, a moderation): checked against every limit with ``tokens`` (prompt +
+    maximum completion, exactly as ``admit`` reserves), consumed and recorded at the actual tokens. One
+    quota backend call (one Redis round trip, one database transaction) instead of two."""
+    if check_model:
+        model_check(caller=caller, model=model)
     limits = limits_current(entitlements=caller.entitlements, now=now)
     event = UsageEvent(
         request_id=request_id,
@@ -253,24 +279,46 @@ def admit_and_record(
         partner_id=caller.partner_id,
         request_hash=request_hash,
     )
-    decision = get_quota_backend().consume(
-        team_id=caller.team_id,
-        request_id=request_id,
-        limits=limits,
-        tokens=tokens,
-        event=event,
-        now=now,
-        request_id_is_new=request_id_is_new,
-    )
+    with _quota_backend_answering():
+        decision = get_quota_backend().consume(
+            team_id=caller.team_id,
+            request_id=request_id,
+            limits=limits,
+            tokens=tokens,
+            event=event,
+            now=now,
+            request_id_is_new=request_id_is_new,
+        )
     _raise_if_refused(caller=caller, decision=decision, limits=limits, now=now)
     return Admission(caller=caller, request_id=request_id, model=model, limits=limits, decision=decision)
 
 
+@contextlib.contextmanager
+def _quota_backend_answering() -> Iterator[None]:
+    try:
+        yield
+    except QuotaBackendUnavailable as error:
+        logger.warning("quota backend unavailable: %s", error)
+        raise errors.QuotaBackendUnavailable(
+            "The quota service is not answering right now, so this request was not run (and not counted). "
+            f"Retry in {QUOTA_UNAVAILABLE_RETRY_AFTER_SECONDS} s.",
+            retry_after=QUOTA_UNAVAILABLE_RETRY_AFTER_SECONDS,
+        ) from error
+
+
 def _raise_if_refused(*, caller: Caller, decision: Decision, limits: tuple[Limit, ...], now: datetime) -> None:
+    if decision.in_progress:
+        raise errors.RequestInProgress(
+            "A request with this X-Request-Id is still in progress. Retry once it has finished: it is then "
+            "answered again without being counted twice.",
+            param="X-Request-Id",
+            retry_after=IN_PROGRESS_RETRY_AFTER_SECONDS,
+        )
     if decision.reused:
         raise errors.RequestIdReused(
-            "This X-Request-Id was already used for a different request. Reuse an id only to retry the "
-            "same request; send a new id for a new one.",
+            "This X-Request-Id was already used for a different request (within the last "
+            f"{settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS // 3600} h). Reuse an id only to retry the same "
+            "request; send a new id for a new one.",
             param="X-Request-Id",
         )
     if not decision.allowed:
@@ -304,7 +352,9 @@ def _raise_if_refused(*, caller: Caller, decision: Decision, limits: tuple[Limit
 
 
 def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, now: datetime) -> None:
-    """Record the admitted request with its actual tokens (exactly once) and correct the reservation."""
+    """Record the admitted request with its actual tokens (exactly once) and correct the reservation.
+    Called when the response has been sent: a backend that does not answer is logged, not raised (the
+    reservation stays until the sweeper refunds it; a Redis settle that arrives late still records)."""
     reservation: Reservation | None = admission.decision.reservation
     if reservation is None:  # a replayed duplicate: already recorded, nothing was reserved
         return
@@ -319,7 +369,17 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
         partner_id=admission.caller.partner_id,
         request_hash=reservation.request_hash,
     )
-    get_quota_backend().settle(reservation=reservation, event=event)
+    try:
+        recorded = get_quota_backend().settle(reservation=reservation, event=event)
+    except QuotaBackendUnavailable as error:
+        logger.error("settle of request %s of team %s failed: %s", event.request_id, event.team_id, error)
+        return
+    if not recorded:
+        logger.error(
+            "request %s of team %s settled after its reservation was swept: served, not recorded",
+            event.request_id,
+            event.team_id,
+        )
 
 
 def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:

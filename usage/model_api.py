@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from core.dependencies import dependency_failure
+from core.errors import error_body
 from core.json_input import JsonInputError, json_loads_bounded
 from tiers.selectors import language_model_list_active
 from usage import errors, metering
@@ -76,16 +79,14 @@ def model_api_view(*methods: str) -> Callable:
                 if exc.retry_after is not None:
                     headers["Retry-After"] = str(exc.retry_after)
                 return _json_response(exc.body(), status=exc.status, headers=headers)
-            except Exception:
+            except Exception as exc:
+                failure = dependency_failure(exc)  # the database or cache down: 503, retry later
+                if failure is not None:
+                    logger.warning("model API: %s unavailable: %s: %s", failure.part, type(exc).__name__, exc)
+                    body = error_body(failure.message, type_="server_error", code=failure.code)
+                    return _json_response(body, status=503, headers={"Retry-After": str(failure.retry_after)})
                 logger.exception("model API failure")
-                body = {
-                    "error": {
-                        "message": "Internal error.",
-                        "type": "server_error",
-                        "code": "internal_error",
-                        "param": None,
-                    }
-                }
+                body = error_body("Internal error.", type_="server_error", code="internal_error")
                 return _json_response(body, status=500)
 
         return wrapper
@@ -439,14 +440,26 @@ def _stream_response(
             yield piece
             sent["tokens"] += 1
 
+    # A stream that is still being sent after half the reservation timeout (a client reading it very
+    # slowly) is cut there, so it is settled well before the sweeper would take its reservation for an
+    # abandoned one (TIERLAB_RESERVATION_TIMEOUT_SECONDS bounds every request).
+    cut_at = time.monotonic() + settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS / 2
+
     def events() -> Iterator[bytes]:
         try:
             if flavor == NATIVE:
-                yield from _native_stream(request_id, completion, counted_chunks())
+                stream = _native_stream(request_id, completion, counted_chunks())
             else:
-                yield from _compat_stream(
+                stream = _compat_stream(
                     request_id, chat.model, created, completion, counted_chunks(), chat.include_usage
                 )
+            for event in stream:
+                if time.monotonic() > cut_at:
+                    logger.warning(
+                        "stream %s cut after %s s", request_id, settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS / 2
+                    )
+                    return
+                yield event
         finally:
             # Settled once the stream ends, or when the client goes away: then only what was generated
             # up to that point is counted (a proportional share of the completion's tokens).
@@ -541,13 +554,13 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
             f"The moderation model '{model}' does not exist; use one of {', '.join(MODERATION_MODELS)}.",
             param="model",
         )
-    admission = metering.admit(
-        caller=caller, model=model, request_id=request_id, tokens=0, now=now, check_model=False,
-        request_id_is_new=not client_request_id, request_hash=_request_hash(request) if client_request_id else "",
+    # Computed before admission (keyword matching, microseconds), then admitted and recorded in one step.
+    results = moderate([_message_text(m) for m in messages])
+    admission = metering.admit_and_record(
+        caller=caller, model=model, request_id=request_id, tokens=0, prompt_tokens=0, completion_tokens=0, now=now,
+        check_model=False, request_id_is_new=not client_request_id,
+        request_hash=_request_hash(request) if client_request_id else "",
     )  # fmt: skip
-    texts = [_message_text(m) for m in messages]
-    results = moderate(texts)
-    metering.settle(admission=admission, prompt_tokens=0, completion_tokens=0, now=now)
     payload = {
         "model": model,
         "results": [{"flagged": r.flagged, "flagged_categories": list(r.flagged_categories)} for r in results],

@@ -6,11 +6,17 @@ from django.db import models
 
 
 class UsageRecord(models.Model):
-    """One admitted model-API request. Exactly one per (team, request id): a client retry that sends
-    the same ``X-Request-Id`` with the same request (``request_hash``) is served again but never
-    counted twice; the same id with a different request is refused (usage/quotas/base.py)."""
+    """One admitted model-API request. Exactly one per (team, request id) within the request-id
+    retention: a client retry that sends the same ``X-Request-Id`` with the same request
+    (``request_hash``) is served again but never counted twice; the same id with a different request
+    is refused (usage/quotas/base.py). After the retention the id may be used again for a new request,
+    which gets a record of its own."""
 
     request_id = models.CharField(max_length=100)
+    # The request id while it is bound to this record (unique per team), NULL once the retention is
+    # over (usage.services.usage_request_ids_release): what makes records exactly-once without keeping
+    # an id taken forever.
+    request_key = models.CharField(max_length=100, null=True, blank=True)
     team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="usage_records")
     api_key = models.ForeignKey(
         "accounts.ApiKey", on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records"
@@ -27,7 +33,7 @@ class UsageRecord(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["team", "request_id"], name="usage_record_team_request_unique"),
+            models.UniqueConstraint(fields=["team", "request_key"], name="usage_record_team_request_key_unique"),
         ]
         indexes = [
             models.Index(fields=["team", "created_at"], name="usage_record_team_time"),
@@ -36,6 +42,29 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.total_tokens} tokens"
+
+
+class QuotaReservation(models.Model):
+    """A reservation of the database quota backend, from reserve until its settle, refund or sweep
+    (usage/quotas/database.py): it holds its request id (pending: one per team and id) and says what to
+    give back if it is never settled. The windows are the ones it was counted in."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=100)
+    request_hash = models.CharField(max_length=64, blank=True, default="")
+    tokens = models.BigIntegerField()
+    minute_start = models.DateTimeField()
+    day_start = models.DateTimeField()
+    period_start = models.DateTimeField(null=True, blank=True)
+    reserved_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "request_id"], name="quota_reservation_team_request_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"reservation {self.request_id} of team {self.team_id} ({self.tokens} tokens)"
 
 
 class TeamQuotaState(models.Model):

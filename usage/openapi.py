@@ -49,7 +49,9 @@ COMMON_ERRORS: dict[str, Any] = {
         retry_after=True,
     ),
     "503": _error(
-        "`quota_backend_unavailable`: usage cannot be counted right now; nothing was counted.", retry_after=True
+        "`quota_backend_unavailable` or `database_unavailable`: usage cannot be counted right now; nothing was"
+        " counted.",
+        retry_after=True,
     ),
 }
 
@@ -327,7 +329,10 @@ def _chat_operation(*, compat: bool) -> dict[str, Any]:
                 },
                 **COMMON_ERRORS,
                 "404": _error("`model_not_found`: no such model."),
-                "409": _error("`request_id_reused`: this `X-Request-Id` was used for a different request."),
+                "409": _error(
+                    "`request_id_reused` (this `X-Request-Id` was used for a different request) or"
+                    " `request_id_in_progress` (the first request with it has not finished: retry shortly)."
+                ),
             },
         }
     }
@@ -389,7 +394,10 @@ def _moderations_operation() -> dict[str, Any]:
                 },
                 **COMMON_ERRORS,
                 "404": _error("`model_not_found`: not a moderation model."),
-                "409": _error("`request_id_reused`: this `X-Request-Id` was used for a different request."),
+                "409": _error(
+                    "`request_id_reused` (this `X-Request-Id` was used for a different request) or"
+                    " `request_id_in_progress` (the first request with it has not finished: retry shortly)."
+                ),
             },
         }
     }

@@ -27,6 +27,22 @@ if TYPE_CHECKING:
     from tiers.models import Subscription
 
 
+@dataclass(frozen=True)
+class RecordHolding:
+    request_hash: str
+    created_at: datetime
+
+
+def usage_record_holding(*, team_id: int, request_id: str) -> RecordHolding | None:
+    """The usage record that holds ``request_id`` for the team (its ``request_key``), if any."""
+    row = (
+        UsageRecord.objects.filter(team_id=team_id, request_key=request_id)
+        .values_list("request_hash", "created_at")
+        .first()
+    )
+    return RecordHolding(request_hash=row[0], created_at=row[1]) if row is not None else None
+
+
 def _unfolded() -> Q:
     """Records the rollups do not hold yet: ids above the fold cursor. The cursor is read in the same
     statement, so a fold committing in between cannot make a record count twice or not at all."""

@@ -1,4 +1,5 @@
-"""Celery tasks of usage: the Redis stream drain, rollups and alerts."""
+"""Celery tasks of usage: the Redis stream drain, the reservation sweeper, request-id release, rollups
+and alerts."""
 
 from __future__ import annotations
 
@@ -23,6 +24,41 @@ def usage_stream_drain() -> int:
     from usage.quotas.redis import drain_usage_stream
 
     return drain_usage_stream(batch_size=1000)
+
+
+@shared_task(
+    name="usage.tasks.usage_reservations_sweep",
+    acks_late=True,
+    time_limit=300,
+    soft_time_limit=270,
+    ignore_result=True,
+)
+def usage_reservations_sweep() -> int:
+    """Refund the quota reservations that were never settled (their process crashed or lost its
+    connection) once they are older than TIERLAB_RESERVATION_TIMEOUT_SECONDS, and free their request
+    ids (every 60 s by beat). Safe to run twice or concurrently: each reservation is given back once."""
+    from django.utils import timezone
+
+    from usage.quotas import get_quota_backend
+
+    return get_quota_backend().sweep(now=timezone.now())
+
+
+@shared_task(
+    name="usage.tasks.usage_request_ids_release",
+    acks_late=True,
+    time_limit=600,
+    soft_time_limit=540,
+    ignore_result=True,
+)
+def usage_request_ids_release() -> int:
+    """Free the request ids of usage records older than TIERLAB_REQUEST_ID_RETENTION_SECONDS (hourly by
+    beat); an id may then be used for a new request. Idempotent."""
+    from django.utils import timezone
+
+    from usage.services import usage_request_ids_release as release
+
+    return release(now=timezone.now())
 
 
 @shared_task(

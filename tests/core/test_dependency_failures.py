@@ -155,11 +155,6 @@ def test_model_api_answers_its_json_error_shape_when_the_database_is_unreachable
     assert set(response.json()["error"]) == {"message", "type", "code", "param"}
 
 
-@pytest.mark.xfail(
-    reason="usage/model_api.py (the quota engine's file) answers 500 internal_error: its catch-all must ask "
-    "core.dependencies.dependency_failure for the 503, as core/api.py and core/middleware.py do",
-    strict=False,
-)
 @pytest.mark.django_db
 def test_model_api_is_503_when_the_database_is_unreachable(client, key, tmp_path):
     with default_database(_settings_unreachable(tmp_path)):

@@ -1,11 +1,13 @@
 """Issue 11, finding 1: a reused ``X-Request-Id`` bypassed every limit. Over HTTP with a free key, on
 both quota backends, streamed and not (DESIGN.md "Request ids": the same id with the same request is
 answered again and counted once; with a different request it is refused with 409 and counts nothing;
-an id whose request was refused may be used again)."""
+an id whose request was refused may be used again), and issue 11's edge cases: an id is pending from the
+moment it is reserved, and one retention applies on both backends."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -158,3 +160,77 @@ def test_a_request_id_refused_with_429_may_be_used_again(free_key, clock, stream
     records = records_of(team)
     assert len(records) == FREE_RPM + 1
     assert [r.request_id for r in records].count("retry-me") == 1
+
+
+# --- issue 11 (a, b): a pending id, one retention ------------------------------------------------------
+
+
+def start_stream(secret: str, prompt: str, *, request_id: str, path: str = CHAT):
+    """A streamed request admitted and not finished: its response is not read yet (the stream settles
+    when it ends)."""
+    body = {"model": SMALL, "messages": [{"role": "user", "content": prompt}], "stream": True}
+    response = Client().post(
+        path, json.dumps(body), content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}", HTTP_X_REQUEST_ID=request_id,
+    )  # fmt: skip
+    assert response.status_code == 200 and response.streaming
+    return response
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPAT_CHAT], ids=["native", "compat"])
+def test_a_request_racing_an_unfinished_one_under_its_id_is_refused_and_not_counted(free_key, path):
+    team, secret = free_key
+    first = start_stream(secret, "What is a llama?", request_id="racing-1", path=path)
+
+    same = Client().post(
+        path,
+        json.dumps({"model": SMALL, "messages": [{"role": "user", "content": "What is a llama?"}], "stream": True}),
+        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}", HTTP_X_REQUEST_ID="racing-1",
+    )  # fmt: skip
+    assert same.status_code == 409 and same["Retry-After"] == "1"
+    assert json.loads(same.content)["error"] == {
+        "message": json.loads(same.content)["error"]["message"],
+        "type": "invalid_request_error",
+        "code": "request_id_in_progress",
+        "param": "X-Request-Id",
+    }
+    assert_reused(*chat(secret, "another prompt", request_id="racing-1", stream=True, path=path))
+    assert_reused(*chat(secret, "What is a llama?", request_id="racing-1", path=path))  # not streamed: another body
+
+    first_content = b"".join(first.streaming_content)  # the first one finishes: settled and recorded
+    again = start_stream(secret, "What is a llama?", request_id="racing-1", path=path)
+    assert b"".join(again.streaming_content) == first_content
+
+    records = records_of(team)
+    assert [r.request_id for r in records] == ["racing-1"]
+    # Counted once: the minute has room for FREE_RPM - 1 other requests.
+    for number in range(FREE_RPM - 1):
+        assert chat(secret, f"filler {number}")[0].status_code == 200
+    assert chat(secret, "one too many")[0].status_code == 429
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_after_the_retention_an_id_is_free_for_a_new_request_counted_and_recorded_once(
+    free_key, clock, settings, stream
+):
+    team, secret = free_key
+    settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS = 1
+    assert chat(secret, "first use", request_id="daily-1", stream=stream)[0].status_code == 200
+    records_of(team)  # drained while the id is bound
+
+    # The database backend reads the request's clock; Redis forgets the id when its key expires.
+    clock.shift(timedelta(seconds=2))
+    time.sleep(1.1)
+    second, _ = chat(secret, "second use, another body", request_id="daily-1", stream=stream)
+    assert second.status_code == 200
+    assert chat(secret, "second use, another body", request_id="daily-1", stream=stream)[0].status_code == 200
+
+    records = records_of(team)
+    # Two records: the first gave the id up to the second.
+    assert [(r.request_id, r.request_key) for r in sorted(records, key=lambda r: r.id)] == [
+        ("daily-1", None),
+        ("daily-1", "daily-1"),
+    ]
+    for number in range(FREE_RPM - 2):
+        assert chat(secret, f"filler {number}")[0].status_code == 200
+    assert chat(secret, "one too many")[0].status_code == 429

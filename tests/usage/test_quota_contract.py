@@ -7,6 +7,7 @@ Time is explicit (``now``), never slept through. The Redis backend runs against 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from usage.quotas.base import (
 )
 from usage.quotas.database import DatabaseQuotaBackend
 from usage.quotas.redis import DRAIN_GROUP, RedisQuotaBackend, drain_usage_stream
+from usage.quotas.redis_stream import event_fields
 from usage.services import usage_records_create
 
 RPM = LimitName.REQUESTS_PER_MINUTE
@@ -307,36 +309,50 @@ def test_a_recorded_request_id_is_served_again_without_consuming(backend, team):
     assert records_of(team) == (1, 100)
 
 
-def test_a_request_id_racing_itself_is_counted_and_recorded_once(backend, team):
-    # A client retries while its first attempt is still running: neither is recorded yet.
+def test_a_pending_request_id_refuses_the_same_and_other_requests_and_counts_nothing(backend, team):
+    # Issue 11 (a): a client retries while its first attempt is still running (reserved, not settled).
     limits = limits_at(NOW, rpm=5)
-    first = backend.reserve(team_id=team.id, request_id="twice", limits=limits, tokens=100, now=NOW)
-    second = backend.reserve(team_id=team.id, request_id="twice", limits=limits, tokens=100, now=NOW)
-    assert first.allowed and second.allowed
+    first = backend.reserve(team_id=team.id, request_id="twice", limits=limits, tokens=100, now=NOW, request_hash="a")
+    assert first.allowed and first.reservation is not None
+    before = backend.used(team_id=team.id, limits=limits)
 
-    assert backend.settle(reservation=first.reservation, event=event_for(team, "twice", tokens=40)) is True
-    # Neither is recorded when both are admitted (each consumes); the second settle finds the first's
-    # record of the same request and gives its reservation back.
-    assert backend.settle(reservation=second.reservation, event=event_for(team, "twice", tokens=90)) is False
+    same = backend.reserve(team_id=team.id, request_id="twice", limits=limits, tokens=100, now=NOW, request_hash="a")
+    assert not same.allowed and same.in_progress and not same.reused and same.reservation is None
+    other = backend.reserve(team_id=team.id, request_id="twice", limits=limits, tokens=100, now=NOW, request_hash="b")
+    assert not other.allowed and other.reused and not other.in_progress
+    consumed = backend.consume(
+        team_id=team.id, request_id="twice", limits=limits, tokens=100, now=NOW,
+        event=event_for(team, "twice", tokens=90, request_hash="a"),
+    )  # fmt: skip
+    assert not consumed.allowed and consumed.in_progress
+    assert backend.used(team_id=team.id, limits=limits) == before
 
+    event = event_for(team, "twice", tokens=40, request_hash="a")
+    assert backend.settle(reservation=first.reservation, event=event) is True
+    # Recorded: the same request is now answered again, counted once.
+    assert backend.reserve(
+        team_id=team.id, request_id="twice", limits=limits, tokens=100, now=NOW, request_hash="a"
+    ).duplicate
     assert backend.used(team_id=team.id, limits=limits) == {RPM: 1, TPM: 40, RPD: 1, MONTHLY: 40}
     drained(backend)
     assert records_of(team) == (1, 40)
 
 
-def test_database_settle_of_an_already_recorded_request_returns_false_and_gives_everything_back(team):
-    backend = DatabaseQuotaBackend()
+def test_settle_and_refund_happen_once(backend, team):
     limits = limits_at(NOW, rpm=5)
-    assert admit(backend, team, limits, tokens=100, actual=80).allowed
-    before = backend.used(team_id=team.id, limits=limits)
-    decision = backend.reserve(team_id=team.id, request_id="elsewhere", limits=limits, tokens=100, now=NOW)
-    # Recorded meanwhile by another process's settle of the same request id.
-    usage_records_create(events=[event_for(team, "elsewhere", tokens=55)])
+    settled = backend.reserve(team_id=team.id, request_id="s", limits=limits, tokens=100, now=NOW)
+    assert backend.settle(reservation=settled.reservation, event=event_for(team, "s", tokens=60)) is True
+    assert backend.settle(reservation=settled.reservation, event=event_for(team, "s", tokens=60)) is False
+    backend.refund(reservation=settled.reservation)  # after its settle: nothing to give back
 
-    assert backend.settle(reservation=decision.reservation, event=event_for(team, "elsewhere", tokens=60)) is False
+    refunded = backend.reserve(team_id=team.id, request_id="r", limits=limits, tokens=100, now=NOW)
+    backend.refund(reservation=refunded.reservation)
+    backend.refund(reservation=refunded.reservation)
+    assert backend.settle(reservation=refunded.reservation, event=event_for(team, "r", tokens=60)) is False
 
-    assert backend.used(team_id=team.id, limits=limits) == before
-    assert records_of(team) == (2, 135)
+    assert backend.used(team_id=team.id, limits=limits) == {RPM: 1, TPM: 60, RPD: 1, MONTHLY: 60}
+    drained(backend)
+    assert records_of(team) == (1, 60)
 
 
 # --- request ids bind to the request they recorded (DESIGN.md "Request ids"; issue 11, finding 1) ------
@@ -408,23 +424,6 @@ def test_a_refused_request_id_may_be_used_again(backend, team):
     assert records_of(team) == (2, 200)
 
 
-def test_an_unsettled_request_id_may_be_used_again_and_a_racing_different_request_stays_counted(backend, team):
-    limits = limits_at(NOW, rpm=5, tpm=10_000)
-    first = backend.reserve(team_id=team.id, request_id="p", limits=limits, tokens=100, now=NOW, request_hash="a")
-    # Not settled yet (or never): the id is not bound, so the next request with it is admitted, and consumes.
-    second = backend.reserve(team_id=team.id, request_id="p", limits=limits, tokens=100, now=NOW, request_hash="b")
-    assert first.allowed and second.allowed and second.reservation is not None
-    assert second.used[RPM] == 2
-
-    assert backend.settle(reservation=first.reservation, event=event_for(team, "p", tokens=40, request_hash="a"))
-    # Served although its id was recorded meanwhile with another request: it keeps its actual cost.
-    assert not backend.settle(reservation=second.reservation, event=event_for(team, "p", tokens=70, request_hash="b"))
-
-    assert backend.used(team_id=team.id, limits=limits) == {RPM: 2, TPM: 110, RPD: 2, MONTHLY: 110}
-    drained(backend)
-    assert records_of(team) == (1, 40)
-
-
 def test_a_refunded_request_leaves_its_id_free(backend, team):
     limits = limits_at(NOW, rpm=5)
     decision = backend.reserve(team_id=team.id, request_id="r", limits=limits, tokens=100, now=NOW, request_hash="a")
@@ -434,28 +433,38 @@ def test_a_refunded_request_leaves_its_id_free(backend, team):
     assert admit(backend, team, limits, request_id="r", request_hash="c").reused
 
 
-def test_request_ids_are_answered_again_only_within_the_retention(backend, team, settings):
-    settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS = 3600
+def test_request_ids_are_answered_again_only_within_the_retention_then_free_for_a_new_request(backend, team, settings):
+    # Issue 11 (b): one rule on both backends. Within the retention the same request is answered again
+    # and another refused; after it the id is free: a new request, counted and recorded once.
+    settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS = 2
     limits = limits_at(NOW, rpm=5)
     assert admit(backend, team, limits, request_id="old", request_hash="a").allowed
     if isinstance(backend, RedisQuotaBackend):
         # The binding lives as long as the retention (the one setting both backends read).
-        assert 3590 <= backend.client.ttl(backend._request_id_key(team.id, "old")) <= 3600
+        assert 1 <= backend.client.ttl(backend._request_id_key(team.id, "old")) <= 2
 
-    within = NOW + timedelta(minutes=59)
-    replay = backend.reserve(
-        team_id=team.id, request_id="old", limits=limits_at(within, rpm=5), tokens=100, now=within, request_hash="a"
-    )
-    assert replay.duplicate
+    within = NOW + timedelta(seconds=1)
+    assert backend.reserve(
+        team_id=team.id, request_id="old", limits=limits, tokens=100, now=within, request_hash="a"
+    ).duplicate
+    assert backend.reserve(
+        team_id=team.id, request_id="old", limits=limits, tokens=100, now=within, request_hash="b"
+    ).reused
 
-    if isinstance(backend, DatabaseQuotaBackend):
-        # The record keeps the id taken (its unique key would drop a second record): past the retention
-        # the same request is no longer answered again, and it is never admitted uncounted.
-        past = NOW + timedelta(hours=2)
-        late = backend.reserve(
-            team_id=team.id, request_id="old", limits=limits_at(past, rpm=5), tokens=100, now=past, request_hash="a"
-        )
-        assert late.reused and not late.allowed
+    # Past the retention: the database backend reads the request's clock, Redis its key's TTL.
+    past = NOW + timedelta(seconds=3)
+    if isinstance(backend, RedisQuotaBackend):
+        time.sleep(2.1)
+    again = admit(backend, team, limits, now=past, request_id="old", request_hash="a", actual=70)
+    assert again.allowed and not again.duplicate and again.reservation is not None
+    assert admit(backend, team, limits, now=past, request_id="old", request_hash="a").duplicate
+
+    assert backend.used(team_id=team.id, limits=limits) == {RPM: 2, TPM: 170, RPD: 2, MONTHLY: 170}
+    drained(backend)
+    assert records_of(team) == (2, 170)
+    # The newer record holds the id; the older one gave it up.
+    holders = dict(UsageRecord.objects.filter(team=team).values_list("total_tokens", "request_key"))
+    assert holders == {100: None, 70: "old"}
 
 
 def test_counters_never_go_negative(backend, team):
@@ -525,23 +534,28 @@ def test_racing_clients_never_get_more_than_the_quota_and_counters_equal_records
 # --- query counts (the hot path) ------------------------------------------------------------------------
 
 
-def test_database_backend_admits_with_one_statement(team, django_assert_num_queries, django_assert_max_num_queries):
+def test_database_backend_steps_are_one_transaction_of_few_statements(team, django_assert_max_num_queries):
     backend = DatabaseQuotaBackend()
     limits = limits_at(NOW, rpm=10, tpm=10_000, rpd=100, monthly=100_000)
     assert admit(backend, team, limits).allowed  # creates the team's row
 
-    with django_assert_num_queries(1):
-        decision = backend.reserve(team_id=team.id, request_id="hot", limits=limits, tokens=100, now=NOW)
-    # One transaction (BEGIN, COMMIT are counted too): the quota UPDATE, then usage_records_create's
-    # COUNT, INSERT, COUNT.
-    with django_assert_max_num_queries(6):
-        assert backend.settle(reservation=decision.reservation, event=event_for(team, "hot", tokens=50))
-    with django_assert_num_queries(2):
+    # One transaction each: its statements, plus BEGIN IMMEDIATE and COMMIT where they are counted (SQLite).
+    with django_assert_max_num_queries(4):  # UPDATE, INSERT the record
+        consumed = backend.consume(
+            team_id=team.id, request_id="hot", limits=limits, tokens=100, now=NOW,
+            event=event_for(team, "hot", tokens=50),
+        )  # fmt: skip
+    assert consumed.allowed
+    with django_assert_max_num_queries(4):  # UPDATE, INSERT the reservation
+        decision = backend.reserve(team_id=team.id, request_id="warm", limits=limits, tokens=100, now=NOW)
+    with django_assert_max_num_queries(5):  # UPDATE, DELETE the reservation, INSERT the record
+        assert backend.settle(reservation=decision.reservation, event=event_for(team, "warm", tokens=50))
+    # A held id: the step rolled back (UPDATE, INSERT nothing), then one SELECT says why.
+    with django_assert_max_num_queries(5):
         assert backend.reserve(team_id=team.id, request_id="hot", limits=limits, tokens=100, now=NOW).duplicate
-    with django_assert_num_queries(2):
-        assert backend.reserve(
-            team_id=team.id, request_id="hot", limits=limits, tokens=100, now=NOW, request_hash="other"
-        ).reused
+    with django_assert_max_num_queries(4):
+        # Refused by a limit: the UPDATE changes nothing, then the SELECT explains.
+        assert not backend.reserve(team_id=team.id, request_id="big", limits=limits, tokens=20_000, now=NOW).allowed
 
 
 def test_redis_backend_runs_no_sql_on_the_request_path(redis_quota, team, django_assert_num_queries):
@@ -584,15 +598,15 @@ def test_drain_stores_every_event_exactly_once(redis_quota, team):
     # A redelivered event (a drainer's ack lost after its commit) adds nothing.
     record = UsageRecord.objects.filter(team=team).first()
     redelivered = event_for(team, record.request_id, tokens=record.total_tokens, now=record.created_at)
-    redis_quota.settle(reservation=_reservation_for(redelivered, limits), event=redelivered)
+    _stream_append(redis_quota, redelivered)
     assert redis_quota.drain_usage_stream() == 0
     assert records_of(team) == (5, 50)
 
 
-def _reservation_for(event, limits):
-    from usage.quotas.base import Reservation
-
-    return Reservation(event.team_id, event.request_id, event.total_tokens, limits, event.created_at)
+def _stream_append(backend: RedisQuotaBackend, event: UsageEvent) -> None:
+    """An event in the stream as the scripts append it (the drain's input)."""
+    name, value = event_fields(event)
+    backend.client.xadd(backend.stream, {name: value})
 
 
 def test_drain_reclaims_the_batch_of_a_drainer_that_crashed_before_acknowledging(redis_quota, team, monkeypatch):
@@ -628,7 +642,7 @@ def test_drain_sets_aside_events_the_database_refuses(redis_quota, team):
     gone = Team.objects.create(name="deleted")
     bad = event_for(gone, "orphan", tokens=5)
     gone.delete()
-    redis_quota.settle(reservation=_reservation_for(bad, limits), event=bad)  # its team no longer exists
+    _stream_append(redis_quota, bad)  # its team no longer exists
 
     assert redis_quota.drain_usage_stream() == 1
     assert records_of(team) == (1, 100)

@@ -4,6 +4,26 @@ Every billable limit of a request is checked and consumed in ONE atomic step (``
 clients racing for a remaining quota of Q never get more than Q admitted. Tokens are reserved up
 front (prompt + max completion tokens), then ``settle`` corrects the reservation to the actual tokens
 and records the usage event exactly once; ``refund`` gives a reservation back when the request fails.
+A request whose output is known before it is admitted does both at once (``consume``).
+
+A reservation is stored with its request id until it is settled or refunded. One that is neither
+(its process crashed, its connection was lost) is refunded by ``sweep`` once it is older than
+``settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS``, longer than any request can take; so the counters
+always come back to what the usage records say. A backend that cannot answer in time raises
+``QuotaBackendUnavailable``; whatever the unanswered call would have done then either did not happen
+or is a reservation that ``sweep`` refunds.
+
+Request ids (DESIGN.md "Request ids", like Stripe's idempotency keys). A client's id, per team, is:
+- free: never used, or its request was refused, refunded or swept, or it was recorded more than
+  ``settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS`` ago. A request with it is checked against every
+  limit like any other, and consumes.
+- pending, from the moment it is reserved until it is settled, refunded or swept: another request
+  with it is refused, nothing consumed, as ``in_progress`` (the same request: retry once the first has
+  finished) or ``reused`` (a different request).
+- recorded, for the retention after its usage was recorded: the same request (same request hash) is
+  ``duplicate``, served again and counted nothing whatever the limits say (it is the same, already
+  counted request); a different request is ``reused``.
+Server-generated ids cannot repeat: backends need not check them.
 
 Windows are fixed and aligned: the minute (UTC, :00 to :00), the UTC day, and the subscription's
 current billing period for monthly tokens. Fixed windows are what a single atomic counter update can
@@ -108,6 +128,13 @@ class UsageEvent:
         return self.prompt_tokens + self.completion_tokens
 
 
+class QuotaBackendUnavailable(Exception):
+    """The backend did not answer in time (refused, timed out, or its database failed). Nothing the
+    caller may rely on happened: the request must not be served (the model API answers 503). A reserve
+    that the backend runs after the caller gave up does nothing (Redis: see its deadline) or leaves a
+    reservation that ``sweep`` refunds."""
+
+
 @dataclass(frozen=True)
 class Reservation:
     team_id: int
@@ -118,6 +145,8 @@ class Reservation:
     request_hash: str = ""
     # The id was generated for this request: settle neither checks nor remembers it.
     request_id_is_new: bool = False
+    # The backend's handle on the stored reservation (what settle, refund and sweep remove).
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,8 +157,10 @@ class Decision:
     duplicate: the same request (same request hash) with this request id was already admitted and
         recorded for this team: serve it again, but nothing was consumed and nothing must be settled
         (``reservation`` is None).
-    reused: not allowed, because this request id was recorded with a different request (or too long
-        ago to be answered again): nothing was consumed; the client must send a new id.
+    reused: not allowed, because this request id is pending or recorded with a different request:
+        nothing was consumed; the client must send a new id.
+    in_progress: not allowed, because the same request with this id is still pending (reserved, not
+        settled yet): nothing was consumed; retry once it has finished.
     Otherwise refused by ``denied``: ``code`` says why and ``retry_after`` (seconds) when to retry.
     ``used`` maps each limit to its count in the current window after this decision.
     """
@@ -138,6 +169,7 @@ class Decision:
     reservation: Reservation | None = None
     duplicate: bool = False
     reused: bool = False
+    in_progress: bool = False
     denied: LimitName | None = None
     retry_after: int = 0
     used: dict[LimitName, int] = field(default_factory=dict)
@@ -159,6 +191,7 @@ class Decision:
         used: dict,
         request_hash: str = "",
         request_id_is_new: bool = False,
+        token: str = "",
     ) -> Decision:
         """Admitted: ``tokens`` are reserved in every limit of ``limits`` until settled or refunded."""
         reservation = Reservation(
@@ -169,6 +202,7 @@ class Decision:
             reserved_at=now,
             request_hash=request_hash,
             request_id_is_new=request_id_is_new,
+            token=token,
         )
         return cls(allowed=True, reservation=reservation, used=used)
 
@@ -179,8 +213,20 @@ class Decision:
 
     @classmethod
     def id_reused(cls, *, used: dict) -> Decision:
-        """The request id was recorded with a different request: refuse it, consume nothing."""
+        """The request id is pending or recorded with a different request: refuse it, consume nothing."""
         return cls(allowed=False, reused=True, used=used)
+
+    @classmethod
+    def pending(cls, *, used: dict) -> Decision:
+        """The same request with this id is still in progress: refuse it, consume nothing."""
+        return cls(allowed=False, in_progress=True, used=used)
+
+    @classmethod
+    def held(cls, *, held_hash: str | None, pending: bool, request_hash: str, used: dict) -> Decision:
+        """The answer for a request id that is held, pending or recorded, with ``held_hash``."""
+        if held_hash != request_hash:
+            return cls.id_reused(used=used)
+        return cls.pending(used=used) if pending else cls.repeated(used=used)
 
     @classmethod
     def refused(cls, *, limits: Sequence[Limit], used: dict, tokens: int, now: datetime) -> Decision | None:
@@ -193,7 +239,8 @@ class Decision:
 
 class QuotaBackend(abc.ABC):
     """Check-and-consume of every limit of a request at once. Implementations must be safe under
-    concurrency across threads and processes (web workers on several machines)."""
+    concurrency across threads and processes (web workers on several machines). Every method may raise
+    ``QuotaBackendUnavailable``."""
 
     @abc.abstractmethod
     def reserve(
@@ -208,34 +255,31 @@ class QuotaBackend(abc.ABC):
         request_hash: str = "",
     ) -> Decision:
         """Atomically: if every enforced limit has room for this request (1 request, ``tokens`` tokens),
-        consume it from all of them and return an allowed decision; otherwise consume nothing and return
-        the first limit that refused (monthly quota before per-minute/day windows, so "out of quota" is
-        never reported as "slow down").
+        consume it from all of them, store the reservation with its request id (now pending) and return
+        an allowed decision; otherwise consume nothing and return the first limit that refused (monthly
+        quota before per-minute/day windows, so "out of quota" is never reported as "slow down").
 
-        Request ids (DESIGN.md "Request ids"), checked in the same atomic step: if a usage event with
-        this (team, request id) was recorded within ``settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS``
-        with the same ``request_hash``, return ``Decision.repeated`` (served again, nothing consumed,
-        whatever the limits say: it is the same, already counted request); if it was recorded with
-        another hash, ``Decision.id_reused`` (nothing consumed). Only a recorded request binds its id:
-        an id whose request was refused, refunded or not settled yet is admitted like a new one, and
-        consumes. A backend may keep a recorded id longer than the retention (the database backend
-        keeps it as long as the record: an older reuse is refused, never admitted uncounted).
+        The request id is checked in the same atomic step (see the module docstring): pending →
+        ``Decision.pending`` or ``Decision.id_reused``; recorded within the retention → ``Decision.repeated``
+        (nothing consumed, whatever the limits say) or ``Decision.id_reused``; otherwise free.
 
         ``request_id_is_new``: the id was generated for this request (the client sent none), so it
-        cannot be a retry; a backend may skip its duplicate check. Records stay unique on it anyway."""
+        cannot be a retry; a backend may skip its checks."""
 
     @abc.abstractmethod
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
         """Correct the reserved tokens to ``event.total_tokens`` (in the same windows that were reserved,
-        if they are still current) and record ``event`` exactly once. Returns False if a usage event
-        with the same (team, request id) was already recorded (a request racing another with its id):
-        the whole reservation is given back if that event was the same request (same hash: it is
-        counted once); a different request stays counted, so racing ids never skip a limit."""
+        if they are still current), record ``event`` exactly once and bind the request id to it for the
+        retention; all at once. Returns False, changing nothing, if the reservation is gone: it was swept
+        (it outlived ``TIERLAB_RESERVATION_TIMEOUT_SECONDS``) or refunded, so its counts were given back
+        and the request stays unrecorded."""
 
     @abc.abstractmethod
     def refund(self, *, reservation: Reservation) -> None:
-        """Give back everything ``reservation`` consumed (the request failed before producing output)."""
+        """Give back everything ``reservation`` consumed (the request failed before producing output)
+        and free its request id. Refunding twice, or after a settle or sweep, does nothing."""
 
+    @abc.abstractmethod
     def consume(
         self,
         *,
@@ -248,28 +292,17 @@ class QuotaBackend(abc.ABC):
         request_id_is_new: bool = False,
     ) -> Decision:
         """``reserve`` (checked with ``tokens``, the prompt plus maximum completion) and ``settle`` to
-        ``event``'s actual tokens as one step, for a request whose output is known before it is admitted
-        (a non-streaming completion of the simulated model). Admits and refuses exactly as reserve would;
-        an allowed decision has no reservation left to settle or refund. The request hash is
-        ``event.request_hash``. Backends may do it in one round trip; this default does the two steps."""
-        decision = self.reserve(
-            team_id=team_id,
-            request_id=request_id,
-            limits=limits,
-            tokens=tokens,
-            now=now,
-            request_id_is_new=request_id_is_new,
-            request_hash=event.request_hash,
-        )
-        if decision.allowed and decision.reservation is not None:
-            if not self.settle(reservation=decision.reservation, event=event):
-                return Decision.repeated(used=decision.used)
-            delta = event.total_tokens - tokens
-            used = {
-                name: max(0, count + delta) if name.unit == "tokens" else count for name, count in decision.used.items()
-            }
-            return Decision(allowed=True, used=used)
-        return decision
+        ``event``'s actual tokens as ONE atomic step, for a request whose output is known before it is
+        admitted (a non-streaming completion): either everything (counters, record, request id) or
+        nothing happens. Admits and refuses exactly as reserve would; an allowed decision has no
+        reservation to settle or refund. The request hash is ``event.request_hash``."""
+
+    @abc.abstractmethod
+    def sweep(self, *, now: datetime) -> int:
+        """Refund every reservation reserved before ``now - TIERLAB_RESERVATION_TIMEOUT_SECONDS`` that
+        is neither settled nor refunded, and free its request id (a periodic task's job). Returns how
+        many were refunded. Safe to run concurrently with itself and with settles: each reservation is
+        given back at most once, and a settle racing it either records or finds it gone."""
 
     @abc.abstractmethod
     def used(self, *, team_id: int, limits: Sequence[Limit]) -> dict[LimitName, int]:

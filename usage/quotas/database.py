@@ -1,30 +1,39 @@
-"""The database quota backend: one conditional UPDATE per request, on SQLite or PostgreSQL.
+"""The database quota backend: conditional UPDATEs in one transaction per step, on SQLite or PostgreSQL.
 
 Every counter of a team lives in its one ``TeamQuotaState`` row, next to the start of the window it
-counts. ``reserve`` is a single ``UPDATE ... WHERE <every limit has room> RETURNING``: it starts a
-window's counter again from zero when the request belongs to a later window, checks all limits and
-consumes them in one statement, so the row lock (PostgreSQL) or the database write lock (SQLite)
-makes racing requests queue instead of over-admitting. A recorded request id is part of the same
-WHERE clause (``NOT EXISTS`` a usage record), so an admitted request costs one SQL statement; only
-the rare paths (no row yet, refused, recorded id) read the row afterwards to say why. A recorded id
-is answered again only for the same request hash and within the retention
-(``TIERLAB_REQUEST_ID_RETENTION_SECONDS``); otherwise it is refused as reused. The record stays, and
-the unique (team, request id) with it, so an id older than the retention is refused rather than
-admitted again: its settle could not record it, and it would be served uncounted.
+counts. Each step is ONE transaction whose first statement is an UPDATE of that row, so the row lock
+(PostgreSQL) or the database write lock (SQLite, ``BEGIN IMMEDIATE``) orders the team's steps, and each
+later statement of the step sees everything the team's earlier steps committed:
 
-``settle`` corrects the token counters and writes the usage record in one transaction. It updates
-the quota row first: on PostgreSQL that row lock serialises the team's settles, so two settles of
-one request id cannot both believe they recorded it (``usage_records_create`` counts before and
-after its insert).
+- ``consume`` (a non-streaming request): ``UPDATE ... WHERE <every limit has room> RETURNING`` checks
+  all limits with the reserved tokens and consumes the actual ones, starting a window's counter again
+  from zero when the request belongs to a later window; then the usage record is inserted (``INSERT
+  ... SELECT ... WHERE NOT EXISTS <a reservation holding the id> ON CONFLICT (team, request_key) DO
+  NOTHING``). Both or neither: a failure anywhere rolls the counters back with the record, so counters
+  never drift above records (issue 12, finding 5).
+- ``reserve`` (a stream): the same UPDATE, then a ``QuotaReservation`` row that holds the request id
+  (pending: unique per team and id) and says what to give back.
+- ``settle``: the token correction, the reservation's DELETE and the record's INSERT. A reservation
+  already gone (swept or refunded) rolls it all back: nothing is counted or recorded.
+- ``refund`` and ``sweep``: the counts given back and the reservation deleted, once.
+
+When the id turns out to be held (the INSERT does nothing), the step is rolled back and one SELECT says
+why: pending (the same request: in progress; another: reused), recorded within the retention
+(``TIERLAB_REQUEST_ID_RETENTION_SECONDS``: answered again, or reused), or recorded longer ago: then
+the old record gives the id up (``request_key`` to NULL; usage.services.usage_request_ids_release does
+that for every record after the retention) and the step runs again. The same SELECT explains a refusal
+and notices the team's missing row.
 
 Windows compare with ``=``: a request whose window differs from the stored one starts the counter
 again. A web node whose clock lags at a minute edge can so reset a newer minute early; NTP keeps
 that to milliseconds, and it keeps simulated time (far-future windows) from poisoning real requests.
 
-SQL statements per request: reserve 1 (admitted) or 2 (refused, duplicate) or 4 (the team's first
-request: UPDATE, SELECT, INSERT, UPDATE); settle 4 in one transaction (the quota UPDATE, then
-``usage_records_create``: COUNT, INSERT, COUNT), one UPDATE more when the request id was already
-recorded (and one SELECT of the recorded hash); refund 1.
+A database that cannot answer (``OperationalError``, ``InterfaceError``) raises
+``QuotaBackendUnavailable``; its transaction was rolled back, so nothing was counted.
+
+SQL statements per request: consume 2 in one transaction (UPDATE, INSERT); reserve 2 in one
+transaction (UPDATE, INSERT); settle 3 in one transaction (UPDATE, DELETE, INSERT); refund 2. A
+refusal, a held id or the team's first request add the SELECT (and a retry).
 """
 
 from __future__ import annotations
@@ -36,10 +45,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from core.sql import param, quoted_table
-from usage.models import TeamQuotaState, UsageRecord
+from usage.models import QuotaReservation, TeamQuotaState, UsageRecord
 from usage.quotas.base import (
     REFUSAL_ORDER,
     UNLIMITED,
@@ -47,12 +56,13 @@ from usage.quotas.base import (
     Limit,
     LimitName,
     QuotaBackend,
+    QuotaBackendUnavailable,
     Reservation,
     UsageEvent,
     day_window,
     minute_window,
 )
-from usage.services import usage_records_create
+from usage.services import usage_record_insert
 
 # A new row's windows: before any real window, so the first request starts every counter from zero.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -111,18 +121,23 @@ def _current(column: str, start_column: str, param: str) -> str:
 def _sql() -> dict[str, str]:
     quota = quoted_table(TeamQuotaState)
     record = quoted_table(UsageRecord)
+    reservation = quoted_table(QuotaReservation)
     minute_requests = _current("minute_requests", "minute_start", "minute")
     minute_tokens = _current("minute_tokens", "minute_start", "minute")
     day_requests = _current("day_requests", "day_start", "day")
     period_tokens = _current("period_tokens", "period_start", "period")
 
-    def reserve(with_period: bool) -> str:
-        period_set = f", period_tokens = {period_tokens} + %(tokens)s, period_start = %(period)s" if with_period else ""
+    def charge(with_period: bool) -> str:
+        # Checked with %(tokens)s (the reservation), consumed with %(charged)s (the same, or the actual
+        # tokens when consume records the request in the same transaction).
+        period_set = ""
+        if with_period:
+            period_set = f", period_tokens = {period_tokens} + %(charged)s, period_start = %(period)s"
         period_check = f" AND {period_tokens} + %(tokens)s <= %(monthly_tokens)s" if with_period else ""
         return (
             f"UPDATE {quota} SET"  # noqa: S608 - identifiers from _meta, values as parameters
             f" minute_requests = {minute_requests} + 1,"
-            f" minute_tokens = {minute_tokens} + %(tokens)s,"
+            f" minute_tokens = {minute_tokens} + %(charged)s,"
             " minute_start = %(minute)s,"
             f" day_requests = {day_requests} + 1,"
             " day_start = %(day)s"
@@ -132,7 +147,6 @@ def _sql() -> dict[str, str]:
             f" AND {minute_tokens} + %(tokens)s <= %(tokens_per_minute)s"
             f" AND {day_requests} + 1 <= %(requests_per_day)s"
             f"{period_check}"
-            f" AND NOT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_id = %(request_id)s)"
             f" RETURNING {', '.join(_COUNTERS)}"
         )
 
@@ -144,20 +158,37 @@ def _sql() -> dict[str, str]:
         )
 
     return {
-        "reserve": reserve(with_period=False),
-        "reserve_period": reserve(with_period=True),
-        # Why a reserve changed nothing: is the request id recorded (and if so, the hash it was recorded
-        # with, or NULL when that was before the retention cutoff), does the row exist, the counts. The
-        # LEFT JOIN from a one-row table answers all of it in one statement.
+        "charge": charge(with_period=False),
+        "charge_period": charge(with_period=True),
+        # The reservation holds the request id; not if a record holds it (or another reservation does:
+        # the unique key). After the quota UPDATE, so it sees every earlier step of the team.
+        "reservation_insert": (
+            f"INSERT INTO {reservation} (team_id, request_id, request_hash, tokens, minute_start, day_start,"  # noqa: S608 - identifiers from _meta, values as parameters
+            " period_start, reserved_at)"
+            " SELECT %(team)s, %(request_id)s, %(request_hash)s, %(tokens)s, %(minute)s, %(day)s, %(period)s,"
+            " %(reserved_at)s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_key = %(request_id)s)"
+            " ON CONFLICT (team_id, request_id) DO NOTHING RETURNING id"
+        ),
+        "reservation_delete": f"DELETE FROM {reservation} WHERE id = %(reservation)s RETURNING id",  # noqa: S608 - identifiers from _meta, values as parameters
+        # Why a step changed nothing: who holds the request id (a reservation: its hash; a record: its
+        # hash and whether it is within the retention), does the team's row exist, the counts. The LEFT
+        # JOINs from a one-row table answer all of it in one statement.
         "explain": (
-            f"SELECT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_id = %(request_id)s),"  # noqa: S608 - identifiers from _meta, values as parameters
-            f" (SELECT request_hash FROM {record} WHERE team_id = %(team)s AND request_id = %(request_id)s"
-            " AND created_at >= %(retained_since)s),"
+            f"SELECT (SELECT request_hash FROM {reservation} WHERE team_id = %(team)s AND request_id = %(request_id)s),"  # noqa: S608 - identifiers from _meta, values as parameters
+            " r.id, r.request_hash, CASE WHEN r.created_at >= %(retained_since)s THEN 1 ELSE 0 END,"
             f" q.team_id, {_current('q.minute_requests', 'q.minute_start', 'minute')},"
             f" {_current('q.minute_tokens', 'q.minute_start', 'minute')},"
             f" {_current('q.day_requests', 'q.day_start', 'day')},"
             f" {_current('q.period_tokens', 'q.period_start', 'period')}"
-            f" FROM (SELECT 1 AS one) AS d LEFT JOIN {quota} AS q ON q.team_id = %(team)s"
+            f" FROM (SELECT 1 AS one) AS d"
+            f" LEFT JOIN {record} AS r ON r.team_id = %(team)s AND r.request_key = %(request_id)s"
+            f" LEFT JOIN {quota} AS q ON q.team_id = %(team)s"
+        ),
+        # A record past the retention gives its request id up (the release task's work, done early).
+        "release": (
+            f"UPDATE {record} SET request_key = NULL"  # noqa: S608 - identifiers from _meta, values as parameters
+            " WHERE team_id = %(team)s AND request_key = %(request_id)s AND created_at < %(retained_since)s"
         ),
         "used": (
             f"SELECT {minute_requests}, {minute_tokens}, {day_requests}, {period_tokens}"  # noqa: S608 - identifiers from _meta, values as parameters
@@ -172,6 +203,14 @@ def _sql() -> dict[str, str]:
             " WHERE team_id = %(team)s"
         ),
     }
+
+
+class _Held(Exception):
+    """The request id is held (or the reservation is gone): roll the step's transaction back."""
+
+
+# The database cannot answer: the request is refused with 503 (its transaction was rolled back).
+_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 class DatabaseQuotaBackend(QuotaBackend):
@@ -204,6 +243,26 @@ class DatabaseQuotaBackend(QuotaBackend):
     def _used(limits: Sequence[Limit], counters: Sequence[int]) -> dict[LimitName, int]:
         return {limit.name: int(counters[_COUNTER_OF[limit.name]]) for limit in limits}
 
+    def _params(
+        self, *, team_id: int, request_id: str, limits: Sequence[Limit], tokens: int, charged: int, now: datetime,
+        request_hash: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        capacity = {name: UNLIMITED for name in LimitName}
+        for limit in limits:
+            capacity[limit.name] = limit.effective_capacity
+        retention = timedelta(seconds=settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS)
+        return {
+            **self._window_params(_windows(limits, now)),
+            "team": team_id,
+            "request_id": request_id,
+            "request_hash": request_hash,
+            "tokens": tokens,
+            "charged": charged,
+            "reserved_at": param(now),
+            "retained_since": param(now - retention),
+            **{name.value: value for name, value in capacity.items()},
+        }
+
     def reserve(
         self,
         *,
@@ -212,92 +271,183 @@ class DatabaseQuotaBackend(QuotaBackend):
         limits: Sequence[Limit],
         tokens: int,
         now: datetime,
-        request_id_is_new: bool = False,  # not used: the duplicate check rides in the same statement
+        request_id_is_new: bool = False,
         request_hash: str = "",
     ) -> Decision:
-        windows = _windows(limits, now)
-        capacity = {name: UNLIMITED for name in LimitName}
-        for limit in limits:
-            capacity[limit.name] = limit.effective_capacity
-        params = {
-            **self._window_params(windows),
-            "team": team_id,
-            "request_id": request_id,
-            "tokens": tokens,
-            **{name.value: value for name, value in capacity.items()},
-        }
-        reserve_sql = self._statement("reserve_period" if windows.period is not None else "reserve")
-        with connection.cursor() as cursor:
+        params = self._params(
+            team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, charged=tokens, now=now,
+            request_hash=request_hash,
+        )  # fmt: skip
+        charge_sql = self._statement("charge_period" if params["period"] is not None else "charge")
+        used: dict[LimitName, int] = {}
+        try:
             for _ in range(self.max_attempts):
-                cursor.execute(reserve_sql, params)
-                row = cursor.fetchone()
-                if row is not None:
-                    return Decision.reserved(
-                        team_id=team_id,
-                        request_id=request_id,
-                        tokens=tokens,
-                        limits=limits,
-                        now=now,
-                        used=self._used(limits, row),
-                        request_hash=request_hash,
-                        request_id_is_new=request_id_is_new,
-                    )
+                try:
+                    with transaction.atomic(), connection.cursor() as cursor:
+                        cursor.execute(charge_sql, params)
+                        row = cursor.fetchone()
+                        if row is not None:
+                            cursor.execute(self._statement("reservation_insert"), params)
+                            held = cursor.fetchone()
+                            if held is None:
+                                raise _Held
+                            return Decision.reserved(
+                                team_id=team_id,
+                                request_id=request_id,
+                                tokens=tokens,
+                                limits=limits,
+                                now=now,
+                                used=self._used(limits, row),
+                                request_hash=request_hash,
+                                request_id_is_new=request_id_is_new,
+                                token=str(held[0]),
+                            )
+                except _Held:
+                    pass
+                decision, used = self._explain(params=params, limits=limits, tokens=tokens, now=now)
+                if decision is not None:
+                    return decision
+        except _UNAVAILABLE as error:
+            raise QuotaBackendUnavailable(f"database quota backend: {error}") from error
+        return self._storm(limits, used)
 
-                retention = timedelta(seconds=settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS)
-                params["retained_since"] = param(now - retention)
-                cursor.execute(self._statement("explain"), params)
-                recorded, recorded_hash, row_team, *counters = cursor.fetchone()
-                used = self._used(limits, counters)
-                if recorded:
-                    # The same request is answered again; another one (or one past the retention) is refused.
-                    if recorded_hash == request_hash:
-                        return Decision.repeated(used=used)
-                    return Decision.id_reused(used=used)
-                if row_team is None:
-                    # The team's first request: create its row (a racing request may do the same).
-                    TeamQuotaState.objects.bulk_create(
-                        [TeamQuotaState(team_id=team_id, minute_start=_EPOCH, day_start=_EPOCH, period_start=_EPOCH)],
-                        ignore_conflicts=True,
-                    )
-                    continue
-                refused = Decision.refused(limits=limits, used=used, tokens=tokens, now=now)
-                if refused is not None:
-                    return refused
-                # Room again since the UPDATE: another request settled or refunded. Try again.
+    def consume(
+        self,
+        *,
+        team_id: int,
+        request_id: str,
+        limits: Sequence[Limit],
+        tokens: int,
+        event: UsageEvent,
+        now: datetime,
+        request_id_is_new: bool = False,
+    ) -> Decision:
+        params = self._params(
+            team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, charged=event.total_tokens,
+            now=now, request_hash=event.request_hash,
+        )  # fmt: skip
+        charge_sql = self._statement("charge_period" if params["period"] is not None else "charge")
+        used: dict[LimitName, int] = {}
+        try:
+            for _ in range(self.max_attempts):
+                try:
+                    with transaction.atomic(), connection.cursor() as cursor:
+                        cursor.execute(charge_sql, params)
+                        row = cursor.fetchone()
+                        if row is not None:
+                            if not usage_record_insert(event=event):
+                                raise _Held
+                            return Decision(allowed=True, used=self._used(limits, row))
+                except _Held:
+                    pass
+                decision, used = self._explain(params=params, limits=limits, tokens=tokens, now=now)
+                if decision is not None:
+                    return decision
+        except _UNAVAILABLE as error:
+            raise QuotaBackendUnavailable(f"database quota backend: {error}") from error
+        return self._storm(limits, used)
+
+    def _explain(
+        self, *, params: dict[str, Any], limits: Sequence[Limit], tokens: int, now: datetime
+    ) -> tuple[Decision | None, dict[LimitName, int]]:
+        """Why a step changed nothing, as the decision to return; None: try again (the team's row was
+        created, an expired record gave its id up, or room appeared since the UPDATE)."""
+        with connection.cursor() as cursor:
+            cursor.execute(self._statement("explain"), params)
+            pending_hash, record_id, recorded_hash, retained, row_team, *counters = cursor.fetchone()
+            used = self._used(limits, counters)
+            if pending_hash is not None:
+                return Decision.held(
+                    held_hash=pending_hash, pending=True, request_hash=params["request_hash"], used=used
+                ), used
+            if record_id is not None and retained:
+                return Decision.held(
+                    held_hash=recorded_hash, pending=False, request_hash=params["request_hash"], used=used
+                ), used
+            if record_id is not None:
+                cursor.execute(self._statement("release"), params)
+                return None, used
+        if row_team is None:
+            # The team's first request: create its row (a racing request may do the same).
+            TeamQuotaState.objects.bulk_create(
+                [TeamQuotaState(team_id=params["team"], minute_start=_EPOCH, day_start=_EPOCH, period_start=_EPOCH)],
+                ignore_conflicts=True,
+            )
+            return None, used
+        # None when there is room again since the UPDATE (another request settled or refunded).
+        return Decision.refused(limits=limits, used=used, tokens=tokens, now=now), used
+
+    @staticmethod
+    def _storm(limits: Sequence[Limit], used: dict[LimitName, int]) -> Decision:
         # Only under a storm of refunds racing this request: refuse it as "slow down".
         names = {limit.name for limit in limits}
         denied = next((name for name in reversed(REFUSAL_ORDER) if name in names), LimitName.REQUESTS_PER_MINUTE)
         return Decision(allowed=False, denied=denied, retry_after=1, used=used)
 
-    def _adjust(self, cursor: Any, reservation: Reservation, *, requests: int, tokens: int) -> None:
-        params = {
-            **self._window_params(_windows(reservation.limits, reservation.reserved_at)),
-            "team": reservation.team_id,
-            "requests": requests,
-            "tokens": tokens,
-        }
+    def _adjust(self, cursor: Any, *, team_id: int, windows: _Windows, requests: int, tokens: int) -> None:
+        params = {**self._window_params(windows), "team": team_id, "requests": requests, "tokens": tokens}
         cursor.execute(self._statement("adjust"), params)
 
+    def _delete(self, cursor: Any, reservation_id: int) -> None:
+        cursor.execute(self._statement("reservation_delete"), {"reservation": reservation_id})
+        if cursor.fetchone() is None:
+            raise _Held  # settled, refunded or swept before: roll this step back
+
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
-        with transaction.atomic(), connection.cursor() as cursor:
-            # First, so the row lock orders this team's settles (see the module docstring).
-            self._adjust(cursor, reservation, requests=0, tokens=event.total_tokens - reservation.tokens)
-            if usage_records_create(events=[event]):
+        windows = _windows(reservation.limits, reservation.reserved_at)
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                # The quota row first, as in every step (see the module docstring).
+                self._adjust(
+                    cursor, team_id=reservation.team_id, windows=windows, requests=0,
+                    tokens=event.total_tokens - reservation.tokens,
+                )  # fmt: skip
+                self._delete(cursor, int(reservation.token))
+                # The reservation held the id; a record can hold it only if it was bound past the
+                # retention meanwhile: recorded without the id rather than not at all.
+                if not usage_record_insert(event=event):
+                    usage_record_insert(event=event, keyless=True)
                 return True
-            # Recorded before: a request with the same id raced this one. The same request is counted
-            # once: give it all back. A different one was served too, so it stays counted.
-            recorded_hash = (
-                UsageRecord.objects.filter(team_id=event.team_id, request_id=event.request_id)
-                .values_list("request_hash", flat=True)
-                .first()
-            )
-            if recorded_hash == event.request_hash:
-                self._adjust(cursor, reservation, requests=-1, tokens=-event.total_tokens)
+        except _Held:
             return False
+        except _UNAVAILABLE as error:
+            raise QuotaBackendUnavailable(f"database quota backend: {error}") from error
+
+    def _give_back(self, *, team_id: int, windows: _Windows, tokens: int, reservation_id: int) -> bool:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                self._adjust(cursor, team_id=team_id, windows=windows, requests=-1, tokens=-tokens)
+                self._delete(cursor, reservation_id)
+                return True
+        except _Held:
+            return False
+        except _UNAVAILABLE as error:
+            raise QuotaBackendUnavailable(f"database quota backend: {error}") from error
 
     def refund(self, *, reservation: Reservation) -> None:
-        with connection.cursor() as cursor:
-            self._adjust(cursor, reservation, requests=-1, tokens=-reservation.tokens)
+        self._give_back(
+            team_id=reservation.team_id,
+            windows=_windows(reservation.limits, reservation.reserved_at),
+            tokens=reservation.tokens,
+            reservation_id=int(reservation.token),
+        )
+
+    def sweep(self, *, now: datetime, batch_size: int = 1000) -> int:
+        cutoff = now - timedelta(seconds=settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS)
+        swept = 0
+        while True:
+            stale = list(
+                QuotaReservation.objects.filter(reserved_at__lt=cutoff)
+                .order_by("reserved_at")
+                .values_list("id", "team_id", "tokens", "minute_start", "day_start", "period_start")[:batch_size]
+            )
+            for reservation_id, team_id, tokens, minute, day, period in stale:
+                swept += self._give_back(
+                    team_id=team_id, windows=_Windows(minute=minute, day=day, period=period), tokens=tokens,
+                    reservation_id=reservation_id,
+                )  # fmt: skip
+            if len(stale) < batch_size:
+                return swept
 
     def used(self, *, team_id: int, limits: Sequence[Limit]) -> dict[LimitName, int]:
         # Absent limits' windows are not reported, so any ``now`` gives the same answer.

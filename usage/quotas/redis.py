@@ -3,16 +3,40 @@
 Counters are plain integer keys per team, limit and window (``tl:q:<team>:rpm:<window start epoch>``)
 that expire a while after their window ends, so a new window simply finds no key. ``reserve`` is one
 script (``lua/reserve.lua``, after Sentry's ``is_rate_limited.lua``) that reads every counter and the
-client's request-id key, answers a recorded id (the same request again, or a different one: reused),
-refuses if any counter has no room and otherwise increments them all. ``settle`` is one script that
-corrects the token counters, appends the usage event to a stream and binds the request id to the
-request's hash for ``TIERLAB_REQUEST_ID_RETENTION_SECONDS`` (a request answered in one call, ``consume``,
-does all of it in the reserve script). ``drain_usage_stream`` (a Celery task's job) writes the stream's
-events into ``UsageRecord`` in batches and acknowledges them only after the commit.
+client's request-id key, answers a held id (pending or recorded: the same request, or a different
+one), refuses if any counter has no room and otherwise increments them all. In the same call it holds
+the request id pending and adds the reservation to a sorted set (``tl:reservations``, scored by the
+request's time) carrying its request id and counters. ``settle`` is one script that takes the
+reservation out of that set, corrects the token counters, appends the usage event to a stream and binds
+the request id to the request's hash for ``TIERLAB_REQUEST_ID_RETENTION_SECONDS``; ``refund`` takes it
+out and gives its counts back; ``sweep`` (a periodic task) refunds every reservation older than
+``TIERLAB_RESERVATION_TIMEOUT_SECONDS`` (its process crashed or lost its connection) and frees its id.
+Taking the reservation out of the set is what makes each of these happen once. A request answered in
+one call (``consume``) does all of it in the reserve script and leaves no reservation.
+``drain_usage_stream`` (a Celery task's job) writes the stream's events into ``UsageRecord`` in batches
+and acknowledges them only after the commit.
 
-After the retention the key is gone and an id is admitted (and counted) like a new one; its event is
-then dropped by the unique (team, request id) when drained, so it is counted in the quota but not
-billed from the records. Server-generated ids have no key at all.
+Timeouts and unanswered calls (issue 12). Every call has a connect timeout and a read timeout
+(``TIERLAB_REDIS_CONNECT_TIMEOUT_SECONDS``, ``TIERLAB_REDIS_READ_TIMEOUT_SECONDS``) and none is
+retried by the client: past them the call raises ``QuotaBackendUnavailable`` (the model API's 503).
+A script that may or may not have run is never sent again: only a ``NOSCRIPT`` answer (it did not
+run) sends it again, with the script. A reserve or consume that reached a stalled Redis would still
+run when Redis wakes, after its caller answered 503; so it carries a deadline by Redis's own clock,
+half the read timeout after it was sent, and a script that starts later changes nothing ("late").
+The caller knows Redis's clock from the last fast reply (every script answers with ``TIME``), so no
+clock is compared across machines and time-travelling tests do not matter. What is left: a script
+Redis ran before the deadline whose answer it did not send before the caller gave up (Redis stopped
+between the two) is counted although the caller answered 503. A reserve of that kind is a reservation
+nobody settles: the sweeper refunds it. A consume of that kind is recorded: a retry with the same
+``X-Request-Id`` is answered from the record (counted once); a request without one stays counted.
+
+Request ids held by an earlier version as ``"1"`` (recorded, 48 h TTL, no hash) are resolved against
+the usage record (one SQL read, only for such keys): a record within the retention with a request hash
+binds the key to that hash (the same request is a duplicate, another reused); otherwise (no record, a
+record older than the retention, or one written before records kept hashes) the id is free and the
+request is counted as a new one, never refused as reused. A reuse after the retention is a new request
+whose event takes the id over when drained (usage.services.usage_records_create), so it is counted and
+recorded once.
 
 The monthly counter outlives the Redis state it started from only if Redis keeps it: when the script
 finds it missing (a fresh or flushed Redis mid-period) it says so, and the counter is initialised once
@@ -20,43 +44,48 @@ from the database's usage (usage.selectors.tokens_used) with SET NX, then the sc
 itself remembers that it was initialised, so there is no per-process cache to go stale and no SQL in
 the steady state.
 
-Deployment notes: one Redis (with replicas if wanted), not Cluster: the settle script touches a
-team's counters and the shared stream. Use ``maxmemory-policy noeviction``: an evicted monthly
-counter would be re-initialised from records that lag by the undrained stream. Redis errors are not
-caught here: whether to fail open or closed is the caller's decision.
+Deployment notes: one Redis (with replicas if wanted), not Cluster: the scripts touch a team's
+counters, the shared reservation set and the shared stream. Use ``maxmemory-policy noeviction``: an
+evicted monthly counter would be re-initialised from records that lag by the undrained stream.
 
-Per request: reserve 1 script call (2 and one SQL sum only for the first request of a period after
-Redis lost the counter), settle 1, refund 1.
+Per request: consume 1 script call; reserve 1 (2 and one SQL sum only for the first request of a
+period after Redis lost the counter), settle 1, refund 1. Once per process: one ``TIME``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import socket
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from usage.quotas.base import (
     Decision,
     Limit,
     LimitName,
     QuotaBackend,
+    QuotaBackendUnavailable,
     Reservation,
     UsageEvent,
 )
-from usage.selectors import tokens_used
-from usage.services import usage_records_create
+from usage.quotas.redis_stream import DRAIN_GROUP, UsageStreamDrain, drain_usage_stream, event_fields
+from usage.selectors import tokens_used, usage_record_holding
+
+__all__ = ["DRAIN_GROUP", "RedisQuotaBackend", "drain_usage_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +99,22 @@ _LIMIT_CODE = {
 # How long a counter outlives its window: a request admitted just before the edge can still be
 # settled or refunded, and a billing period that has ended but is not closed yet keeps counting.
 _MAX_GRACE = timedelta(days=1)
-DRAIN_GROUP = "tl-usage-drain"
+# What a call that Redis did not answer raises, as QuotaBackendUnavailable.
+_NO_ANSWER = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# An id recorded by an earlier version (no hash): bind it to the record's hash, or free it ('').
+_LEGACY_RESOLVE = """
+if redis.call('GET', KEYS[1]) ~= '1' then return 0 end
+if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end
+return 1
+"""
+
+
+@contextlib.contextmanager
+def _answered(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _NO_ANSWER as error:
+        raise QuotaBackendUnavailable(f"Redis did not answer {what}: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -92,85 +136,91 @@ def _ttl(limit: Limit, now: datetime) -> int:
     return max(1, math.ceil((max(limit.window_end, now) - now + grace).total_seconds()))
 
 
-# The usage event travels as ONE stream field, "e": a JSON array in this order. Two values instead of
-# sixteen per XADD (each value is packed by redis-py on the request path).
-_EVENT_ORDER = (
-    "request_id", "team_id", "api_key_id", "model", "prompt_tokens", "completion_tokens", "created_at", "partner_id",
-    "request_hash",
-)  # fmt: skip
-
-
-def _event_fields(event: UsageEvent) -> list[str]:
-    packed = [
-        event.request_id,
-        event.team_id,
-        event.api_key_id,
-        event.model,
-        event.prompt_tokens,
-        event.completion_tokens,
-        event.created_at.isoformat(),
-        event.partner_id,
-        event.request_hash,
-    ]
-    return ["e", json.dumps(packed, separators=(",", ":"))]
-
-
-def _event_parse(fields: dict[str, str]) -> UsageEvent:
-    if "e" in fields:
-        values = json.loads(fields["e"])
-        if len(values) == len(_EVENT_ORDER) - 1:  # appended before request hashes were streamed
-            values.append("")
-        fields = {name: ("" if value is None else str(value)) for name, value in zip(_EVENT_ORDER, values, strict=True)}
-    created_at = datetime.fromisoformat(fields["created_at"])
-    if created_at.tzinfo is None:
-        raise ValueError(f"created_at must be timezone-aware: {fields['created_at']!r}")
-    return UsageEvent(
-        request_id=fields["request_id"],
-        team_id=int(fields["team_id"]),
-        api_key_id=int(fields["api_key_id"]) if fields.get("api_key_id") else None,
-        model=fields["model"],
-        prompt_tokens=int(fields["prompt_tokens"]),
-        completion_tokens=int(fields["completion_tokens"]),
-        created_at=created_at,
-        partner_id=int(fields["partner_id"]) if fields.get("partner_id") else None,
-        request_hash=fields.get("request_hash", ""),
-    )
-
-
-class RedisQuotaBackend(QuotaBackend):
+class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
     """Quotas in Redis (see the module docstring). ``key_prefix`` namespaces every key and the stream
     (tests give each test its own)."""
 
-    def __init__(self, *, url: str, key_prefix: str = "tl:") -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        key_prefix: str = "tl:",
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> None:
         self.key_prefix = key_prefix
         self.stream = f"{key_prefix}usage-events"
         self.dead_letter_stream = f"{key_prefix}usage-events:dead"
+        self.reservations = f"{key_prefix}reservations"
+        if connect_timeout is None:
+            connect_timeout = settings.TIERLAB_REDIS_CONNECT_TIMEOUT_SECONDS
+        self.read_timeout = settings.TIERLAB_REDIS_READ_TIMEOUT_SECONDS if read_timeout is None else read_timeout
         # RESP2: the stream commands' reply shapes below are RESP2's (redis-py 8 defaults to RESP3).
+        # No retries (redis-py 8 retries 3 times by default, timeouts included): a script must never be
+        # sent twice, and a request must not wait four timeouts to learn that Redis is away.
         self._url = url
-        self.client = redis.Redis.from_url(url, decode_responses=True, protocol=2, socket_connect_timeout=2)
+        self.client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            protocol=2,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=self.read_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._reserve = self.client.register_script((_LUA / "reserve.lua").read_text())
         self._settle = self.client.register_script((_LUA / "settle.lua").read_text())
         self._refund = self.client.register_script((_LUA / "refund.lua").read_text())
+        self._legacy_resolve = self.client.register_script(_LEGACY_RESOLVE)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._prepared: dict[int, _Prepared] = {}
+        # Redis's clock minus time.monotonic(), from the last fast reply: what the deadlines are built on.
+        self._clock_offset: float | None = None
 
     def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a registered script by its SHA on a pooled connection directly (the request path's call:
         it skips redis-py's Script wrapper, argument filters and retry machinery, about a third of the
-        client's CPU per call); loads the script if Redis does not have it. A connection error falls
-        back to the client's own command path, which reconnects and retries."""
+        client's CPU per call). Sent once: only a NOSCRIPT answer (the script did not run) loads it and
+        sends it again. A connection or timeout error raises QuotaBackendUnavailable: the script may have
+        run or may still run (a stalled Redis runs what it received when it wakes), so it is not sent
+        again; the connection is dropped, so a late answer cannot be read as another call's."""
         pool = self.client.connection_pool
-        connection = pool.get_connection()
+        with _answered("in time"):
+            connection = pool.get_connection()
         try:
-            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return connection.read_response()
-        except redis.exceptions.NoScriptError:
-            return script(keys=keys, args=args)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            with _answered("in time"):
+                try:
+                    connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    return connection.read_response()
+                except redis.exceptions.NoScriptError:
+                    connection.send_command("SCRIPT", "LOAD", script.script)
+                    connection.read_response()
+                    connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    return connection.read_response()
+        except QuotaBackendUnavailable:
             connection.disconnect()
-            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            raise
         finally:
             pool.release(connection)
+
+    # --- Redis's clock: the deadline of reserve and consume ----------------------------------------------
+    def _deadline(self) -> tuple[float, float]:
+        """(when the call is sent, by time.monotonic(); the deadline by Redis's clock): half the read
+        timeout after sending, so a script that starts before it answers before the caller gives up."""
+        if self._clock_offset is None:
+            sent = time.monotonic()
+            with _answered("TIME"):
+                seconds, microseconds = self.client.time()
+            self._clock_observe(f"{seconds}.{microseconds:06d}", sent=sent, received=time.monotonic())
+        sent = time.monotonic()
+        offset = self._clock_offset if self._clock_offset is not None else 0.0
+        return sent, sent + offset + self.read_timeout / 2
+
+    def _clock_observe(self, clock: str, *, sent: float, received: float) -> None:
+        # A reply's TIME was read while the call was in flight: taken as read at its arrival, the offset
+        # errs low by at most the round trip (deadlines come out early, never late). Only fast replies
+        # count; the first one counts anyway (a deadline needs some offset).
+        if received - sent <= self.read_timeout / 20 or self._clock_offset is None:
+            self._clock_offset = float(clock) - received
 
     def close(self) -> None:
         self.client.close()
@@ -185,7 +235,8 @@ class RedisQuotaBackend(QuotaBackend):
     def _period_initialise(self, *, team_id: int, limit: Limit, now: datetime) -> None:
         # NX: if another process initialised it (and requests counted on) meanwhile, keep theirs.
         tokens = tokens_used(team_id=team_id, start=limit.window_start, end=limit.window_end)
-        self.client.set(self._counter_key(team_id, limit), tokens, nx=True, ex=_ttl(limit, now))
+        with _answered("the monthly counter"):
+            self.client.set(self._counter_key(team_id, limit), tokens, nx=True, ex=_ttl(limit, now))
 
     # --- the contract -------------------------------------------------------------------------------
     def reserve(
@@ -269,20 +320,44 @@ class RedisQuotaBackend(QuotaBackend):
         request_hash: str = "",
     ) -> Decision:
         prepared = self._prepared_for(team_id, limits)
-        keys = [self._request_id_key(team_id, request_id), *prepared.counter_keys]
         charged = tokens if event is None else event.total_tokens
         rid_ttl = _request_id_ttl(request_id_is_new)
-        args: list[int | str | float] = [
-            rid_ttl, len(limits), now.timestamp(), tokens, charged, request_hash, *prepared.static_args,
-        ]  # fmt: skip
-        if event is not None:
-            keys.append(self.stream)
-            args += _event_fields(event)
-        # Twice at most: the second run finds the monthly counter initialised.
-        for _ in range(3):
-            status, *counts = self._evalsha(self._reserve, keys, args)
+        member = pending = ""
+        if event is None:  # reserve: the reservation the sweeper can give back, and the id's pending value
+            token = uuid.uuid4().hex
+            pending = f"p:{token}:{request_hash}" if rid_ttl else ""
+            member = json.dumps(
+                [token, team_id, request_id, request_hash, 1 if rid_ttl else 0, tokens,
+                 [[key, limit.name.unit[0]] for key, limit in zip(prepared.counter_keys, limits, strict=True)]],
+                separators=(",", ":"),
+            )  # fmt: skip
+        keys = [
+            self._request_id_key(team_id, request_id),
+            *prepared.counter_keys,
+            self.stream if event is not None else self.reservations,
+        ]
+        tail = [*prepared.static_args, *(event_fields(event) if event is not None else ())]
+        late = False
+        # A few runs at most: after "init" (the monthly counter initialised), "legacy" (the id resolved)
+        # or one "late" (nothing was done: sent again with a new deadline).
+        for _ in range(4):
+            sent, deadline = self._deadline()
+            args = [
+                rid_ttl, len(limits), now.timestamp(), tokens, charged, request_hash, f"{deadline:.6f}", member,
+                pending, *tail,
+            ]  # fmt: skip
+            status, clock, *counts = self._evalsha(self._reserve, keys, args)
+            self._clock_observe(clock, sent=sent, received=time.monotonic())
+            if status == "late":
+                if late:
+                    raise QuotaBackendUnavailable("Redis ran the quota script after its deadline twice")
+                late = True
+                continue
             if status == "init":
                 self._period_initialise(team_id=team_id, limit=limits[int(counts[0]) - 1], now=now)
+                continue
+            if status == "legacy":
+                self._legacy_resolve_id(team_id=team_id, request_id=request_id, now=now)
                 continue
             used = {limit.name: int(count) for limit, count in zip(limits, counts, strict=True)}
             if status == "ok" and event is not None:  # consumed and recorded: nothing left to settle
@@ -297,47 +372,84 @@ class RedisQuotaBackend(QuotaBackend):
                     used=used,
                     request_hash=request_hash,
                     request_id_is_new=request_id_is_new,
+                    token=member,
                 )
             if status == "duplicate":
                 return Decision.repeated(used=used)
             if status == "reused":
                 return Decision.id_reused(used=used)
+            if status == "pending":
+                return Decision.pending(used=used)
             refused = Decision.refused(limits=limits, used=used, tokens=tokens, now=now)
             if refused is None:  # pragma: no cover - the script and refusal() disagree
                 raise AssertionError(f"reserve.lua refused but no limit is full: {used}")
             return refused
-        raise RuntimeError(f"monthly counter of team {team_id} vanished twice while initialising it")
+        raise RuntimeError(f"the quota script of team {team_id} did not settle on an answer in 4 runs")
+
+    def _legacy_resolve_id(self, *, team_id: int, request_id: str, now: datetime) -> None:
+        """Bind an id an earlier version recorded as "1" to its record's hash, or free it (see the module
+        docstring). One SQL read, for such ids only."""
+        held = usage_record_holding(team_id=team_id, request_id=request_id)
+        retained_since = now - timedelta(seconds=settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS)
+        bound = held.request_hash if held is not None and held.created_at >= retained_since else ""
+        with _answered("the legacy request id"):
+            self._legacy_resolve(keys=[self._request_id_key(team_id, request_id)], args=[bound])
 
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
-        # The script records the event and binds the request id, unless a request with the same id was
-        # recorded while this one ran (see lua/settle.lua).
-        limits = reservation.limits
-        per_counter: list[int | str] = []
-        for limit in limits:
-            per_counter += ["r" if limit.name.unit == "requests" else "t", limit.cost(tokens=reservation.tokens)]
-        recorded = self._settle(
-            keys=[
-                self.stream,
-                self._request_id_key(reservation.team_id, reservation.request_id),
-                *(self._counter_key(reservation.team_id, limit) for limit in limits),
-            ],
-            args=[
-                _request_id_ttl(reservation.request_id_is_new),
-                event.request_hash,
-                event.total_tokens - reservation.tokens,
-                len(limits),
-                *per_counter,
-                *_event_fields(event),
-            ],
-        )
-        return bool(recorded)
+        # The script records the event and binds the request id, unless the reservation is gone (see
+        # lua/settle.lua). The reservation carries its counters: the ones it incremented.
+        _token, team_id, request_id, _hash, _held, _tokens, counters = json.loads(reservation.token)
+        keys = [
+            self.stream,
+            self.reservations,
+            self._request_id_key(team_id, request_id),
+            *(key for key, _unit in counters),
+        ]
+        args = [
+            reservation.token,
+            self._pending_value(reservation.token),
+            settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS,
+            event.request_hash,
+            event.total_tokens - reservation.tokens,
+            len(counters),
+            *(unit for _key, unit in counters),
+            *event_fields(event),
+        ]
+        return bool(self._evalsha(self._settle, keys, args))
+
+    @staticmethod
+    def _pending_value(member: str) -> str:
+        token, _team, _request_id, request_hash, held, _tokens, _counters = json.loads(member)
+        return f"p:{token}:{request_hash}" if held else ""
+
+    def _give_back(self, member: str) -> bool:
+        """Refund the reservation ``member`` (of the reservations set) and free its id, once."""
+        _token, team_id, request_id, _hash, _held, tokens, counters = json.loads(member)
+        keys = [self.reservations, self._request_id_key(team_id, request_id), *(key for key, _unit in counters)]
+        args = [member, self._pending_value(member), *(1 if unit == "r" else tokens for _key, unit in counters)]
+        return bool(self._evalsha(self._refund, keys, args))
 
     def refund(self, *, reservation: Reservation) -> None:
-        limits = reservation.limits
-        self._refund(
-            keys=[self._counter_key(reservation.team_id, limit) for limit in limits],
-            args=[limit.cost(tokens=reservation.tokens) for limit in limits],
-        )
+        self._give_back(reservation.token)
+
+    def sweep(self, *, now: datetime, batch_size: int = 1000) -> int:
+        cutoff = (now - timedelta(seconds=settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS)).timestamp()
+        swept = 0
+        while True:
+            with _answered("the sweep"):
+                members = self.client.zrangebyscore(self.reservations, "-inf", f"({cutoff}", start=0, num=batch_size)
+            for member in members:
+                try:
+                    given_back = self._give_back(member)
+                except (ValueError, TypeError):
+                    logger.exception("unreadable reservation %r: removed", member[:200])
+                    self.client.zrem(self.reservations, member)
+                    continue
+                if given_back:
+                    logger.warning("reservation never settled, refunded: %s", member[:200])
+                swept += given_back
+            if len(members) < batch_size:
+                return swept
 
     def used(self, *, team_id: int, limits: Sequence[Limit]) -> dict[LimitName, int]:
         if not limits:
@@ -349,104 +461,3 @@ class RedisQuotaBackend(QuotaBackend):
                 self._period_initialise(team_id=team_id, limit=limit, now=limit.window_start)
                 values[index] = self.client.get(keys[index])
         return {limit.name: int(value or 0) for limit, value in zip(limits, values, strict=True)}
-
-    # --- the usage stream -----------------------------------------------------------------------------
-    def drain_usage_stream(self, *, batch_size: int = 1000, block_ms: int = 0, reclaim_idle_ms: int = 60_000) -> int:
-        """Write the stream's usage events into ``UsageRecord``; returns how many rows were new.
-
-        Reads with the consumer group ``DRAIN_GROUP`` and first reclaims entries another drainer read
-        but did not acknowledge within ``reclaim_idle_ms`` (it crashed), so no batch is lost. Entries
-        are acknowledged (and deleted) only after the transaction that stored them commits; a batch
-        delivered twice adds nothing, thanks to the unique (team, request id). ``block_ms`` > 0 waits
-        that long for the first entries; 0 returns at once. Stops when the stream is caught up.
-        """
-        self._group_ensure()
-        written = 0
-        block = block_ms or None
-        while True:
-            entries = self._entries_stale(count=batch_size, min_idle_ms=reclaim_idle_ms)
-            if len(entries) < batch_size:
-                entries += self._entries_new(count=batch_size - len(entries), block_ms=block)
-            block = None
-            if entries:
-                written += self._entries_store(entries)
-            if len(entries) < batch_size:
-                return written
-
-    def _group_ensure(self) -> None:
-        try:
-            # From the stream's start ("0"), so events appended before the first drain are not skipped.
-            self.client.xgroup_create(self.stream, DRAIN_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-
-    def _entries_stale(self, *, count: int, min_idle_ms: int) -> list[tuple[str, dict[str, str]]]:
-        reply = self.client.xautoclaim(
-            self.stream, DRAIN_GROUP, self.consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
-        )
-        entries, deleted = reply[1], (reply[2] if len(reply) > 2 else [])
-        # Entries deleted from the stream while pending (Redis 7 lists them apart, 6.2 with no fields)
-        # have nothing left to store.
-        gone = [*deleted, *(entry_id for entry_id, fields in entries if fields is None)]
-        if gone:
-            self.client.xack(self.stream, DRAIN_GROUP, *gone)
-        return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
-
-    def _entries_new(self, *, count: int, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
-        reply = self.client.xreadgroup(DRAIN_GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
-        return [entry for _stream, entries in reply or [] for entry in entries]
-
-    def _ack(self, entry_ids: Sequence[str]) -> None:
-        if not entry_ids:
-            return
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, DRAIN_GROUP, *entry_ids)
-            pipe.xdel(self.stream, *entry_ids)
-            pipe.execute()
-
-    def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
-        logger.error("usage event %s cannot be stored (%s): moved to %s", entry_id, reason, self.dead_letter_stream)
-        self.client.xadd(self.dead_letter_stream, {**fields, "entry_id": entry_id, "reason": reason[:500]})
-        self._ack([entry_id])
-
-    def _entries_store(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> int:
-        parsed: list[tuple[str, dict[str, Any], UsageEvent]] = []
-        for entry_id, fields in entries:
-            try:
-                parsed.append((entry_id, fields, _event_parse(fields)))
-            except (KeyError, ValueError) as error:
-                self._dead_letter(entry_id, fields, f"unreadable: {error!r}")
-        if not parsed:
-            return 0
-        ids = [entry_id for entry_id, _, _ in parsed]
-        try:
-            with transaction.atomic():
-                written = usage_records_create(events=[event for _, _, event in parsed])
-                transaction.on_commit(partial(self._ack, ids))
-            return written
-        except IntegrityError:
-            # One bad event (e.g. its team was deleted) must not block the rest forever: store one by
-            # one and set aside the events the database refuses.
-            written = 0
-            for entry_id, fields, event in parsed:
-                try:
-                    with transaction.atomic():
-                        new = usage_records_create(events=[event])
-                        transaction.on_commit(partial(self._ack, [entry_id]))
-                except IntegrityError as error:  # raised at commit: SQLite and PostgreSQL defer FK checks
-                    self._dead_letter(entry_id, fields, f"refused by the database: {error}")
-                else:
-                    written += new
-            return written
-
-
-def drain_usage_stream(*, batch_size: int = 1000, block_ms: int = 0) -> int:
-    """Drain the configured Redis backend's usage stream (see ``RedisQuotaBackend.drain_usage_stream``);
-    0 when the configured backend is not Redis (nothing is streamed then)."""
-    from usage.quotas import get_quota_backend
-
-    backend = get_quota_backend()
-    if not isinstance(backend, RedisQuotaBackend):
-        return 0
-    return backend.drain_usage_stream(batch_size=batch_size, block_ms=block_ms)
