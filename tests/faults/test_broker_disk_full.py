@@ -79,7 +79,7 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def test_worker_survives_a_full_disk_and_consumes_again_once_space_is_freed(broker: Path):
+def test_worker_survives_a_full_disk_and_consumes_again_once_space_is_freed(broker: Path, report):
     with tmpfs(broker / "var", "1m") as var:
         broker_dir = var / "celery"
         app = filesystem_broker_app(broker_dir)
@@ -110,7 +110,7 @@ def test_worker_survives_a_full_disk_and_consumes_again_once_space_is_freed(brok
             worker.assert_running()
             log = worker.logs()
 
-    print(f"\nfull disk: sends refused {refused}, queue folder then held {left}; 3 sent after freeing")
+    report(f"\nfull disk: sends refused {refused}, queue folder then held {left}; 3 sent after freeing")
     assert refused == ["broker_unavailable"] * 3
     assert left == []  # no zero-byte .msg, no .part: nothing a worker could choke on
     assert _beats() == 4

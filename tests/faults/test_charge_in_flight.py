@@ -87,7 +87,7 @@ def wait_until_quiet(payments: list[Payment]) -> None:
     time.sleep(max(0.0, (until - timezone.now()).total_seconds()) + 0.1)
 
 
-def test_a_charge_held_past_the_client_timeout_is_never_sent_again(settings, stripe_local, team_tier):
+def test_a_charge_held_past_the_client_timeout_is_never_sent_again(settings, stripe_local, team_tier, report):
     paid = [renewal_due(team_tier, f"paid{i}@example.com") for i in (1, 2)]
     unpaid = renewal_due(team_tier, "unpaid@example.com", card="pm_card_chargeCustomerFail")
     invoices = [*paid, unpaid]
@@ -145,7 +145,7 @@ def test_a_charge_held_past_the_client_timeout_is_never_sent_again(settings, str
         assert (fifth.payments_attempted, fifth.payments_succeeded, fifth.errors) == (0, 0, [])
         assert len(proxy.seen(*CREATE)) == 3
 
-    print(
+    report(
         f"\ncharge held {proxy.hold_seconds} s (client timeout {READ_TIMEOUT} s, quiet period 6 s): "
         f"{len(sent)} creates sent for {len(invoices)} invoices; charges per invoice (succeeded, refunded) "
         f"{[charges_of(stripe_local, invoice) for invoice in invoices]}"
@@ -171,7 +171,7 @@ def celery_eager(monkeypatch):
 
 
 def test_a_charge_held_past_the_quiet_period_is_refunded_once(
-    settings, stripe_local, team_tier, live_server, stripe_webhooks_to, celery_eager
+    settings, stripe_local, team_tier, live_server, stripe_webhooks_to, celery_eager, report
 ):
     invoice = renewal_due(team_tier, "held@example.com")
     mail.outbox.clear()
@@ -213,7 +213,7 @@ def test_a_charge_held_past_the_quiet_period_is_refunded_once(
         assert Payment.objects.get(pk=payment.pk).quiet_until is None  # checked: nothing left to look for
 
     succeeded, refunded = charges_of(stripe_local, invoice)
-    print(
+    report(
         f"\ncharge held {proxy.hold_seconds} s (quiet period 3 s): {len(proxy.seen(*CREATE))} creates; "
         f"succeeded PaymentIntents {succeeded}, refunded in full {refunded}"
     )

@@ -7,7 +7,7 @@ gunicorn (2 sync workers) serving the model API with the Redis quota backend, an
 beat draining the usage stream into the test database. 2,000 requests, paced over about 25 s by a few
 client threads, each with its own X-Request-Id so an answer and a record can be matched; Redis is
 stopped with SIGTERM about 8 s in, kept down for 6 s, then started again on the same port from its own
-files. The counts are printed (run with -s to see them).
+files. The counts are printed in the test output.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _counters(client: redis.Redis, team_id: int, code: str) -> int:
     return sum(int(client.get(key) or 0) for key in client.scan_iter(f"tl:q:{team_id}:{code}:*"))
 
 
-def test_every_answered_request_is_recorded_once_across_a_redis_restart(catalog, tmp_path: Path, monkeypatch):
+def test_every_answered_request_is_recorded_once_across_a_redis_restart(catalog, tmp_path: Path, monkeypatch, report):
     # A team on Pro, with limits no request here reaches: every refusal below is the fault's.
     Tier.objects.filter(slug="pro").update(
         requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000, requests_per_day=1_000_000
@@ -152,7 +152,7 @@ def test_every_answered_request_is_recorded_once_across_a_redis_restart(catalog,
         token_counter = _counters(client, team.pk, "mtok")
         client.close()
 
-    print(
+    report(
         f"\nRedis restart (AOF everysec): {len(answers)} requests in {load_seconds:.1f} s, "
         f"{'; '.join(events)}; statuses {dict(sorted(statuses.items(), key=str))}\n"
         f"answered 2xx {len(answered)} / records {len(recorded)} (distinct {len(set(recorded))}) / "

@@ -38,7 +38,7 @@ def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[i
         return error.code, dict(error.headers), error.read()
 
 
-def test_apis_answer_json_and_healthz_names_the_parts_with_var_read_only(catalog, tmp_path):
+def test_apis_answer_json_and_healthz_names_the_parts_with_var_read_only(catalog, tmp_path, report):
     if connection.vendor != "sqlite":
         pytest.skip(
             "var/ holds the embedded default's SQLite database; PostgreSQL: tests/core/test_dependency_failures.py"
@@ -98,4 +98,4 @@ def test_apis_answer_json_and_healthz_names_the_parts_with_var_read_only(catalog
     assert status == 503
     failing = json.loads(body)["failing"]
     assert "database" in failing and "broker" in failing, failing
-    print(f"\nvar/ read-only: /api/v1/me {me[0]}, /v1/models {models[0]}, /pricing/ {pricing[0]}, /healthz {failing}")
+    report(f"\nvar/ read-only: /api/v1/me {me[0]}, /v1/models {models[0]}, /pricing/ {pricing[0]}, /healthz {failing}")

@@ -90,7 +90,7 @@ def fuzz_account(transactional_db, catalog, settings, stripe_local):
     return {"api_key": secret, "spare_key_id": spare.pk, "partner_key": partner_secret}
 
 
-def test_every_api_survives_schema_fuzzing(live_server, fuzz_account, tmp_path):
+def test_every_api_survives_schema_fuzzing(live_server, fuzz_account, tmp_path, report):
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG.format(spare_key_id=fuzz_account["spare_key_id"]))
     report = tmp_path / "report.json"
@@ -127,7 +127,7 @@ def test_every_api_survives_schema_fuzzing(live_server, fuzz_account, tmp_path):
     completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
     output = completed.stdout + completed.stderr
     summary = _summary(output)
-    print(f"\nschemathesis {EXAMPLES} examples/operation, seed {SEED}: " + "; ".join(summary))
+    report(f"\nschemathesis {EXAMPLES} examples/operation, seed {SEED}: " + "; ".join(summary))
     assert completed.returncode == 0, f"schemathesis found failures (exit {completed.returncode}):\n{output[-30000:]}"
     assert report.exists()
 
