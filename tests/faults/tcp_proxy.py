@@ -49,9 +49,10 @@ class _Connection:
 class DelayingProxy:
     """``DelayingProxy(("127.0.0.1", port), hold_seconds=3, hold_if=lambda method, path: ...)``.
 
-    ``hold_if(method, path)`` picks the requests to hold (``hold_seconds`` each); change ``hold_seconds``
-    or ``hold_if`` at any time (a request is judged when it arrives). ``linger_seconds`` bounds how long
-    a connection whose client has gone waits for the server's answer to a held request."""
+    ``hold_if(method, path)`` picks the requests to hold (``hold_seconds`` each at most: ``release()``
+    lets every held request go at once, so a test's order of events need not race the clock); change
+    ``hold_seconds`` or ``hold_if`` at any time (a request is judged when it arrives). ``linger_seconds``
+    bounds how long a connection whose client has gone waits for the server's answer to a held request."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class DelayingProxy:
         self._lock = threading.RLock()  # wait_until holds it while its predicate calls seen()
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
+        self._released = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._listener = socket.socket()
@@ -121,6 +123,18 @@ class DelayingProxy:
 
     # --- Plumbing --------------------------------------------------------------------------------------
 
+    def release(self) -> None:
+        """Let the held requests (and any later one hold_if picks) through now."""
+        self._released.set()
+
+    def _hold(self) -> bool:
+        """Wait out a hold: True if the proxy is stopping (drop the request), False to forward it."""
+        deadline = time.monotonic() + self.hold_seconds
+        while not self._released.is_set() and time.monotonic() < deadline:
+            if self._stopping.wait(0.05):
+                return True
+        return self._stopping.is_set()
+
     def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         with self._lock:
@@ -170,7 +184,7 @@ class DelayingProxy:
                     seen = SeenRequest(method, path, _headers(chunk), time.monotonic(), held)
                     conn.current = seen
                     self._note(lambda seen=seen: self.requests.append(seen))
-                    if held and self._stopping.wait(self.hold_seconds):
+                    if held and self._hold():
                         return
                 conn.upstream.sendall(chunk)
                 if match:

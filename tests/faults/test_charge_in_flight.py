@@ -38,7 +38,8 @@ JAN_31 = datetime(2026, 1, 31, 10, tzinfo=UTC)
 FEB_28 = datetime(2026, 2, 28, 10, tzinfo=UTC)
 CREATE = ("POST", "/v1/payment_intents")
 CONNECT_TIMEOUT, READ_TIMEOUT = 1.0, 1.0  # the client waits at most 2 s for one request
-WAIT_SECONDS = 20  # bound of every wait below
+WAIT_SECONDS = 30  # bound of every wait below, and of a hold the test forgets to release
+QUIET = 20  # the first test's quiet period: longer than its three passes take
 
 
 @pytest.fixture
@@ -92,9 +93,11 @@ def test_a_charge_held_past_the_client_timeout_is_never_sent_again(settings, str
     unpaid = renewal_due(team_tier, "unpaid@example.com", card="pm_card_chargeCustomerFail")
     invoices = [*paid, unpaid]
     mail.outbox.clear()
-    # Held 2 s: past the client's 1 s read timeout, well inside the 6 s quiet period (seconds of margin
-    # either side, for a loaded machine).
-    proxy = through_proxy(settings, stripe_local, hold_seconds=2, quiet_seconds=6, hold_if=lambda *r: r == CREATE)
+    # Held until released (after pass 3): past the client's 1 s read timeout, inside the quiet period
+    # (20 s: three passes fit in it with a wide margin, even on a loaded machine).
+    proxy = through_proxy(
+        settings, stripe_local, hold_seconds=WAIT_SECONDS, quiet_seconds=QUIET, hold_if=lambda *r: r == CREATE
+    )
 
     with proxy:
         # Pass 1 sends the first charge, which the proxy holds; pass 2 runs while it is held.
@@ -132,6 +135,7 @@ def test_a_charge_held_past_the_client_timeout_is_never_sent_again(settings, str
         assert len(proxy.seen(*CREATE)) == 3
 
         # The held requests reach localstripe after all: the charges happen now, unknown to us.
+        proxy.release()
         assert proxy.wait_until(lambda: all(r.answered_at for r in proxy.seen(*CREATE)), WAIT_SECONDS)
         assert [charges_of(stripe_local, invoice) for invoice in invoices] == [(1, 0), (1, 0), (0, 0)]
         assert renewals.filter(status=Payment.Status.PENDING).count() == 3
@@ -146,7 +150,7 @@ def test_a_charge_held_past_the_client_timeout_is_never_sent_again(settings, str
         assert len(proxy.seen(*CREATE)) == 3
 
     report(
-        f"\ncharge held {proxy.hold_seconds} s (client timeout {READ_TIMEOUT} s, quiet period 6 s): "
+        f"\ncharges held through 3 passes (client timeout {READ_TIMEOUT} s, quiet period {QUIET} s): "
         f"{len(sent)} creates sent for {len(invoices)} invoices; charges per invoice (succeeded, refunded) "
         f"{[charges_of(stripe_local, invoice) for invoice in invoices]}"
     )
@@ -176,11 +180,15 @@ def test_a_charge_held_past_the_quiet_period_is_refunded_once(
     invoice = renewal_due(team_tier, "held@example.com")
     mail.outbox.clear()
     stripe_webhooks_to(live_server.url)
-    # Only the first charge is held, for 6 s: longer than the 3 s quiet period, so the look-up after it
-    # finds nothing and the attempt is sent again; then the held one lands too.
+    # Only the first charge is held, until released after the re-send: longer than the 3 s quiet period,
+    # so the look-up after it finds nothing and the attempt is sent again; then the held one lands too.
     holds = iter([True])
     proxy = through_proxy(
-        settings, stripe_local, hold_seconds=6, quiet_seconds=3, hold_if=lambda *r: r == CREATE and next(holds, False)
+        settings,
+        stripe_local,
+        hold_seconds=WAIT_SECONDS,
+        quiet_seconds=3,
+        hold_if=lambda *r: r == CREATE and next(holds, False),
     )
 
     with proxy:
@@ -199,6 +207,7 @@ def test_a_charge_held_past_the_quiet_period_is_refunded_once(
         assert keys == [f"invoice:{invoice.pk}:attempt:1"] * 2  # the same attempt, the same key
 
         # The held request lands: localstripe (which ignores idempotency keys) charges a second time.
+        proxy.release()
         assert proxy.wait_until(lambda: all(r.answered_at for r in proxy.seen(*CREATE)), WAIT_SECONDS)
         assert charges_of(stripe_local, invoice)[0] == 2
         # Its payment_intent.succeeded webhook finds the second charge; it is refunded automatically.
@@ -214,7 +223,7 @@ def test_a_charge_held_past_the_quiet_period_is_refunded_once(
 
     succeeded, refunded = charges_of(stripe_local, invoice)
     report(
-        f"\ncharge held {proxy.hold_seconds} s (quiet period 3 s): {len(proxy.seen(*CREATE))} creates; "
+        f"\ncharge held past the quiet period (3 s): {len(proxy.seen(*CREATE))} creates; "
         f"succeeded PaymentIntents {succeeded}, refunded in full {refunded}"
     )
     assert (succeeded, refunded) == (2, 1)  # exactly one charge kept
