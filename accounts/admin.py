@@ -130,6 +130,10 @@ class TeamAdmin(admin.ModelAdmin):
                 )
         except ApplicationError as exc:
             self.message_user(request, exc.message, level=messages.ERROR)
+        # What the admin's history entry lists (formset.save() would have set these).
+        formset.new_objects = []
+        formset.changed_objects = [(f.instance, ["role"]) for f in changed]
+        formset.deleted_objects = [f.instance for f in removed]
         return None
 
     @admin.display(description="Customer records")

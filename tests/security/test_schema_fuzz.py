@@ -53,7 +53,9 @@ parameters = {{ "key_id" = {spare_key_id} }}
 # Rules a schema cannot state, refused with a 400 and a code of their own: what is valid depends on the
 # account's state, the clock or several fields at once (exactly one of tier/cancel/resume; nothing to
 # resume; a spend cap below the tier fee; an expiry in the past; a month that has not started; start
-# before end and within the range a granularity allows). Every other check still applies to them.
+# before end and within the range a granularity allows), or with a 409 for a state conflict (the last
+# owner; an address that is a member or has a pending invitation; an invitation accepted already).
+# Every other check still applies to them.
 [[operations]]
 include-path = [
   "/api/v1/subscription",
@@ -61,6 +63,9 @@ include-path = [
   "/api/v1/keys",
   "/api/v1/mau",
   "/api/v1/usage",
+  "/api/v1/team/members/{{member_id}}",
+  "/api/v1/team/invitations",
+  "/api/v1/team/invitations/{{invitation_id}}",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 """
