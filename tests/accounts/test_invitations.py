@@ -108,7 +108,9 @@ def test_signing_up_from_the_link_with_another_address_is_not_verified(
     path = _link_path(mail.outbox[-1])
     browser = Client()
     browser.get(path)
-    browser.post("/accounts/signup/", {"email": "someone-else@example.com", "password1": PASSWORD, "password2": PASSWORD})
+    browser.post(
+        "/accounts/signup/", {"email": "someone-else@example.com", "password1": PASSWORD, "password2": PASSWORD}
+    )
     other = User.objects.get(email="someone-else@example.com")
     assert [(a.email, a.verified) for a in other.emailaddress_set.all()] == [("someone-else@example.com", False)]
     assert not Membership.objects.filter(team=team, user=other).exists()

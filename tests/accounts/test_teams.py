@@ -58,9 +58,8 @@ def test_the_last_owner_can_neither_leave_nor_be_demoted(crew):
         content_type="application/json",
     )
     assert promoted.status_code == 200 and promoted.json()["role"] == "owner"
-    assert client.patch(f"/api/v1/team/members/{mine.pk}", {"role": "member"}, content_type="application/json").json()[
-        "role"
-    ] == "member"
+    stepped_down = client.patch(f"/api/v1/team/members/{mine.pk}", {"role": "member"}, content_type="application/json")
+    assert stepped_down.json()["role"] == "member"
     assert client.delete(f"/api/v1/team/members/{mine.pk}").status_code == 200
     assert not Membership.objects.filter(pk=mine.pk).exists()
     actions = list(AuditEntry.objects.filter(team=team).order_by("id").values_list("action", flat=True))
@@ -69,7 +68,7 @@ def test_the_last_owner_can_neither_leave_nor_be_demoted(crew):
 
 @pytest.mark.django_db
 def test_ownership_transfer_swaps_roles_in_one_step_and_is_audited(crew):
-    team, owner, colleague, membership = crew
+    team, owner, _colleague, membership = crew
     response = _session(owner).post(f"/teams/{team.slug}/transfer/", {"member": membership.pk})
     assert response.status_code == 302
     roles = dict(Membership.objects.filter(team=team).values_list("user__email", "role"))
@@ -111,7 +110,7 @@ def test_removing_a_member_revokes_their_keys_says_so_first_and_is_audited(crew,
 
 @pytest.mark.django_db
 def test_several_teams_the_switcher_and_an_api_key_acting_for_its_own_team(crew):
-    team, owner, colleague, _ = crew
+    team, _owner, colleague, _ = crew
     client = _session(colleague)
     personal = team_for_user(user=colleague)
     # The colleague starts in their personal team; the bar lists both teams.
@@ -131,7 +130,9 @@ def test_several_teams_the_switcher_and_an_api_key_acting_for_its_own_team(crew)
     assert ApiKey.objects.get(name="in the shared team").team == team
     assert escape(team.name) in client.get("/dashboard/").content.decode()
     # Another page than the team-wide ones goes to the dashboard; a team you are not in is not found.
-    assert client.post("/teams/switch/", {"team": acme.slug, "next": "/billing/invoices/X/"})["Location"] == "/dashboard/"
+    assert (
+        client.post("/teams/switch/", {"team": acme.slug, "next": "/billing/invoices/X/"})["Location"] == "/dashboard/"
+    )
     stranger = tier_services.user_create(email="stranger@example.com")
     assert client.post("/teams/switch/", {"team": team_for_user(user=stranger).slug}).status_code == 404
     # An API key acts for its own team, whatever the session says.
@@ -147,12 +148,15 @@ def test_several_teams_the_switcher_and_an_api_key_acting_for_its_own_team(crew)
 
 @pytest.mark.django_db
 def test_team_api_reads_the_team_and_members(crew):
-    team, owner, colleague, membership = crew
+    team, _owner, colleague, membership = crew
     client = _session(colleague, team)
     body = client.get("/api/v1/team").json()
     assert (body["id"], body["slug"], body["role"], body["is_personal"]) == (team.pk, team.slug, "admin", True)
     members = client.get("/api/v1/team/members").json()["results"]
-    assert [(m["email"], m["role"]) for m in members] == [("owner@example.com", "owner"), ("colleague@example.com", "admin")]
+    assert [(m["email"], m["role"]) for m in members] == [
+        ("owner@example.com", "owner"),
+        ("colleague@example.com", "admin"),
+    ]
     assert client.get(f"/api/v1/team/members/{membership.pk}").json()["email"] == "colleague@example.com"
     other = team_for_user(user=colleague)
     other_membership = Membership.objects.get(team=other)
@@ -179,7 +183,7 @@ def test_createsuperuser_and_the_demo_operator_get_a_personal_team(catalog, monk
 
 @pytest.mark.django_db
 def test_admin_shows_members_and_invitations_and_changes_roles_with_an_audit_entry(crew, admin_client, admin_user):
-    team, owner, colleague, membership = crew
+    team, owner, _colleague, membership = crew
     invitations.invitation_create(team=team, email="pending@example.com", role="billing", actor=owner)
     page = admin_client.get(f"/admin/accounts/team/{team.pk}/change/").content.decode()
     assert "colleague@example.com" in page and "pending@example.com" in page
@@ -217,7 +221,13 @@ def test_team_emails_link_absolutely(crew, settings):
         team_id=team.pk,
         subject="Test",
         template="billing/email/downgraded.txt",
-        context={"attempts": 3, "amount": "$1", "invoice": {"number": "T-1"}, "team_name": team.name, "tier_name": "Free"},
+        context={
+            "attempts": 3,
+            "amount": "$1",
+            "invoice": {"number": "T-1"},
+            "team_name": team.name,
+            "tier_name": "Free",
+        },
     )
     assert "https://tierlab.example/billing/" in mail.outbox[-1].body
     assert "(/billing/)" not in mail.outbox[-1].body
@@ -226,7 +236,8 @@ def test_team_emails_link_absolutely(crew, settings):
 @pytest.mark.django_db
 def test_signup_confirmation_email_names_tierlab(client, free_tier):
     client.post(
-        "/accounts/signup/", {"email": "new@example.com", "password1": "plum-orchard-42", "password2": "plum-orchard-42"}
+        "/accounts/signup/",
+        {"email": "new@example.com", "password1": "plum-orchard-42", "password2": "plum-orchard-42"},
     )
     body = mail.outbox[-1].body
     assert body.startswith("Hello from TierLab!") and "127.0.0.1" not in body.splitlines()[0]
