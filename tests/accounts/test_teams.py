@@ -242,3 +242,14 @@ def test_signup_confirmation_email_names_tierlab(client, free_tier):
     body = mail.outbox[-1].body
     assert body.startswith("Hello from TierLab!") and "127.0.0.1" not in body.splitlines()[0]
     assert "http://testserver/accounts/confirm-email/" in body
+
+
+@pytest.mark.django_db
+def test_a_user_added_in_the_admin_gets_a_personal_team(catalog, admin_client):
+    response = admin_client.post(
+        "/admin/accounts/user/add/",
+        {"email": "added@example.com", "password1": "an-added-password-9", "password2": "an-added-password-9"},
+    )
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    team = team_for_user(user=User.objects.get(email="added@example.com"))
+    assert team.is_personal and Subscription.objects.current().get(team=team).tier.slug == "free"
