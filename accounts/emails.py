@@ -69,7 +69,7 @@ def invitation_email_send(*, invitation_id: int, token: str) -> bool:
     inviter = invitation.invited_by.email if invitation.invited_by else "TierLab"
     return _email_send(
         recipients=[invitation.email],
-        subject=f"{inviter} invited you to {invitation.team.name} on TierLab",
+        subject=f"{inviter} invited you to {invitation.team.name}",  # after SUBJECT_PREFIX "[TierLab] "
         template="accounts/email/invitation.txt",
         context={
             "invitation": invitation,
