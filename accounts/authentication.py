@@ -14,10 +14,13 @@ class ApiKeyPrincipal:
     is_authenticated = True
     is_anonymous = False
 
-    def __init__(self, *, team: Team, key_id: int, scopes: frozenset[str] = frozenset()):
+    def __init__(
+        self, *, team: Team, key_id: int, scopes: frozenset[str] = frozenset(), created_by_id: int | None = None
+    ):
         self.team = team
         self.key_id = key_id
         self.scopes = scopes
+        self.created_by_id = created_by_id  # the user it acts as (accounts.selectors.actor_for_request)
         self.pk = None  # no User row: accounts.throttling buckets it by key id and team id instead
 
     def __str__(self) -> str:
@@ -36,7 +39,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key = api_key_authenticate(raw_key=header[len(self.keyword) + 1 :].strip(), now=timezone.now())
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid API key: it is wrong, revoked or expired.")
-        principal = ApiKeyPrincipal(team=Team.objects.get(pk=key.team_id), key_id=key.key_id, scopes=key.scopes)
+        principal = ApiKeyPrincipal(
+            team=Team.objects.get(pk=key.team_id), key_id=key.key_id, scopes=key.scopes, created_by_id=key.created_by_id
+        )
         return principal, key
 
     def authenticate_header(self, request) -> str:

@@ -1,5 +1,9 @@
 """Email to a team: rendered from a plain-text template and sent to the team's owners. Billing, usage
-alerts and licence decisions all send through here.
+alerts and licence decisions all send through here; invitations go to the invited address.
+
+Every email names TierLab and links with absolute URLs on ``TIERLAB_SITE_URL`` (``site_url``; a
+template gets it as ``site_url``): an email is read outside the site, often from a worker that has no
+request to take a host from.
 
 A failing mail server is logged, not raised: the step that sends (a charge, an alert, a decision)
 has happened already, and a lost email must not turn it into a failure that is retried (and would
@@ -12,10 +16,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core.mail import send_mail
 from django.template.loader import render_to_string
+from django.urls import reverse
 
-from accounts.models import Membership
+from accounts.models import Invitation, Membership
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,21 @@ def team_owner_emails(*, team_id: int) -> list[str]:
     )
 
 
+def site_url(path: str = "") -> str:
+    """The absolute URL of ``path`` (e.g. "/billing/") on the site, for emails."""
+    return settings.TIERLAB_SITE_URL.rstrip("/") + path
+
+
+def _email_send(*, recipients: list[str], subject: str, template: str, context: Mapping[str, Any], what: str) -> bool:
+    body = render_to_string(template, {"site_url": site_url(), **context}).strip() + "\n"
+    try:
+        send_mail(SUBJECT_PREFIX + subject, body, None, recipients, fail_silently=False)
+    except Exception:
+        logger.exception("email %r for %s could not be sent", template, what)
+        return False
+    return True
+
+
 def team_email_send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
     """Render the plain-text ``template`` (a template path) and send it to the team's owners. Returns
     False, logged, when the team has no owner or the mail server fails (see the module docstring: a
@@ -37,10 +58,24 @@ def team_email_send(*, team_id: int, subject: str, template: str, context: Mappi
     if not recipients:
         logger.warning("email %r for team %s: the team has no owner to send it to", template, team_id)
         return False
-    body = render_to_string(template, dict(context)).strip() + "\n"
-    try:
-        send_mail(SUBJECT_PREFIX + subject, body, None, recipients, fail_silently=False)
-    except Exception:
-        logger.exception("email %r for team %s could not be sent", template, team_id)
-        return False
-    return True
+    return _email_send(
+        recipients=recipients, subject=subject, template=template, context=context, what=f"team {team_id}"
+    )
+
+
+def invitation_email_send(*, invitation_id: int, token: str) -> bool:
+    """Email the invitation's link (``token``, accounts.invitations) to the invited address."""
+    invitation = Invitation.objects.select_related("team", "invited_by").get(pk=invitation_id)
+    inviter = invitation.invited_by.email if invitation.invited_by else "TierLab"
+    return _email_send(
+        recipients=[invitation.email],
+        subject=f"{inviter} invited you to {invitation.team.name}",  # after SUBJECT_PREFIX "[TierLab] "
+        template="accounts/email/invitation.txt",
+        context={
+            "invitation": invitation,
+            "inviter": inviter,
+            "role": invitation.get_role_display(),
+            "accept_url": site_url(reverse("invitation-accept", args=[token])),
+        },
+        what=f"invitation {invitation_id}",
+    )

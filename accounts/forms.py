@@ -1,7 +1,7 @@
 from django import forms
 from django.utils import timezone
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Membership
 
 
 class ApiKeyCreateForm(forms.Form):
@@ -32,3 +32,35 @@ class ApiKeyCreateForm(forms.Form):
         if value is not None and value <= timezone.now():
             raise forms.ValidationError("The expiry must be in the future.")
         return value
+
+
+class TeamCreateForm(forms.Form):
+    name = forms.CharField(max_length=120, help_text="E.g. your company or project.")
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise forms.ValidationError("Give the team a name.")
+        return name
+
+
+def _roles(*, can_make_owners: bool) -> list[tuple[str, str]]:
+    # Only owners make owners; the service refuses it for others as well.
+    return [c for c in Membership.Role.choices if can_make_owners or c[0] != Membership.Role.OWNER]
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField(max_length=254)
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER)
+
+    def __init__(self, *args, can_make_owners: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = _roles(can_make_owners=can_make_owners)
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)
+
+    def __init__(self, *args, can_make_owners: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = _roles(can_make_owners=can_make_owners)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.text import slugify
 
 
 class UserManager(BaseUserManager["User"]):
@@ -25,11 +29,17 @@ class UserManager(BaseUserManager["User"]):
         return self._create_user(email, password, **extra_fields)
 
     def create_superuser(self, email: str, password: str | None = None, **extra_fields) -> User:
+        """An operator (``createsuperuser``): like any user, they get a personal team (and, once the
+        catalog is seeded, its free subscription: accounts.extensions.team_set_up)."""
+        from accounts.services import team_create_personal  # services import this module
+
         extra_fields.setdefault("is_staff", True)
         extra_fields.setdefault("is_superuser", True)
         if not extra_fields["is_staff"] or not extra_fields["is_superuser"]:
             raise ValueError("A superuser must have is_staff=True and is_superuser=True.")
-        return self._create_user(email, password, **extra_fields)
+        user = self._create_user(email, password, **extra_fields)
+        team_create_personal(user=user, set_up=True)
+        return user
 
 
 class User(AbstractUser):
@@ -54,10 +64,18 @@ class User(AbstractUser):
         return self.email
 
 
+def team_slug_new(name: str) -> str:
+    """A slug for a new team: its name's, plus a random suffix, so two teams of the same name (two
+    "Acme"s, or personal teams of alice@a.example and alice@b.example) never collide and a new slug
+    needs no lookup."""
+    return f"{slugify(name)[:40].strip('-') or 'team'}-{secrets.token_hex(3)}"
+
+
 class Team(models.Model):
     """The customer: owns the subscription, API keys, usage, invoices and payment methods."""
 
     name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=60, unique=True, help_text="In the team's page URLs: /teams/<slug>/members/.")
     is_personal = models.BooleanField(
         default=False, help_text="Created for one user at sign-up; that user is its owner."
     )
@@ -70,11 +88,20 @@ class Team(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs) -> None:
+        # Every team has a slug (the invariant its URLs rely on), however the row is made.
+        if not self.slug:
+            self.slug = team_slug_new(self.name)
+        super().save(*args, **kwargs)
+
 
 class Membership(models.Model):
+    """A user's place in a team, with a role. What each role may do is accounts.roles.ROLE_ACTIONS."""
+
     class Role(models.TextChoices):
         OWNER = "owner", "Owner"
         ADMIN = "admin", "Admin"
+        BILLING = "billing", "Billing"
         MEMBER = "member", "Member"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
@@ -144,8 +171,6 @@ class ApiKey(models.Model):
     @property
     def status(self) -> str:
         """ "active", "revoked" or "expired"."""
-        from django.utils import timezone
-
         if self.revoked_at is not None:
             return "revoked"
         if self.expires_at is not None and self.expires_at <= timezone.now():
@@ -201,6 +226,15 @@ class AuditEntry(models.Model):
         REFUND = "refund", "Refund"
         REFUND_FAILED = "refund_failed", "Refund failed"
         INVOICE_COMPED = "invoice_comped", "Invoice comped"
+        TEAM_CREATED = "team_created", "Team created"
+        MEMBER_JOINED = "member_joined", "Member joined"
+        MEMBER_REMOVED = "member_removed", "Member removed"
+        MEMBER_LEFT = "member_left", "Member left"
+        ROLE_CHANGED = "role_changed", "Role changed"
+        OWNERSHIP_TRANSFERRED = "ownership_transferred", "Ownership transferred"
+        INVITATION_SENT = "invitation_sent", "Invitation sent"
+        INVITATION_RESENT = "invitation_resent", "Invitation re-sent"
+        INVITATION_REVOKED = "invitation_revoked", "Invitation revoked"
 
     team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     actor = models.ForeignKey("accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -215,3 +249,62 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action}: {self.description}"
+
+
+INVITATION_DAYS = 7
+
+
+def invitation_nonce() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class Invitation(models.Model):
+    """An invitation to join ``team`` as ``role``, emailed to ``email`` as a signed link that expires
+    (accounts.invitations). At most one open invitation per team and address (a unique constraint):
+    neither accepted nor revoked. Re-sending draws a new ``nonce``, so only the latest link works."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Expired"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    invited_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    nonce = models.CharField(max_length=32, default=invitation_nonce, help_text="Part of the signed link.")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(default=timezone.now)
+    send_count = models.PositiveIntegerField(default=1)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                Lower("email"),
+                "team",
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="accounts_invitation_one_open_per_address",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.team} ({self.role})"
+
+    def status_at(self, now) -> str:
+        if self.accepted_at is not None:
+            return self.Status.ACCEPTED
+        if self.revoked_at is not None:
+            return self.Status.REVOKED
+        if self.expires_at <= now:
+            return self.Status.EXPIRED
+        return self.Status.PENDING
+
+    @property
+    def status(self) -> str:
+        return self.status_at(timezone.now())

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Invitation, Membership, Team
 
 
 @extend_schema_field({"type": "array", "minItems": 1, "items": {"type": "string", "enum": ApiKey.Scope.values}})
@@ -63,4 +63,66 @@ class ApiKeyCreateSerializer(serializers.Serializer):
 class MeSerializer(serializers.Serializer):
     email = serializers.EmailField(allow_null=True)
     team = serializers.DictField()
+    role = serializers.ChoiceField(choices=Membership.Role.choices, allow_null=True)
     subscription = serializers.DictField(allow_null=True)
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    role = serializers.SerializerMethodField(help_text="Your role in the team (null for a key without a creator).")
+
+    class Meta:
+        model = Team
+        fields = ["id", "slug", "name", "is_personal", "created_at", "role"]
+        read_only_fields = fields
+
+    @extend_schema_field({"type": "string", "enum": Membership.Role.values, "nullable": True})
+    def get_role(self, team: Team) -> str | None:
+        return self.context.get("role")
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    email = serializers.EmailField(source="user.email", read_only=True)
+    joined_at = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "email", "role", "joined_at"]
+        read_only_fields = fields
+
+
+class MemberRemovedSerializer(MemberSerializer):
+    keys_revoked = serializers.IntegerField(help_text="The member's API keys in this team, revoked with them.")
+
+    class Meta(MemberSerializer.Meta):
+        fields = [*MemberSerializer.Meta.fields, "keys_revoked"]
+        read_only_fields = fields
+
+
+class MemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    status = serializers.ChoiceField(choices=Invitation.Status.choices, read_only=True)
+    invited_by = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Invitation
+        fields = [
+            "id",
+            "email",
+            "role",
+            "status",
+            "invited_by",
+            "created_at",
+            "sent_at",
+            "expires_at",
+            "accepted_at",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+
+class InvitationCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField(max_length=254)
+    role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)

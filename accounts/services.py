@@ -11,18 +11,42 @@ from typing import Any, TypeVar
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from accounts import extensions
 from accounts.models import ApiKey, AuditEntry, Membership, Team, User
+from accounts.roles import TeamAction, role_allows, team_role, team_role_check
 from core.errors import ApplicationError
 
 
 @transaction.atomic
-def team_create_personal(*, user: User) -> Team:
-    """Create ``user``'s personal team with ``user`` as its owner."""
-    team = Team(name=f"{user.email}'s team", is_personal=True)
-    team.full_clean()
+def team_create(
+    *, name: str, owner: User, is_personal: bool = False, set_up: bool = True, now: datetime | None = None
+) -> Team:
+    """Create a team with ``owner`` as its owner (audited, unless personal). ``set_up``: the apps above give it what
+    every team starts with (tiers: the free tier; accounts.extensions); False when the caller does that
+    itself (tiers.services.account_setup_new_user, on a chosen tier)."""
+    now = now or timezone.now()
+    team = Team(name=(name or "").strip(), is_personal=is_personal)
+    team.full_clean(exclude=["slug"])
     team.save()
-    Membership.objects.create(user=user, team=team, role=Membership.Role.OWNER)
+    Membership.objects.create(user=owner, team=team, role=Membership.Role.OWNER)
+    if not is_personal:  # a personal team comes with the account; a team made later is a decision
+        audit_entry_create(
+            team_id=team.pk,
+            actor=owner,
+            action=AuditEntry.Action.TEAM_CREATED,
+            description=f"{team.name} created by {owner.email}",
+            data={"slug": team.slug},
+            now=now,
+        )
+    if set_up:
+        extensions.team_set_up(team=team)
     return team
+
+
+def team_create_personal(*, user: User, set_up: bool = False) -> Team:
+    """Create ``user``'s personal team with ``user`` as its owner. Sign-up sets it up itself, on the
+    tier chosen (tiers.services.account_setup_new_user); ``set_up`` for an operator's (createsuperuser)."""
+    return team_create(name=f"{user.email}'s team", owner=user, is_personal=True, set_up=set_up)
 
 
 # --- API keys -----------------------------------------------------------------------------------------
@@ -45,13 +69,10 @@ class InsufficientScope(ApplicationError):
     code = "insufficient_scope"
 
 
-# Who may hand out ``manage`` from a session: the roles that administer keys and billing (DESIGN.md).
-API_KEY_MANAGE_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
-
-
 def api_key_can_grant_manage(*, user: User, team: Team) -> bool:
-    """Whether ``user`` (a session, not a key) may create keys with the ``manage`` scope for ``team``."""
-    return Membership.objects.filter(user=user, team=team, role__in=API_KEY_MANAGE_ROLES).exists()
+    """Whether ``user`` may create keys with the ``manage`` scope for ``team``: the roles that run every
+    key (owners and admins, accounts.roles)."""
+    return role_allows(team_role(team=team, user=user), TeamAction.KEYS_ALL)
 
 
 def _api_key_scopes(
@@ -61,7 +82,7 @@ def _api_key_scopes(
 
     A key (``creator_scopes`` set) grants at most its own scopes; a session user grants ``manage`` only
     as an owner or admin of ``team``; the system (no creator: management commands, partner channels)
-    grants anything."""
+    grants anything. A key's own request acts for its creator (``created_by``), whose role counts too."""
     wanted = list(dict.fromkeys(scopes)) if scopes is not None else [ApiKey.Scope.MODEL, ApiKey.Scope.READ]
     unknown = [scope for scope in wanted if scope not in ApiKey.Scope.values]
     if unknown or not wanted:
@@ -76,7 +97,7 @@ def _api_key_scopes(
                 f"A key cannot create a key with more scopes than its own (it lacks: {', '.join(beyond)}).",
                 extra={"field": "scopes"},
             )
-    elif (
+    if (
         created_by is not None
         and ApiKey.Scope.MANAGE in wanted
         and not api_key_can_grant_manage(user=created_by, team=team)
@@ -129,7 +150,9 @@ def api_key_create(
 
     ``scopes`` default to model + read. ``creator_scopes`` are the scopes of the API key making this
     request (None for a session or the system): a key never creates a key with more scopes than its
-    own, and only owners and admins grant ``manage`` from a session (403 ``insufficient_scope``).
+    own, and only owners and admins grant ``manage`` (403 ``insufficient_scope``). ``created_by`` is
+    the person acting (a session's user, or the user behind the key making the request); every role
+    may create keys, a non-member none (403 ``role_forbidden``).
 
     A key for a hosting partner's channel is made by ``partners.services.partner_channel_key_create``,
     which calls this and records the channel."""
@@ -138,6 +161,7 @@ def api_key_create(
         raise ApiKeyError("Give the key a name, e.g. the app that will use it.", extra={"field": "name"})
     if expires_at is not None and expires_at <= timezone.now():
         raise ApiKeyError("The expiry must be in the future.", extra={"field": "expires_at"})
+    team_role_check(team=team, actor=created_by, action=TeamAction.KEYS_OWN)
     granted = _api_key_scopes(team=team, scopes=scopes, created_by=created_by, creator_scopes=creator_scopes)
     created = secret_key_save(
         marker=API_KEY_MARKER,
@@ -158,8 +182,11 @@ def api_key_create(
 
 
 @transaction.atomic
-def api_key_revoke(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
-    """Revoke ``key`` (idempotent). The model API refuses it within the auth cache's TTL (seconds)."""
+def api_key_revoke(*, key: ApiKey, actor: User | None = None, now: datetime | None = None) -> ApiKey:
+    """Revoke ``key`` (idempotent). The model API refuses it within the auth cache's TTL (seconds).
+    Everyone revokes the keys they created; owners and admins any key of the team."""
+    own = actor is not None and key.created_by_id == actor.pk
+    team_role_check(team=key.team, actor=actor, action=TeamAction.KEYS_OWN if own else TeamAction.KEYS_ALL)
     if key.revoked_at is None:
         key.revoked_at = now or timezone.now()
         key.save(update_fields=["revoked_at"])

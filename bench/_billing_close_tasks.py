@@ -364,7 +364,13 @@ def seed(spec: dict) -> dict:
             },
         )
         insert(
-            Team, {"id": sql(f"{team0} + g.i"), "name": sql(f"'Bench team ' || {text_i}"), "is_personal": param(True)}
+            Team,
+            {
+                "id": sql(f"{team0} + g.i"),
+                "name": sql(f"'Bench team ' || {text_i}"),
+                "slug": sql(f"'bench-team-{team0}-' || {text_i}"),
+                "is_personal": param(True),
+            },
         )
         insert(
             Membership,

@@ -8,11 +8,11 @@ from rest_framework import generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import User
-from accounts.selectors import team_for_request
+from accounts.selectors import actor_for_request, team_for_request
 from billing import checkout
 from billing.selectors import invoice_list_for_team
 from billing.serializers import InvoiceSerializer, SubscriptionChangeSerializer, SubscriptionRequestSerializer
+from billing.services import billing_role_check
 from tiers.selectors import subscription_current
 from tiers.serializers import SubscriptionSerializer
 
@@ -20,7 +20,8 @@ from tiers.serializers import SubscriptionSerializer
 class SubscriptionApi(APIView):
     """The team's subscription. POST subscribes or changes tier (an upgrade is charged the prorated
     difference now; a downgrade is scheduled for the period end), cancels at period end, or resumes.
-    A declined card answers 402 (code ``card_declined``) and changes nothing."""
+    A declined card answers 402 (code ``card_declined``) and changes nothing. Every team member reads
+    it (the dashboard shows the tier too); owners, admins and billing members change it."""
 
     @extend_schema(responses=SubscriptionSerializer)
     def get(self, request):
@@ -49,7 +50,7 @@ class SubscriptionApi(APIView):
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         team = team_for_request(request)
-        actor = request.user if isinstance(request.user, User) else None
+        actor = actor_for_request(request)
         if "tier" in data:
             result = checkout.subscription_change(
                 team=team, tier=data["tier"], payment_method=data.get("payment_method"), actor=actor
@@ -65,11 +66,14 @@ class SubscriptionApi(APIView):
 
 
 def _team_invoices(request):
-    return invoice_list_for_team(team=team_for_request(request)).prefetch_related("lines")
+    team = team_for_request(request)
+    billing_role_check(team=team, actor=actor_for_request(request), manage=False)
+    return invoice_list_for_team(team=team).prefetch_related("lines")
 
 
 class InvoiceListApi(generics.ListAPIView):
-    """The team's invoices, newest first, with their lines. Amounts are cents."""
+    """The team's invoices, newest first, with their lines. Amounts are cents. Owners, admins and
+    billing members only."""
 
     serializer_class = InvoiceSerializer
 

@@ -28,6 +28,7 @@ from billing.services import (
     CheckoutResult,
     audit,
     billing_now,
+    billing_role_check,
     entitlements_changed,
     free_tier,
     subscription_restart_on_free,
@@ -63,6 +64,7 @@ def subscription_change(
     is scheduled like a downgrade; a past-due subscription can be downgraded but not upgraded.
     """
     now = billing_now(now)
+    billing_role_check(team=team, actor=actor)
     tier_selectable_check(tier=tier, public_only=True)
     subscription = _subscription_current_or_free(team=team, now=now)
     current = subscription.tier
@@ -386,11 +388,14 @@ def subscription_cancel(
     *, team: Team, immediately: bool = False, actor: User | None = None, now: datetime | None = None
 ) -> CheckoutResult:
     """Cancel the paid tier: at period end (``cancel_at_period_end``; the team then moves to the free
-    tier), or now for operators (``immediately``; no refund here).
+    tier), or now for operators (``immediately``; no refund here; an operator's action in the admin,
+    so no role of the team is checked).
 
     Cancelling is moving to the free tier: the one subscription row of the team stays and changes in
     place (the "one current per team" constraint), so usage, keys and invoices keep their history."""
     now = billing_now(now)
+    if not immediately:
+        billing_role_check(team=team, actor=actor)
     with transaction.atomic():
         current = subscription_current(team=team)
         if current is None:
@@ -432,6 +437,7 @@ def subscription_cancel(
 def subscription_resume(*, team: Team, actor: User | None = None, now: datetime | None = None) -> CheckoutResult:
     """Undo a scheduled cancel or downgrade."""
     now = billing_now(now)
+    billing_role_check(team=team, actor=actor)
     with transaction.atomic():
         current = subscription_current(team=team)
         if current is None or (current.pending_tier_id is None and not current.cancel_at_period_end):

@@ -11,7 +11,7 @@ from accounts.emails import team_owner_emails
 from accounts.models import AuditEntry
 from billing import stripe_gateway as gateway
 from billing.models import BillingCustomer, Invoice
-from billing.services import PaymentMethodRequired, audit, billing_now
+from billing.services import PaymentMethodRequired, audit, billing_now, billing_role_check
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -45,6 +45,7 @@ def payment_method_update(
     An open renewal invoice waiting for its next dunning retry is brought forward to ``now``: whoever
     fixes their card should not wait days for the retry (Stripe retries on a card update as well)."""
     now = billing_now(now)
+    billing_role_check(team=team, actor=actor)
     customer = billing_customer_ensure(team=team, now=now)
     card = gateway.payment_method_attach(
         customer_id=customer.stripe_customer_id, payment_method=payment_method, make_default=True

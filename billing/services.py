@@ -16,6 +16,11 @@ only the ones above it in this list (no cycles):
 - ``billing.run``: one pass of the engine (period close, charging what is due, ending dunning).
 - ``billing.selectors``: the billing page's overview (reads only).
 
+Who may (``billing_role_check``, the one check of billing): a team's owners, admins and billing members
+see billing and invoices and change the subscription, the card and the spend cap; the other roles do
+neither (accounts.roles). Every customer-facing service checks its ``actor``; the operators' services
+(tier moves, comps, refunds, a cancel ``immediately``) are not a member's action and check nothing.
+
 Time: every function that depends on time takes ``now`` (default ``timezone.now()``), so billing can
 be run forward in simulated time without patching.
 Exactly-once: invoices are unique on ``billing_key``; payments on (invoice, attempt) and on their
@@ -50,6 +55,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import AuditEntry
+from accounts.roles import TeamAction, team_role_check
 from accounts.services import audit_entry_create
 from billing.models import Invoice, Payment
 from core.errors import ApplicationError
@@ -59,7 +65,7 @@ from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear
 
 if TYPE_CHECKING:
-    from accounts.models import User
+    from accounts.models import Team, User
 
 # Invoices the customer waits for at checkout: one attempt, voided on failure, never dunned.
 CHECKOUT_KINDS = (Invoice.Kind.INITIAL, Invoice.Kind.PRORATION)
@@ -105,6 +111,12 @@ class BillingRunResult:
 
 
 # --- Small helpers ----------------------------------------------------------------------------------
+
+
+def billing_role_check(*, team: Team, actor: User | None, manage: bool = True) -> None:
+    """403 ``role_forbidden`` unless ``actor`` may see (``manage=False``) or change the team's billing;
+    ``actor`` None is the system (commands, tasks)."""
+    team_role_check(team=team, actor=actor, action=TeamAction.BILLING_MANAGE if manage else TeamAction.BILLING_VIEW)
 
 
 def billing_now(now: datetime | None) -> datetime:

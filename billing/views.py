@@ -7,14 +7,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import date as date_filter
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from accounts.selectors import team_for_user
+from accounts.decorators import team_page
+from accounts.roles import TeamAction
 from billing import checkout, customers, selectors, webhooks
 from billing.forms import DECLINED_MESSAGE, CardChangeForm, CheckoutForm
 from billing.models import BillingCustomer, Invoice
@@ -36,13 +36,12 @@ if TYPE_CHECKING:
 
 # Thin: each POST calls one billing service and reports what it did; errors of the domain come back
 # as form errors (checkout, card) or messages (cancel, undo). Nothing here decides a billing rule.
+# Every page acts on the current team (accounts.decorators.team_page): owners, admins and billing
+# members see it; the services check the same roles again for every change.
 
 
 def _team(request: HttpRequest) -> Team:
-    team = team_for_user(user=request.user)
-    if team is None:  # every user gets a personal team at sign-up; a user without one has no billing
-        raise Http404("No team")
-    return team
+    return request.team
 
 
 def _day(value: datetime | None) -> str:
@@ -112,12 +111,12 @@ def _billing_page(request: HttpRequest, team: Team, card_form: CardChangeForm, *
     )
 
 
-@login_required
+@team_page(TeamAction.BILLING_VIEW)
 def billing_page(request: HttpRequest) -> HttpResponse:
     return _billing_page(request, _team(request), CardChangeForm())
 
 
-@login_required
+@team_page(TeamAction.BILLING_MANAGE)
 @require_POST
 def billing_payment_method(request: HttpRequest) -> HttpResponse:
     team = _team(request)
@@ -148,19 +147,19 @@ def _subscription_action(request: HttpRequest, service: Callable[..., CheckoutRe
     return redirect("billing")
 
 
-@login_required
+@team_page(TeamAction.BILLING_MANAGE)
 @require_POST
 def billing_cancel(request: HttpRequest) -> HttpResponse:
     return _subscription_action(request, checkout.subscription_cancel)
 
 
-@login_required
+@team_page(TeamAction.BILLING_MANAGE)
 @require_POST
 def billing_resume(request: HttpRequest) -> HttpResponse:
     return _subscription_action(request, checkout.subscription_resume)
 
 
-@login_required
+@team_page(TeamAction.BILLING_MANAGE)
 def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
     team = _team(request)
     # Archived and non-public tiers cannot be chosen: they are not found here.
@@ -192,7 +191,7 @@ def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
     )
 
 
-@login_required
+@team_page(TeamAction.BILLING_VIEW)
 def billing_invoice(request: HttpRequest, number: str) -> HttpResponse:
     team = _team(request)
     invoice = get_object_or_404(selectors.invoice_list_for_team(team=team).select_related("team"), number=number)

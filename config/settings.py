@@ -94,6 +94,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.teams",
             ],
         },
     },
@@ -424,6 +425,17 @@ TIERLAB_REQUEST_ID_RETENTION_SECONDS = env.int("TIERLAB_REQUEST_ID_RETENTION_SEC
 # Licensees whose products had more monthly active users than this in the calendar month before a
 # model's release need a licence agreement for that model and later ones (the Llama licence's 700M).
 TIERLAB_LICENSE_MAU_THRESHOLD = env.int("TIERLAB_LICENSE_MAU_THRESHOLD", default=700_000_000)
+# Where people reach the site: the base of the absolute links in emails (invitations, billing, alerts),
+# which are often sent by a worker with no request to take a host from. `make run` exports WEB_PORT to
+# every process it starts; production defaults to https:// on the first ALLOWED_HOSTS name.
+TIERLAB_SITE_URL = env.str(
+    "TIERLAB_SITE_URL",
+    default=(
+        f"https://{ALLOWED_HOSTS[0]}"
+        if PRODUCTION and ALLOWED_HOSTS
+        else f"http://127.0.0.1:{env.int('WEB_PORT', default=8000)}"
+    ),
+)
 TIERLAB_DEMO_OPERATOR_EMAIL = "operator@tierlab.localhost"
 TIERLAB_DEMO_OPERATOR_PASSWORD = "tierlab-demo-operator"
 

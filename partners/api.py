@@ -16,7 +16,7 @@ from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.selectors import team_for_request
+from accounts.selectors import actor_for_request, team_for_request
 from core.errors import error_body, error_type
 from partners import licensing
 from partners.models import LicenseAgreement, MonthlyActiveUsers
@@ -151,6 +151,7 @@ class MauReportApi(generics.ListAPIView):
             month=payload.validated_data["month"],
             active_users=payload.validated_data["active_users"],
             now=timezone.now(),
+            actor=actor_for_request(request),
         )
         return Response(MauReportSerializer(report).data, status=status.HTTP_201_CREATED)
 
@@ -185,5 +186,7 @@ class LicenseRequestApi(APIView):
         },
     )
     def post(self, request):
-        agreement = licensing.license_request(team=team_for_request(request), now=timezone.now())
+        agreement = licensing.license_request(
+            team=team_for_request(request), now=timezone.now(), actor=actor_for_request(request)
+        )
         return Response(LicenseAgreementSerializer(agreement).data)

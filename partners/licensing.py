@@ -40,6 +40,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.emails import team_email_send
+from accounts.roles import TeamAction, team_role_check
 from core.errors import ApplicationError
 from core.periods import add_months, month_first
 from partners.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
@@ -117,12 +118,16 @@ def license_threshold() -> int:
 # --- Reports --------------------------------------------------------------------------------------------
 
 
-def mau_report_record(*, team: Team, month: date, active_users: int, now: datetime | None = None) -> MonthlyActiveUsers:
+def mau_report_record(
+    *, team: Team, month: date, active_users: int, now: datetime | None = None, actor: User | None = None
+) -> MonthlyActiveUsers:
     """Record the team's monthly active users for ``month`` (any day of it names the month). One report
     per month: a second report for the same month is a correction and replaces the first. A month
     after the current one cannot be reported. If the check for that month already ran, the report is
-    held to it at once (see the module docstring)."""
+    held to it at once (see the module docstring). Owners and admins report (``actor``; None: an
+    operator or the system)."""
     now = now or timezone.now()
+    team_role_check(team=team, actor=actor, action=TeamAction.LICENSE_MANAGE)
     month = month_first(month)
     if month > month_first(_today(now)):
         raise ValidationError({"month": [f"{month:%Y-%m} has not started yet: report a past or the current month."]})
@@ -247,10 +252,12 @@ def _agreement_locked(*, team_id: int) -> LicenseAgreement:
     return agreement
 
 
-def license_request(*, team: Team, now: datetime | None = None) -> LicenseAgreement:
+def license_request(*, team: Team, now: datetime | None = None, actor: User | None = None) -> LicenseAgreement:
     """The licensee asks for the licence: required -> requested. Asking again while it is requested
-    changes nothing (a client retry is harmless); a decided agreement cannot be requested again."""
+    changes nothing (a client retry is harmless); a decided agreement cannot be requested again.
+    Owners and admins ask (``actor``; None: the system)."""
     now = now or timezone.now()
+    team_role_check(team=team, actor=actor, action=TeamAction.LICENSE_MANAGE)
     with transaction.atomic():
         agreement = _agreement_locked(team_id=team.pk)
         if agreement.status == Status.REQUESTED:

@@ -5,6 +5,8 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from accounts.backends import is_demo_account_refused
+from accounts.emails import site_url
+from accounts.invitations import INVITED_EMAIL_SESSION_KEY
 from tiers import services
 
 
@@ -17,6 +19,17 @@ class AccountAdapter(DefaultAccountAdapter):
         if is_demo_account_refused(user.email):
             raise PermissionDenied("The demo account cannot log in in production mode.")
         return super().pre_login(request, user, **kwargs)
+
+    def is_email_verified(self, request, email: str) -> bool:
+        # Signing up from an invitation's link (accounts.views.invitation_accept) with the invited
+        # address: the link came to that mailbox, which is what a confirmation email would show.
+        invited = request.session.get(INVITED_EMAIL_SESSION_KEY) if request is not None else None
+        return bool(invited and invited.lower() == email.lower()) or super().is_email_verified(request, email)
+
+    def send_mail(self, template_prefix: str, email: str, context: dict) -> None:
+        # allauth names the site after the request's host ("Hello from 127.0.0.1:8000!"): TierLab's
+        # emails name TierLab and its address (templates/account/email/base_message.txt).
+        super().send_mail(template_prefix, email, {"tierlab_site_url": site_url(), **context})
 
     def save_user(self, request, user, form, commit=True):
         # The user row and its team + free subscription are written together, or not at all.

@@ -8,7 +8,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
-from accounts.selectors import team_for_request
+from accounts.roles import team_role
+from accounts.selectors import actor_for_request, team_for_request
 from accounts.serializers import MeSerializer
 from tiers import services
 from tiers.selectors import subscription_current, tier_list_public
@@ -21,17 +22,20 @@ from tiers.serializers import (
 
 
 class MeApi(APIView):
-    """Who is calling: the user (for a session) and the team the request acts for, with its subscription."""
+    """Who is calling: the user (for a session) and the team the request acts for, with its subscription
+    and the caller's role in it (for an API key, its creator's; null for a key without one)."""
 
     @extend_schema(responses=MeSerializer)
     def get(self, request):
         team = team_for_request(request)
         subscription = subscription_current(team=team)
         user = request.user if isinstance(request.user, User) else None
+        actor = actor_for_request(request)
         return Response(
             {
                 "email": user.email if user else None,
-                "team": {"id": team.pk, "name": team.name},
+                "team": {"id": team.pk, "slug": team.slug, "name": team.name},
+                "role": team_role(team=team, user=actor) if actor else None,
                 "subscription": SubscriptionSerializer(subscription).data if subscription else None,
             }
         )
@@ -61,7 +65,8 @@ class SpendCapApi(APIView):
     """The team's own monthly spend cap (tiers that bill overage only). PUT
     ``{"amount_cents": 5000, "hard": true}`` sets it, ``{"amount_cents": null}`` removes it. A tier
     without overage answers 409 ``spend_cap_not_available``; a cap below the tier fee 400
-    ``spend_cap_below_fee``; nothing changes on an error."""
+    ``spend_cap_below_fee``; a role that does not run billing 403 ``role_forbidden``; nothing changes on
+    an error."""
 
     @extend_schema(responses=SpendCapStateSerializer)
     def get(self, request):
@@ -82,7 +87,7 @@ class SpendCapApi(APIView):
     def put(self, request):
         payload = SpendCapSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        actor = request.user if isinstance(request.user, User) else None
+        actor = actor_for_request(request)
         subscription = services.subscription_spend_cap_set(
             team=team_for_request(request),
             cap_cents=payload.validated_data["amount_cents"],

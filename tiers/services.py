@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import AuditEntry, User
+from accounts.roles import TeamAction, team_role_check
 from core.errors import ApplicationError
 from core.periods import period_bounds
 from tiers import catalog
@@ -19,6 +21,8 @@ from tiers.selectors import entitlements_cache_clear
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidTierChange(ApplicationError):
@@ -161,9 +165,11 @@ def subscription_spend_cap_set(
     Only tiers that bill overage have a bill that grows with usage, so only they take a cap; a cap
     below the tier fee could never be met, so it is refused rather than blocking the API outright.
     Applies to the current period at once: the model API sees it when this process's cached
-    entitlements are dropped (after commit, here) and other processes' expire.
+    entitlements are dropped (after commit, here) and other processes' expire. ``actor`` needs a role
+    that runs billing (accounts.roles; None: the system).
     """
     now = now or timezone.now()
+    team_role_check(team=team, actor=actor, action=TeamAction.BILLING_MANAGE)
     subscription = Subscription.objects.current().select_for_update().select_related("tier").filter(team=team).first()
     if subscription is None:
         raise SpendCapNotAvailable("Your team has no subscription to set a spend cap on.")
@@ -307,6 +313,18 @@ def account_setup_new_user(*, user: User, tier_slug: str | None = None) -> Team:
     return team
 
 
+def team_set_up(*, team: Team) -> None:
+    """What every new team starts with (registered at accounts.extensions by TiersConfig.ready): the
+    free tier. Before the catalog is seeded (an operator made with createsuperuser first) the team
+    starts without a subscription; billing gives it the free one when it first subscribes."""
+    try:
+        tier = tier_get_for_signup()
+    except TierUnavailable as exc:
+        logger.warning("team %s starts without a subscription: %s", team.pk, exc.message)
+        return
+    subscription_create(team=team, tier=tier)
+
+
 @transaction.atomic
 def user_create(*, email: str, password: str | None = None, tier_slug: str | None = None) -> User:
     """Create a user with a verified primary email, a personal team and a subscription.
@@ -338,6 +356,8 @@ def operator_ensure(*, email: str, password: str) -> tuple[User, bool]:
     created = user is None
     if created:
         user = user_create(email=email, password=password)
+    elif not user.memberships.exists():  # made before operators got a personal team
+        account_setup_new_user(user=user)
     if not (user.is_staff and user.is_superuser):
         user.is_staff = True
         user.is_superuser = True

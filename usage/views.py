@@ -3,25 +3,23 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from accounts.selectors import team_for_user
+from accounts.decorators import team_page
+from accounts.roles import RoleForbidden, TeamAction, role_allows
 from core.errors import ApplicationError
 from tiers.services import subscription_spend_cap_set
 from usage.dashboard import RANGE_CHOICES, dashboard_for_team
 from usage.forms import SpendCapForm, UsageRangeForm
 
 
-@login_required
+@team_page(TeamAction.VIEW)
 @require_http_methods(["GET", "POST"])
 def dashboard(request: HttpRequest) -> HttpResponse:
-    team = team_for_user(user=request.user)
-    if team is None:
-        return render(request, "usage/dashboard.html", {"team": None, "dashboard": None})
+    team = request.team
     now = timezone.now()
 
     cap_form: SpendCapForm | None = None
@@ -29,7 +27,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         cap_form = SpendCapForm(request.POST)
         if cap_form.is_valid():
             try:
-                subscription_spend_cap_set(team=team, cap_cents=cap_form.cap_cents(), hard=cap_form.hard(), now=now)
+                subscription_spend_cap_set(
+                    team=team, cap_cents=cap_form.cap_cents(), hard=cap_form.hard(), now=now, actor=request.user
+                )
+            except RoleForbidden:
+                raise  # the 403 page (accounts.decorators.team_page)
             except ApplicationError as error:
                 cap_form.add_error("amount", error.message)
             else:
@@ -67,5 +69,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "range_form": range_form,
         "range_choices": RANGE_CHOICES,
         "cap_form": cap_form,
+        # The spend cap is billing's: the other roles see it, without the form.
+        "can_manage_billing": role_allows(request.team_role, TeamAction.BILLING_MANAGE),
     }
     return render(request, "usage/dashboard.html", context)

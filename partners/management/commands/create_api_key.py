@@ -61,7 +61,8 @@ class Command(BaseCommand):
                 if team is None:
                     team = tier_services.account_setup_new_user(user=user, tier_slug=tier)
                 if channel is None:
-                    key, secret = services.api_key_create(team=team, name=name, scopes=scope_list)
+                    # Made for the user: it acts with their role, and is revoked if they leave the team.
+                    key, secret = services.api_key_create(team=team, name=name, scopes=scope_list, created_by=user)
                 else:
                     key, secret = partner_channel_key_create(partner=channel, team=team, name=name)
         except ValidationError as exc:
