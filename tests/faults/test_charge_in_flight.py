@@ -72,8 +72,15 @@ def through_proxy(settings, stripe_local: str, *, hold_seconds: float, quiet_sec
 
 
 def charges_of(stripe_local: str, invoice: Invoice) -> tuple[int, int]:
-    """(succeeded PaymentIntents, of which refunded in full) for ``invoice``, as localstripe has them."""
-    succeeded = [pi for pi in payment_intents_for_invoice(stripe_local, invoice.pk) if pi["status"] == "succeeded"]
+    """(succeeded PaymentIntents, of which refunded in full) for ``invoice``, as localstripe has them.
+    Its customer too, not only its id: localstripe lives for the whole session, and an earlier test's
+    invoice may have had the same id (SQLite reuses ids once a transactional test empties a table)."""
+    customer = invoice.team.billing_customer.stripe_customer_id
+    succeeded = [
+        pi
+        for pi in payment_intents_for_invoice(stripe_local, invoice.pk)
+        if pi["status"] == "succeeded" and pi.get("customer") == customer
+    ]
     refunded = 0
     for pi in succeeded:
         refunds = json.loads(localstripe_request(stripe_local, "GET", f"/v1/refunds?payment_intent={pi['id']}"))
