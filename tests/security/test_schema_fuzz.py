@@ -106,7 +106,7 @@ def fuzz_account(transactional_db, catalog, settings, stripe_local):
 def test_every_api_survives_schema_fuzzing(live_server, fuzz_account, tmp_path, report):
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG.format(spare_key_id=fuzz_account["spare_key_id"]))
-    report = tmp_path / "report.json"
+    report_path = tmp_path / "report.json"
     env = {
         **os.environ,
         "TIERLAB_FUZZ_API_KEY": fuzz_account["api_key"],
@@ -134,7 +134,7 @@ def test_every_api_survives_schema_fuzzing(live_server, fuzz_account, tmp_path, 
         "--report",
         "json",
         "--report-json-path",
-        str(report),
+        str(report_path),
         "--no-color",
     ]
     completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
@@ -142,7 +142,7 @@ def test_every_api_survives_schema_fuzzing(live_server, fuzz_account, tmp_path, 
     summary = _summary(output)
     report(f"\nschemathesis {EXAMPLES} examples/operation, seed {SEED}: " + "; ".join(summary))
     assert completed.returncode == 0, f"schemathesis found failures (exit {completed.returncode}):\n{output[-30000:]}"
-    assert report.exists()
+    assert report_path.exists()
 
 
 def _summary(output: str) -> list[str]:
