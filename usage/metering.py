@@ -351,13 +351,16 @@ def _raise_if_refused(*, caller: Caller, decision: Decision, limits: tuple[Limit
         )
 
 
-def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, now: datetime) -> None:
+def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, now: datetime) -> bool:
     """Record the admitted request with its actual tokens (exactly once) and correct the reservation.
-    Called when the response has been sent: a backend that does not answer is logged, not raised (the
-    reservation stays until the sweeper refunds it; a Redis settle that arrives late still records)."""
+    False when it is certainly not recorded: the reservation was swept before, or the backend failed
+    and changed nothing (a database transaction rolled back; the sweeper refunds the reservation). A
+    stream settles before its closing events and then ends with an error event (usage/model_api.py).
+    A backend that failed is logged, not raised; a Redis settle that timed out may still run late and
+    record, so the answer stands (True), and if it never runs the sweeper refunds the reservation."""
     reservation: Reservation | None = admission.decision.reservation
     if reservation is None:  # a replayed duplicate: already recorded, nothing was reserved
-        return
+        return True
     event = UsageEvent(
         request_id=admission.request_id,
         team_id=admission.caller.team_id,
@@ -373,13 +376,14 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
         recorded = get_quota_backend().settle(reservation=reservation, event=event)
     except QuotaBackendUnavailable as error:
         logger.error("settle of request %s of team %s failed: %s", event.request_id, event.team_id, error)
-        return
+        return error.may_have_run
     if not recorded:
         logger.error(
-            "request %s of team %s settled after its reservation was swept: served, not recorded",
+            "request %s of team %s settled after its reservation was swept: not recorded",
             event.request_id,
             event.team_id,
         )
+    return recorded
 
 
 def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:

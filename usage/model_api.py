@@ -432,13 +432,25 @@ def _complete(chat: ChatRequest):
 def _stream_response(
     request_id, chat, completion, admission, reserve, created, flavor, headers
 ) -> StreamingHttpResponse:
-    sent = {"tokens": 0}
+    sent = {"tokens": 0, "settled": False}
     pieces = list(iter_chunks(completion))
+
+    def settle(completion_tokens: int) -> bool:
+        sent["settled"] = True
+        return metering.settle(admission=admission, prompt_tokens=completion.prompt_tokens,
+                               completion_tokens=completion_tokens, now=timezone.now())  # fmt: skip
 
     def counted_chunks() -> Iterator[str]:
         for piece in pieces:
             yield piece
             sent["tokens"] += 1
+        # Settled before the closing events: a stream certainly not recorded (the database backend
+        # failing, e.g. on a full disk) ends with an error event, not as a whole answer for free.
+        if not settle(completion.completion_tokens):
+            raise errors.QuotaBackendUnavailable(
+                "The usage of this request could not be recorded, so its answer is incomplete and not counted. "
+                f"Retry in {metering.QUOTA_UNAVAILABLE_RETRY_AFTER_SECONDS} s."
+            )
 
     # A stream that is still being sent after half the reservation timeout (a client reading it very
     # slowly) is cut there, so it is settled well before the sweeper would take its reservation for an
@@ -460,19 +472,14 @@ def _stream_response(
                     )
                     return
                 yield event
+        except errors.QuotaBackendUnavailable as exc:
+            # Both SDKs raise on it: llama-api-client on an "error" event, openai on data with "error".
+            yield b"event: error\n" + _sse(exc.body())
         finally:
-            # Settled once the stream ends, or when the client goes away: then only what was generated
-            # up to that point is counted (a proportional share of the completion's tokens).
-            if sent["tokens"] >= len(pieces):
-                completion_tokens = completion.completion_tokens
-            else:
-                completion_tokens = completion.completion_tokens * sent["tokens"] // max(1, len(pieces))
-            metering.settle(
-                admission=admission,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion_tokens,
-                now=timezone.now(),
-            )
+            # Cut, or the client went away: only what was generated up to that point is counted (a
+            # proportional share of the completion's tokens).
+            if not sent["settled"]:
+                settle(completion.completion_tokens * sent["tokens"] // max(1, len(pieces)))
 
     headers.update(
         metering.headers_after(

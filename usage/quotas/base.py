@@ -132,7 +132,12 @@ class QuotaBackendUnavailable(Exception):
     """The backend did not answer in time (refused, timed out, or its database failed). Nothing the
     caller may rely on happened: the request must not be served (the model API answers 503). A reserve
     that the backend runs after the caller gave up does nothing (Redis: see its deadline) or leaves a
-    reservation that ``sweep`` refunds."""
+    reservation that ``sweep`` refunds. ``may_have_run``: False when the call certainly changed nothing
+    (its database transaction was rolled back), True when it may still run (a Redis script sent)."""
+
+    def __init__(self, message: str, *, may_have_run: bool = True) -> None:
+        super().__init__(message)
+        self.may_have_run = may_have_run
 
 
 @dataclass(frozen=True)

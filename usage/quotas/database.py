@@ -410,8 +410,8 @@ class DatabaseQuotaBackend(QuotaBackend):
                 return True
         except _Held:
             return False
-        except _UNAVAILABLE as error:
-            raise QuotaBackendUnavailable(f"database quota backend: {error}") from error
+        except _UNAVAILABLE as error:  # rolled back: not recorded (a stream says so, usage/model_api.py)
+            raise QuotaBackendUnavailable(f"database quota backend: {error}", may_have_run=False) from error
 
     def _give_back(self, *, team_id: int, windows: _Windows, tokens: int, reservation_id: int) -> bool:
         try:
