@@ -26,11 +26,12 @@ _pending: Counter[tuple[datetime, int, str, str]] = Counter()
 _last_flush = time.monotonic()
 
 
-def refusal_count(*, team_id: int, tier_slug: str, code: str, now: datetime) -> None:
-    """Count one refused request; flush the buffer if it is due."""
+def refusal_count(*, team_id: int, tier_slug: str, code: str, now: datetime, count: int = 1) -> None:
+    """Count one refused request (or ``count`` of them: the simulator refuses traffic in aggregate);
+    flush the buffer if it is due."""
     hour = now.replace(minute=0, second=0, microsecond=0)
     with _lock:
-        _pending[(hour, team_id, tier_slug, code)] += 1
+        _pending[(hour, team_id, tier_slug, code)] += count
         due = time.monotonic() - _last_flush >= FLUSH_SECONDS
     if due:
         refusal_counts_flush()
