@@ -28,3 +28,5 @@ EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
 CELERY_TASK_ALWAYS_EAGER = True
 TIERLAB_QUOTA_BACKEND = "database"
 LOGGING["root"]["level"] = "WARNING"
+# Not DEBUG: Django would keep every query of a year-long run in memory (connection.queries).
+DEBUG = False

@@ -68,18 +68,18 @@ from simulation.population import (
 )
 from tiers import catalog as seed_catalog
 from tiers.models import Subscription
-from tiers.selectors import entitlements_cache_clear, entitlements_for_team, subscription_current
+from tiers.selectors import entitlements_for_teams, subscription_current
 from tiers.services import subscription_spend_cap_set, user_create
 from usage import refusals
 from usage.metering import limits_for
 from usage.quotas.base import UsageEvent
-from usage.selectors import tokens_used
 from usage.services import usage_records_create
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
     from simulation.scenario import LicenseeSpec, PartnerSpec, Scenario
     from tiers.models import Tier
+    from tiers.selectors import Entitlements
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ EMAIL_DOMAIN = "sim.tierlab.localhost"
 FAILING_CARD = "pm_card_chargeCustomerFail"
 WORKING_CARD = "pm_card_visa"
 RECORD_BATCH = 1_000
+ENTITLEMENTS_BATCH = 2_000  # teams per query (well under SQLite's 32,766 parameters)
 # A usage record's token columns are 32-bit on PostgreSQL: a team-day above this is stored in parts.
 RECORD_MAX_TOKENS = 2_000_000_000
 
@@ -466,17 +467,24 @@ class ShardRun:
         """Entitlements again for every team whose subscription changed today (its ``updated_at`` is
         today: every change saves it, with the clock at today) or whose tier the catalog changed."""
         changed = set(Subscription.objects.filter(updated_at__gte=self.now).values_list("team_id", flat=True))
-        entitlements_cache_clear()
-        for team in self.teams:
-            if team.left:
-                continue
-            stale = team.entitlements is None or team.entitlements.tier_slug in self.changed_tiers
-            if stale or team.team_id in changed:
-                self._entitlements_load(team)
+        stale = [
+            team
+            for team in self.teams
+            if not team.left
+            and (
+                team.entitlements is None
+                or team.team_id in changed
+                or team.entitlements.tier_slug in self.changed_tiers
+            )
+        ]
+        for first in range(0, len(stale), ENTITLEMENTS_BATCH):
+            batch = stale[first : first + ENTITLEMENTS_BATCH]
+            loaded = entitlements_for_teams(team_ids=[team.team_id for team in batch])
+            for team in batch:
+                self._entitlements_set(team, loaded[team.team_id])
 
-    def _entitlements_load(self, team: SimTeam) -> None:
+    def _entitlements_set(self, team: SimTeam, after: Entitlements | None) -> None:
         before = team.entitlements
-        after = entitlements_for_team(team_id=team.team_id)
         team.entitlements = after
         team.caps = None
         if after is None:
@@ -506,10 +514,11 @@ class ShardRun:
                 continue
             if team.caps is None or self.now >= team.caps.period_end:
                 caps = Caps.of(limits_for(entitlements=entitlements, now=self.now))
-                if team.caps is None:
-                    team.period_tokens = tokens_used(team_id=team.team_id, start=caps.period_start, end=caps.period_end)
-                elif caps.period_start != team.caps.period_start:
-                    team.period_tokens = 0  # a new period: no record of it exists before today's
+                if team.period_start != caps.period_start:
+                    # As the quota backends count: a window whose start differs from the counted one
+                    # starts again from zero (usage/quotas/database.py), whatever the records hold.
+                    team.period_tokens = 0
+                    team.period_start = caps.period_start
                 team.caps = caps
             traffic = team.segment.traffic
             per_request = traffic.tokens_per_request

@@ -161,7 +161,8 @@ class SimTeam:
     team: Team | None = None
     entitlements: Entitlements | None = None
     caps: Caps | None = None
-    period_tokens: int = 0
+    period_tokens: int = 0  # tokens counted in the quota window that starts at period_start
+    period_start: dt.datetime | None = None
     model: str = ""
     refused_yesterday: bool = False
     near_limit: bool = False

@@ -12,8 +12,9 @@ Per month (UTC calendar months of the run):
   the engine takes the snapshot, since subscriptions keep no history). ``teams``: customer teams that
   had signed up and not left, licensees included.
 - ``upgrades`` (trials started, subscriptions from free, upgrades, operator moves), ``downgrades``
-  (scheduled downgrades applied) and ``churned`` (cancels applied, including trials that did not
-  convert, and teams moved to free after dunning): the billing audit log's entries in the month.
+  (scheduled downgrades applied) and ``churned`` (paying customers lost: cancels applied and teams
+  moved to free after dunning, of teams that had paid an invoice before; a trial that ends unpaid is
+  not churn): the billing audit log's entries in the month.
 - ``refusals``: refused requests by error code (``usage.models.QuotaRefusalCount``).
 - ``payments_failed``: failed charge attempts (``billing.analytics.failed_payments``); ``recovered``:
   renewal invoices paid in the month after at least one failed attempt (dunning that worked).
@@ -99,6 +100,20 @@ def shard_figures(*, run: ShardRun) -> dict[str, Any]:
     actions: dict[str, Counter] = {}
     for row in audit:
         actions.setdefault(_month_key(row["month"]), Counter())[row["action"]] += row["n"]
+    # Churn is a paying customer lost: a cancel or the end of dunning for a team that had paid an
+    # invoice before. A trial that ends without a payment (cancelled, or its first charge failed
+    # through dunning) is a conversion that did not happen, not churn.
+    paid_before = Invoice.objects.filter(
+        team_id=OuterRef("team_id"), status=Invoice.Status.PAID, paid_at__lt=OuterRef("created_at")
+    )
+    churned = _by_month(
+        AuditEntry.objects.filter(**in_window, action__in=CHURN_ACTIONS)
+        .filter(Exists(paid_before))
+        .annotate(month=TruncMonth("created_at", tzinfo=dt.UTC))
+        .values("month")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
     refused: dict[str, dict[str, int]] = {}
     rows = (
         QuotaRefusalCount.objects.filter(hour__gte=window.start, hour__lt=window.end)
@@ -141,7 +156,7 @@ def shard_figures(*, run: ShardRun) -> dict[str, Any]:
                 "subscribers_by_tier": dict(snapshot.subscribers_by_tier),
                 "upgrades": sum(counted[action] for action in UPGRADE_ACTIONS),
                 "downgrades": sum(counted[action] for action in DOWNGRADE_ACTIONS),
-                "churned": sum(counted[action] for action in CHURN_ACTIONS),
+                "churned": churned.get(name, 0),
                 "refusals": {code: 0 for code in REFUSAL_CODES} | refused.get(name, {}),
                 "payments_failed": failed.get(name, 0),
                 "recovered": recovered.get(name, 0),

@@ -384,10 +384,14 @@ def _partners(items: tuple[dict, ...], *, start: dt.date, end: dt.date, model_id
         changes = []
         for j, change in enumerate(item["share_changes"]):
             if change["date"] <= previous:
-                what = "the run's start" if previous == start else f"the previous change ({previous})"
+                what = (
+                    f"the run's start ({start}), when share_bps starts"
+                    if previous == start
+                    else f"the previous change ({previous})"
+                )
                 raise ScenarioError(
                     f"{path}.share_changes[{j}].date",
-                    f"{change['date']} overlaps: share-rate dates must be after {what} and in increasing order.",
+                    f"{change['date']} overlaps {what}: share-rate dates must come after it, in increasing order.",
                 )
             if change["date"] >= end:
                 raise ScenarioError(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from accounts import services as account_services
-from core.sql import execute, param, quoted_table
+from core.sql import execute, insert_rows, param, quoted_table
 from usage.models import UsageRecord
 from usage.quotas.base import UsageEvent
 
@@ -24,32 +24,46 @@ def usage_records_create(*, events: Sequence[UsageEvent]) -> int:
         return 0
     if len(events) == 1:
         return _usage_record_insert_one(events[0])
-    rows = [
-        UsageRecord(
-            request_id=e.request_id,
-            team_id=e.team_id,
-            api_key_id=e.api_key_id,
-            model=e.model,
-            prompt_tokens=e.prompt_tokens,
-            completion_tokens=e.completion_tokens,
-            total_tokens=e.total_tokens,
-            partner_id=e.partner_id,
-            created_at=e.created_at,
-            request_hash=e.request_hash,
-        )
-        for e in events
-    ]
-    keys = {(e.team_id, e.request_id) for e in events}
-    team_ids = {team_id for team_id, _ in keys}
-    before = UsageRecord.objects.filter(
-        team_id__in=team_ids, request_id__in={request_id for _, request_id in keys}
-    ).count()
-    UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+    # One statement for the batch, exact under concurrency like the single insert: the rows travel as
+    # one JSON parameter (core.sql.rows_cte), and RETURNING gives exactly those this call inserted.
+    # (The ORM's bulk_create needed a COUNT before and after, and on SQLite cut the batch into INSERTs
+    # of 99 rows for its parameter limit: the simulator writes a record per team and day.)
+    created = insert_rows(
+        UsageRecord,
+        _RECORD_FIELDS,
+        [
+            (
+                e.request_id,
+                e.team_id,
+                e.api_key_id,
+                e.model,
+                e.prompt_tokens,
+                e.completion_tokens,
+                e.total_tokens,
+                e.partner_id,
+                e.created_at,
+                e.request_hash,
+            )
+            for e in events
+        ],
+        suffix="ON CONFLICT (team_id, request_id) DO NOTHING RETURNING 1",
+    )
     _api_keys_mark_used(events)
-    after = UsageRecord.objects.filter(
-        team_id__in=team_ids, request_id__in={request_id for _, request_id in keys}
-    ).count()
-    return after - before
+    return len(created)
+
+
+_RECORD_FIELDS = (
+    "request_id",
+    "team",
+    "api_key",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "partner_id",
+    "created_at",
+    "request_hash",
+)
 
 
 def _usage_record_insert_one(event: UsageEvent) -> int:
