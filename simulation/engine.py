@@ -211,7 +211,7 @@ class ShardRun:
         self.teams.extend(arrived)
         result = billing_run(now=self.now)
         if result.errors:
-            self.diagnostics.update(f"billing: {error.split(': ', 1)[-1]}" for error in result.errors)
+            self.diagnostics.update(f"refused: billing: {error.split(': ', 1)[-1]}" for error in result.errors)
         self._licensees_step()
         self._partners_step()
         self._entitlements_refresh()
@@ -259,7 +259,7 @@ class ShardRun:
             with transaction.atomic():
                 return action()
         except ApplicationError as exc:
-            self.diagnostics[f"{what}: {exc.code}"] += 1
+            self.diagnostics[f"refused: {what}: {exc.code}"] += 1
             return None
 
     def _move_to(self, team: SimTeam, tier: Tier) -> None:
@@ -345,8 +345,10 @@ class ShardRun:
             return
         elasticity = behaviour.price_elasticity
         if tier.is_paid and status == Subscription.Status.ACTIVE:
+            self.diagnostics["team-days paying"] += 1
             churn = behaviour.churn_per_month * self._price_ratio(tier) ** elasticity
             if churn and rng.random() < daily_probability(churn, days):
+                self.diagnostics["decided: cancel"] += 1
                 self._churn(team)
                 return
             fail = behaviour.card_failure_per_month

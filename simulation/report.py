@@ -176,7 +176,8 @@ def report_html(*, scenarios: list[Scenario], outcomes: list[RunOutcome]) -> str
                 "charts": charts_for(summary),
                 "totals": _totals(summary),
                 "diagnostics": sorted(outcome.diagnostics.items()),
-                "speed": round(outcome.team_days / outcome.seconds) if outcome.seconds else 0,
+                "speed": f"{round(outcome.team_days / outcome.seconds) if outcome.seconds else 0:,}",
+                "team_days": f"{outcome.team_days:,}",
             }
         )
     chart_rows = [
