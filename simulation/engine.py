@@ -54,7 +54,12 @@ from partners.services import partner_create, partner_share_rate_set, partner_us
 from partners.statements import partner_statements_issue
 from simulation.catalog import catalog_build, catalog_changes_apply
 from simulation.population import (
+    CARD_FAILS,
+    CARD_FIX,
+    CHURN,
     DAYS_PER_MONTH,
+    DOWNGRADE,
+    UPGRADE,
     Caps,
     SimTeam,
     admit_day,
@@ -205,6 +210,9 @@ class ShardRun:
         arrived = self.pending.pop(self.today, [])
         for team in arrived:
             self._arrive(team)
+        for team in (*self.teams, *arrived):
+            if not team.left:
+                team.draw_day()
         for team in self.teams:
             if not team.left and team.entitlements is not None:
                 self._decide(team)
@@ -288,9 +296,14 @@ class ShardRun:
         if result is None:
             return
         behaviour = team.segment.behaviour
-        if result.change == "trial_started" and team.rng.random() >= behaviour.trial_conversion:
-            team.trial_cancel_on = self.today + dt.timedelta(days=team.rng.randrange(max(tier.trial_days, 1)))
-        if tier.bills_overage and behaviour.spend_cap_share and team.rng.random() < behaviour.spend_cap_share:
+        if result.change == "trial_started" and team.once("trial", self.today) >= behaviour.trial_conversion:
+            days = int(team.once("trial-cancel-day", self.today) * max(tier.trial_days, 1))
+            team.trial_cancel_on = self.today + dt.timedelta(days=days)
+        if (
+            tier.bills_overage
+            and behaviour.spend_cap_share
+            and team.once("cap", self.today) < behaviour.spend_cap_share
+        ):
             cap = int(tier.price_cents * behaviour.spend_cap_multiple)
             self._act(
                 team,
@@ -326,7 +339,7 @@ class ShardRun:
         entitlements = team.entitlements
         tier = self.tiers[entitlements.tier_slug]
         behaviour = team.segment.behaviour
-        rng = team.rng
+        draws = team.draws
         days = self.days_in_month
         status = entitlements.subscription_status
         if team.trial_cancel_on is not None and self.today >= team.trial_cancel_on:
@@ -334,7 +347,7 @@ class ShardRun:
             self._act(team, "trial_cancel", lambda: subscription_cancel(team=team.team, now=self.now))
             return
         if status == Subscription.Status.PAST_DUE:
-            if behaviour.fix_card_in_dunning and rng.random() < behaviour.fix_card_in_dunning:
+            if draws[CARD_FIX] < behaviour.fix_card_in_dunning:
                 self._act(
                     team,
                     "card_fix",
@@ -347,19 +360,19 @@ class ShardRun:
         if tier.is_paid and status == Subscription.Status.ACTIVE:
             self.diagnostics["team-days paying"] += 1
             churn = behaviour.churn_per_month * self._price_ratio(tier) ** elasticity
-            if churn and rng.random() < daily_probability(churn, days):
+            if draws[CHURN] < daily_probability(churn, days):
                 self.diagnostics["decided: cancel"] += 1
                 self._churn(team)
                 return
             fail = behaviour.card_failure_per_month
-            if fail and rng.random() < daily_probability(fail, days):
+            if draws[CARD_FAILS] < daily_probability(fail, days):
                 self._act(
                     team,
                     "card_fails",
                     lambda: payment_method_update(team=team.team, payment_method=FAILING_CARD, now=self.now),
                 )
             down = behaviour.downgrade_per_month
-            if not team.downgrade_pending and down and rng.random() < daily_probability(down, days):
+            if not team.downgrade_pending and draws[DOWNGRADE] < daily_probability(down, days):
                 lower = self._ladder_step(team, tier, -1)
                 if lower is not None and self._act(
                     team, "downgrade", lambda: subscription_change(team=team.team, tier=lower, now=self.now)
@@ -374,7 +387,7 @@ class ShardRun:
         higher = self._ladder_step(team, tier, +1)
         if higher is None:
             return
-        if rng.random() < wish / self._price_ratio(higher) ** elasticity:
+        if draws[UPGRADE] < wish / self._price_ratio(higher) ** elasticity:
             self._move_to(team, higher)
 
     def _churn(self, team: SimTeam) -> None:
@@ -382,7 +395,7 @@ class ShardRun:
             return
         team.churning = True
         refund = team.segment.behaviour.refund_on_churn
-        if refund and team.rng.random() < refund:
+        if refund and team.once("refund", self.today) < refund:
             payment = (
                 Payment.objects.filter(invoice__team=team.team, status=Payment.Status.SUCCEEDED)
                 .order_by("-created_at", "-id")

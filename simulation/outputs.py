@@ -1,10 +1,12 @@
-"""What a run leaves under ``--out``: summary.json, monthly.csv and report.html; with ``--compare``,
-the second run's summary.json and monthly.csv under ``compare/<name>/`` and both runs in the report.
-And the table the command prints at the end."""
+"""What a run leaves under ``--out``: summary.json, monthly.csv, report.html and run.json (how the
+run went: shards, team-days, seconds, payments, and the engine's counts of customer decisions and of
+actions the services refused); with ``--compare``, the second run's summary.json, monthly.csv and
+run.json under ``compare/<name>/`` and both runs in the report. And the table the command prints."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,15 +28,33 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def run_json(outcome: RunOutcome) -> str:
+    return (
+        json.dumps(
+            {
+                "scenario": outcome.summary["scenario"],
+                "seed": outcome.summary["seed"],
+                "payments": outcome.payments,
+                "shards": outcome.shards,
+                "team_days": outcome.team_days,
+                "seconds": round(outcome.seconds, 3),
+                "charges": outcome.charges,
+                "diagnostics": outcome.diagnostics,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
+
+
 def outputs_write(*, out: Path, scenarios: list[Scenario], outcomes: list[RunOutcome]) -> list[Path]:
-    written = [
-        _write(out / "summary.json", summary_json(outcomes[0].summary)),
-        _write(out / "monthly.csv", monthly_csv(outcomes[0].summary)),
-    ]
-    for scenario, outcome in zip(scenarios[1:], outcomes[1:], strict=True):
-        folder = out / "compare" / scenario.name
+    written = []
+    for index, outcome in enumerate(outcomes):
+        folder = out if index == 0 else out / "compare" / scenarios[index].name
         written.append(_write(folder / "summary.json", summary_json(outcome.summary)))
         written.append(_write(folder / "monthly.csv", monthly_csv(outcome.summary)))
+        written.append(_write(folder / "run.json", run_json(outcome)))
     written.append(_write(out / "report.html", report_html(scenarios=scenarios, outcomes=outcomes)))
     return written
 

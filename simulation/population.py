@@ -32,10 +32,12 @@ Traffic is simulated per team-day in aggregate, not request by request (10,000 t
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import random
 import zlib
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 from usage.quotas.base import UNLIMITED, LimitName
@@ -60,6 +62,7 @@ def shard_of(key: str, shards: int) -> int:
     return zlib.crc32(key.encode()) % shards
 
 
+@functools.lru_cache(maxsize=4096)
 def daily_probability(per_month: float, days_in_month: int) -> float:
     """The per-day probability that makes ``per_month`` over a month of ``days_in_month`` days."""
     per_month = min(max(per_month, 0.0), 1.0)
@@ -81,11 +84,22 @@ def poisson(rng: random.Random, mean: float) -> int:
     return k
 
 
-def lognormal_unit(rng: random.Random, sigma: float) -> float:
-    """A lognormal factor with mean 1 (1.0 when ``sigma`` is 0, drawing nothing)."""
+_NORMAL = NormalDist()
+
+
+def lognormal_of(u: float, sigma: float) -> float:
+    """The lognormal factor with mean 1 and log-sigma ``sigma`` at quantile ``u`` (one uniform per
+    draw, by the inverse CDF: the draws stay aligned across runs, see SimTeam.draw_day)."""
     if sigma <= 0:
         return 1.0
-    return rng.lognormvariate(-sigma * sigma / 2, sigma)
+    return math.exp(sigma * _NORMAL.inv_cdf(min(max(u, 1e-12), 1 - 1e-12)) - sigma * sigma / 2)
+
+
+def lognormal_unit(rng: random.Random, sigma: float) -> float:
+    """A lognormal factor with mean 1 from ``rng`` (drawing nothing when ``sigma`` is 0)."""
+    if sigma <= 0:
+        return 1.0
+    return lognormal_of(rng.random(), sigma)
 
 
 def whole(rng: random.Random, value: float) -> int:
@@ -148,16 +162,31 @@ def admit_day(
     return DayOutcome(admitted, refused, code if refused else "")
 
 
+# The uniforms every team draws every day, in this order, whatever it does with them (SimTeam.draw_day).
+NOISE, ROUNDING, CHURN, CARD_FAILS, DOWNGRADE, UPGRADE, CARD_FIX = range(7)
+
+
 @dataclass
 class SimTeam:
-    """One synthetic team and what the engine remembers about it between days."""
+    """One synthetic team and what the engine remembers about it between days.
+
+    Common random numbers: the team draws the same seven uniforms every day it is a customer (its
+    traffic noise and rounding, then one per decision: cancel, card fails, downgrade, upgrade, card
+    fixed), used or not. So two runs of scenarios that differ in one parameter give each team the same
+    numbers on the same day: with a price 40% more likely to make it cancel, a team cancels on the
+    first day its number falls under the higher probability, never later than in the baseline. The
+    difference between two runs is then the parameter's effect, not the noise of two samples. Rare
+    one-off choices (a trial's conversion, a spend cap, a refund) draw from ``once``.
+    """
 
     key: str
+    seed: int
     segment: Segment
     rng: random.Random
     arrival: dt.date
     scale: float
     card: str  # the payment method it brings to its first checkout
+    draws: tuple[float, ...] = ()
     team: Team | None = None
     entitlements: Entitlements | None = None
     caps: Caps | None = None
@@ -178,14 +207,25 @@ class SimTeam:
         assert self.team is not None
         return self.team.pk
 
+    def draw_day(self) -> None:
+        """Today's uniforms (see the class docstring)."""
+        r = self.rng.random
+        self.draws = (r(), r(), r(), r(), r(), r(), r())
+
+    def once(self, purpose: str, day: dt.date) -> float:
+        """A uniform for a one-off choice, from a stream of its own (the daily draws stay aligned)."""
+        return stream(self.seed, "team", self.key, purpose, day).random()
+
     def requests_on(self, day: dt.date) -> int:
-        """Requests the team sends on ``day`` (draws from its stream; see the module docstring)."""
+        """Requests the team sends on ``day`` (from today's draws; see the module docstring)."""
         traffic = self.segment.traffic
         months = (day - self.arrival).days / DAYS_PER_MONTH
         mean = traffic.requests_per_day * self.scale * (1.0 + traffic.growth_per_month) ** months
         if day.weekday() >= 5:
             mean *= traffic.weekend_factor
-        return whole(self.rng, mean * lognormal_unit(self.rng, traffic.daily_variation))
+        value = mean * lognormal_of(self.draws[NOISE], traffic.daily_variation)
+        floor = math.floor(value)
+        return floor + (1 if self.draws[ROUNDING] < value - floor else 0)
 
 
 def arrivals_schedule(*, seed: int, segment: Segment, start: dt.date, end: dt.date) -> list[tuple[dt.date, int]]:
@@ -212,5 +252,5 @@ def team_new(*, seed: int, segment: Segment, ordinal: int, arrival: dt.date) -> 
     key = f"{segment.name}-{ordinal}"
     rng = stream(seed, "team", key)
     card = "pm_card_chargeCustomerFail" if rng.random() < segment.failing_card_share else "pm_card_visa"
-    scale = lognormal_unit(rng, segment.traffic.team_variation)
-    return SimTeam(key=key, segment=segment, rng=rng, arrival=arrival, scale=scale, card=card)
+    scale = lognormal_of(rng.random(), segment.traffic.team_variation)
+    return SimTeam(key=key, seed=seed, segment=segment, rng=rng, arrival=arrival, scale=scale, card=card)

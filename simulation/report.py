@@ -163,6 +163,13 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"channels": channels, "months": months, "churn": (churn_a, churn_b, pct(churn_a, churn_b))}
 
 
+def cancel_rate(diagnostics: dict[str, int]) -> float | None:
+    """Paying teams' decisions to cancel per 1,000 paying team-days: the churn the scenario's
+    parameters drive, before the timing of period ends and dunning shapes the monthly figures."""
+    exposure = diagnostics.get("team-days paying", 0)
+    return 1000 * diagnostics.get("decided: cancel", 0) / exposure if exposure else None
+
+
 def report_html(*, scenarios: list[Scenario], outcomes: list[RunOutcome]) -> str:
     """The report of one run, or of two side by side (the first is the run, the second the comparison)."""
     runs = []
@@ -189,5 +196,6 @@ def report_html(*, scenarios: list[Scenario], outcomes: list[RunOutcome]) -> str
         "chart_rows": chart_rows,
         "compare": len(runs) > 1,
         "differences": _differences(runs[0]["summary"], runs[1]["summary"]) if len(runs) > 1 else None,
+        "cancel_rates": [cancel_rate(outcome.diagnostics) for outcome in outcomes],
     }
     return render_to_string("simulation/report.html", context)

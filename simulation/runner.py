@@ -1,29 +1,31 @@
 """Running a scenario: each shard in a process and a database of its own, the figures merged.
 
 Why a process per shard: the services read and write Django's default database, and a run must
-never touch the platform's. A child process started with ``config.settings_simulation`` has the run's
-database as its only one (a new SQLite file by default), so there is nothing to route and nothing
-to get wrong; it also keeps the child's moved clock (time-machine) and the simulated payment processor
-out of the process that started it (a web or Celery worker, or the command).
+never touch the platform's. A process started with ``config.settings_simulation`` has the run's
+database as its only one (simulation/databases.py), so there is nothing to route and nothing to get
+wrong; it also keeps the moved clock (time-machine) and the simulated payment processor out of the
+process that started the run (the command, a web process or a Celery worker).
 
-The database: SQLite files are copied from a template migrated once per set of migrations
-(``var/simulations/.schema/<hash>.sqlite3``: migrating takes seconds, copying milliseconds). Each
-run works in ``var/simulations/.work/<id>/`` (the scenario text, one database and one figures file
-per shard), removed afterwards unless ``keep_work`` is set.
+Shards (``--workers N``): the population is split by team (simulation/population.shard_of; partners
+and licensees in shard 0), every shard simulated side by side, and their figures added up, which
+gives the same summary.json as one process (a team's behaviour depends on nothing but its own
+stream and state). They run either as local processes of this machine (``run_scenario``), or as
+Celery tasks on the workers of the platform's broker (``run_scenario_on_workers``; simulation/tasks.py),
+each worker starting the shard's process and writing its figures to the platform's database
+(``SimulationShard``), where this process collects them.
 
-Progress: the child prints ``@progress <days done> <days>`` lines, which ``shards_run`` reports
-through its ``progress`` callback (the command draws a bar with them).
+Each run works in ``var/simulations/.work/<id>/`` (the scenario text, the SQLite files, the figures),
+removed afterwards unless ``keep_work`` is set. Progress: a shard's process prints
+``@progress <days done> <days>`` lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,16 +35,18 @@ from typing import Any
 
 from django.conf import settings
 
+from simulation.databases import SIMULATIONS_DIR, ShardDatabase, child_env, manage, shard_database_create
 from simulation.results import diagnostics_merge, summary_build
-from simulation.scenario import Scenario, scenario_parse
+from simulation.scenario import Scenario
 
-SIMULATIONS_DIR = Path(settings.VAR_DIR) / "simulations"
 PAYMENTS = ("simulated", "localstripe")
 PROGRESS_PREFIX = "@progress "
+# A Celery shard that no worker has started after this long: the run gives up and says why.
+WORKER_PICKUP_TIMEOUT_SECONDS = 120.0
 
 
 class SimulationFailed(Exception):
-    """A shard's process failed; the message carries the end of its output."""
+    """A shard failed; the message carries the end of its output."""
 
 
 @dataclass
@@ -57,130 +61,88 @@ class RunOutcome:
     shard_figures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _child_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["DJANGO_SETTINGS_MODULE"] = "config.settings_simulation"
-    env["TIERLAB_SIMULATION_DATABASE_URL"] = database_url
-    env.pop("DATABASE_URL", None)  # the child's only database is the run's
-    env.update(extra or {})
-    return env
-
-
-def _manage(*args: str) -> list[str]:
-    return [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args]
-
-
-def migrations_digest() -> str:
-    """A digest of every migration file of the project and of the installed packages' versions that
-    ship migrations (Django, allauth, django-celery-beat): a new migration means a new template."""
-    import allauth
-    import django
-    import django_celery_beat
-
-    digest = hashlib.sha256(f"{django.__version__} {allauth.__version__} {django_celery_beat.__version__}".encode())
-    for path in sorted(Path(settings.BASE_DIR).glob("*/migrations/*.py")):
-        digest.update(str(path.relative_to(settings.BASE_DIR)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def schema_template() -> Path:
-    """A migrated, empty SQLite database to copy for each run (made once per set of migrations)."""
-    folder = SIMULATIONS_DIR / ".schema"
-    template = folder / f"{migrations_digest()}.sqlite3"
-    if template.exists():
-        return template
-    folder.mkdir(parents=True, exist_ok=True)
-    building = folder / f".{template.stem}-{uuid.uuid4().hex[:8]}.sqlite3"
-    try:
-        completed = subprocess.run(  # noqa: S603 - our own manage.py
-            _manage("migrate", "--no-input", "-v0"),
-            env=_child_env(f"sqlite:///{building}"),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if completed.returncode != 0:
-            raise SimulationFailed(f"migrating the simulation template failed:\n{completed.stderr[-3000:]}")
-        os.replace(building, template)  # atomic: a concurrent run sees a whole template or none
-    finally:
-        building.unlink(missing_ok=True)
-    return template
-
-
 def work_dir_new() -> Path:
     folder = SIMULATIONS_DIR / ".work" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
     return folder
 
 
-@dataclass
-class ShardJob:
-    """One shard's process: its database and where it writes its figures."""
-
-    index: int
-    database_url: str
-    result_path: Path
-    process: subprocess.Popen | None = None
-    done_days: int = 0
-    output: list[str] = field(default_factory=list)
-
-
-def shard_database(work: Path, index: int) -> str:
-    target = work / f"shard-{index}.sqlite3"
-    shutil.copyfile(schema_template(), target)
-    return f"sqlite:///{target}"
-
-
-def shard_start(
-    job: ShardJob,
-    *,
-    scenario_path: Path,
-    seed: int,
-    shards: int,
-    payments: str,
-    env_extra: dict[str, str] | None = None,
-) -> None:
-    command = _manage(
+def shard_command(*, scenario_path: Path, seed: int, shard: int, shards: int, payments: str, result: Path) -> list[str]:
+    return manage(
         "simulate_shard",
         str(scenario_path),
-        "--seed",
-        str(seed),
-        "--shard",
-        str(job.index),
-        "--shards",
-        str(shards),
-        "--payments",
-        payments,
-        "--result",
-        str(job.result_path),
+        *("--seed", str(seed), "--shard", str(shard), "--shards", str(shards)),
+        *("--payments", payments, "--result", str(result)),
     )
-    job.process = subprocess.Popen(  # noqa: S603 - our own manage.py, arguments we built
+
+
+def shard_process_run(
+    *, command: list[str], database_url: str, env_extra: dict[str, str] | None, on_day: Callable[[], None] | None
+) -> None:
+    """Run one shard's process to its end; progress lines call ``on_day``. Raises SimulationFailed."""
+    process = subprocess.Popen(  # noqa: S603 - our own manage.py, arguments we built
         command,
-        env=_child_env(job.database_url, env_extra),
+        env=child_env(database_url, env_extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
     )
+    output: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(PROGRESS_PREFIX):
+                if on_day is not None:
+                    on_day()
+            else:
+                output.append(line)
+                del output[:-200]
+        code = process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if code != 0:
+        raise SimulationFailed(f"the shard's process exited {code}:\n{''.join(output)[-4000:]}")
 
 
-def shard_wait(job: ShardJob, on_day: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Read the shard's output to the end (progress lines call ``on_day``), then its figures."""
-    assert job.process is not None and job.process.stdout is not None
-    for line in job.process.stdout:
-        if line.startswith(PROGRESS_PREFIX):
-            job.done_days += 1
-            if on_day is not None:
-                on_day()
-        else:
-            job.output.append(line)
-            del job.output[:-200]
-    code = job.process.wait()
-    if code != 0 or not job.result_path.exists():
-        raise SimulationFailed(f"shard {job.index} exited {code}:\n{''.join(job.output)[-4000:]}")
-    return json.loads(job.result_path.read_text())
+def _in_threads(jobs: list[Callable[[], None]]) -> None:
+    """Run ``jobs`` side by side (each waits on a process); re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def guarded(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # reported below, in the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(job,), daemon=True) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+@contextlib.contextmanager
+def _work(scenario: Scenario, keep_work: bool) -> Iterator[tuple[Path, Path]]:
+    work = work_dir_new()
+    try:
+        scenario_path = work / "scenario.toml"
+        scenario_path.write_text(scenario.source, encoding="utf-8")
+        yield work, scenario_path
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _databases(work: Path, shards: int, server_url: str | None) -> list[ShardDatabase]:
+    return [
+        shard_database_create(work=work, run_label=work.name.replace("-", "_"), index=i, server_url=server_url)
+        for i in range(shards)
+    ]
 
 
 def run_scenario(
@@ -192,72 +154,116 @@ def run_scenario(
     progress: Callable[[int, int], None] | None = None,
     keep_work: bool = False,
     env_extra: dict[str, str] | None = None,
+    server_url: str | None = None,
 ) -> RunOutcome:
-    """Run ``scenario`` with ``seed`` in ``shards`` local processes side by side (each its own database)
-    and merge their figures; ``progress(done, total)`` counts shard-days."""
+    """Run ``scenario`` with ``seed`` in ``shards`` local processes side by side and merge their
+    figures. ``progress(done, total)`` counts shard-days; ``server_url``: a PostgreSQL server for the
+    shards' databases (default: SQLite files)."""
     started = time.monotonic()
-    work = work_dir_new()
-    try:
-        scenario_path = work / "scenario.toml"
-        scenario_path.write_text(scenario.source, encoding="utf-8")
-        days = (scenario.end - scenario.start).days
-        jobs = [
-            ShardJob(index=i, database_url=shard_database(work, i), result_path=work / f"shard-{i}.json")
-            for i in range(shards)
-        ]
-        for job in jobs:
-            shard_start(
-                job, scenario_path=scenario_path, seed=seed, shards=shards, payments=payments, env_extra=env_extra
-            )
-        total = days * shards
-        done = [0]
+    days = (scenario.end - scenario.start).days
+    lock, done = threading.Lock(), [0]
 
-        def tick() -> None:
+    def tick() -> None:
+        with lock:
             done[0] += 1
             if progress is not None:
-                progress(done[0], total)
+                progress(done[0], days * shards)
 
-        figures = _wait_all(jobs, tick)
-    finally:
-        for job in locals().get("jobs", []):
-            if job.process is not None and job.process.poll() is None:
-                job.process.kill()
-                job.process.wait()
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
+    with _work(scenario, keep_work) as (work, scenario_path):
+        databases = _databases(work, shards, server_url)
+        try:
+            results = [work / f"shard-{i}.json" for i in range(shards)]
+            _in_threads(
+                [
+                    lambda i=i: shard_process_run(
+                        command=shard_command(
+                            scenario_path=scenario_path,
+                            seed=seed,
+                            shard=i,
+                            shards=shards,
+                            payments=payments,
+                            result=results[i],
+                        ),
+                        database_url=databases[i].url,
+                        env_extra=env_extra,
+                        on_day=tick,
+                    )
+                    for i in range(shards)
+                ]
+            )
+            figures = [json.loads(path.read_text()) for path in results]
+        finally:
+            if not keep_work:
+                for database in databases:
+                    database.drop()
     return outcome_from_figures(
         scenario=scenario, seed=seed, figures=figures, seconds=time.monotonic() - started, payments=payments
     )
 
 
-def _wait_all(jobs: list[ShardJob], tick: Callable[[], None]) -> list[dict[str, Any]]:
-    if len(jobs) == 1:
-        return [shard_wait(jobs[0], tick)]
-    # Several shards: one reader thread each, so no pipe fills up while another is read.
-    import threading
+def run_scenario_on_workers(
+    *,
+    scenario: Scenario,
+    seed: int,
+    shards: int,
+    payments: str = "simulated",
+    progress: Callable[[int, int], None] | None = None,
+    keep_work: bool = False,
+    server_url: str | None = None,
+    run_id: int | None = None,
+) -> RunOutcome:
+    """Like ``run_scenario``, with each shard a Celery task (simulation.tasks.simulation_shard_task) on
+    the platform's broker, its figures collected from the platform's database. The shards' databases
+    are made here (PostgreSQL ones on ``server_url``, by default the platform's own server if it is
+    PostgreSQL) and dropped at the end."""
+    from simulation import services
 
-    results: dict[int, dict[str, Any]] = {}
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def locked_tick() -> None:
-        with lock:
-            tick()
-
-    def read(job: ShardJob) -> None:
+    started = time.monotonic()
+    days = (scenario.end - scenario.start).days
+    with _work(scenario, keep_work) as (work, scenario_path):
+        databases = _databases(work, shards, server_url)
         try:
-            results[job.index] = shard_wait(job, locked_tick)
-        except BaseException as exc:  # reported below, in this thread
-            errors.append(exc)
+            _, shard_ids = services.simulation_shards_dispatch(
+                scenario=scenario,
+                seed=seed,
+                payments=payments,
+                scenario_path=scenario_path,
+                databases=[database.label for database in databases],
+                run_id=run_id,
+            )
+            figures = _shards_wait(shard_ids, days=days, progress=progress)
+        finally:
+            if not keep_work:
+                for database in databases:
+                    database.drop()
+    return outcome_from_figures(
+        scenario=scenario, seed=seed, figures=figures, seconds=time.monotonic() - started, payments=payments
+    )
 
-    threads = [threading.Thread(target=read, args=(job,), daemon=True) for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return [results[job.index] for job in jobs]
+
+def _shards_wait(
+    shard_ids: list[int], *, days: int, progress: Callable[[int, int], None] | None
+) -> list[dict[str, Any]]:
+    from simulation.models import RunStatus, SimulationShard
+
+    dispatched = time.monotonic()
+    while True:
+        rows = list(SimulationShard.objects.filter(pk__in=shard_ids).order_by("index"))
+        if progress is not None:
+            progress(sum(row.days_done for row in rows), days * len(rows))
+        failed = [row for row in rows if row.status == RunStatus.FAILED]
+        if failed:
+            raise SimulationFailed(f"shard {failed[0].index} failed on its worker:\n{failed[0].error[-4000:]}")
+        if all(row.status == RunStatus.SUCCEEDED for row in rows):
+            return [row.figures for row in rows]
+        waiting = all(row.status == RunStatus.QUEUED for row in rows)
+        if waiting and time.monotonic() - dispatched > WORKER_PICKUP_TIMEOUT_SECONDS:
+            raise SimulationFailed(
+                f"no Celery worker started a shard in {WORKER_PICKUP_TIMEOUT_SECONDS:.0f} s "
+                f"(broker {settings.CELERY_BROKER_URL.split('://')[0]}://): start one (`make run` does), "
+                "or run the shards as local processes (--local)."
+            )
+        time.sleep(0.5)
 
 
 def outcome_from_figures(
@@ -275,10 +281,6 @@ def outcome_from_figures(
     )
 
 
-def scenario_from_text(text: str, *, name: str) -> Scenario:
-    return scenario_parse(text, default_name=name)
-
-
 # --- The command's runs: progress bar, localstripe ------------------------------------------------------
 
 
@@ -288,21 +290,20 @@ def simulate(
     seed: int,
     payments: str = "simulated",
     workers: int = 1,
+    local: bool = True,
     keep_work: bool = False,
     show_progress: bool = True,
     stderr: Any = None,
+    server_url: str | None = None,
+    run_id: int | None = None,
 ) -> RunOutcome:
-    """``run_scenario`` with a progress bar (rich, on stderr) and, for ``payments="localstripe"``, a
-    localstripe server of the run's own on a free loopback port, stopped afterwards."""
+    """A run with a progress bar (rich, on stderr), its shards local processes (``local``) or Celery
+    tasks; for ``payments="localstripe"`` a localstripe server of the run's own on a free loopback
+    port, stopped afterwards."""
+    import sys
+
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with contextlib.ExitStack() as stack:
         env_extra = None
@@ -316,21 +317,38 @@ def simulate(
                 MofNCompleteColumn(),
                 TextColumn("shard-days"),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
                 console=console,
                 disable=not show_progress,
             )
         )
         days = (scenario.end - scenario.start).days
         task = bar.add_task(f"{scenario.name} (seed {seed})", total=days * workers)
-        return run_scenario(
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done)
+
+        if local or workers == 1:
+            return run_scenario(
+                scenario=scenario,
+                seed=seed,
+                payments=payments,
+                shards=workers,
+                progress=progress,
+                keep_work=keep_work,
+                env_extra=env_extra,
+                server_url=server_url,
+            )
+        if payments == "localstripe":
+            raise SimulationFailed("--payments localstripe runs in local processes only (add --local).")
+        return run_scenario_on_workers(
             scenario=scenario,
             seed=seed,
-            payments=payments,
             shards=workers,
-            progress=lambda done, total: bar.update(task, completed=done),
+            payments=payments,
+            progress=progress,
             keep_work=keep_work,
-            env_extra=env_extra,
+            server_url=server_url,
+            run_id=run_id,
         )
 
 
@@ -361,7 +379,7 @@ def localstripe_started(timeout: float = 30.0) -> Iterator[str]:
     until it answers; yields its base URL and stops it (TERM, then KILL) on the way out."""
     port = _free_loopback_port()
     process = subprocess.Popen(  # noqa: S603 - our own manage.py
-        _manage("localstripe", "--port", str(port), "--state", "memory", "--webhook-url", ""),
+        manage("localstripe", "--port", str(port), "--state", "memory", "--webhook-url", ""),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -12,7 +12,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from simulation import runner
+from simulation import runner, services
+from simulation.databases import postgres_server_of_settings
 from simulation.outputs import outputs_write, summary_table
 from simulation.scenario import ScenarioError, scenario_load
 
@@ -36,8 +37,24 @@ class Command(BaseCommand):
             "Stripe gateway against a localstripe started for the run (small runs).",
         )
         parser.add_argument(
-            "--workers", type=int, default=1, help="Shards simulated side by side (each its own process and database)."
+            "--workers",
+            type=int,
+            default=1,
+            help="Split the teams into this many shards, simulated side by side by the platform's Celery workers "
+            "(each shard its own process and database), with the same results as one process.",
         )
+        parser.add_argument(
+            "--local",
+            action="store_true",
+            help="With --workers: run the shards as processes here, not on Celery workers.",
+        )
+        parser.add_argument(
+            "--database-url",
+            help="A PostgreSQL server (postgres://...) for the shards' databases, one per shard, dropped afterwards "
+            "(the role needs CREATEDB). Default: SQLite files; on Celery workers, the platform's server if it is "
+            "PostgreSQL.",
+        )
+        parser.add_argument("--record", action="store_true", help="List the run in the admin (Simulation runs).")
         parser.add_argument(
             "--keep-work", action="store_true", help="Keep the run's databases under var/simulations/.work/."
         )
@@ -57,20 +74,41 @@ class Command(BaseCommand):
             except ScenarioError as exc:
                 raise CommandError(f"{path}: {exc}", returncode=2) from exc
         seed = options["seed"]
-        out = Path(options["out"] or runner.SIMULATIONS_DIR / f"{loaded[0].name}-{seed}")
+        out = Path(options["out"] or services.default_out_dir(name=loaded[0].name, seed=seed))
+        workers, local = options["workers"], options["local"] or options["workers"] == 1
+        server_url = options.get("database_url") or (None if local else postgres_server_of_settings())
         outcomes = []
         for scenario in loaded:
-            outcomes.append(
-                runner.simulate(
+            record = options["record"] or not local  # Celery runs always are: their shards report there
+            run = (
+                services.simulation_run_record(
+                    scenario=scenario, seed=seed, workers=workers, payments=options["payments"]
+                )
+                if record
+                else None
+            )
+            if run is not None:
+                services.simulation_run_started(run=run)
+            try:
+                outcome = runner.simulate(
                     scenario=scenario,
                     seed=seed,
                     payments=options["payments"],
-                    workers=options["workers"],
+                    workers=workers,
+                    local=local,
                     keep_work=options["keep_work"],
                     show_progress=not options["no_progress"],
                     stderr=self.stderr,
+                    server_url=server_url,
+                    run_id=run.pk if run is not None else None,
                 )
-            )
+            except runner.SimulationFailed as exc:
+                if run is not None:
+                    services.simulation_run_finished(run=run, outcome=None, out_dir=None, error=str(exc))
+                raise CommandError(f"{scenario.name}: {exc}") from exc
+            if run is not None:
+                services.simulation_run_finished(run=run, outcome=outcome, out_dir=out)
+            outcomes.append(outcome)
         written = outputs_write(out=out, scenarios=loaded, outcomes=outcomes)
         self.stdout.write(summary_table(scenarios=loaded, outcomes=outcomes))
         for path in written:
