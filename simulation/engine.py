@@ -358,9 +358,12 @@ class ShardRun:
             return
         elasticity = behaviour.price_elasticity
         if tier.is_paid and status == Subscription.Status.ACTIVE:
-            self.diagnostics["team-days paying"] += 1
-            churn = behaviour.churn_per_month * self._price_ratio(tier) ** elasticity
-            if draws[CHURN] < daily_probability(churn, days):
+            if behaviour.churn_per_month:
+                self.diagnostics["team-days paying, may cancel"] += 1
+            churn = daily_probability(behaviour.churn_per_month * self._price_ratio(tier) ** elasticity, days)
+            # The chance taken today, summed: the cancellations the parameters imply for this exposure.
+            self.diagnostics["cancel chance, millionths"] += round(churn * 1_000_000)
+            if draws[CHURN] < churn:
                 self.diagnostics["decided: cancel"] += 1
                 self._churn(team)
                 return

@@ -166,7 +166,7 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def cancel_rate(diagnostics: dict[str, int]) -> float | None:
     """Paying teams' decisions to cancel per 1,000 paying team-days: the churn the scenario's
     parameters drive, before the timing of period ends and dunning shapes the monthly figures."""
-    exposure = diagnostics.get("team-days paying", 0)
+    exposure = diagnostics.get("team-days paying, may cancel", 0)
     return 1000 * diagnostics.get("decided: cancel", 0) / exposure if exposure else None
 
 
