@@ -240,6 +240,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
         f"  1 process: {single.team_days:,} team-days in {single.seconds:.1f} s = {speed:,.0f} team-days/s "
         f"({single.charges:,} charges)"
     )
+    phases = sorted(single.seconds_by_phase.items(), key=lambda item: -item[1])
+    _say("  where the time went: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases))
     summary = single.summary
     check([m["month"] for m in summary["months"]] == scenario.month_names, "the run's months are the scenario's")
     check(all(m["total_cents"] == sum(m["revenue_cents"].values()) for m in summary["months"]), "totals add up")

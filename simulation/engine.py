@@ -31,6 +31,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ class ShardRun:
         self.changed_tiers: set[str] = set()
         self.days_in_month = 31
         self.team_days = 0  # teams simulated x days, for the speed figure
+        self.seconds_by_phase: dict[str, float] = {}
 
     # --- The run -----------------------------------------------------------------------------------
 
@@ -152,8 +154,10 @@ class ShardRun:
         traveller = time_machine.travel(self.now, tick=False)
         clock = traveller.start()
         try:
+            started = time.perf_counter()
             with transaction.atomic():
                 self._setup()
+            self.seconds_by_phase["setup"] = time.perf_counter() - started
             for index in range(days):
                 self.today = start + dt.timedelta(days=index)
                 self.now = midnight(self.today)
@@ -204,12 +208,15 @@ class ShardRun:
 
     def _day(self) -> None:
         self.days_in_month = calendar.monthrange(self.today.year, self.today.month)[1]
+        clock = self._phase_clock()
         if self.today.day == 1 and self.today != self.scenario.start:
             self._month_close()
+            clock("month close")
         self.changed_tiers = catalog_changes_apply(changes=self.scenario.tier_changes, day=self.today, tiers=self.tiers)
         arrived = self.pending.pop(self.today, [])
         for team in arrived:
             self._arrive(team)
+        clock("arrivals")
         for team in (*self.teams, *arrived):
             if not team.left:
                 team.draw_day()
@@ -217,13 +224,30 @@ class ShardRun:
             if not team.left and team.entitlements is not None:
                 self._decide(team)
         self.teams.extend(arrived)
+        clock("decisions")
         result = billing_run(now=self.now)
         if result.errors:
             self.diagnostics.update(f"refused: billing: {error.split(': ', 1)[-1]}" for error in result.errors)
+        clock("billing pass")
         self._licensees_step()
         self._partners_step()
+        clock("partners and licensees")
         self._entitlements_refresh()
+        clock("entitlements")
         self._traffic()
+        clock("traffic")
+
+    def _phase_clock(self) -> Callable[[str], None]:
+        """Where the run's time goes (run.json's ``seconds_by_phase``): wall-clock time, never the
+        simulated clock (time-machine leaves time.perf_counter alone)."""
+        last = [time.perf_counter()]
+
+        def lap(phase: str) -> None:
+            now = time.perf_counter()
+            self.seconds_by_phase[phase] = self.seconds_by_phase.get(phase, 0.0) + now - last[0]
+            last[0] = now
+
+        return lap
 
     # --- Month end ---------------------------------------------------------------------------------
 

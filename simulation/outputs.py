@@ -39,6 +39,7 @@ def run_json(outcome: RunOutcome) -> str:
                 "team_days": outcome.team_days,
                 "seconds": round(outcome.seconds, 3),
                 "charges": outcome.charges,
+                "seconds_by_phase": outcome.seconds_by_phase,
                 "diagnostics": outcome.diagnostics,
             },
             indent=2,

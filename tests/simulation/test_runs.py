@@ -67,3 +67,12 @@ def test_the_smoke_run_covers_every_path(seed_1):
     for month in months:
         assert month["total_cents"] == sum(month["revenue_cents"].values())
     assert summary["totals"]["total_cents"] == sum(totals.values())
+
+
+def test_the_real_gateway_against_localstripe_gives_the_simulated_processors_run(seed_1, tmp_path):
+    """The simulated processor stands in for Stripe faithfully: the same run through the real gateway
+    (billing/stripe_gateway.py) against a localstripe the command starts gives the same summary."""
+    real = _run(tmp_path / "localstripe", "--seed", "1", "--payments", "localstripe")
+    assert (real / "summary.json").read_bytes() == (seed_1 / "summary.json").read_bytes()
+    assert json.loads((real / "run.json").read_text())["payments"] == "localstripe"
+    assert "Stripe gateway against localstripe" in (real / "report.html").read_text()

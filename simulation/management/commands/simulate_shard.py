@@ -70,6 +70,7 @@ class Command(BaseCommand):
         figures["team_days"] = run.team_days
         figures["charges"] = processor.charges
         figures["seconds"] = round(time.monotonic() - started, 3)
+        figures["seconds_by_phase"] = {phase: round(seconds, 3) for phase, seconds in run.seconds_by_phase.items()}
         target = Path(options["result"])
         partial = target.with_suffix(".partial")
         partial.write_text(json.dumps(figures, sort_keys=True))
