@@ -144,6 +144,7 @@ class ShardRun:
         self.days_in_month = 31
         self.team_days = 0  # teams simulated x days, for the speed figure
         self.seconds_by_phase: dict[str, float] = {}
+        self.records: list[UsageEvent] = []  # usage records to write at the end of the day
 
     # --- The run -----------------------------------------------------------------------------------
 
@@ -526,6 +527,8 @@ class ShardRun:
                 self._entitlements_set(team, loaded[team.team_id])
 
     def _entitlements_set(self, team: SimTeam, after: Entitlements | None) -> None:
+        if team.pending_requests:
+            self._usage_flush(team)  # it belongs to the period and model before the change
         before = team.entitlements
         team.entitlements = after
         team.caps = None
@@ -542,44 +545,55 @@ class ShardRun:
         team.model = wanted if wanted in after.allowed_models else (allowed[0] if allowed else "")
 
     def _traffic(self) -> None:
-        events: list[UsageEvent] = []
-        request_id = f"sim-{self.today:%Y%m%d}"
+        """The day's requests of every team against its limits, in aggregate (simulation/population.py);
+        the admitted ones accumulate per team and are written as one usage record per team and week at
+        most (see ``_usage_flush``)."""
+        today, now = self.today, self.now
+        tomorrow = midnight(today + dt.timedelta(days=1))
+        boundary = tomorrow.day == 1 or tomorrow.weekday() == 0 or today + dt.timedelta(days=1) == self.scenario.end
         for team in self.teams:
             if team.left:
                 continue
             self.team_days += 1
-            requests = team.requests_on(self.today)
+            requests = team.requests_on(today)
             entitlements = team.entitlements
-            if not entitlements.is_active_at(self.now) or not team.model:
-                code = "subscription_inactive" if team.model else "model_not_allowed"
-                self._refuse(team, code, requests)
+            if not team.model or not entitlements.is_active_at(now):
+                self._refuse(team, "subscription_inactive" if team.model else "model_not_allowed", requests)
+                if team.pending_requests:
+                    self._usage_flush(team)  # nothing more to add until it is active again
                 continue
-            if team.caps is None or self.now >= team.caps.period_end:
-                caps = Caps.of(limits_for(entitlements=entitlements, now=self.now))
+            caps = team.caps
+            if caps is None or now >= caps.period_end:
+                caps = team.caps = Caps.of(limits_for(entitlements=entitlements, now=now))
                 if team.period_start != caps.period_start:
                     # As the quota backends count: a window whose start differs from the counted one
                     # starts again from zero (usage/quotas/database.py), whatever the records hold.
                     team.period_tokens = 0
                     team.period_start = caps.period_start
-                team.caps = caps
             traffic = team.segment.traffic
             per_request = traffic.tokens_per_request
             outcome = admit_day(
                 requests=requests,
                 tokens_per_request=per_request,
-                active_minutes=int(traffic.active_hours * 60),
-                caps=team.caps,
+                active_minutes=team.active_minutes,
+                caps=caps,
                 period_tokens=team.period_tokens,
             )
             self._refuse(team, outcome.code, outcome.refused)
             if outcome.admitted:
-                prompt = round(per_request * traffic.prompt_share)
-                events.extend(self._records(team, request_id, outcome.admitted, prompt, per_request - prompt))
+                if team.pending_requests and team.pending_model != team.model:
+                    self._usage_flush(team)
+                if not team.pending_requests:
+                    team.pending_since, team.pending_model = now, team.model
+                team.pending_requests += outcome.admitted
                 team.period_tokens += outcome.admitted * per_request
             included = entitlements.monthly_tokens
             team.near_limit = bool(included) and team.period_tokens * 100 >= included * 80
-        for first in range(0, len(events), RECORD_BATCH):
-            usage_records_create(events=events[first : first + RECORD_BATCH])
+            if team.pending_requests and (boundary or tomorrow >= caps.period_end):
+                self._usage_flush(team)
+        for first in range(0, len(self.records), RECORD_BATCH):
+            usage_records_create(events=self.records[first : first + RECORD_BATCH])
+        self.records.clear()
 
     def _refuse(self, team: SimTeam, code: str, count: int) -> None:
         team.refused_yesterday = count > 0
@@ -587,21 +601,31 @@ class ShardRun:
             key = (team.entitlements.tier_slug, code)
             team.refusals[key] = team.refusals.get(key, 0) + count
 
-    def _records(self, team: SimTeam, request_id: str, requests: int, prompt: int, completion: int) -> list[UsageEvent]:
-        """The day's admitted requests as usage records: one, or a few when it would overflow a column."""
+    def _usage_flush(self, team: SimTeam) -> None:
+        """The team's admitted requests since ``pending_since`` as usage records (written with the day's
+        others): one, dated at the first of those days, or a few if one would overflow a token column.
+
+        A record covers at most the days from a Monday to the Sunday, and never crosses a month or the
+        team's billing period: it is written on the day before the next one starts, and before its
+        entitlements (and so its period or model) change. So billing's period close (the overage) and
+        the analytics by month count exactly what they would count with a record per request."""
+        requests = team.pending_requests
+        traffic = team.segment.traffic
+        prompt = round(traffic.tokens_per_request * traffic.prompt_share)
+        completion = traffic.tokens_per_request - prompt
+        request_id = f"sim-{team.pending_since:%Y%m%d}"
         parts = -(-(requests * (prompt + completion)) // RECORD_MAX_TOKENS)
-        records = []
         for part in range(parts):
             share = requests // parts + (1 if part < requests % parts else 0)
-            records.append(
+            self.records.append(
                 UsageEvent(
                     request_id=request_id if parts == 1 else f"{request_id}-{part}",
                     team_id=team.team_id,
                     api_key_id=None,
-                    model=team.model,
+                    model=team.pending_model,
                     prompt_tokens=share * prompt,
                     completion_tokens=share * completion,
-                    created_at=self.now,
+                    created_at=team.pending_since,
                 )
             )
-        return records
+        team.pending_requests = 0

@@ -23,10 +23,12 @@ Traffic is simulated per team-day in aggregate, not request by request (10,000 t
   order: ``insufficient_quota`` when the monthly allowance is what runs out, else
   ``rate_limit_exceeded``); a team whose subscription is not active (past due beyond the grace,
   suspended) gets ``subscription_inactive`` for all of them.
-- The admitted requests are stored as ONE usage record per team and day (at midnight UTC, request id
-  ``sim-YYYYMMDD``) through ``usage.services.usage_records_create``; billing's period close prices
-  overage from those records. Every clock event of the run (sign-ups, changes, period ends, trials,
-  dunning retries) happens at midnight UTC, so a day's record always falls in one billing period.
+- The admitted requests are stored through ``usage.services.usage_records_create`` as one usage
+  record per team for each run of days from Monday to Sunday at most, dated at midnight UTC of its
+  first day (request id ``sim-YYYYMMDD``), cut short at a month's end, at the team's billing period
+  end and when its tier or model changes; billing's period close prices overage from those records.
+  Every clock event of the run (sign-ups, changes, period ends, trials, dunning retries) happens at
+  midnight UTC, so a record never straddles a billing period or a calendar month.
 """
 
 from __future__ import annotations
@@ -201,6 +203,14 @@ class SimTeam:
     trial_cancel_on: dt.date | None = None
     has_card: bool = False
     refusals: dict[tuple[str, str], int] = field(default_factory=dict)  # (tier, code) -> this month
+    # Admitted requests not written yet (engine._usage_flush): since when, with which model.
+    pending_requests: int = 0
+    pending_since: dt.datetime | None = None
+    pending_model: str = ""
+
+    @property
+    def active_minutes(self) -> int:
+        return int(self.segment.traffic.active_hours * 60)
 
     @property
     def team_id(self) -> int:

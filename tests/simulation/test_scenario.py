@@ -29,10 +29,11 @@ def test_every_shipped_scenario_loads():
 def test_the_smoke_scenario_reads_as_written():
     scenario = scenario_parse(SMOKE)
     assert (scenario.start, scenario.months, scenario.end) == (dt.date(2026, 1, 1), 3, dt.date(2026, 4, 1))
-    hobbyists, startups = scenario.segments
+    hobbyists, startups, failing = scenario.segments
     assert hobbyists.behaviour.churn_per_month == 0.1
     assert hobbyists.behaviour.ladder == ("free", "plus", "pro")  # the public tiers, cheapest first
     assert startups.start_tier == "pro" and startups.failing_card_share == 0.25
+    assert failing.failing_card_share == 1.0 and failing.behaviour.fix_card_in_dunning == 0.3
     assert scenario.partners[0].share_changes == ((dt.date(2026, 3, 1), 1000),)
     assert scenario.models[0].model_id == "Llama-5-Preview" and scenario.models[0].tiers == ("pro", "enterprise")
     assert scenario.tiers["plus"].reference_price_cents == 2000
