@@ -2,16 +2,18 @@
 """How fast the simulator runs a business forward: team-days per second.
 
 Writes a scenario of --teams teams, all signed up on the first day (80% hobbyists on Free, 12%
-creators on Plus with a trial, 7% startups on Pro, 1% enterprises), one hosting partner and one
-licensee, for --months months, and runs it the way `manage.py simulate` does (simulation/runner.py:
-its own process and SQLite database, the simulated processor), in one process. Prints the team-days
-simulated, the time and team-days per second. With --workers N it runs the same scenario again in N
+creators on Plus with a trial, 7% startups on Pro, 1% enterprises), one hosting partner, one
+licensee above the licence threshold and a model release in February, for --months months, and
+runs it the way `manage.py simulate` does (simulation/runner.py: its own process and SQLite
+database, the simulated processor), in one process. Prints the team-days simulated, the time,
+team-days per second and where the time went. With --workers N it runs the same scenario again in N
 shards on Celery workers the bench starts (its own broker folder, or the broker in CELERY_BROKER_URL,
 e.g. Redis; the shards' bookkeeping in a scratch database of the bench's own), and prints the speed-up.
 
-The aggregation the simulator uses (simulation/population.py): one usage record per team and day,
-the tier's limits applied to the day's requests in aggregate; sign-ups, checkouts, renewals, dunning,
-partner reports, statements and licences go through TierLab's own services one by one.
+The aggregation the simulator uses (simulation/population.py): the tier's limits applied to each
+team's requests of a day in aggregate, one usage record per team and week at most; sign-ups,
+checkouts, renewals, dunning, partner reports, statements and licences go through TierLab's own
+services one by one.
 
 Checks (a failed one exits 1): the run's months are the scenario's, every month's total is the sum of
 its channels, every channel that the population drives earned something, a team-day was simulated for
@@ -61,6 +63,11 @@ def scenario_text(*, teams: int, months: int) -> str:
 name = "bench-{teams}x{months}"
 start = 2026-01-01
 months = {months}
+
+[[catalog.models]]
+model_id = "Llama-5-Bench"
+released_on = 2026-02-10
+tiers = ["pro", "enterprise"]
 
 [[segments]]
 name = "hobbyists"
@@ -127,8 +134,10 @@ daily_variation = 0.2
 
 [[licensees]]
 name = "socialverse"
-mau_start = 690_000_000
+mau_start = 710_000_000
 mau_growth_per_month = 0.03
+request_after_days = 1
+grant_after_days = 3
 monthly_fee_cents = 2_500_000
 """
 
@@ -245,7 +254,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     summary = single.summary
     check([m["month"] for m in summary["months"]] == scenario.month_names, "the run's months are the scenario's")
     check(all(m["total_cents"] == sum(m["revenue_cents"].values()) for m in summary["months"]), "totals add up")
-    for channel in ("subscriptions", "overage", "partner_share"):
+    for channel in ("subscriptions", "overage", "partner_share", "licences"):
         check(summary["totals"]["revenue_cents"][channel] > 0, f"{channel} earned something")
     left = single.diagnostics.get("decided: cancel", 0)
     check(args.teams * days - left * days <= single.team_days <= args.teams * days, "a team-day per team and day")

@@ -8,8 +8,10 @@ The clock moves one day at a time, at midnight UTC, and the process's clock is m
 (time-machine, without ticking), so the services' ``now`` and every ``timezone.now()`` and ``auto_now``
 inside them agree on the simulated time. Each day, in this order (each day one transaction):
 1. at a month's start, the month before is closed: MRR and subscribers by tier read from billing's
-   analytics (``mrr_by_tier``), the month's refusal counts written (``usage.refusals``), partner
-   statements issued (``partners.statements.partner_statements_issue``);
+   analytics (``mrr_by_tier``), the month's refusal counts written (``usage.refusals``), usage folded
+   into the rollups (``usage.rollups.usage_rollup_fold``), partner statements issued
+   (``partners.statements.partner_statements_issue``). Usage alerts are not evaluated: a few queries
+   per team and day; the teams' "near the limit" is read from the same counters the quota uses;
 2. the scenario's tier changes dated today (the admin's edit);
 3. arrivals: a user and personal team (``tiers.services.user_create``), then the segment's start tier
    through checkout (``billing.checkout.subscription_change``: a trial, or the first period charged)
@@ -49,16 +51,13 @@ from billing.refunds import payment_refund
 from billing.run import billing_run
 from core.errors import ApplicationError
 from core.periods import add_months
-from partners import licensing
-from partners.models import LicenseAgreement
-from partners.services import partner_create, partner_share_rate_set, partner_usage_events_ingest
 from partners.statements import partner_statements_issue
 from simulation.catalog import catalog_build, catalog_changes_apply
+from simulation.channels import Licensee, PartnerChannel, licensees_day
 from simulation.population import (
     CARD_FAILS,
     CARD_FIX,
     CHURN,
-    DAYS_PER_MONTH,
     DOWNGRADE,
     UPGRADE,
     Caps,
@@ -66,11 +65,8 @@ from simulation.population import (
     admit_day,
     arrivals_schedule,
     daily_probability,
-    lognormal_unit,
     shard_of,
-    stream,
     team_new,
-    whole,
 )
 from tiers import catalog as seed_catalog
 from tiers.models import Subscription
@@ -79,11 +75,12 @@ from tiers.services import subscription_spend_cap_set, user_create
 from usage import refusals
 from usage.metering import limits_for
 from usage.quotas.base import UsageEvent
+from usage.rollups import usage_rollup_fold
 from usage.services import usage_records_create
 
 if TYPE_CHECKING:
-    from accounts.models import Team, User
-    from simulation.scenario import LicenseeSpec, PartnerSpec, Scenario
+    from accounts.models import User
+    from simulation.scenario import Scenario
     from tiers.models import Tier
     from tiers.selectors import Entitlements
 
@@ -113,13 +110,6 @@ class MonthSnapshot:
 
 
 @dataclass
-class _Licensee:
-    spec: LicenseeSpec
-    team: Team
-    requested_on: dt.date | None = None
-
-
-@dataclass
 class ShardRun:
     """One shard's run: its teams (``shard`` of ``shards``; partners and licensees in shard 0)."""
 
@@ -136,8 +126,8 @@ class ShardRun:
         self.pending: dict[dt.date, list[SimTeam]] = {}
         self.tiers: dict[str, Tier] = {}
         self.operator: User | None = None
-        self.partners: list[tuple[PartnerSpec, int, Any]] = []
-        self.licensees: list[_Licensee] = []
+        self.partners: list[PartnerChannel] = []
+        self.licensees: list[Licensee] = []
         self.today = self.scenario.start
         self.now = midnight(self.today)
         self.changed_tiers: set[str] = set()
@@ -190,22 +180,11 @@ class ShardRun:
                     if shard_of(team.key, self.shards) == self.shard:
                         self.pending.setdefault(day, []).append(team)
         if self.shard == 0:
-            for spec in self.scenario.partners:
-                self._partner_setup(spec)
-            for spec in self.scenario.licensees:
-                user = user_create(email=f"{spec.name}@licensees.{EMAIL_DOMAIN}")
-                self.licensees.append(_Licensee(spec=spec, team=team_for_user(user=user)))
-
-    def _partner_setup(self, spec: PartnerSpec) -> None:
-        partner, _ = partner_create(
-            slug=spec.slug,
-            name=spec.name,
-            share_bps=spec.share_bps,
-            contact_email=f"{spec.slug}@partners.{EMAIL_DOMAIN}",
-        )
-        for effective_from, share_bps in spec.share_changes:
-            partner_share_rate_set(partner=partner, share_bps=share_bps, effective_from=effective_from)
-        self.partners.append((spec, partner.pk, stream(self.seed, "partner", spec.slug)))
+            self.partners = [
+                PartnerChannel.create(spec=spec, seed=self.seed, email_domain=EMAIL_DOMAIN)
+                for spec in self.scenario.partners
+            ]
+            self.licensees = [Licensee.create(spec=spec, email_domain=EMAIL_DOMAIN) for spec in self.scenario.licensees]
 
     def _day(self) -> None:
         self.days_in_month = calendar.monthrange(self.today.year, self.today.month)[1]
@@ -230,8 +209,11 @@ class ShardRun:
         if result.errors:
             self.diagnostics.update(f"refused: billing: {error.split(': ', 1)[-1]}" for error in result.errors)
         clock("billing pass")
-        self._licensees_step()
-        self._partners_step()
+        licensees_day(
+            licensees=self.licensees, today=self.today, now=self.now, start=self.scenario.start, operator=self.operator
+        )
+        for partner in self.partners:
+            partner.report_day(today=self.today, now=self.now, start=self.scenario.start)
         clock("partners and licensees")
         self._entitlements_refresh()
         clock("entitlements")
@@ -273,6 +255,9 @@ class ShardRun:
                 )
             team.refusals.clear()
         refusals.refusal_counts_flush()
+        # The month's usage into the hour and day rollups the dashboard and usage API read (the beat
+        # task's work, here once a month: a single process writes, so every record is committed).
+        usage_rollup_fold()
         if self.partners:
             partner_statements_issue(now=self.now)
 
@@ -439,70 +424,6 @@ class ShardRun:
                 )
 
     # --- Licensees and partners ------------------------------------------------------------------------
-
-    def _licensees_step(self) -> None:
-        if not self.licensees:
-            return
-        if self.today.day == 1 and self.today != self.scenario.start:
-            month = add_months(self.today, -1)
-            index = (month.year - self.scenario.start.year) * 12 + month.month - self.scenario.start.month
-            for licensee in self.licensees:
-                spec = licensee.spec
-                mau = int(spec.mau_start * (1.0 + spec.mau_growth_per_month) ** index)
-                licensing.mau_report_record(team=licensee.team, month=month, active_users=mau, now=self.now)
-        licensing.license_checks_run(now=self.now)
-        for licensee in self.licensees:
-            agreement = licensing.license_agreement_for_team(team=licensee.team)
-            if agreement is None:
-                continue
-            spec = licensee.spec
-            flagged_on = agreement.created_at.date()
-            if agreement.status == LicenseAgreement.Status.REQUIRED and self.today >= flagged_on + dt.timedelta(
-                days=spec.request_after_days
-            ):
-                licensing.license_request(team=licensee.team, now=self.now)
-                licensee.requested_on = self.today
-            elif agreement.status == LicenseAgreement.Status.REQUESTED:
-                requested_on = licensee.requested_on or self.today
-                if self.today >= requested_on + dt.timedelta(days=spec.grant_after_days):
-                    licensing.license_grant(
-                        agreement=agreement,
-                        actor=self.operator,
-                        monthly_fee_cents=spec.monthly_fee_cents,
-                        currency="usd",
-                        terms="Simulated licence agreement.",
-                        now=self.now,
-                    )
-
-    def _partners_step(self) -> None:
-        moment = self.now.isoformat().replace("+00:00", "Z")
-        months = (self.today - self.scenario.start).days / DAYS_PER_MONTH
-        for spec, partner_id, rng in self.partners:
-            per_customer = spec.tokens_per_customer_per_day * (1.0 + spec.growth_per_month) ** months
-            events = []
-            for customer in range(spec.customers):
-                tokens = whole(rng, per_customer * lognormal_unit(rng, spec.daily_variation))
-                if not tokens:
-                    continue
-                prompt = tokens * 3 // 4
-                events.append(
-                    {
-                        "event_id": f"{spec.slug}-{customer}-{self.today:%Y%m%d}",
-                        "customer": f"{spec.slug}-customer-{customer}",
-                        "model": spec.model,
-                        "prompt_tokens": prompt,
-                        "completion_tokens": tokens - prompt,
-                        "amount_cents": (tokens * spec.price_cents_per_million_tokens + 500_000) // 1_000_000,
-                        "currency": "usd",
-                        "time": moment,
-                    }
-                )
-            for first in range(0, len(events), 1_000):
-                result = partner_usage_events_ingest(
-                    partner_id=partner_id, events=events[first : first + 1_000], now=self.now
-                )
-                if result.rejected:
-                    raise RuntimeError(f"partner {spec.slug}: events refused by the ingest: {result.errors[:3]}")
 
     # --- Entitlements and traffic ----------------------------------------------------------------------
 
