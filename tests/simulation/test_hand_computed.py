@@ -3,7 +3,8 @@ channel of every month must match to the cent.
 
 The scenario (nothing random: no variation, probabilities 0) for January to March 2026:
 - two teams on Plus ($20, trial switched off), 10 requests a day of 100 tokens: far inside Plus's
-  limits. Each pays $20 at checkout on January 1st and renews on February 1st and March 1st.
+  limits. Each pays $20 at checkout on January 1st and renews on February 1st; Plus costs $30 from
+  March 1st (a dated catalog change, made that morning), so the March 1st renewals are $30 each.
 - one team on Pro ($200, no trial, 200M tokens included, overage 60 cents per million): 10,000
   requests a day of 1,000 tokens = 10M tokens a day, inside Pro's per-minute and daily limits. January
   uses 310M tokens: 110M over, 110 x 60 = 6,600 cents on the February 1st renewal; February 280M: 80M
@@ -19,7 +20,7 @@ The scenario (nothing random: no variation, probabilities 0) for January to Marc
 - a licensee with 800M monthly active users, reported for January on February 1st; a model released
   on February 15th checks January: over 700M, so a licence is required that day, requested the same
   day, granted three days later at $10,000 a month: 1,000,000 cents in February and in March.
-MRR at every month end: 2 x $20 + $200 = 24,000 cents. Subscribers at month end: free 2 (the team on
+MRR at the end of January and February: 2 x $20 + $200 = 24,000 cents; of March 2 x $30 + $200. Subscribers at month end: free 2 (the team on
 Free and the licensee), plus 2, pro 1; teams 5. Upgrades: the three checkouts in January.
 """
 
@@ -39,6 +40,11 @@ months = 3
 trial_days = 0
 [catalog.tiers.pro]
 trial_days = 0
+
+[[catalog.changes]]
+date = 2026-03-01
+tier = "plus"
+price_cents = 3_000
 
 [[catalog.models]]
 model_id = "Llama-5-Test"
@@ -88,7 +94,7 @@ monthly_fee_cents = 1_000_000
 """
 
 
-def _month(month, *, subscriptions, overage, partner_share, licences, upgrades, rate_limited, out_of_quota):
+def _month(month, *, subscriptions, overage, partner_share, licences, upgrades, rate_limited, out_of_quota, mrr):
     revenue = {
         "subscriptions": subscriptions,
         "overage": overage,
@@ -100,7 +106,7 @@ def _month(month, *, subscriptions, overage, partner_share, licences, upgrades, 
         "month": month,
         "revenue_cents": revenue,
         "total_cents": sum(revenue.values()),
-        "mrr_cents": 24_000,
+        "mrr_cents": mrr,
         "teams": 5,
         "subscribers_by_tier": {"enterprise": 0, "free": 2, "plus": 2, "pro": 1},
         "upgrades": upgrades,
@@ -118,11 +124,11 @@ def _month(month, *, subscriptions, overage, partner_share, licences, upgrades, 
 
 EXPECTED_MONTHS = [
     _month("2026-01", subscriptions=24_000, overage=0, partner_share=930, licences=0, upgrades=3,
-           rate_limited=2_000, out_of_quota=6_600),
+           rate_limited=2_000, out_of_quota=6_600, mrr=24_000),
     _month("2026-02", subscriptions=24_000, overage=6_600, partner_share=840, licences=1_000_000, upgrades=0,
-           rate_limited=2_000, out_of_quota=4_800),
-    _month("2026-03", subscriptions=24_000, overage=4_800, partner_share=620, licences=1_000_000, upgrades=0,
-           rate_limited=2_000, out_of_quota=6_600),
+           rate_limited=2_000, out_of_quota=4_800, mrr=24_000),
+    _month("2026-03", subscriptions=26_000, overage=4_800, partner_share=620, licences=1_000_000, upgrades=0,
+           rate_limited=2_000, out_of_quota=6_600, mrr=26_000),
 ]  # fmt: skip
 
 
@@ -139,13 +145,13 @@ def test_the_tiny_scenario_matches_the_hand_computed_figures_to_the_cent(tmp_pat
         assert got == expected, got["month"]
     assert summary["totals"] == {
         "revenue_cents": {
-            "subscriptions": 72_000,
+            "subscriptions": 74_000,
             "overage": 11_400,
             "partner_share": 2_390,
             "licences": 2_000_000,
             "refunds": 0,
         },
-        "total_cents": 2_085_790,
+        "total_cents": 2_087_790,
     }
     csv_lines = (out / "monthly.csv").read_text().splitlines()
     assert csv_lines[0].startswith("month,subscriptions_cents,overage_cents,partner_share_cents,licences_cents")
