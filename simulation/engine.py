@@ -24,7 +24,7 @@ inside them agree on the simulated time. Each day, in this order (each day one t
 6. licensees report last month's MAU on the 1st, the licence checks run, and flagged licensees ask
    for and get their licence after the scenario's delays; hosting partners report the day's usage;
 7. every team whose subscription changed today gets its entitlements again
-   (``tiers.selectors.entitlements_for_team``), then the day's traffic is admitted against them in
+   (``tiers.selectors.entitlements_for_teams``), then the day's traffic is admitted against them in
    aggregate and recorded (simulation/population.py states the aggregation).
 """
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from accounts.selectors import team_for_user
 from billing.analytics import mrr_by_tier
 from billing.checkout import subscription_cancel, subscription_change, subscription_tier_set_by_operator
 from billing.customers import payment_method_update
-from billing.models import Payment
+from billing.models import BillingCustomer, Payment
 from billing.refunds import payment_refund
 from billing.run import billing_run
 from core.errors import ApplicationError
@@ -83,8 +82,6 @@ if TYPE_CHECKING:
     from simulation.scenario import Scenario
     from tiers.models import Tier
     from tiers.selectors import Entitlements
-
-logger = logging.getLogger(__name__)
 
 EMAIL_DOMAIN = "sim.tierlab.localhost"
 FAILING_CARD = "pm_card_chargeCustomerFail"
@@ -323,8 +320,6 @@ class ShardRun:
 
     @staticmethod
     def _card_on_file(team: SimTeam) -> bool:
-        from billing.models import BillingCustomer
-
         return BillingCustomer.objects.filter(team=team.team).exclude(default_payment_method_id="").exists()
 
     def _price_ratio(self, tier: Tier) -> float:
