@@ -64,6 +64,8 @@ INSTALLED_APPS = [
     "usage",
     "billing",
     "partners",
+    # The simulator drives every app above; nothing imports it.
+    "simulation",
 ]
 
 MIDDLEWARE = [

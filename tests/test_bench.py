@@ -6,7 +6,8 @@ write on the Redis path, exactly the quota admitted when clients race for it, th
 nothing (and its profile and what-if helpers run); billing_close — one invoice per due subscription,
 the expected lines and cents, every renewal charged once through localstripe, a second pass adds
 nothing; partner_ingest — every event accepted once, a replayed batch adds 0 rows; rollup — rollups
-equal a direct count per bucket, a second fold adds nothing, the usage pages answer 200.
+equal a direct count per bucket, a second fold adds nothing, the usage pages answer 200; simulate — a
+small scenario's figures add up, and split over two Celery workers it gives the single run's summary.json.
 
 On the embedded default the scripts use their own temporary SQLite files. When DATABASE_URL names a
 PostgreSQL server (CI's second run), it is passed as each script's ``--database-url``: the scripts make
@@ -54,7 +55,7 @@ def _args(script: str, postgres: str | None) -> list[str]:
     return ["--database-url", postgres] if postgres else []
 
 
-SCRIPTS = ["api_overhead", "billing_close", "partner_ingest", "rollup"]
+SCRIPTS = ["api_overhead", "billing_close", "partner_ingest", "rollup", "simulate"]
 NEEDS = {"api_overhead": ["redis-server"]}
 
 

@@ -15,7 +15,8 @@ from collections import Counter
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import F
+
+from core.sql import insert_rows, quoted_table
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +27,12 @@ _pending: Counter[tuple[datetime, int, str, str]] = Counter()
 _last_flush = time.monotonic()
 
 
-def refusal_count(*, team_id: int, tier_slug: str, code: str, now: datetime) -> None:
-    """Count one refused request; flush the buffer if it is due."""
+def refusal_count(*, team_id: int, tier_slug: str, code: str, now: datetime, count: int = 1) -> None:
+    """Count one refused request (or ``count`` of them: the simulator refuses traffic in aggregate);
+    flush the buffer if it is due."""
     hour = now.replace(minute=0, second=0, microsecond=0)
     with _lock:
-        _pending[(hour, team_id, tier_slug, code)] += 1
+        _pending[(hour, team_id, tier_slug, code)] += count
         due = time.monotonic() - _last_flush >= FLUSH_SECONDS
     if due:
         refusal_counts_flush()
@@ -48,19 +50,17 @@ def refusal_counts_flush() -> int:
     if not batch:
         return 0
     try:
-        with transaction.atomic():
-            for (hour, team_id, tier_slug, code), count in batch.items():
-                updated = QuotaRefusalCount.objects.filter(
-                    hour=hour, team_id=team_id, tier_slug=tier_slug, code=code
-                ).update(count=F("count") + count)
-                if not updated:
-                    _, created = QuotaRefusalCount.objects.get_or_create(
-                        hour=hour, team_id=team_id, tier_slug=tier_slug, code=code, defaults={"count": count}
-                    )
-                    if not created:
-                        QuotaRefusalCount.objects.filter(
-                            hour=hour, team_id=team_id, tier_slug=tier_slug, code=code
-                        ).update(count=F("count") + count)
+        # One statement for the whole buffer (a refusal-heavy minute, or the simulator's month of
+        # counts for thousands of teams): insert each bucket, or add to the one stored.
+        table = quoted_table(QuotaRefusalCount)
+        with transaction.atomic():  # a savepoint: a failure here never breaks the caller's transaction
+            insert_rows(
+                QuotaRefusalCount,
+                ("hour", "team", "tier_slug", "code", "count"),
+                [(hour, team_id, tier_slug, code, n) for (hour, team_id, tier_slug, code), n in batch.items()],
+                suffix="ON CONFLICT (hour, team_id, tier_slug, code)"
+                f' DO UPDATE SET "count" = {table}."count" + excluded."count"',
+            )
     except Exception:
         # Never turn a refusal into a 500 over statistics: keep the counts for the next flush.
         logger.exception("Could not flush %d refusal counts; kept for the next flush", len(batch))
