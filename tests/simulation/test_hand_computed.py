@@ -20,8 +20,9 @@ The scenario (nothing random: no variation, probabilities 0) for January to Marc
 - a licensee with 800M monthly active users, reported for January on February 1st; a model released
   on February 15th checks January: over 700M, so a licence is required that day, requested the same
   day, granted three days later at $10,000 a month: 1,000,000 cents in February and in March.
-MRR at the end of January and February: 2 x $20 + $200 = 24,000 cents; of March 2 x $30 + $200. Subscribers at month end: free 2 (the team on
-Free and the licensee), plus 2, pro 1; teams 5. Upgrades: the three checkouts in January.
+MRR at the end of January and February: 2 x $20 + $200 = 24,000 cents; of March 2 x $30 + $200.
+Subscribers at month end: free 2 (the team on Free and the licensee), plus 2, pro 1; teams 5.
+Upgrades: the three checkouts in January.
 """
 
 from __future__ import annotations
