@@ -83,7 +83,6 @@ class SimulationShard(models.Model):
         max_length=500,
         help_text="The shard's own database: a SQLite file, or a database on the platform's PostgreSQL server.",
     )
-    work_dir = models.CharField(max_length=500)
     days_done = models.PositiveIntegerField(default=0)
     figures = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)

@@ -58,8 +58,10 @@ def _table(labels: list[str], series: list[ChartSeries], fmt: Any) -> tuple[list
     return header, rows
 
 
-def charts_for(summary: dict[str, Any]) -> list[Chart]:
-    """The run's charts, each with its table (see the module docstring)."""
+def charts_for(summary: dict[str, Any], *, tiers: list[str], codes: list[str]) -> list[Chart]:
+    """The run's charts, each with its table (see the module docstring). ``tiers`` and ``codes`` are
+    the series of the subscribers and refusals charts, the same for both runs of a comparison, so a
+    tier keeps its colour side by side."""
     months = summary["months"]
     labels = [month["month"] for month in months]
     charts: list[Chart] = []
@@ -95,7 +97,6 @@ def charts_for(summary: dict[str, Any]) -> list[Chart]:
         unit="USD",
         money=True,
     )
-    tiers = sorted({slug for m in months for slug in m["subscribers_by_tier"]}, key=lambda s: (s != "free", s))
     add(
         "subscribers",
         "Subscribers by tier at month end",
@@ -109,7 +110,6 @@ def charts_for(summary: dict[str, Any]) -> list[Chart]:
         [ChartSeries(name, [m[name] for m in months]) for name in ("upgrades", "downgrades", "churned")],
         unit="teams",
     )
-    codes = sorted({code for m in months for code in m["refusals"]})
     add(
         "refusals",
         "Refused requests by error code",
@@ -172,6 +172,14 @@ def cancel_rate(diagnostics: dict[str, int]) -> float | None:
 
 def report_html(*, scenarios: list[Scenario], outcomes: list[RunOutcome]) -> str:
     """The report of one run, or of two side by side (the first is the run, the second the comparison)."""
+
+    def price(slug: str) -> int:
+        specs = [scenario.tiers[slug] for scenario in scenarios if slug in scenario.tiers]
+        return specs[0].values.get("price_cents", 0) if specs else 0
+
+    months = [month for outcome in outcomes for month in outcome.summary["months"]]
+    tiers = sorted({slug for m in months for slug in m["subscribers_by_tier"]}, key=lambda slug: (price(slug), slug))
+    codes = sorted({code for m in months for code in m["refusals"]})
     runs = []
     for scenario, outcome in zip(scenarios, outcomes, strict=True):
         summary = outcome.summary
@@ -180,7 +188,7 @@ def report_html(*, scenarios: list[Scenario], outcomes: list[RunOutcome]) -> str
                 "scenario": scenario,
                 "summary": summary,
                 "outcome": outcome,
-                "charts": charts_for(summary),
+                "charts": charts_for(summary, tiers=tiers, codes=codes),
                 "totals": _totals(summary),
                 "diagnostics": sorted(outcome.diagnostics.items()),
                 "speed": f"{round(outcome.team_days / outcome.seconds) if outcome.seconds else 0:,}",

@@ -221,14 +221,13 @@ def run_scenario_on_workers(
 
     started = time.monotonic()
     days = (scenario.end - scenario.start).days
-    with _work(scenario, keep_work) as (work, scenario_path):
+    with _work(scenario, keep_work) as (work, _):
         databases = _databases(work, shards, server_url)
         try:
             _, shard_ids = services.simulation_shards_dispatch(
                 scenario=scenario,
                 seed=seed,
                 payments=payments,
-                scenario_path=scenario_path,
                 databases=[database.label for database in databases],
                 run_id=run_id,
             )

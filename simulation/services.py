@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,7 +122,6 @@ def simulation_shards_dispatch(
     scenario: Scenario,
     seed: int,
     payments: str,
-    scenario_path: Path,
     databases: list[str],
     run_id: int | None = None,
 ) -> tuple[SimulationRun, list[int]]:
@@ -137,7 +137,7 @@ def simulation_shards_dispatch(
             run.save(update_fields=["workers"])
         simulation_run_started(run=run)
         shards = [
-            SimulationShard.objects.create(run=run, index=index, database=database, work_dir=str(scenario_path.parent))
+            SimulationShard.objects.create(run=run, index=index, database=database)
             for index, database in enumerate(databases)
         ]
         ids = [shard.pk for shard in shards]
@@ -158,7 +158,11 @@ def shard_database_url(database: str) -> str:
 
 def simulation_shard_execute(*, shard_id: int) -> SimulationShard:
     """Simulate one shard (the Celery task's work): its process, then its figures into the database.
-    A shard that is not queued is left alone (a redelivered task)."""
+    A shard that is not queued is left alone (a redelivered task).
+
+    Everything the shard needs comes from the database (the run's scenario text and seed) and goes back
+    there (its figures), so a worker on another machine can run it when the shards' databases are on
+    PostgreSQL; a SQLite shard database is a file on the machine that started the run."""
     from simulation.runner import shard_command, shard_process_run
 
     claimed = SimulationShard.objects.filter(pk=shard_id, status=RunStatus.QUEUED).update(status=RunStatus.RUNNING)
@@ -166,8 +170,6 @@ def simulation_shard_execute(*, shard_id: int) -> SimulationShard:
     if not claimed:
         return shard
     run = shard.run
-    work = Path(shard.work_dir)
-    result = work / f"shard-{shard.index}.json"
     days = [0]
 
     def on_day() -> None:
@@ -176,20 +178,23 @@ def simulation_shard_execute(*, shard_id: int) -> SimulationShard:
             SimulationShard.objects.filter(pk=shard_id).update(days_done=F("days_done") + PROGRESS_EVERY_DAYS)
 
     try:
-        shard_process_run(
-            command=shard_command(
-                scenario_path=work / "scenario.toml",
-                seed=run.seed,
-                shard=shard.index,
-                shards=run.workers,
-                payments=run.payments,
-                result=result,
-            ),
-            database_url=shard_database_url(shard.database),
-            env_extra=None,
-            on_day=on_day,
-        )
-        figures: dict[str, Any] = json.loads(result.read_text())
+        with tempfile.TemporaryDirectory(prefix="tierlab-shard-") as folder:
+            scenario_path, result = Path(folder) / "scenario.toml", Path(folder) / "figures.json"
+            scenario_path.write_text(run.scenario_text, encoding="utf-8")
+            shard_process_run(
+                command=shard_command(
+                    scenario_path=scenario_path,
+                    seed=run.seed,
+                    shard=shard.index,
+                    shards=run.workers,
+                    payments=run.payments,
+                    result=result,
+                ),
+                database_url=shard_database_url(shard.database),
+                env_extra=None,
+                on_day=on_day,
+            )
+            figures: dict[str, Any] = json.loads(result.read_text())
     except Exception:
         logger.exception("simulation shard %s failed", shard_id)
         SimulationShard.objects.filter(pk=shard_id).update(status=RunStatus.FAILED, error=traceback.format_exc())

@@ -15,7 +15,9 @@ from tests.simulation.test_hand_computed import TINY
 pytestmark = pytest.mark.e2e
 
 # The same tiny scenario with its partner's share cut from February instead of March.
-TINY_CUT = TINY.replace('name = "tiny"', 'name = "tiny-cut"').replace("date = 2026-03-01", "date = 2026-02-01")
+TINY_CUT = TINY.replace('name = "tiny"', 'name = "tiny-cut"').replace(
+    "date = 2026-03-01\nshare_bps = 1000", "date = 2026-02-01\nshare_bps = 1000"
+)
 # chart key -> (series name, figure of a month of summary.json) for every series the chart draws
 MONEY_CHANNELS = ("subscriptions", "overage", "partner_share", "licences")
 
@@ -41,6 +43,7 @@ def _expected_marks(summary: dict) -> dict[tuple[str, str, str], float]:
 
 def test_the_report_shows_summary_figures_and_loads_nothing_from_outside(browser, tmp_path):
     scenarios = []
+    assert TINY_CUT.count("2026-02-01") == 1
     for text in (TINY, TINY_CUT):
         path = tmp_path / f"{len(scenarios)}.toml"
         path.write_text(text)
