@@ -10,7 +10,8 @@ from rest_framework import exceptions, pagination
 class PageNumberPagination(pagination.PageNumberPagination):
     def paginate_queryset(self, queryset, request, view=None):
         raw = request.query_params.get(self.page_query_param)
-        if raw is not None and not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+        # At most 18 digits: int() of a 5,000-digit string raises (Python's 4,300-digit limit).
+        if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and int(raw) >= 1):
             raise exceptions.ValidationError({self.page_query_param: ["A page number: an integer from 1."]})
         return super().paginate_queryset(queryset, request, view)
 

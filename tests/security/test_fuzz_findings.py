@@ -71,7 +71,7 @@ def test_moderation_model_of_another_type_is_400(account, model):
     assert_error(post("/v1/moderations", body, secret), 400, param="model")
 
 
-@pytest.mark.parametrize("page", ["abc", "", "0", "-1", "1.5"])
+@pytest.mark.parametrize("page", ["abc", "", "0", "-1", "1.5", "9" * 5000])
 def test_a_page_that_is_not_a_positive_integer_is_400_naming_page(account, page):
     _, secret = account
     response = Client().get(f"/api/v1/keys?page={page}", HTTP_AUTHORIZATION=f"Bearer {secret}")
