@@ -39,7 +39,7 @@ refusal, a held id or the team's first request add the SELECT (and a retry).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -278,38 +278,25 @@ class DatabaseQuotaBackend(QuotaBackend):
             team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, charged=tokens, now=now,
             request_hash=request_hash,
         )  # fmt: skip
-        charge_sql = self._statement("charge_period" if params["period"] is not None else "charge")
-        used: dict[LimitName, int] = {}
-        try:
-            for _ in range(self.max_attempts):
-                try:
-                    with transaction.atomic(), connection.cursor() as cursor:
-                        cursor.execute(charge_sql, params)
-                        row = cursor.fetchone()
-                        if row is not None:
-                            cursor.execute(self._statement("reservation_insert"), params)
-                            held = cursor.fetchone()
-                            if held is None:
-                                raise _Held
-                            return Decision.reserved(
-                                team_id=team_id,
-                                request_id=request_id,
-                                tokens=tokens,
-                                limits=limits,
-                                now=now,
-                                used=self._used(limits, row),
-                                request_hash=request_hash,
-                                request_id_is_new=request_id_is_new,
-                                token=str(held[0]),
-                            )
-                except _Held:
-                    pass
-                decision, used = self._explain(params=params, limits=limits, tokens=tokens, now=now)
-                if decision is not None:
-                    return decision
-        except _UNAVAILABLE as error:
-            raise QuotaBackendUnavailable(f"database quota backend: {error}") from error
-        return self._storm(limits, used)
+
+        def reserved(cursor: Any, row: Sequence[int]) -> Decision:
+            cursor.execute(self._statement("reservation_insert"), params)
+            held = cursor.fetchone()
+            if held is None:
+                raise _Held
+            return Decision.reserved(
+                team_id=team_id,
+                request_id=request_id,
+                tokens=tokens,
+                limits=limits,
+                now=now,
+                used=self._used(limits, row),
+                request_hash=request_hash,
+                request_id_is_new=request_id_is_new,
+                token=str(held[0]),
+            )
+
+        return self._charge(params=params, limits=limits, tokens=tokens, now=now, then=reserved)
 
     def consume(
         self,
@@ -326,6 +313,26 @@ class DatabaseQuotaBackend(QuotaBackend):
             team_id=team_id, request_id=request_id, limits=limits, tokens=tokens, charged=event.total_tokens,
             now=now, request_hash=event.request_hash,
         )  # fmt: skip
+
+        def recorded(cursor: Any, row: Sequence[int]) -> Decision:
+            if not usage_record_insert(event=event):
+                raise _Held
+            return Decision(allowed=True, used=self._used(limits, row))
+
+        return self._charge(params=params, limits=limits, tokens=tokens, now=now, then=recorded)
+
+    def _charge(
+        self,
+        *,
+        params: dict[str, Any],
+        limits: Sequence[Limit],
+        tokens: int,
+        now: datetime,
+        then: Callable[[Any, Sequence[int]], Decision],
+    ) -> Decision:
+        """Charge every limit and do ``then`` (hold a reservation, or store the usage record) in ONE
+        transaction; ``then`` raising _Held rolls the charge back. When nothing was charged, _explain
+        says why (a refusal, a held or recorded id) or that the step should run again."""
         charge_sql = self._statement("charge_period" if params["period"] is not None else "charge")
         used: dict[LimitName, int] = {}
         try:
@@ -335,9 +342,7 @@ class DatabaseQuotaBackend(QuotaBackend):
                         cursor.execute(charge_sql, params)
                         row = cursor.fetchone()
                         if row is not None:
-                            if not usage_record_insert(event=event):
-                                raise _Held
-                            return Decision(allowed=True, used=self._used(limits, row))
+                            return then(cursor, row)
                 except _Held:
                     pass
                 decision, used = self._explain(params=params, limits=limits, tokens=tokens, now=now)
