@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from core.admin_base import ReadOnlyAdmin
-from usage.models import RollupCursor, UsageAlert, UsageRecord, UsageRollup
+from usage.models import RollupCursor, UnansweredScript, UsageAlert, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
@@ -51,3 +51,13 @@ class UsageAlertAdmin(ReadOnlyAdmin):
     search_fields = ["team__name", "team__memberships__user__email"]
     list_select_related = ["team"]
     date_hierarchy = "created_at"
+
+
+@admin.register(UnansweredScript)
+class UnansweredScriptAdmin(ReadOnlyAdmin):
+    """Redis scripts whose answer never came, and when the sweeper or the drain made them right."""
+
+    list_display = ["created_at", "kind", "team", "request_id", "resolved_at"]
+    list_filter = ["kind", ("resolved_at", admin.EmptyFieldListFilter)]
+    search_fields = ["request_id"]
+    list_select_related = ["team"]

@@ -7,8 +7,9 @@ and the only shared-state operations are the quota backend's reserve and settle.
 
 When the quota backend cannot answer (``QuotaBackendUnavailable``) the request is refused with 503
 ``quota_backend_unavailable`` and ``Retry-After``: it was not counted (usage/quotas/base.py says what a
-backend guarantees about a call it did not answer). A settle that fails at the end of a stream is
-logged; its reservation is refunded by the sweeper.
+backend guarantees about a call it did not answer). A Redis script whose answer never came is written
+down and made right later (usage/unanswered.py): an unanswered consume of a request answered 503 is
+not recorded, an unanswered settle of an answered stream is sent again by the sweeper.
 """
 
 from __future__ import annotations

@@ -67,6 +67,40 @@ class QuotaReservation(models.Model):
         return f"reservation {self.request_id} of team {self.team_id} ({self.tokens} tokens)"
 
 
+class UnansweredScript(models.Model):
+    """A Redis quota script whose answer never came (usage/quotas/redis.py), kept here until what it did
+    is known and made right (usage/unanswered.py). Two kinds:
+
+    - ``consume``: a request the model API answered 503 (no ``X-Request-Id``: nobody can ask for it
+      again) whose consume script may have run just before Redis stalled, counting it and streaming its
+      usage event. The drain skips that event and gives its counts back; a record stored before this row
+      was written is removed by the reconciler. ``payload``: the counters and what each was charged.
+    - ``settle``: a stream answered 200 whose settle script may not have run. The sweeper task sends it
+      again (a settle runs once) before it refunds any reservation. ``payload``: the reservation and the
+      usage event.
+    """
+
+    class Kind(models.TextChoices):
+        CONSUME = "consume", "consume (answered 503)"
+        SETTLE = "settle", "settle (stream answered 200)"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=100)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(db_index=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "team", "request_id"], name="unanswered_script_unique"),
+        ]
+        indexes = [models.Index(fields=["resolved_at", "kind"], name="unanswered_script_open")]
+
+    def __str__(self) -> str:
+        return f"unanswered {self.kind} of {self.request_id} (team {self.team_id})"
+
+
 class TeamQuotaState(models.Model):
     """The database quota backend's counters: one row per team, every window in one row, so one
     conditional UPDATE checks and consumes all limits at once (see usage/quotas/database.py).

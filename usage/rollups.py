@@ -29,7 +29,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import F, Max
 
 from core.sql import param, quoted_table
 from usage.models import RollupCursor, UsageRecord, UsageRollup
@@ -173,3 +173,32 @@ def usage_rollup_rebuild(*, start: datetime, end: datetime) -> int:
     return UsageRecord.objects.filter(
         created_at__gte=hour_start, created_at__lt=hour_end, id__lte=cursor.last_record_id
     ).count()
+
+
+def usage_record_remove(*, record_id: int) -> bool:
+    """Delete one usage record and, if the fold has already added it to its hour and day buckets, take
+    it out of them again, in one transaction under the fold cursor's lock (so a concurrent fold either
+    counted it, and it is taken out, or never will). For a record that should not exist (a request
+    answered 503 whose script ran anyway: usage/unanswered.py). False if there was no such record."""
+    with transaction.atomic():
+        cursor = _cursor_locked(CURSOR_NAME)
+        record = UsageRecord.objects.select_for_update().filter(id=record_id).first()
+        if record is None:
+            return False
+        if record.id <= cursor.last_record_id:
+            for granularity in ("hour", "day"):
+                UsageRollup.objects.filter(
+                    team_id=record.team_id,
+                    granularity=granularity,
+                    bucket_start=bucket_floor(record.created_at, granularity),
+                    model=record.model,
+                    api_key_id=record.api_key_id or 0,
+                    partner_id=record.partner_id or 0,
+                ).update(
+                    requests=F("requests") - 1,
+                    prompt_tokens=F("prompt_tokens") - record.prompt_tokens,
+                    completion_tokens=F("completion_tokens") - record.completion_tokens,
+                    total_tokens=F("total_tokens") - record.total_tokens,
+                )
+        record.delete()
+        return True

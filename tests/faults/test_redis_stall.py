@@ -247,10 +247,11 @@ def test_redis_frozen_during_a_burst_every_answered_request_is_recorded_once_and
     # With an X-Request-Id: every 2xx has exactly one record, and nothing else has one.
     assert set(records_with_id) == answered_with_id
     assert all(count == 1 for count in records_with_id.values())
-    # Without one: a record for every 2xx. More records only for scripts Redis ran just before it froze
-    # and answered too late (at most one per request in flight); the old code counted every request
-    # sent during the freeze, some twice.
-    assert 0 <= records_without_id - answered_without_id <= CLIENTS
+    # Without one: a record for every 2xx and no other. A script Redis ran just before it froze, whose
+    # answer came too late (the client got 503), was written down by the server: the drain skipped its
+    # event and gave its counts back (usage/unanswered.py). The old code counted every request sent
+    # during the freeze, some twice.
+    assert records_without_id == answered_without_id
     assert set(records) == set(records_with_id) | {r for r in records if r.startswith("req_")}
     # Counters equal records.
     assert used[LimitName.REQUESTS_PER_DAY] == sum(records.values())

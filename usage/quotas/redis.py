@@ -70,9 +70,11 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.utils import timezone
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from usage.models import UnansweredScript
 from usage.quotas.base import (
     Decision,
     Limit,
@@ -82,8 +84,9 @@ from usage.quotas.base import (
     Reservation,
     UsageEvent,
 )
-from usage.quotas.redis_stream import DRAIN_GROUP, UsageStreamDrain, drain_usage_stream, event_fields
+from usage.quotas.redis_stream import DRAIN_GROUP, UsageStreamDrain, drain_usage_stream, event_fields, event_parse
 from usage.selectors import tokens_used, usage_record_holding
+from usage.unanswered import unanswered_note, unanswered_reconcile, unanswered_settle_reservations
 
 __all__ = ["DRAIN_GROUP", "RedisQuotaBackend", "drain_usage_stream"]
 
@@ -109,12 +112,26 @@ return 1
 """
 
 
+# Give back what an unanswered consume counted (usage/unanswered.py), once: KEYS[1] is the guard.
+_CONSUME_UNDO = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 2, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('DECRBY', KEYS[i], ARGV[i]) < 0 then
+        redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+    end
+end
+return 1
+"""
+# How long the undo's guard lives: longer than an unanswered consume row stays open.
+_UNDO_GUARD_SECONDS = 3 * 24 * 3600
+
+
 @contextlib.contextmanager
-def _answered(what: str) -> Iterator[None]:
+def _answered(what: str, *, may_have_run: bool = True) -> Iterator[None]:
     try:
         yield
     except _NO_ANSWER as error:
-        raise QuotaBackendUnavailable(f"Redis did not answer {what}: {error}") from error
+        raise QuotaBackendUnavailable(f"Redis did not answer {what}: {error}", may_have_run=may_have_run) from error
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,7 @@ class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
         self._settle = self.client.register_script((_LUA / "settle.lua").read_text())
         self._refund = self.client.register_script((_LUA / "refund.lua").read_text())
         self._legacy_resolve = self.client.register_script(_LEGACY_RESOLVE)
+        self._consume_undo = self.client.register_script(_CONSUME_UNDO)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._prepared: dict[int, _Prepared] = {}
         # Redis's clock minus time.monotonic(), from the last fast reply: what the deadlines are built on.
@@ -184,7 +202,7 @@ class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
         run or may still run (a stalled Redis runs what it received when it wakes), so it is not sent
         again; the connection is dropped, so a late answer cannot be read as another call's."""
         pool = self.client.connection_pool
-        with _answered("in time"):
+        with _answered("a connection", may_have_run=False):  # nothing was sent yet
             connection = pool.get_connection()
         try:
             with _answered("in time"):
@@ -346,7 +364,12 @@ class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
                 rid_ttl, len(limits), now.timestamp(), tokens, charged, request_hash, f"{deadline:.6f}", member,
                 pending, *tail,
             ]  # fmt: skip
-            status, clock, *counts = self._evalsha(self._reserve, keys, args)
+            try:
+                status, clock, *counts = self._evalsha(self._reserve, keys, args)
+            except QuotaBackendUnavailable as error:
+                if event is not None and not rid_ttl and error.may_have_run:
+                    self._consume_unanswered(prepared=prepared, limits=limits, event=event)
+                raise
             self._clock_observe(clock, sent=sent, received=time.monotonic())
             if status == "late":
                 if late:
@@ -396,9 +419,29 @@ class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
             self._legacy_resolve(keys=[self._request_id_key(team_id, request_id)], args=[bound])
 
     def settle(self, *, reservation: Reservation, event: UsageEvent) -> bool:
+        try:
+            return self._settle_send(member=reservation.token, reserved=reservation.tokens, event=event)
+        except QuotaBackendUnavailable as error:
+            if error.may_have_run:  # the stream was answered: send it again later (usage/unanswered.py)
+                payload = {"reservation": reservation.token, "reserved": reservation.tokens}
+                unanswered_note(
+                    kind=UnansweredScript.Kind.SETTLE,
+                    team_id=event.team_id,
+                    request_id=event.request_id,
+                    payload={**payload, "event": event_fields(event)[1]},
+                    now=timezone.now(),
+                )
+            raise
+
+    def settle_again(self, payload: dict[str, Any]) -> bool:
+        """Send an unanswered settle again (``UnansweredScript`` of kind settle); it runs once."""
+        event = event_parse({"e": payload["event"]})
+        return self._settle_send(member=payload["reservation"], reserved=payload["reserved"], event=event)
+
+    def _settle_send(self, *, member: str, reserved: int, event: UsageEvent) -> bool:
         # The script records the event and binds the request id, unless the reservation is gone (see
         # lua/settle.lua). The reservation carries its counters: the ones it incremented.
-        _token, team_id, request_id, _hash, _held, _tokens, counters = json.loads(reservation.token)
+        _token, team_id, request_id, _hash, _held, _tokens, counters = json.loads(member)
         keys = [
             self.stream,
             self.reservations,
@@ -406,16 +449,39 @@ class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
             *(key for key, _unit in counters),
         ]
         args = [
-            reservation.token,
-            self._pending_value(reservation.token),
+            member,
+            self._pending_value(member),
             settings.TIERLAB_REQUEST_ID_RETENTION_SECONDS,
             event.request_hash,
-            event.total_tokens - reservation.tokens,
+            event.total_tokens - reserved,
             len(counters),
             *(unit for _key, unit in counters),
             *event_fields(event),
         ]
         return bool(self._evalsha(self._settle, keys, args))
+
+    # --- unanswered consumes (usage/unanswered.py) ---------------------------------------------------
+    def _consume_unanswered(self, *, prepared: _Prepared, limits: Sequence[Limit], event: UsageEvent) -> None:
+        charged = [
+            [key, 1 if limit.name.unit == "requests" else event.total_tokens]
+            for key, limit in zip(prepared.counter_keys, limits, strict=True)
+        ]
+        unanswered_note(
+            kind=UnansweredScript.Kind.CONSUME,
+            team_id=event.team_id,
+            request_id=event.request_id,
+            payload={"counters": charged},
+            now=timezone.now(),
+        )
+
+    def unanswered_consume_undo(self, row: UnansweredScript) -> bool:
+        """Give back what the unanswered consume of ``row`` counted, once (a guard key per request)."""
+        counters = row.payload["counters"]
+        keys = [f"{self.key_prefix}q:{row.team_id}:undo:{row.request_id}", *(key for key, _amount in counters)]
+        with _answered("the undo"):
+            return bool(
+                self._consume_undo(keys=keys, args=[_UNDO_GUARD_SECONDS, *(amount for _key, amount in counters)])
+            )
 
     @staticmethod
     def _pending_value(member: str) -> str:
@@ -433,12 +499,19 @@ class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
         self._give_back(reservation.token)
 
     def sweep(self, *, now: datetime, batch_size: int = 1000) -> int:
+        # First what unanswered scripts did (usage/unanswered.py): settles sent again, so their
+        # reservations are settled rather than refunded; those still unanswered are kept.
+        unanswered_reconcile(backend=self, now=now)
+        keep = unanswered_settle_reservations()
         cutoff = (now - timedelta(seconds=settings.TIERLAB_RESERVATION_TIMEOUT_SECONDS)).timestamp()
-        swept = 0
+        swept = kept = 0
         while True:
             with _answered("the sweep"):
-                members = self.client.zrangebyscore(self.reservations, "-inf", f"({cutoff}", start=0, num=batch_size)
+                members = self.client.zrangebyscore(self.reservations, "-inf", f"({cutoff}", start=kept, num=batch_size)
             for member in members:
+                if member in keep:
+                    kept += 1
+                    continue
                 try:
                     given_back = self._give_back(member)
                 except (ValueError, TypeError):

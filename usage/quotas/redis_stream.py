@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 import redis
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
+from usage.models import UnansweredScript
 from usage.quotas.base import UsageEvent
 from usage.services import usage_records_create
+from usage.unanswered import unanswered_consumes, unanswered_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class UsageStreamDrain:
     stream: str
     dead_letter_stream: str
     consumer: str
+    unanswered_consume_undo: Callable[[UnansweredScript], bool]
 
     def drain_usage_stream(self, *, batch_size: int = 1000, block_ms: int = 0, reclaim_idle_ms: int = 60_000) -> int:
         """Write the stream's usage events into ``UsageRecord``; returns how many rows were new.
@@ -150,6 +154,23 @@ class UsageStreamDrain:
                 self._dead_letter(entry_id, fields, f"unreadable: {error!r}")
         if not parsed:
             return 0
+        # Events of requests answered 503 whose consume script ran anyway (usage/unanswered.py): not
+        # stored; their counts given back first (once), their rows resolved with the batch.
+        unanswered = unanswered_consumes(keys=[(event.team_id, event.request_id) for _, _, event in parsed])
+        voided = []
+        if unanswered:
+            for entry_id, _fields, event in parsed:
+                row = unanswered.get((event.team_id, event.request_id))
+                if row is None:
+                    continue
+                if row.resolved_at is None:
+                    self.unanswered_consume_undo(row)
+                    logger.warning("request %s was answered 503 but its script ran: not recorded", event.request_id)
+                voided.append(entry_id)
+            parsed = [item for item in parsed if (item[2].team_id, item[2].request_id) not in unanswered]
+            with transaction.atomic():
+                unanswered_resolve(row_ids=[row.id for row in unanswered.values()], now=timezone.now())
+                transaction.on_commit(partial(self._ack, voided))
         ids = [entry_id for entry_id, _, _ in parsed]
         try:
             with transaction.atomic():
