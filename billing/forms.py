@@ -43,7 +43,11 @@ class CardEntryForm(forms.Form):
 
     @property
     def wants_new_card(self) -> bool:
-        return "card" not in self.fields or self.cleaned_data.get("card") == CARD_NEW
+        if "card" not in self.fields:
+            return True
+        # No choice posted (a client without the radio): a confirmed card posted means that one.
+        chosen = self.cleaned_data.get("card") or (CARD_NEW if self.cleaned_data.get("payment_method") else "")
+        return chosen == CARD_NEW
 
     def clean(self):
         data = super().clean()
