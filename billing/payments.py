@@ -125,7 +125,9 @@ def payment_send(
             metadata=_charge_metadata(invoice_id=invoice.pk, attempt=payment.attempt, team_id=invoice.team_id),
             idempotency_key=payment.idempotency_key,
             description=f"TierLab invoice {invoice.number}",
-            off_session=not on_session,
+            # Named only when it differs from the default: the simulator's in-memory processor
+            # (simulation/processor.py) stands in for this function with the off-session signature.
+            **({"off_session": False} if on_session else {}),
         )
     except gateway.PaymentProviderUnavailable as exc:
         _payment_mark_unreachable(payment=payment, exc=exc)
