@@ -194,25 +194,6 @@ class PaymentIntentResult:
 
 
 @dataclass(frozen=True)
-class SetupIntentStarted:
-    """A SetupIntent for the page to confirm with Stripe.js: its ``client_secret`` goes to the browser."""
-
-    id: str
-    client_secret: str
-
-
-@dataclass(frozen=True)
-class StripeJs:
-    """Which Stripe.js the card pages load, and the origins their CSP must allow for it."""
-
-    script_url: str
-    publishable_key: str
-    script_origins: tuple[str, ...]
-    frame_origins: tuple[str, ...]
-    connect_origins: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class RefundResult:
     id: str
     status: str
@@ -600,15 +581,11 @@ def ping() -> bool:
 
 
 # Card entry with Stripe.js (a submodule for length; it uses the client and error translation above).
-from billing.stripe_gateway.cards import (  # noqa: E402
-    SetupIntentInvalid as SetupIntentInvalid,
-)
-from billing.stripe_gateway.cards import (  # noqa: E402
-    setup_intent_card_use as setup_intent_card_use,
-)
-from billing.stripe_gateway.cards import (  # noqa: E402
-    setup_intent_create as setup_intent_create,
-)
-from billing.stripe_gateway.cards import (  # noqa: E402
-    stripe_js as stripe_js,
+from billing.stripe_gateway.cards import (  # noqa: E402, F401 (re-exported: callers use gateway.<name>)
+    SetupIntentInvalid,
+    SetupIntentStarted,
+    StripeJs,
+    setup_intent_card_use,
+    setup_intent_create,
+    stripe_js,
 )

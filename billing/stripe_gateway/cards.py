@@ -16,6 +16,7 @@ The flow, as in every Stripe integration that saves a card for later charges:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -23,8 +24,6 @@ from django.conf import settings
 from billing.stripe_gateway import (
     CardDetails,
     PaymentInvalidRequest,
-    SetupIntentStarted,
-    StripeJs,
     _as_dict,
     _card_details,
     _client,
@@ -42,6 +41,25 @@ STRIPE_API_ORIGIN = "https://api.stripe.com"
 LOCALSTRIPE_JS_PATH = "/js.stripe.com/v3/"
 # Stripe's ids: a prefix and letters, digits and underscores (checked before they go into a URL).
 _ID = re.compile(r"^(seti|pm)_[A-Za-z0-9_]{1,200}$")
+
+
+@dataclass(frozen=True)
+class SetupIntentStarted:
+    """A SetupIntent for the page to confirm with Stripe.js: its ``client_secret`` goes to the browser."""
+
+    id: str
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class StripeJs:
+    """Which Stripe.js the card pages load, and the origins their CSP must allow for it."""
+
+    script_url: str
+    publishable_key: str
+    script_origins: tuple[str, ...]
+    frame_origins: tuple[str, ...]
+    connect_origins: tuple[str, ...]
 
 
 class SetupIntentInvalid(PaymentInvalidRequest):
