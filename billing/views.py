@@ -188,7 +188,7 @@ def billing_setup_intent(request: HttpRequest) -> JsonResponse:
     try:
         intent = customers.setup_intent_start(team=_team(request), actor=request.user)
     except ApplicationError as exc:
-        return JsonResponse({"error": {"message": exc.message, "code": exc.code}}, status=exc.status)
+        return JsonResponse(exc.body(), status=exc.status)  # the project's one JSON error shape
     return JsonResponse({"client_secret": intent.client_secret})
 
 

@@ -58,6 +58,15 @@ def test_setup_intent_endpoint_gives_the_page_a_client_secret(alice, client, str
     assert client.get("/billing/setup-intent/").status_code == 405
 
 
+def test_setup_intent_endpoint_reports_an_unreachable_provider_in_the_json_error_shape(alice, client, settings):
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens on the discard port
+    settings.STRIPE_CONNECT_TIMEOUT_SECONDS = 1
+    response = client.post("/billing/setup-intent/")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("api_error", "payment_provider_unavailable") and error["message"]
+
+
 def test_a_setup_intent_of_another_customer_is_refused(alice, client, team_tier, stripe_local):
     _, bob = subscriber("bob@example.com")
     bobs_card = card_confirmed(bob, VISA)  # succeeded, but for Bob's customer
