@@ -17,7 +17,7 @@ from django.db import transaction
 
 from accounts.models import AuditEntry
 from billing import close as billing_close
-from billing import stripe_gateway as gateway
+from billing.checkout_payment import authentication_request, checkout_outcome
 from billing.customers import card_on_file, payment_method_update
 from billing.models import BillingCustomer, Invoice, InvoiceLine, Payment
 from billing.payments import invoice_charge, invoice_settle_without_charge, payment_send, payment_start
@@ -44,7 +44,14 @@ if TYPE_CHECKING:
 
 
 def subscription_change(
-    *, team: Team, tier: Tier, payment_method: str | None = None, actor: User | None = None, now: datetime | None = None
+    *,
+    team: Team,
+    tier: Tier,
+    payment_method: str | None = None,
+    setup_intent: str | None = None,
+    in_browser: bool = False,
+    actor: User | None = None,
+    now: datetime | None = None,
 ) -> CheckoutResult:
     """Subscribe ``team`` to ``tier`` or change to it (the checkout page and POST /api/v1/subscription).
 
@@ -59,6 +66,11 @@ def subscription_change(
     Raises tiers.services.InvalidTierChange (same tier, nothing to do) or TierUnavailable (archived,
     not public).
 
+    - ``setup_intent``: the pages' card, typed into Stripe.js and confirmed there; Stripe is asked
+      whether it is this team's before it is saved (customers.payment_method_update).
+    - ``in_browser``: the customer is at the checkout page, so a charge that needs 3-D Secure raises
+      PaymentRequiresAction with the PaymentIntent's ``client_secret`` in ``extra`` and its invoice
+      stays open until checkout_payment_confirm; otherwise (the API) it is voided like a decline.
     Also: choosing the current tier again while a change is scheduled undoes it ("resumed"); while
     trialing, a dearer tier is switched to at once without a charge (the trial goes on) and the rest
     is scheduled like a downgrade; a past-due subscription can be downgraded but not upgraded.
@@ -78,16 +90,26 @@ def subscription_change(
         return _change_schedule(subscription=subscription, tier=tier, actor=actor, now=now)
 
     if current.is_free:
-        customer = card_on_file(team=team, payment_method=payment_method, actor=actor, now=now)
+        customer = card_on_file(
+            team=team, payment_method=payment_method, setup_intent=setup_intent, actor=actor, now=now
+        )
         if tier.trial_days and not team_has_trialed(team=team):
             return _trial_start(subscription=subscription, tier=tier, actor=actor, now=now)
         return _checkout_charge(
-            kind=Invoice.Kind.INITIAL, subscription=subscription, tier=tier, customer=customer, actor=actor, now=now
+            kind=Invoice.Kind.INITIAL,
+            subscription=subscription,
+            tier=tier,
+            customer=customer,
+            actor=actor,
+            now=now,
+            in_browser=in_browser,
         )
 
     if not _is_upgrade(current, tier):
         if payment_method:
-            payment_method_update(team=team, payment_method=payment_method, actor=actor, now=now)
+            payment_method_update(
+                team=team, payment_method=payment_method, setup_intent=setup_intent, actor=actor, now=now
+            )
         return _change_schedule(subscription=subscription, tier=tier, actor=actor, now=now)
     if subscription.status == Subscription.Status.PAST_DUE:
         raise InvalidTierChange(
@@ -96,11 +118,19 @@ def subscription_change(
         )
     if subscription.status == Subscription.Status.TRIALING:
         if payment_method:
-            payment_method_update(team=team, payment_method=payment_method, actor=actor, now=now)
+            payment_method_update(
+                team=team, payment_method=payment_method, setup_intent=setup_intent, actor=actor, now=now
+            )
         return _trial_tier_switch(subscription=subscription, tier=tier, actor=actor, now=now)
-    customer = card_on_file(team=team, payment_method=payment_method, actor=actor, now=now)
+    customer = card_on_file(team=team, payment_method=payment_method, setup_intent=setup_intent, actor=actor, now=now)
     return _checkout_charge(
-        kind=Invoice.Kind.PRORATION, subscription=subscription, tier=tier, customer=customer, actor=actor, now=now
+        kind=Invoice.Kind.PRORATION,
+        subscription=subscription,
+        tier=tier,
+        customer=customer,
+        actor=actor,
+        now=now,
+        in_browser=in_browser,
     )
 
 
@@ -268,6 +298,7 @@ def _checkout_charge(
     customer: BillingCustomer,
     actor: User | None,
     now: datetime,
+    in_browser: bool = False,
 ) -> CheckoutResult:
     """Invoice and charge a checkout (``initial``: the first period of a paid tier from now;
     ``proration``: an upgrade for the rest of the current period). The subscription changes when the
@@ -366,22 +397,10 @@ def _checkout_charge(
         # A change in the period's last moments prorates to nothing: paid at once, nothing to charge.
         invoice_settle_without_charge(invoice_id=invoice.pk, now=now)
     else:
-        payment = payment_send(payment=payment, invoice=invoice, customer=customer, now=now)
-    invoice.refresh_from_db()
-    sub.refresh_from_db()
-    change = "subscribed" if kind == Invoice.Kind.INITIAL else "upgraded"
-    if invoice.status == Invoice.Status.PAID:
-        return CheckoutResult(subscription=sub, change=change, invoice=invoice, payment=payment)
-    if payment is not None and payment.status == Payment.Status.PENDING:
-        raise BillingError(
-            "Your payment is still processing; your tier changes as soon as it completes.",
-            code="payment_processing",
-        )
-    message = (payment.failure_message if payment else "") or "Your card was declined."
-    extra = {"decline_code": payment.failure_code if payment else "", "invoice": invoice.number}
-    if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION:
-        raise gateway.PaymentRequiresAction(message, extra=extra)
-    raise gateway.PaymentDeclined(message, extra=extra)
+        payment = payment_send(payment=payment, invoice=invoice, customer=customer, now=now, on_session=in_browser)
+    if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION and invoice.kind in CHECKOUT_KINDS:
+        authentication_request(payment=payment, invoice=invoice, in_browser=in_browser, now=now)
+    return checkout_outcome(invoice=invoice, sub=sub, payment=payment)
 
 
 def subscription_cancel(

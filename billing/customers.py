@@ -36,20 +36,43 @@ def billing_customer_ensure(*, team: Team, now: datetime | None = None) -> Billi
         return BillingCustomer.objects.get(team=team)
 
 
+def setup_intent_start(*, team: Team, actor: User | None = None) -> gateway.SetupIntentStarted:
+    """A SetupIntent for the team's customer (created on first use), for the page's Stripe.js to
+    confirm the card a person types (the client secret goes to that page only)."""
+    billing_role_check(team=team, actor=actor)
+    customer = billing_customer_ensure(team=team)
+    return gateway.setup_intent_create(customer_id=customer.stripe_customer_id)
+
+
 def payment_method_update(
-    *, team: Team, payment_method: str, actor: User | None = None, now: datetime | None = None
+    *,
+    team: Team,
+    payment_method: str,
+    setup_intent: str | None = None,
+    actor: User | None = None,
+    now: datetime | None = None,
 ) -> BillingCustomer:
-    """Attach ``payment_method`` (a Stripe test PM such as "pm_card_visa") and make it the default.
-    A decline raises stripe_gateway.PaymentDeclined and changes nothing locally.
+    """Make ``payment_method`` the team's default card.
+
+    With ``setup_intent`` (the pages: a card typed into Stripe.js and confirmed there, 3-D Secure
+    included), Stripe is asked first whether that SetupIntent belongs to the team's customer, succeeded
+    and saved this payment method; if not, stripe_gateway.SetupIntentInvalid and nothing changes.
+    Without it (the account API, the simulator), ``payment_method`` is attached as given (a Stripe test
+    PM such as "pm_card_visa"). A decline raises stripe_gateway.PaymentDeclined and changes nothing.
 
     An open renewal invoice waiting for its next dunning retry is brought forward to ``now``: whoever
     fixes their card should not wait days for the retry (Stripe retries on a card update as well)."""
     now = billing_now(now)
     billing_role_check(team=team, actor=actor)
     customer = billing_customer_ensure(team=team, now=now)
-    card = gateway.payment_method_attach(
-        customer_id=customer.stripe_customer_id, payment_method=payment_method, make_default=True
-    )
+    if setup_intent is not None:
+        card = gateway.setup_intent_card_use(
+            setup_intent_id=setup_intent, payment_method_id=payment_method, customer_id=customer.stripe_customer_id
+        )
+    else:
+        card = gateway.payment_method_attach(
+            customer_id=customer.stripe_customer_id, payment_method=payment_method, make_default=True
+        )
     with transaction.atomic():
         customer = BillingCustomer.objects.select_for_update().get(pk=customer.pk)
         customer.default_payment_method_id = card.payment_method_id
@@ -70,10 +93,15 @@ def payment_method_update(
     return customer
 
 
-def card_on_file(*, team: Team, payment_method: str | None, actor: User | None, now: datetime) -> BillingCustomer:
-    """The customer with a usable default card: ``payment_method`` attached first if given."""
+def card_on_file(
+    *, team: Team, payment_method: str | None, actor: User | None, now: datetime, setup_intent: str | None = None
+) -> BillingCustomer:
+    """The customer with a usable default card: ``payment_method`` saved first if given (checked
+    against ``setup_intent`` when given: payment_method_update)."""
     if payment_method:
-        return payment_method_update(team=team, payment_method=payment_method, actor=actor, now=now)
+        return payment_method_update(
+            team=team, payment_method=payment_method, setup_intent=setup_intent, actor=actor, now=now
+        )
     customer = BillingCustomer.objects.filter(team=team).first()
     if customer is None or not customer.default_payment_method_id:
         raise PaymentMethodRequired("A paid tier needs a card on file: choose a payment method.")

@@ -1,4 +1,4 @@
-"""Forms of the billing pages: choosing a test card, and the operator's reasons in the admin."""
+"""Forms of the billing pages: a card entered with Stripe.js, and the operator's reasons in the admin."""
 
 from __future__ import annotations
 
@@ -11,60 +11,80 @@ from tiers.models import Tier
 if TYPE_CHECKING:
     from billing.models import BillingCustomer
 
-# Stripe's documented test payment methods (https://docs.stripe.com/testing#cards). Stripe.js cannot
-# load offline, so the pages let the subscriber pick one of these instead of typing a card number.
-TEST_PAYMENT_METHODS: list[tuple[str, str]] = [
-    ("pm_card_visa", "Visa, succeeds"),
-    ("pm_card_mastercard", "Mastercard, succeeds"),
-    ("pm_card_visa_chargeDeclined", "Declined at once"),
-    ("pm_card_chargeCustomerFail", "Accepted, then every charge fails"),
-]
 # The radio value meaning "the card already on file": the services take ``payment_method=None`` for it.
 CARD_ON_FILE = "on_file"
+CARD_NEW = "new"
 
 DECLINED_MESSAGE = "Your card was declined. Nothing was charged and nothing changed: try another card."
+CARD_MISSING_MESSAGE = "Enter your card's number, expiry date and CVC."
 
 
-class PaymentMethodChoiceForm(forms.Form):
-    """One radio list: the card on file (if any, preselected), then Stripe's test cards."""
+class CardEntryForm(forms.Form):
+    """A card typed into Stripe.js's card Element and confirmed there (a SetupIntent, 3-D Secure
+    included): the page's script posts the SetupIntent's and the payment method's ids, which the
+    server checks with Stripe before saving (customers.payment_method_update). No card number ever
+    reaches this server. With a card on file, a radio chooses between it (preselected) and a new card.
 
-    payment_method = forms.ChoiceField(label="Card", widget=forms.RadioSelect)
+    ``payment_method`` is the field errors about the card are reported on (the card Element's box)."""
+
+    card = forms.ChoiceField(label="Card", widget=forms.RadioSelect, required=False)
+    payment_method = forms.CharField(label="Card details", required=False, max_length=255, widget=forms.HiddenInput)
+    setup_intent = forms.CharField(required=False, max_length=255, widget=forms.HiddenInput)
 
     def __init__(self, *args, customer: BillingCustomer | None = None, require_new: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        choices = list(TEST_PAYMENT_METHODS)
         has_card = bool(customer and customer.default_payment_method_id)
         if has_card and not require_new:
             label = f"{customer.card_brand.title() or 'Card'} •••• {customer.card_last4 or '????'} (on file)"
-            choices.insert(0, (CARD_ON_FILE, label))
-        field = self.fields["payment_method"]
-        field.choices = choices
-        self.initial.setdefault("payment_method", choices[0][0])
+            self.fields["card"].choices = [(CARD_ON_FILE, label), (CARD_NEW, "A new card")]
+            self.initial.setdefault("card", CARD_ON_FILE)
+        else:
+            del self.fields["card"]
+
+    @property
+    def wants_new_card(self) -> bool:
+        if "card" not in self.fields:
+            return True
+        # No choice posted (a client without the radio): a confirmed card posted means that one.
+        chosen = self.cleaned_data.get("card") or (CARD_NEW if self.cleaned_data.get("payment_method") else "")
+        return chosen == CARD_NEW
+
+    def clean(self):
+        data = super().clean()
+        if self.wants_new_card and not (data.get("payment_method") and data.get("setup_intent")):
+            self.add_error("payment_method", CARD_MISSING_MESSAGE)
+        return data
 
     @property
     def selected_payment_method(self) -> str | None:
-        """The Stripe payment method to use, or None for the card on file."""
-        value = self.cleaned_data["payment_method"]
-        return None if value == CARD_ON_FILE else value
+        """The confirmed payment method to save, or None for the card on file."""
+        return self.cleaned_data["payment_method"] if self.wants_new_card else None
+
+    @property
+    def selected_setup_intent(self) -> str | None:
+        return self.cleaned_data["setup_intent"] if self.wants_new_card else None
 
 
-class CheckoutForm(PaymentMethodChoiceForm):
-    """Checkout: a card is asked for only when the change may charge one (not for a move to a free tier)."""
+class CheckoutForm(CardEntryForm):
+    """Checkout: a card is asked for only when the change may charge one (not for a move to a free
+    tier). ``payment_intent``: the charge's PaymentIntent after the page ran 3-D Secure for it
+    (checkout_payment.checkout_payment_confirm); the card fields are not asked again then."""
+
+    payment_intent = forms.CharField(required=False, max_length=255, widget=forms.HiddenInput)
 
     def __init__(self, *args, card_needed: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        if not card_needed:
-            del self.fields["payment_method"]
+        self.card_needed = card_needed
 
     @property
-    def selected_payment_method(self) -> str | None:
-        if "payment_method" not in self.fields:
-            return None
-        return super().selected_payment_method
+    def wants_new_card(self) -> bool:
+        if not self.card_needed or self.cleaned_data.get("payment_intent"):
+            return False
+        return super().wants_new_card
 
 
-class CardChangeForm(PaymentMethodChoiceForm):
-    """Change the card on file: only the test cards (choosing the card on file would change nothing)."""
+class CardChangeForm(CardEntryForm):
+    """Change the card on file: only a new card (choosing the card on file would change nothing)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, require_new=True, **kwargs)

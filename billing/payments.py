@@ -90,10 +90,18 @@ def _charge_metadata(*, invoice_id: int, attempt: int, team_id: int) -> dict[str
 
 
 def payment_send(
-    *, payment: Payment, invoice: Invoice, customer: BillingCustomer | None, now: datetime, resend: bool = False
+    *,
+    payment: Payment,
+    invoice: Invoice,
+    customer: BillingCustomer | None,
+    now: datetime,
+    resend: bool = False,
+    on_session: bool = False,
 ) -> Payment:
     """Charge one recorded attempt (its quiet period already started) and apply its outcome.
     PaymentProviderUnavailable is re-raised with the attempt left pending until its quiet period ends.
+    ``on_session``: the customer is at the checkout page, which can run 3-D Secure if the charge asks
+    for it (the attempt is then ``requires_action`` and its invoice stays open: checkout_payment_confirm).
 
     The answer to an attempt's only send settles it for good (``quiet_until`` cleared): no other
     request of it exists. After a ``resend`` the earlier request may still land, so the attempt keeps
@@ -117,6 +125,9 @@ def payment_send(
             metadata=_charge_metadata(invoice_id=invoice.pk, attempt=payment.attempt, team_id=invoice.team_id),
             idempotency_key=payment.idempotency_key,
             description=f"TierLab invoice {invoice.number}",
+            # Named only when it differs from the default: the simulator's in-memory processor
+            # (simulation/processor.py) stands in for this function with the off-session signature.
+            **({"off_session": False} if on_session else {}),
         )
     except gateway.PaymentProviderUnavailable as exc:
         _payment_mark_unreachable(payment=payment, exc=exc)
@@ -425,9 +436,12 @@ def _payment_outcome_apply(
         payment.save(update_fields=fields)
         if status == Payment.Status.SUCCEEDED:
             _payment_succeeded(payment=payment, invoice=invoice, now=now)
-        elif previous == Payment.Status.PENDING:
+        elif previous == Payment.Status.PENDING or (
+            previous == Payment.Status.REQUIRES_ACTION and invoice.kind in CHECKOUT_KINDS
+        ):
             # pending -> failed/requires_action/canceled: one dunning step. failed -> canceled (a later
-            # event of the same failed attempt) is recorded above and changes nothing else.
+            # event of the same failed attempt) is recorded above and changes nothing else. A checkout
+            # waiting for 3-D Secure whose authentication failed is voided now.
             _payment_failed(payment=payment, invoice=invoice, now=now)
     return payment
 
@@ -505,6 +519,15 @@ def _payment_succeeded(*, payment: Payment, invoice: Invoice, now: datetime) -> 
     )
 
 
+def checkout_abandon(*, invoice_id: int, now: datetime) -> None:
+    """Void a checkout invoice still open (its charge waits for an authentication nobody will do); a
+    late success of its PaymentIntent is then refunded like any charge of a closed invoice."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+        if invoice.status == Invoice.Status.OPEN and invoice.kind in CHECKOUT_KINDS:
+            invoice_void_locked(invoice=invoice, now=now)
+
+
 def invoice_void_locked(*, invoice: Invoice, now: datetime) -> None:
     invoice.status = Invoice.Status.VOID
     invoice.voided_at = now
@@ -516,6 +539,11 @@ def _payment_failed(*, payment: Payment, invoice: Invoice, now: datetime) -> Non
     if invoice.status != Invoice.Status.OPEN or payment.attempt != invoice.attempt_count:
         return  # settled meanwhile, or a later attempt exists: this old outcome schedules nothing
     if invoice.kind in CHECKOUT_KINDS:
+        if payment.status == Payment.Status.REQUIRES_ACTION:
+            # The customer is at the checkout page, asked to authenticate (3-D Secure): the invoice waits
+            # open for the outcome (billing.checkout.checkout_payment_confirm, or the webhook). Left
+            # there, it is voided by the team's next checkout (invoice_charge) or checkout_abandon.
+            return
         # The customer is at the checkout and sees the decline; the subscription was never changed.
         invoice_void_locked(invoice=invoice, now=now)
         return

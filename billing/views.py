@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.decorators import team_page
 from accounts.roles import TeamAction
-from billing import checkout, customers, selectors, webhooks
+from billing import checkout, checkout_payment, customers, selectors, webhooks
 from billing.forms import DECLINED_MESSAGE, CardChangeForm, CheckoutForm
 from billing.models import BillingCustomer, Invoice
 from billing.services import CheckoutResult, PaymentMethodRequired
@@ -24,7 +24,9 @@ from billing.stripe_gateway import (
     PaymentInvalidRequest,
     PaymentProviderUnavailable,
     PaymentRequiresAction,
+    SetupIntentInvalid,
     WebhookSignatureInvalid,
+    stripe_js,
 )
 from core.errors import ApplicationError
 from core.templatetags.tier_format import money
@@ -49,8 +51,12 @@ def _day(value: datetime | None) -> str:
 
 
 def _payment_error_message(exc: ApplicationError) -> str:
+    if isinstance(exc, PaymentDeclined) and exc.code == "authentication_failed":
+        return exc.message
     if isinstance(exc, PaymentDeclined):
         return DECLINED_MESSAGE
+    if isinstance(exc, SetupIntentInvalid):
+        return exc.message
     if isinstance(exc, PaymentRequiresAction):
         return (
             "This card needs the cardholder to authenticate (3-D Secure), which cannot happen here: try another card."
@@ -101,9 +107,22 @@ def _result_message(result: CheckoutResult) -> str:
     return f"Your subscription is on {tier.name}.{charged}"
 
 
+def _card_page(request: HttpRequest, template: str, context: dict, *, status: int = 200) -> HttpResponse:
+    """A page with Stripe.js card entry: the script it loads, and a CSP that allows exactly its origins
+    (stripe_gateway.stripe_js: localstripe's, or Stripe's own) on this page only."""
+    js = stripe_js()
+    response = render(request, template, {**context, "stripe_js": js}, status=status)
+    response._csp_update = {  # django-csp: added to the policy of this response
+        "script-src": list(js.script_origins),
+        "connect-src": list(js.connect_origins),
+        **({"frame-src": list(js.frame_origins)} if js.frame_origins else {}),
+    }
+    return response
+
+
 def _billing_page(request: HttpRequest, team: Team, card_form: CardChangeForm, *, status: int = 200) -> HttpResponse:
     overview = selectors.billing_overview(team=team)
-    return render(
+    return _card_page(
         request,
         "billing/billing.html",
         {"team": team, "overview": overview, "subscription": overview.subscription, "card_form": card_form},
@@ -124,7 +143,10 @@ def billing_payment_method(request: HttpRequest) -> HttpResponse:
     if form.is_valid():
         try:
             customer = customers.payment_method_update(
-                team=team, payment_method=form.selected_payment_method, actor=request.user
+                team=team,
+                payment_method=form.selected_payment_method,
+                setup_intent=form.selected_setup_intent,
+                actor=request.user,
             )
         except ApplicationError as exc:
             form.add_error("payment_method", _payment_error_message(exc))
@@ -160,6 +182,17 @@ def billing_resume(request: HttpRequest) -> HttpResponse:
 
 
 @team_page(TeamAction.BILLING_MANAGE)
+@require_POST
+def billing_setup_intent(request: HttpRequest) -> JsonResponse:
+    """POST /billing/setup-intent/: a SetupIntent's client secret for the page's Stripe.js (JSON)."""
+    try:
+        intent = customers.setup_intent_start(team=_team(request), actor=request.user)
+    except ApplicationError as exc:
+        return JsonResponse(exc.body(), status=exc.status)  # the project's one JSON error shape
+    return JsonResponse({"client_secret": intent.client_secret})
+
+
+@team_page(TeamAction.BILLING_MANAGE)
 def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
     team = _team(request)
     # Archived and non-public tiers cannot be chosen: they are not found here.
@@ -169,26 +202,48 @@ def billing_checkout(request: HttpRequest, tier_slug: str) -> HttpResponse:
     customer = BillingCustomer.objects.filter(team=team).first()
     data = request.POST if request.method == "POST" else None  # a POST without a card is empty, yet bound
     form = CheckoutForm(data, customer=customer, card_needed=plan.card_needed)
+    authentication: dict | None = None  # the charge's 3-D Secure, for the page's Stripe.js
     if request.method == "POST" and form.is_valid():
         try:
-            result = checkout.subscription_change(
-                team=team, tier=tier, payment_method=form.selected_payment_method, actor=request.user
-            )
+            if form.cleaned_data.get("payment_intent"):
+                result = checkout_payment.checkout_payment_confirm(
+                    team=team, payment_intent_id=form.cleaned_data["payment_intent"], actor=request.user
+                )
+            else:
+                result = checkout.subscription_change(
+                    team=team,
+                    tier=tier,
+                    payment_method=form.selected_payment_method,
+                    setup_intent=form.selected_setup_intent,
+                    in_browser=True,
+                    actor=request.user,
+                )
+        except PaymentRequiresAction as exc:
+            if not exc.extra.get("client_secret"):
+                form.add_error(_card_field(form), _payment_error_message(exc))
+            else:
+                authentication = {"client_secret": exc.extra["client_secret"], "message": exc.message}
         except ApplicationError as exc:
-            is_card_error = isinstance(
-                exc, (PaymentDeclined, PaymentRequiresAction, PaymentInvalidRequest, PaymentMethodRequired)
-            )
-            field = "payment_method" if is_card_error and "payment_method" in form.fields else None
-            form.add_error(field, _payment_error_message(exc))
+            is_card_error = isinstance(exc, (PaymentDeclined, PaymentInvalidRequest, PaymentMethodRequired))
+            form.add_error(_card_field(form) if is_card_error else None, _payment_error_message(exc))
         else:
             messages.success(request, _result_message(result))
             return redirect("billing")
-    return render(
-        request,
-        "billing/checkout.html",
-        {"team": team, "tier": tier, "subscription": subscription, "plan": plan, "form": form, "customer": customer},
-        status=400 if form.errors else 200,
-    )
+    context = {
+        "team": team,
+        "tier": tier,
+        "subscription": subscription,
+        "plan": plan,
+        "form": form,
+        "customer": customer,
+        "authentication": authentication,
+    }
+    return _card_page(request, "billing/checkout.html", context, status=400 if form.errors else 200)
+
+
+def _card_field(form: CheckoutForm) -> str | None:
+    """Where a card's error shows: on the card entry when the form asks for a card."""
+    return "payment_method" if form.card_needed else None
 
 
 @team_page(TeamAction.BILLING_VIEW)

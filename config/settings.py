@@ -365,10 +365,13 @@ if PRODUCTION:
     STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY")
     STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET")
     STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+    STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY")
 else:
     STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_tierlab_localstripe")
     STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_tierlab_localstripe")
     STRIPE_API_BASE = env.str("STRIPE_API_BASE", default=f"http://127.0.0.1:{LOCALSTRIPE_PORT}")
+    # Stripe.js on the card pages (localstripe accepts any ``pk_`` key).
+    STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="pk_test_tierlab_localstripe")
 # How long the Stripe client waits to connect and for an answer (no retries: billing/stripe_gateway.py).
 STRIPE_CONNECT_TIMEOUT_SECONDS = env.float("STRIPE_CONNECT_TIMEOUT_SECONDS", default=3.0)
 STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=10.0)

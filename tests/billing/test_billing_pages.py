@@ -24,6 +24,7 @@ from tests.billing.billing_state import (
     paid_tier_without_trial,
     subscriber,
 )
+from tests.billing.stripe_cards import CHARGE_FAILS, MASTERCARD, VISA, card_confirmed
 from tiers.models import Subscription
 from tiers.selectors import subscription_current
 
@@ -110,8 +111,9 @@ def test_billing_page_shows_subscription_next_charge_pending_change_card_and_inv
     assert 'action="/billing/cancel/"' in page  # cancel, behind a confirmation panel
     assert "Visa" in page and "•••• 4242" in page
     assert 'href="/billing/invoices/TL-0000001/"' in page and "$200.00" in page
-    for pm in ["pm_card_visa", "pm_card_mastercard", "pm_card_visa_chargeDeclined", "pm_card_chargeCustomerFail"]:
-        assert f'value="{pm}"' in page  # the "change card" form
+    # The "change card" form: Stripe.js's card Element, fed by a SetupIntent from /billing/setup-intent/.
+    assert 'id="card-form"' in page and "data-card-form" in page and 'id="card-element"' in page
+    assert 'data-setup-intent-url="/billing/setup-intent/"' in page and "billing/card-entry.js" in page
     assert page.count("csrfmiddlewaretoken") >= 4  # undo, cancel, card, log-out
     assert 'href="/billing/" aria-current="page"' in page  # the nav link
 
@@ -168,7 +170,7 @@ def test_change_card_declined_is_a_form_error(alice, client, monkeypatch):
 
     monkeypatch.setattr(customers, "payment_method_update", update)
     monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
-    response = client.post("/billing/payment-method/", {"payment_method": "pm_card_visa_chargeDeclined"})
+    response = client.post("/billing/payment-method/", {"payment_method": "pm_1", "setup_intent": "seti_1"})
     assert response.status_code == 400
     page = response.content.decode()
     assert "Your card was declined" in page and 'aria-invalid="true"' in page
@@ -183,31 +185,33 @@ def test_change_card_saves_through_the_service(alice, client, monkeypatch):
 
     monkeypatch.setattr(customers, "payment_method_update", update)
     monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
-    response = client.post("/billing/payment-method/", {"payment_method": "pm_card_mastercard"}, follow=True)
-    assert calls == [{"team": alice, "payment_method": "pm_card_mastercard", "actor": alice.memberships.get().user}]
+    response = client.post(
+        "/billing/payment-method/", {"payment_method": "pm_1", "setup_intent": "seti_1"}, follow=True
+    )
+    user = alice.memberships.get().user
+    assert calls == [{"team": alice, "payment_method": "pm_1", "setup_intent": "seti_1", "actor": user}]
     assert "Your card on file is now Mastercard •••• 4444." in response.content.decode()
-    # Only Stripe's test payment methods are accepted here.
-    assert client.post("/billing/payment-method/", {"payment_method": "pm_anything"}).status_code == 400
+    # Only a card confirmed with Stripe.js (a SetupIntent) is taken here: a bare payment method id is not.
+    response = client.post("/billing/payment-method/", {"payment_method": "pm_card_visa"})
+    assert response.status_code == 400 and len(calls) == 1
+    assert "Enter your card" in response.context["card_form"].errors["payment_method"][0]
 
 
 # --- Checkout -------------------------------------------------------------------------------------------
 
 
-def test_checkout_lists_the_test_cards_and_explains_a_charge_now(alice, client, team_tier):
+def test_checkout_offers_stripe_js_card_entry_and_explains_a_charge_now(alice, client, team_tier, settings):
     response = client.get("/billing/checkout/team/")
     page = response.content.decode()
     assert response.status_code == 200
     assert 'data-plan="subscribe"' in page and "pay <strong>$50.00</strong>" in page
     assert "csrfmiddlewaretoken" in page
-    labels = {
-        "pm_card_visa": "Visa, succeeds",
-        "pm_card_mastercard": "Mastercard, succeeds",
-        "pm_card_visa_chargeDeclined": "Declined at once",
-        "pm_card_chargeCustomerFail": "Accepted, then every charge fails",
-    }
-    for value, label in labels.items():
-        assert f'value="{value}"' in page and label in page
-    assert response.context["form"]["payment_method"].value() == "pm_card_visa"  # no card on file: Visa
+    # Stripe.js (here localstripe's, from STRIPE_API_BASE) mounts its card Element; the page script is a file.
+    assert f'<script src="{settings.STRIPE_API_BASE}/js.stripe.com/v3/"></script>' in page
+    assert f'data-stripe-key="{settings.STRIPE_PUBLISHABLE_KEY}"' in page and 'id="card-element"' in page
+    assert "4242 4242 4242 4242" in page and "4000 0027 6000 3184" in page  # the test cards to type
+    assert 'name="card"' not in page  # no card on file: nothing to choose between
+    assert "<script>" not in page  # no inline script
 
 
 def test_checkout_explains_a_trial(alice, client):
@@ -230,7 +234,7 @@ def test_checkout_during_a_trial_explains_the_switch_and_a_team_gets_one_trial_o
 def test_checkout_defaults_to_the_card_on_file(alice, client, team_tier):
     card_on_file(alice, brand="mastercard", last4="4444")
     response = client.get("/billing/checkout/team/")
-    field = response.context["form"]["payment_method"]
+    field = response.context["form"]["card"]
     assert field.value() == "on_file"
     assert "Mastercard •••• 4444 (on file)" in response.content.decode()
 
@@ -245,7 +249,8 @@ def test_checkout_explains_upgrade_downgrade_and_current_tier(alice, client, cat
     end = subscription_current(team=alice).current_period_end
     assert 'data-plan="downgrade"' in downgrade.content.decode()
     assert f"{end:%b} {end.day}, {end.year}" in downgrade.content.decode()
-    assert "payment_method" not in downgrade.context["form"].fields  # no card needed to move to Free
+    assert not downgrade.context["form"].card_needed  # no card needed to move to Free
+    assert 'id="card-element"' not in downgrade.content.decode() and "js.stripe.com" not in downgrade.content.decode()
 
     current = client.get("/billing/checkout/team/").content.decode()
     assert 'data-plan="current"' in current and "already on Team" in current and 'id="checkout-form"' not in current
@@ -286,11 +291,11 @@ def test_checkout_success_calls_the_engine_once_and_reports_the_charge(alice, cl
 
     monkeypatch.setattr(checkout, "subscription_change", change)
     monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: _overview(team))
-    response = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"}, follow=True)
+    posted = {"payment_method": "pm_1", "setup_intent": "seti_1"}
+    response = client.post("/billing/checkout/team/", posted, follow=True)
     assert response.redirect_chain == [("/billing/", 302)]
-    assert calls == [
-        {"team": alice, "tier": team_tier, "payment_method": "pm_card_visa", "actor": alice.memberships.get().user}
-    ]
+    user = alice.memberships.get().user
+    assert calls == [{"team": alice, "tier": team_tier, **posted, "in_browser": True, "actor": user}]
     assert "You&#x27;re on Team. We charged $50.00 — invoice TL-0000012." in response.content.decode()
 
 
@@ -303,8 +308,8 @@ def test_checkout_with_the_card_on_file_passes_none(alice, client, team_tier, mo
         raise PaymentDeclined("declined")
 
     monkeypatch.setattr(checkout, "subscription_change", change)
-    client.post("/billing/checkout/team/", {"payment_method": "on_file"})
-    assert calls[0]["payment_method"] is None
+    client.post("/billing/checkout/team/", {"card": "on_file"})
+    assert calls[0]["payment_method"] is None and calls[0]["setup_intent"] is None
 
 
 def test_checkout_decline_is_a_form_error_and_changes_nothing(alice, client, team_tier, monkeypatch):
@@ -312,7 +317,7 @@ def test_checkout_decline_is_a_form_error_and_changes_nothing(alice, client, tea
         raise PaymentDeclined("Your card was declined.", extra={"decline_code": "generic_decline"})
 
     monkeypatch.setattr(checkout, "subscription_change", change)
-    response = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa_chargeDeclined"})
+    response = client.post("/billing/checkout/team/", {"payment_method": "pm_1", "setup_intent": "seti_1"})
     assert response.status_code == 400
     form = response.context["form"]
     assert form.errors["payment_method"] == [
@@ -320,8 +325,6 @@ def test_checkout_decline_is_a_form_error_and_changes_nothing(alice, client, tea
     ]
     page = response.content.decode()
     assert "Your card was declined" in page and 'aria-invalid="true"' in page
-    # The chosen card stays selected, so the subscriber sees what was declined.
-    assert form["payment_method"].value() == "pm_card_visa_chargeDeclined"
     assert subscription_current(team=alice).tier.slug == "free"
 
 
@@ -334,17 +337,19 @@ def test_checkout_provider_down_and_invalid_change_are_form_errors(alice, client
         raise next(errors)
 
     monkeypatch.setattr(checkout, "subscription_change", change)
-    first = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"})
+    first = client.post("/billing/checkout/team/", {"payment_method": "pm_1", "setup_intent": "seti_1"})
     assert first.status_code == 400
     assert "could not reach the payment provider" in first.context["form"].non_field_errors()[0]
-    second = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"})
+    second = client.post("/billing/checkout/team/", {"payment_method": "pm_1", "setup_intent": "seti_1"})
     assert second.context["form"].non_field_errors() == ["You are already on this tier."]
 
 
-def test_checkout_rejects_an_unknown_card_without_calling_the_engine(alice, client, team_tier, monkeypatch):
+def test_checkout_without_a_confirmed_card_is_refused_without_calling_the_engine(alice, client, team_tier, monkeypatch):
     monkeypatch.setattr(checkout, "subscription_change", lambda **kw: pytest.fail("engine called"))
-    response = client.post("/billing/checkout/team/", {"payment_method": "pm_card_unknown"})
-    assert response.status_code == 400 and "payment_method" in response.context["form"].errors
+    for posted in [{"payment_method": "pm_card_visa"}, {}, {"setup_intent": "seti_1"}]:
+        response = client.post("/billing/checkout/team/", posted)
+        assert response.status_code == 400
+        assert response.context["form"].errors["payment_method"] == ["Enter your card's number, expiry date and CVC."]
 
 
 # --- Invoice page --------------------------------------------------------------------------------------
@@ -387,13 +392,13 @@ def test_invoices_are_private_to_their_team(alice, client, catalog, team_tier):
 def test_checkout_flow_subscribe_decline_upgrade_downgrade_cancel_undo(alice, client, catalog, stripe_local):
     team_tier = paid_tier_without_trial()
     # A declined card: a form error, nothing changed, nothing charged.
-    declined = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa_chargeDeclined"})
+    declined = client.post("/billing/checkout/team/", card_confirmed(alice, CHARGE_FAILS).post_data())
     assert declined.status_code == 400 and "Your card was declined" in declined.content.decode()
     assert subscription_current(team=alice).tier.slug == "free"
     assert not Payment.objects.filter(invoice__team=alice, status="succeeded").exists()
 
     # Subscribe with a good card: charged now, a paid invoice, linked from /billing/.
-    response = client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"}, follow=True)
+    response = client.post("/billing/checkout/team/", card_confirmed(alice, VISA).post_data(), follow=True)
     page = response.content.decode()
     invoice = Invoice.objects.get(team=alice, status="paid")
     assert subscription_current(team=alice).tier == team_tier
@@ -402,7 +407,7 @@ def test_checkout_flow_subscribe_decline_upgrade_downgrade_cancel_undo(alice, cl
     assert client.get(f"/billing/invoices/{invoice.number}/").status_code == 200
 
     # Upgrade: charged the prorated difference now, on a new invoice.
-    response = client.post("/billing/checkout/pro/", {"payment_method": "on_file"}, follow=True)
+    response = client.post("/billing/checkout/pro/", {"card": "on_file"}, follow=True)
     assert subscription_current(team=alice).tier.slug == "pro"
     proration = Invoice.objects.get(team=alice, kind="proration")
     assert proration.status == "paid" and 0 < proration.total_cents <= 20_000 - 5_000  # at most a whole period
@@ -426,7 +431,7 @@ def test_checkout_flow_subscribe_decline_upgrade_downgrade_cancel_undo(alice, cl
 
 def test_billing_page_with_the_real_overview(alice, client, catalog, stripe_local):
     paid_tier_without_trial()
-    client.post("/billing/checkout/team/", {"payment_method": "pm_card_visa"})
+    client.post("/billing/checkout/team/", card_confirmed(alice, VISA).post_data())
     page = client.get("/billing/").content.decode()
     end = subscription_current(team=alice).current_period_end
     assert 'data-tier="team"' in page and "•••• 4242" in page
@@ -434,28 +439,28 @@ def test_billing_page_with_the_real_overview(alice, client, catalog, stripe_loca
     invoice = Invoice.objects.get(team=alice)
     assert f'data-invoice="{invoice.number}"' in page
 
-    # Change the card on file (declined first: a form error, the old card stays).
-    response = client.post("/billing/payment-method/", {"payment_method": "pm_card_visa_chargeDeclined"})
-    assert response.status_code == 400 and "Your card was declined" in response.content.decode()
+    # Change the card on file (an unconfirmed one first: a form error, the old card stays).
+    unconfirmed = card_confirmed(alice, "4000002760003184", authenticate=None)
+    response = client.post("/billing/payment-method/", unconfirmed.post_data())
+    assert response.status_code == 400 and "authentication missing or failed" in response.content.decode()
     assert BillingCustomer.objects.get(team=alice).card_last4 == "4242"
-    response = client.post("/billing/payment-method/", {"payment_method": "pm_card_chargeCustomerFail"}, follow=True)
+    response = client.post("/billing/payment-method/", card_confirmed(alice, CHARGE_FAILS).post_data(), follow=True)
     assert "Your card on file is now" in response.content.decode() and "•••• 0341" in response.content.decode()
 
 
 @pytest.mark.parametrize(
-    ("payment_method", "outcome", "last4"),
+    ("number", "outcome", "last4"),
     [
-        ("pm_card_visa", "subscribed", "4242"),
-        ("pm_card_mastercard", "subscribed", "4444"),
-        ("pm_card_visa_chargeDeclined", "declined", None),
-        ("pm_card_chargeCustomerFail", "declined", None),  # attaches, then the charge fails: nothing changes
+        (VISA, "subscribed", "4242"),
+        (MASTERCARD, "subscribed", "4444"),
+        (CHARGE_FAILS, "declined", None),  # set up fine, then the charge fails: nothing changes
     ],
 )
-def test_every_offered_test_card_does_what_its_label_says(
-    alice, client, catalog, stripe_local, payment_method, outcome, last4
+def test_test_cards_confirmed_with_stripe_js_do_what_stripe_says(
+    alice, client, catalog, stripe_local, number, outcome, last4
 ):
     team_tier = paid_tier_without_trial()
-    response = client.post("/billing/checkout/team/", {"payment_method": payment_method})
+    response = client.post("/billing/checkout/team/", card_confirmed(alice, number).post_data())
     if outcome == "subscribed":
         assert response.status_code == 302, response.context["form"].errors
         assert subscription_current(team=alice).tier == team_tier

@@ -65,3 +65,26 @@ def assert_page_health(page: Page) -> None:
     """No uncaught script error and no broken stylesheet, script or image on any page the test visited."""
     assert page.e2e_script_errors == [], f"script errors: {page.e2e_script_errors}"
     assert page.e2e_broken_requests == {}, f"broken page resources: {page.e2e_broken_requests}"
+
+
+# Stripe's test cards as a person types them (https://docs.stripe.com/testing).
+CARD_VISA = "4242 4242 4242 4242"
+CARD_DECLINED = "4000 0000 0000 0002"
+CARD_3D_SECURE = "4000 0027 6000 3184"
+
+
+def card_type(page: Page, number: str, *, form: str = "#checkout-form") -> None:
+    """Type a card into the Stripe.js card Element of ``form`` (localstripe's stand-in: plain inputs,
+    named by billing/card-entry.js), with a future expiry date and a CVC, as a person would."""
+    element = page.locator(f"{form} [data-card-element]")
+    number_input = element.get_by_label("Card number")
+    number_input.fill("")
+    number_input.press_sequentially(number)
+    element.get_by_label("Expiry month (MM)").fill("12")
+    element.get_by_label("Expiry year (YY)").fill("34")
+    element.get_by_label("CVC").fill("123")
+
+
+def three_d_secure_answer(page: Page, *, complete: bool) -> None:
+    """Answer the 3-D Secure dialog Stripe.js shows (localstripe's: two buttons)."""
+    page.get_by_role("button", name="Complete authentication" if complete else "Fail authentication").click()

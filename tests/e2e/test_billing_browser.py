@@ -1,5 +1,5 @@
-"""A subscriber pays in a real browser: signs up, subscribes to a paid tier with a Stripe test card (a
-declined card first), reads the paid invoice, upgrades and reads the prorated invoice.
+"""A subscriber pays in a real browser: signs up, subscribes to a paid tier with a Stripe test card typed
+into Stripe.js (a declined card first), reads the paid invoice, upgrades and reads the prorated invoice.
 
 The real billing engine and a real localstripe process (``stripe_local``) run behind the live server.
 Each step is checked on the page and in the database.
@@ -15,16 +15,22 @@ import time_machine
 from playwright.sync_api import expect
 
 from tests.billing.billing_state import paid_tier_without_trial
-from tests.e2e.helpers import assert_page_health, fill_fields, link_in_email, main_text, path_of, submit_form_with
+from tests.e2e.helpers import (
+    CARD_DECLINED,
+    CARD_VISA,
+    assert_page_health,
+    card_type,
+    fill_fields,
+    link_in_email,
+    main_text,
+    path_of,
+    submit_form_with,
+)
 
 pytestmark = pytest.mark.e2e
 
 EMAIL = "grace.hopper@example.com"
 PASSWORD = "Compiler-A0-1952-Cobol"
-
-
-def _choose_card(page, payment_method: str) -> None:
-    page.locator(f"input[name='payment_method'][value='{payment_method}']").check()
 
 
 def _submit_checkout(page) -> None:
@@ -56,27 +62,25 @@ def test_subscribe_pay_read_invoice_then_upgrade(page, shot, seeded_catalog, str
     team = team_for_user(user=User.objects.get(email=EMAIL))
     assert subscription_current(team=team).tier.slug == "free"
 
-    # --- Pricing -> the Team tier's checkout: it says what will be charged, and offers the test cards.
+    # --- Pricing -> the Team tier's checkout: it says what will be charged, and asks for a card.
     page.goto("/pricing/")
     with page.expect_navigation():
         page.locator("[data-tier='team']").get_by_role("link", name="Choose this tier").click()
     assert path_of(page.url) == "/billing/checkout/team/", page.url
     expect(page.locator("#checkout-plan")).to_contain_text("$50.00")
-    expect(page.locator("input[name='payment_method']")).to_have_count(4)
-    expect(page.locator("input[name='payment_method'][value='pm_card_visa']")).to_be_checked()
+    expect(page.locator("#checkout-form [data-card-element]").get_by_label("Card number")).to_be_visible()
 
-    # --- A card declined at once: a form error, and nothing changed.
-    _choose_card(page, "pm_card_visa_chargeDeclined")
-    _submit_checkout(page)
-    assert path_of(page.url) == "/billing/checkout/team/", page.url
+    # --- A card declined at once (by Stripe.js, in the page): a form error, and nothing changed.
+    card_type(page, CARD_DECLINED)
+    page.locator("#checkout-submit").click()
     expect(page.locator("#checkout-form")).to_contain_text("Your card was declined")
-    expect(page.locator("input[name='payment_method'][value='pm_card_visa_chargeDeclined']")).to_be_checked()
+    assert path_of(page.url) == "/billing/checkout/team/", page.url
     shot("checkout-declined")
     assert subscription_current(team=team).tier.slug == "free"
     assert not Payment.objects.filter(invoice__team=team, status="succeeded").exists()
 
     # --- Visa: subscribed, charged at once, the paid invoice on /billing/.
-    _choose_card(page, "pm_card_visa")
+    card_type(page, CARD_VISA)
     _submit_checkout(page)
     assert path_of(page.url) == "/billing/", page.url
     invoice = Invoice.objects.get(team=team, status="paid")
@@ -116,7 +120,7 @@ def test_subscribe_pay_read_invoice_then_upgrade(page, shot, seeded_catalog, str
         expect(plan).to_have_attribute("data-plan", "upgrade")
         expect(plan).to_contain_text("prorated difference")
         expect(page.locator("#due-today")).to_contain_text("About $")
-        expect(page.locator("input[name='payment_method'][value='on_file']")).to_be_checked()
+        expect(page.locator("input[name='card'][value='on_file']")).to_be_checked()
         shot("checkout-upgrade")
         _submit_checkout(page)
         assert path_of(page.url) == "/billing/", page.url

@@ -32,6 +32,7 @@ GOOD = {
     "EMAIL_URL": "smtp+tls://mailer:secret@smtp.example.com:587",
     "STRIPE_SECRET_KEY": "sk_test_51Hx9ExampleExampleExample",
     "STRIPE_WEBHOOK_SECRET": "whsec_Ex4mpleEx4mpleEx4mple",
+    "STRIPE_PUBLISHABLE_KEY": "pk_test_51Hx9ExampleExampleExample",
     "STRIPE_API_BASE": "",
 }
 

@@ -1,4 +1,4 @@
-"""The only module that talks to Stripe (and the only importer of ``stripe``).
+"""The only package that talks to Stripe (and the only importer of ``stripe``).
 
 The billing engine, the webhook inbox and the pages call the functions below; they get plain values
 (dataclasses, ids) back and the project's own exceptions, never ``stripe`` objects or ``stripe.error.*``.
@@ -38,6 +38,9 @@ with code ``payment_provider_misconfigured`` (retrying will not help, but it is 
 customer's); invalid requests (400/404) -> PaymentInvalidRequest; a bad webhook signature or payload
 -> WebhookSignatureInvalid.
 
+Card entry with Stripe.js (SetupIntents, the check of what the page posts, the CSP origins) is in
+``billing.stripe_gateway.cards``, re-exported here.
+
 localstripe (1.15.10) workarounds, all here, all harmless on real Stripe:
 1. Off-session charge declines. localstripe answers a declined ``confirm=True`` PaymentIntent create
    with a 402 that carries the failed *charge* id but not the PaymentIntent (real Stripe puts the
@@ -67,6 +70,14 @@ localstripe (1.15.10) workarounds, all here, all harmless on real Stripe:
    for a ``return_url``). localstripe's 500 "Not implemented" is reported as unavailable (5xx).
 8. Webhook registrations are lost on restart (``manage.py localstripe`` registers at every start) and
    deliveries are not retried; localstripe emits no refund events.
+9. A SetupIntent that succeeds does not attach its payment method to the SetupIntent's customer (real
+   Stripe does): setup_intent_card_use attaches it when the payment method has no customer yet.
+10. Stripe.js: localstripe serves its stand-in at ``<STRIPE_API_BASE>/js.stripe.com/v3/``; its card
+   Element is plain inputs in the page (no iframe) and its confirm calls go to STRIPE_API_BASE from
+   the browser. ``stripe_js()`` says which script the pages load and which origins the CSP allows.
+   Every PaymentIntent confirm of a 3-D Secure test card asks for authentication again, even right
+   after its SetupIntent was authenticated (real Stripe does the same for 4000 0027 6000 3184): the
+   checkout charges on-session (``off_session=False``) so the page can ask for it (confirmCardPayment).
 ping() lists one customer rather than reading the balance: localstripe's GET /v1/balance creates an
 object and fires a ``balance.available`` webhook the first time.
 """
@@ -174,6 +185,8 @@ class PaymentIntentResult:
     metadata: dict[str, str] = field(default_factory=dict)
     failure_code: str = ""
     failure_message: str = ""
+    # For the customer's browser to confirm a ``requires_action`` intent (Stripe.js confirmCardPayment).
+    client_secret: str = field(default="", repr=False)
 
     @property
     def succeeded(self) -> bool:
@@ -330,6 +343,7 @@ def payment_intent_from_object(obj: Mapping[str, Any] | Any) -> PaymentIntentRes
         metadata=_metadata(pi),
         failure_code=str(error.get("code") or "") if error else "",
         failure_message=str(error.get("message") or "") if error else "",
+        client_secret=str(pi.get("client_secret") or ""),
     )
 
 
@@ -388,11 +402,16 @@ def payment_intent_create(
     metadata: dict[str, str],
     idempotency_key: str,
     description: str = "",
+    off_session: bool = True,
 ) -> PaymentIntentResult:
-    """Charge off-session now (confirm=True, off_session=True). A decline is NOT raised: it comes back
+    """Charge now (confirm=True), off-session by default. A decline is NOT raised: it comes back
     as a result with status "requires_payment_method" and the failure code/message, so the caller can
     record the failed attempt. Raises PaymentProviderUnavailable when Stripe cannot be reached (then
-    the charge may or may not have happened: find it with payment_intent_find)."""
+    the charge may or may not have happened: find it with payment_intent_find).
+
+    ``off_session=False`` when the customer is at the page (checkout): a card that needs 3-D Secure
+    then comes back ``requires_action`` with a ``client_secret`` for Stripe.js confirmCardPayment,
+    where off-session Stripe declines it (``authentication_required``)."""
     client = _client()
     stripe_metadata = {str(k): str(v) for k, v in metadata.items()}
     if description:
@@ -404,9 +423,10 @@ def payment_intent_create(
         "payment_method": payment_method_id,
         "payment_method_types": ["card"],
         "confirm": True,
-        "off_session": True,
         "metadata": stripe_metadata,
     }
+    if off_session:
+        params["off_session"] = True
     with _stripe_errors("payment_intent_create"):
         try:
             intent = client.v1.payment_intents.create(params=params, options={"idempotency_key": idempotency_key})
@@ -558,3 +578,14 @@ def ping() -> bool:
         logger.info("stripe ping failed: %s: %s", type(exc).__name__, exc)
         return False
     return True
+
+
+# Card entry with Stripe.js (a submodule for length; it uses the client and error translation above).
+from billing.stripe_gateway.cards import (  # noqa: E402, F401 (re-exported: callers use gateway.<name>)
+    SetupIntentInvalid,
+    SetupIntentStarted,
+    StripeJs,
+    setup_intent_card_use,
+    setup_intent_create,
+    stripe_js,
+)
