@@ -67,6 +67,9 @@ localstripe (1.15.10) workarounds, all here, all harmless on real Stripe:
    for a ``return_url``). localstripe's 500 "Not implemented" is reported as unavailable (5xx).
 8. Webhook registrations are lost on restart (``manage.py localstripe`` registers at every start) and
    deliveries are not retried; localstripe emits no refund events.
+9. Every card is a Visa to localstripe (``card.brand`` is hard-coded): ``manage.py localstripe`` patches
+   it to derive the brand from the number as Stripe does (billing/management/commands/_card_brands.py),
+   so the brand read here is the real one on either server.
 ping() lists one customer rather than reading the balance: localstripe's GET /v1/balance creates an
 object and fires a ``balance.available`` webhook the first time.
 """

@@ -530,6 +530,6 @@ def test_refunds_are_written_to_stripe_and_the_audit_log(team_tier, stripe_local
 def test_the_overview_shows_the_card_the_next_charge_and_the_invoices(team_tier, stripe_local):
     team = subscribed(team_tier)
     overview = selectors.billing_overview(team=team, now=dt(2026, 2, 1))
-    assert (overview.card_brand, overview.card_last4) == ("visa", "4242")
+    assert (overview.card_brand, overview.card_last4) == ("Visa", "4242")
     assert (overview.next_charge_at, overview.next_charge_cents, overview.currency) == (FEB_28, 5_000, "usd")
     assert [invoice.kind for invoice in overview.invoices] == ["initial"]
