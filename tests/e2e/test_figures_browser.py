@@ -71,12 +71,17 @@ def _chart_labels(page) -> list[str]:
 # --- 1. A trial: one period on both pages, the chart from sign-up, no fee for the trial ----------------
 
 
-def test_trial_period_chart_and_estimate(page, seeded_catalog, stripe_local, shot):
+def test_trial_period_chart_and_estimate(page, seeded_catalog, stripe_local, live_server, shot):
+    from accounts.services import api_key_create
     from billing.checkout import subscription_cancel, subscription_change
 
     with time_machine.travel(SIGN_UP, tick=False):
         user, team = _user("trial@example.com")
         subscription_change(team=team, tier=seeded_catalog["plus"], payment_method="pm_card_visa", actor=user)
+        _key, secret = api_key_create(team=team, name="app")
+    # Some usage on the trial's second day, so the chart has bars.
+    with time_machine.travel(SIGN_UP + timedelta(days=1), tick=True):
+        assert _chat(live_server.url, secret) == 200
 
     # Two days into the 7-day Plus trial.
     with time_machine.travel(SIGN_UP + timedelta(days=2, hours=1), tick=True):
