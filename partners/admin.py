@@ -161,12 +161,16 @@ class PartnerStatementAdmin(ReadOnlyAdmin):
 class PartnerUsageEventAdmin(ReadOnlyAdmin):
     """Read-only: events are written by the partner usage API, exactly once per (partner, event id)."""
 
-    list_display = ["occurred_at", "partner", "event_id", "customer", "model", "amount_cents", "currency", "statement"]
+    list_display = ["occurred_at", "partner", "event_id", "customer", "model", "amount", "statement"]
     list_filter = ["partner", "model"]
     search_fields = ["event_id", "customer"]
     list_select_related = ["partner", "statement"]
     date_hierarchy = "occurred_at"
     show_full_result_count = False
+
+    @admin.display(description="Amount", ordering="amount_cents")
+    def amount(self, event: PartnerUsageEvent) -> str:
+        return money(event.amount_cents, event.currency)
 
 
 # Actions an operator runs without selecting rows (Django requires a selection otherwise).

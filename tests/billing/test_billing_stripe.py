@@ -176,8 +176,8 @@ def test_a_trial_starts_without_a_charge_and_only_once_per_team(catalog, stripe_
     assert (sub.status, sub.trial_end, sub.billing_anchor) == ("trialing", trial_end, trial_end)
     assert (sub.current_period_start, sub.current_period_end) == (JAN_31, trial_end)
     assert not Invoice.objects.filter(team=team).exists()
-    # The trial's usage has a quota window of its own, before the first paid period.
-    assert entitlements_for_team(team_id=team.pk).period_at(JAN_31 + timedelta(days=1))[1] == trial_end
+    # The trial's usage has a quota window of its own, before the first paid period: the trial itself.
+    assert entitlements_for_team(team_id=team.pk).period_at(JAN_31 + timedelta(days=1)) == (JAN_31, trial_end)
 
     checkout.subscription_cancel(team=team, now=JAN_31 + timedelta(days=2))
     run.billing_run(now=trial_end)
