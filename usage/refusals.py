@@ -7,7 +7,10 @@ process buffered its counts and wrote them only at its next refusal, so a quiet 
 a burst indefinitely (issue 16: the page showed 2 refusals where the customer had 12).
 
 The cost is one small write per refusal, on a path that has just refused the request (no completion,
-no usage record); it never fails the request (an error is logged and the count dropped).
+no usage record): measured 2.4 ms per refusal on the embedded SQLite (against 6 us for the old
+in-memory buffer), about what an admitted request's quota write costs on the database backend. It never
+fails the request (an error is logged and the count dropped). Should refusal floods make that matter,
+the next step is an atomic counter in Redis (HINCRBY) drained by a beat task, not a per-process buffer.
 
 Aggregate callers that count many refusals at once in a single process (the simulator, a month of a
 population's refusals) add to a buffer with ``refusal_count`` and write it in one statement with
