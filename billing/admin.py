@@ -238,12 +238,13 @@ class PaymentAdmin(ReadOnlyBillingAdmin):
                     failed.append(f"{payment}: only a succeeded, not fully refunded payment can be refunded.")
                     continue
                 try:
-                    refunds.payment_refund(payment=payment, actor=request.user, reason=data["reason"])
+                    # The refund's own amount: ``payment`` is refreshed by the service, so what is "left"
+                    # of it afterwards is 0 and would report "$0.00".
+                    refund = refunds.payment_refund(payment=payment, actor=request.user, reason=data["reason"])
                 except ApplicationError as exc:
                     failed.append(f"{payment}: {exc.message}")
                 else:
-                    left = payment.amount_cents - payment.amount_refunded_cents
-                    done.append(f"{payment.invoice} ({money(left, payment.currency)})")
+                    done.append(f"{payment.invoice} ({money(refund.amount_cents, payment.currency)})")
             _report(self, request, done, failed, "Refunded")
 
         return admin_action_with_form(
@@ -332,7 +333,7 @@ class BillingCustomerAdmin(ReadOnlyBillingAdmin):
 
     @admin.display(description="Card on file")
     def card(self, customer: BillingCustomer) -> str:
-        return f"{customer.card_brand.title()} •••• {customer.card_last4}" if customer.card_last4 else "—"
+        return f"{customer.card_brand_name} •••• {customer.card_last4}" if customer.card_last4 else "—"
 
 
 @admin.register(Subscription)

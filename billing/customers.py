@@ -86,7 +86,7 @@ def payment_method_update(
             team_id=team.pk,
             actor=actor,
             action=AuditEntry.Action.PAYMENT_METHOD_UPDATED,
-            description=f"Card on file is now {card.brand} ending in {card.last4}.",
+            description=f"Card on file is now {customer.card_brand_name} ending in {card.last4}.",
             now=now,
             payment_method=card.payment_method_id,
         )

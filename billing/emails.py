@@ -37,7 +37,7 @@ def receipt_send(*, payment_id: int) -> bool:
     payment = Payment.objects.select_related("invoice__team", "invoice__team__billing_customer").get(pk=payment_id)
     invoice = payment.invoice
     customer = getattr(invoice.team, "billing_customer", None)
-    card = f"{customer.card_brand.title()} ending in {customer.card_last4}" if customer and customer.card_last4 else ""
+    card = f"{customer.card_brand_name} ending in {customer.card_last4}" if customer and customer.card_last4 else ""
     lines = [
         {"description": line.description, "money": money(line.amount_cents, invoice.currency)}
         for line in invoice.lines.all()

@@ -24,6 +24,27 @@ class BillingCustomer(models.Model):
     def __str__(self) -> str:
         return f"{self.team} ({self.stripe_customer_id})"
 
+    @property
+    def card_brand_name(self) -> str:
+        """The brand as people write it ("Mastercard", "American Express"), from Stripe's code."""
+        return card_brand_name(self.card_brand)
+
+
+# Stripe's ``card.brand`` codes, as card networks write their names.
+CARD_BRAND_NAMES = {
+    "amex": "American Express",
+    "diners": "Diners Club",
+    "discover": "Discover",
+    "jcb": "JCB",
+    "mastercard": "Mastercard",
+    "unionpay": "UnionPay",
+    "visa": "Visa",
+}
+
+
+def card_brand_name(brand: str) -> str:
+    return CARD_BRAND_NAMES.get((brand or "").lower(), (brand or "").title() or "Card")
+
 
 class Invoice(models.Model):
     """A TierLab invoice. Immutable once issued (open): amounts are copied from the tier at issue time,

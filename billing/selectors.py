@@ -100,7 +100,7 @@ def billing_overview(*, team: Team, now: datetime | None = None) -> BillingOverv
         next_charge_cents=next_cents,
         currency=currency,
         pending_change=pending_change,
-        card_brand=customer.card_brand if customer else "",
+        card_brand=customer.card_brand_name if customer else "",
         card_last4=customer.card_last4 if customer else "",
         invoices=invoices,
     )

@@ -30,6 +30,7 @@ from billing.stripe_gateway import (
 )
 from core.errors import ApplicationError
 from core.templatetags.tier_format import money
+from tiers.models import Subscription
 from tiers.selectors import subscription_current, tier_list_public
 
 if TYPE_CHECKING:
@@ -94,6 +95,14 @@ def _result_message(result: CheckoutResult) -> str:
         return (
             f"Your {tier.name} trial has started. Nothing is charged until {_day(subscription.trial_end)}, "
             f"then {money(tier.price_cents, tier.currency)} per {tier.billing_interval}."
+        )
+    if result.change == "upgraded" and subscription.status == Subscription.Status.TRIALING:
+        # A switch during the trial charges nothing (billing.checkout._trial_tier_switch): say so, as the
+        # checkout page did, rather than speak of a proration that did not happen.
+        return (
+            f"You're on {tier.name} now, still in your free trial. Nothing is charged until "
+            f"{_day(subscription.trial_end)}, then {money(tier.price_cents, tier.currency)} per "
+            f"{tier.billing_interval}."
         )
     if result.change == "upgraded":
         return f"You're on {tier.name} now; the rest of this period is prorated.{charged}"

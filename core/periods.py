@@ -62,3 +62,22 @@ def period_containing(anchor: datetime, interval: str, now: datetime) -> tuple[d
         index += 1
         start, end = period_bounds(anchor, interval, index)
     return start, end
+
+
+def subscription_period_at(
+    *, anchor: datetime, interval: str, period_start: datetime, period_end: datetime, now: datetime
+) -> tuple[datetime, datetime]:
+    """The billing period a subscription is in at ``now``: what the quota's monthly window, the
+    dashboard's "current period" and its estimate all use, so they agree with /billing/ and the invoice.
+
+    The stored period (``current_period_start``/``_end``) while ``now`` lies in it: it is the billing
+    engine's own record, and the only place a trial's period exists. A trial runs from its start to its
+    end (say Dec 4 -> Dec 11) and moves the anchor to its end (the first paid period starts there), so
+    counting backwards from the anchor would give a month ending at the trial's end (Nov 11 -> Dec 11),
+    weeks before the team even signed up. Outside the stored period (a free tier, whose stored period
+    nothing advances; a paid one the period close has not advanced yet) the period containing ``now`` is
+    computed from the anchor, which after a trial is where the paid periods start.
+    """
+    if period_start <= now < period_end:
+        return period_start, period_end
+    return period_containing(anchor, interval, now)

@@ -14,6 +14,7 @@ from django.utils.html import format_html
 
 from core.admin_base import ReadOnlyAdmin, ReadOnlyInline, admin_action_with_form
 from core.errors import ApplicationError
+from core.money import MinorUnitsField
 from core.periods import month_first
 from core.templatetags.tier_format import money
 from partners import licensing
@@ -160,12 +161,16 @@ class PartnerStatementAdmin(ReadOnlyAdmin):
 class PartnerUsageEventAdmin(ReadOnlyAdmin):
     """Read-only: events are written by the partner usage API, exactly once per (partner, event id)."""
 
-    list_display = ["occurred_at", "partner", "event_id", "customer", "model", "amount_cents", "currency", "statement"]
+    list_display = ["occurred_at", "partner", "event_id", "customer", "model", "amount", "statement"]
     list_filter = ["partner", "model"]
     search_fields = ["event_id", "customer"]
     list_select_related = ["partner", "statement"]
     date_hierarchy = "occurred_at"
     show_full_result_count = False
+
+    @admin.display(description="Amount", ordering="amount_cents")
+    def amount(self, event: PartnerUsageEvent) -> str:
+        return money(event.amount_cents, event.currency)
 
 
 # Actions an operator runs without selecting rows (Django requires a selection otherwise).
@@ -173,8 +178,9 @@ NO_SELECTION_ACTIONS = {"run_license_checks"}
 
 
 class LicenseGrantForm(forms.Form):
-    monthly_fee_cents = forms.IntegerField(
-        label="Monthly fee (cents)", min_value=0, help_text="Integer cents, e.g. 2500000 for $25,000.00 a month."
+    # Typed in the currency's major unit (dollars), stored in cents (core.money).
+    monthly_fee_cents = MinorUnitsField(
+        label="Monthly fee", min_cents=0, help_text="In the currency below, e.g. 25000.00 for $25,000.00 a month."
     )
     currency = forms.RegexField(
         regex=r"^[a-z]{3}$", initial="usd", max_length=3, help_text="ISO 4217 code in lower case, e.g. usd."

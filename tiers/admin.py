@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest
 
+from core.money import MinorUnitsField
 from core.templatetags.tier_format import limit, money
 from tiers import services
 from tiers.models import LanguageModel, Tier
@@ -49,6 +50,29 @@ class TierAdmin(admin.ModelAdmin):
         ("Models", {"fields": ("allowed_models",)}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
+
+    # Operators type prices in dollars (the currency's major unit); they are stored in cents. The form
+    # fields keep the model's names, so the model's own validation (tiers.models.Tier.clean) still
+    # reports on them.
+    money_fields = {
+        "price_cents": ("Price", "Fee per billing interval in the tier's currency, e.g. 20.00. 0 for a free tier."),
+        "overage_cents_per_million_tokens": (
+            "Overage price per million tokens",
+            "In the tier's currency, e.g. 0.60; only for tiers that bill overage.",
+        ),
+    }
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name in self.money_fields:
+            label, help_text = self.money_fields[db_field.name]
+            return MinorUnitsField(
+                label=label,
+                help_text=help_text,
+                required=not db_field.blank,
+                min_cents=0,
+                max_cents=2**31 - 1,  # the column is a PositiveIntegerField
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_queryset(self, request):
         return (

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+
+from core.periods import subscription_period_at
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 
 class LanguageModel(models.Model):
@@ -234,6 +241,16 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team} on {self.tier} ({self.status})"
+
+    def period_at(self, now: datetime) -> tuple[datetime, datetime]:
+        """The billing period at ``now`` (a trial's own period while it runs): core.periods.subscription_period_at."""
+        return subscription_period_at(
+            anchor=self.billing_anchor,
+            interval=self.tier.billing_interval,
+            period_start=self.current_period_start,
+            period_end=self.current_period_end,
+            now=now,
+        )
 
     def scheduled_change_clear(self) -> list[str]:
         """Drop a scheduled downgrade or cancel, if any: the subscription renews on its tier. Returns the

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from core.local_cache import TTLCache
-from core.periods import period_containing
+from core.periods import subscription_period_at
 from tiers.models import LanguageModel, Subscription, Tier
 
 if TYPE_CHECKING:
@@ -51,9 +51,19 @@ class Entitlements:
     overage_cents_per_million_tokens: int | None = None
     spend_cap_cents: int | None = None
     spend_cap_hard: bool = True
+    # The stored period (Subscription.current_period_start/_end): see core.periods.subscription_period_at.
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
 
     def period_at(self, now: datetime) -> tuple[datetime, datetime]:
-        return period_containing(self.billing_anchor, self.billing_interval, now)
+        """The quota's monthly window at ``now``: the subscription's billing period (a trial's own)."""
+        return subscription_period_at(
+            anchor=self.billing_anchor,
+            interval=self.billing_interval,
+            period_start=self.current_period_start or self.billing_anchor,
+            period_end=self.current_period_end or self.billing_anchor,
+            now=now,
+        )
 
     def is_active_at(self, now: datetime) -> bool:
         """Trialing and active subscriptions may call the API; past-due ones only during the grace
@@ -110,6 +120,8 @@ def _entitlements_of(subscription: Subscription, models: frozenset[str]) -> Enti
         overage_cents_per_million_tokens=tier.overage_cents_per_million_tokens,
         spend_cap_cents=subscription.spend_cap_cents,
         spend_cap_hard=subscription.spend_cap_hard,
+        current_period_start=subscription.current_period_start,
+        current_period_end=subscription.current_period_end,
     )
 
 

@@ -15,6 +15,7 @@ from accounts.models import AuditEntry, User
 from accounts.roles import TeamAction, team_role_check
 from core.errors import ApplicationError
 from core.periods import period_bounds
+from core.templatetags.tier_format import money
 from tiers import catalog
 from tiers.models import LanguageModel, Subscription, Tier
 from tiers.selectors import entitlements_cache_clear
@@ -182,7 +183,7 @@ def subscription_spend_cap_set(
             )
         if cap_cents < tier.price_cents:
             raise SpendCapBelowFee(
-                f"The spend cap must be at least the tier fee ({tier.price_cents} cents).",
+                f"The spend cap must be at least the tier fee ({money(tier.price_cents, tier.currency)}).",
                 extra={"field": "amount_cents"},
             )
     subscription.spend_cap_cents = cap_cents
@@ -194,7 +195,7 @@ def subscription_spend_cap_set(
         actor=actor,
         action=AuditEntry.Action.SPEND_CAP_SET if cap_cents is not None else AuditEntry.Action.SPEND_CAP_REMOVED,
         description=(
-            f"Spend cap set to {cap_cents} {tier.currency} cents ({'hard' if hard else 'notify only'})"
+            f"Spend cap set to {money(cap_cents, tier.currency)} ({'hard' if hard else 'notify only'})"
             if cap_cents is not None
             else "Spend cap removed"
         ),

@@ -116,7 +116,7 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
     entitlements = entitlements_for_team(team_id=key.team_id)
     if entitlements is None or not entitlements.is_active_at(now):
         status = entitlements.subscription_status if entitlements else "none"
-        refusals.refusal_count(
+        refusals.refusal_record(
             team_id=key.team_id,
             tier_slug=entitlements.tier_slug if entitlements else "",
             code="subscription_inactive",
@@ -323,7 +323,7 @@ def _raise_if_refused(*, caller: Caller, decision: Decision, limits: tuple[Limit
             param="X-Request-Id",
         )
     if not decision.allowed:
-        refusals.refusal_count(
+        refusals.refusal_record(
             team_id=caller.team_id, tier_slug=caller.entitlements.tier_slug, code=decision.code or "", now=now
         )
         headers = rate_limit_headers(limits=limits, used=decision.used, now=now)

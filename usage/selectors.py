@@ -206,8 +206,20 @@ def usage_totals_by_model_for_partner(*, partner_id: int, start: datetime, end: 
 
 @dataclass(frozen=True)
 class UsageEstimate:
-    """The team's current billing period so far: tokens used and what the period's bill would be if it
-    closed now (tier fee + overage, priced as the invoice prices it). Money in cents of ``currency``."""
+    """The team's current billing period so far, and what the next invoice will bill. Money in cents of
+    ``currency``.
+
+    Two different questions, both on the dashboard (issue 16, findings 1 and 2):
+    - "this period so far": what the period costs beyond what is already settled. Fees are billed in
+      advance (a period's fee at its start, an upgrade's prorated difference at once), and a trial costs
+      nothing, so that is the overage so far (none during a trial: its usage is free). ``due_so_far_cents``.
+    - "the next invoice": what the period close bills at ``next_invoice_at`` (the period end): the fee
+      of the tier the subscription renews on (none after a cancel or a move to a free tier) for the
+      next period, plus this period's overage (none for a trial), as billing.close bills it and
+      /billing/'s "Next charge" says. ``next_total_cents``.
+    ``fee_cents`` and ``estimated_total_cents`` (fee + overage) are the spend cap's measure: the most the
+    period's bill may reach (tiers.services.subscription_spend_cap_set).
+    """
 
     period_start: datetime
     period_end: datetime
@@ -222,6 +234,23 @@ class UsageEstimate:
     spend_cap_cents: int | None
     spend_cap_hard: bool
     bills_overage: bool
+    # This period: "trial" (free), "free" (a free tier), "unpaid" (past due), "paid" (billed in advance).
+    fee_state: str = "paid"
+    due_overage_cents: int = 0
+    due_so_far_cents: int = 0
+    # The next invoice; ``next_fee_tier`` "" when no fee renews (cancel, a free tier).
+    next_invoice_at: datetime | None = None
+    next_fee_tier: str = ""
+    next_fee_cents: int = 0
+    next_period_start: datetime | None = None
+    next_period_end: datetime | None = None
+    next_overage_cents: int = 0
+    next_total_cents: int = 0
+    ends_at_period_end: bool = False
+
+    @property
+    def trialing(self) -> bool:
+        return self.fee_state == "trial"
 
     @property
     def quota_fraction(self) -> float | None:
@@ -231,17 +260,41 @@ class UsageEstimate:
         return self.tokens_used / self.included_tokens
 
 
+def _fee_state(subscription: Subscription) -> str:
+    if not subscription.tier.is_paid:
+        return "free"
+    if subscription.status == subscription.Status.TRIALING:
+        return "trial"
+    if subscription.status == subscription.Status.PAST_DUE:
+        return "unpaid"
+    return "paid"
+
+
 def usage_estimate_for_subscription(*, subscription: Subscription, now: datetime) -> UsageEstimate:
-    """``usage_estimate`` for an already loaded subscription (with its tier)."""
+    """``usage_estimate`` for an already loaded subscription (with its tier and pending tier)."""
     from core.periods import period_containing
     from tiers.pricing import overage_line_values
 
     tier = subscription.tier
     # The quota's window (Entitlements.period_at), which is also the period the invoice bills.
-    period_start, period_end = period_containing(subscription.billing_anchor, tier.billing_interval, now)
+    period_start, period_end = subscription.period_at(now)
     requests, tokens = usage_period_totals(team_id=subscription.team_id, start=period_start, end=period_end)
     overage = overage_line_values(tier=tier, tokens_used=tokens)
     overage_tokens, overage_cents = overage or (0, 0)
+    fee_state = _fee_state(subscription)
+    # A trial's usage is free: the close bills no overage for a period that ended a trial.
+    due_overage = 0 if fee_state == "trial" else overage_cents
+    # The tier the next period is billed at (billing.close applies a scheduled change at the period end).
+    if subscription.cancel_at_period_end:
+        upcoming = None
+    elif subscription.pending_tier_id is not None:
+        upcoming = subscription.pending_tier
+    else:
+        upcoming = tier
+    next_fee_tier, next_fee, next_start, next_end = "", 0, None, None
+    if upcoming is not None and upcoming.is_paid:
+        next_fee_tier, next_fee = upcoming.name, upcoming.price_cents
+        next_start, next_end = period_containing(subscription.billing_anchor, upcoming.billing_interval, period_end)
     return UsageEstimate(
         period_start=period_start,
         period_end=period_end,
@@ -256,6 +309,17 @@ def usage_estimate_for_subscription(*, subscription: Subscription, now: datetime
         spend_cap_cents=subscription.spend_cap_cents,
         spend_cap_hard=subscription.spend_cap_hard,
         bills_overage=tier.bills_overage,
+        fee_state=fee_state,
+        due_overage_cents=due_overage,
+        due_so_far_cents=due_overage,
+        next_invoice_at=period_end,
+        next_fee_tier=next_fee_tier,
+        next_fee_cents=next_fee,
+        next_period_start=next_start,
+        next_period_end=next_end,
+        next_overage_cents=due_overage,
+        next_total_cents=next_fee + due_overage,
+        ends_at_period_end=subscription.cancel_at_period_end,
     )
 
 

@@ -78,6 +78,9 @@ localstripe (1.15.10) workarounds, all here, all harmless on real Stripe:
    Every PaymentIntent confirm of a 3-D Secure test card asks for authentication again, even right
    after its SetupIntent was authenticated (real Stripe does the same for 4000 0027 6000 3184): the
    checkout charges on-session (``off_session=False``) so the page can ask for it (confirmCardPayment).
+11. Every card is a Visa to localstripe (``card.brand`` is hard-coded): ``manage.py localstripe`` patches
+    it to derive the brand from the number as Stripe does (billing/management/commands/_card_brands.py),
+    so the brand read here is the real one on either server.
 ping() lists one customer rather than reading the balance: localstripe's GET /v1/balance creates an
 object and fires a ``balance.available`` webhook the first time.
 """

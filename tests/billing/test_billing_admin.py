@@ -249,7 +249,17 @@ def test_comp_action_shows_the_engine_refusal(ops, billed, monkeypatch):
 
 def test_refund_action_refunds_succeeded_payments_in_full(ops, billed, operator, monkeypatch):
     calls = []
-    monkeypatch.setattr(refunds, "payment_refund", lambda **kw: calls.append(kw))
+
+    def refund(**kw):
+        # As the service does: the payment comes back refreshed, fully refunded (so what is "left" of it
+        # afterwards is $0.00: the message must report the refund's own amount, issue 16 finding 4).
+        calls.append(dict(kw))
+        payment = kw["payment"]
+        amount = payment.amount_cents - payment.amount_refunded_cents
+        payment.amount_refunded_cents = payment.amount_cents
+        return Refund(payment=payment, amount_cents=amount)
+
+    monkeypatch.setattr(refunds, "payment_refund", refund)
     paid = billed["paid"].payments.get()
     failed = Payment.objects.create(
         invoice=billed["open"],

@@ -97,7 +97,7 @@ def test_billing_page_shows_subscription_next_charge_pending_change_card_and_inv
         next_charge_at=FEB_1,
         next_charge_cents=20_000,
         pending_change="Moves to Free on Feb 1",
-        card_brand="visa",
+        card_brand="Visa",
         card_last4="4242",
     )
     monkeypatch.setattr(selectors, "billing_overview", lambda *, team, now=None: overview)

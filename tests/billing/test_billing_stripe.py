@@ -176,8 +176,8 @@ def test_a_trial_starts_without_a_charge_and_only_once_per_team(catalog, stripe_
     assert (sub.status, sub.trial_end, sub.billing_anchor) == ("trialing", trial_end, trial_end)
     assert (sub.current_period_start, sub.current_period_end) == (JAN_31, trial_end)
     assert not Invoice.objects.filter(team=team).exists()
-    # The trial's usage has a quota window of its own, before the first paid period.
-    assert entitlements_for_team(team_id=team.pk).period_at(JAN_31 + timedelta(days=1))[1] == trial_end
+    # The trial's usage has a quota window of its own, before the first paid period: the trial itself.
+    assert entitlements_for_team(team_id=team.pk).period_at(JAN_31 + timedelta(days=1)) == (JAN_31, trial_end)
 
     checkout.subscription_cancel(team=team, now=JAN_31 + timedelta(days=2))
     run.billing_run(now=trial_end)
@@ -530,6 +530,6 @@ def test_refunds_are_written_to_stripe_and_the_audit_log(team_tier, stripe_local
 def test_the_overview_shows_the_card_the_next_charge_and_the_invoices(team_tier, stripe_local):
     team = subscribed(team_tier)
     overview = selectors.billing_overview(team=team, now=dt(2026, 2, 1))
-    assert (overview.card_brand, overview.card_last4) == ("visa", "4242")
+    assert (overview.card_brand, overview.card_last4) == ("Visa", "4242")
     assert (overview.next_charge_at, overview.next_charge_cents, overview.currency) == (FEB_28, 5_000, "usd")
     assert [invoice.kind for invoice in overview.invoices] == ["initial"]

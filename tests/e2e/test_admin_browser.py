@@ -82,7 +82,7 @@ def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
     assert _tier_count() == 4
 
     # --- Invalid 2: billing overage with no overage price and no included tokens.
-    fill_fields(page, price_cents="1500", requests_per_minute="60")
+    fill_fields(page, price_cents="15.00", requests_per_minute="60")
     page.locator("[name='overage_policy']").select_option("bill")
     _save(page)
     assert path_of(page.url) == "/admin/tiers/tier/add/"
@@ -99,7 +99,7 @@ def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
         tokens_per_minute="50000",
         requests_per_day="2000",
         monthly_tokens="5000000",
-        overage_cents_per_million_tokens="80",
+        overage_cents_per_million_tokens="0.80",
     )
     page.locator("[name='billing_interval']").select_option("month")
     for model_id in ["Llama-3.3-8B-Instruct", "Llama-3.3-70B-Instruct"]:

@@ -94,10 +94,13 @@ def test_subscriber_reads_the_dashboard(page, shot, seeded_catalog, live_server)
             ["2", "5,000", "0", "0", "2", "5,000"]
         )
 
-        # --- The estimated bill.
-        expect(page.locator("#bill-fee")).to_have_text("$10.00")
+        # --- The estimated bill: this period's fee was billed when it began; the next invoice bills the
+        # next period's fee and this period's overage.
+        expect(page.locator("#bill-fee")).to_contain_text("Paid")
         expect(page.locator("#bill-overage")).to_have_text("$1.10")
-        expect(page.locator("#bill-total")).to_contain_text("$11.10")
+        expect(page.locator("#bill-total")).to_contain_text("$1.10")
+        expect(page.locator("#next-fee")).to_have_text("$10.00")
+        expect(page.locator("#next-invoice-total")).to_contain_text("$11.10")
         expect(page.locator("#alerts")).to_contain_text("Your team has used 80% of its monthly tokens.")
         expect(page.locator("main")).not_to_contain_text(OTHER_MODEL)
         page.evaluate("window.scrollTo(0, 0)")  # the sticky header would cover the middle of the shot

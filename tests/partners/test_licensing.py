@@ -358,7 +358,7 @@ def test_admin_lists_filters_and_grants_with_fee_terms(api, ops, operator):
     agreement.refresh_from_db()
     assert agreement.status == "required"
 
-    _run_action(ops, "grant_licenses", [agreement], monthly_fee_cents="2500000", currency="usd", terms="Net 30")
+    _run_action(ops, "grant_licenses", [agreement], monthly_fee_cents="25000.00", currency="usd", terms="Net 30")
     agreement.refresh_from_db()
     assert (agreement.status, agreement.monthly_fee_cents, agreement.terms, agreement.decided_by) == (
         "granted",

@@ -25,7 +25,7 @@ def _tier_form(**overrides) -> dict:
         "sort_order": 25,
         "is_public": "on",
         "is_paid": "on",
-        "price_cents": 5000,
+        "price_cents": "50.00",
         "currency": "usd",
         "billing_interval": "month",
         "trial_days": 0,

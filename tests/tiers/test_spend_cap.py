@@ -78,6 +78,8 @@ def test_service_refuses_a_tier_without_overage_and_a_cap_below_the_fee(account,
     with pytest.raises(ApplicationError) as below:
         subscription_spend_cap_set(team=team, cap_cents=999, hard=True)
     assert below.value.code == "spend_cap_below_fee"
+    # In the currency, as the form takes it: not "(1000 cents)" (issue 16, finding 9).
+    assert below.value.message == "The spend cap must be at least the tier fee ($10.00)."
     subscription_spend_cap_set(team=team, cap_cents=1_000, hard=True)  # exactly the fee: allowed
     Subscription.objects.filter(team=team).update(tier=catalog["free"])
     with pytest.raises(ApplicationError) as unavailable:

@@ -163,6 +163,8 @@ def test_selector_figures_from_a_known_history(history):
     e = d.estimate
     assert (e.tokens_used, e.requests, e.overage_tokens) == (9_100, 8, 1_100)
     assert (e.fee_cents, e.overage_cents, e.estimated_total_cents, e.currency) == (1_000, 110, 1_110, "usd")
+    assert (e.fee_state, e.due_so_far_cents, e.next_fee_cents, e.next_total_cents) == ("paid", 110, 1_000, 1_110)
+    assert (e.next_invoice_at, e.next_period_start) == (e.period_end, e.period_end)
 
     # The period range: May 4 .. May 20, one label a day; models by tokens, largest first.
     assert (d.granularity, d.range_key) == ("day", "period")
@@ -209,9 +211,13 @@ def test_page_shows_every_figure(history):
     row = re.search(r'<tr data-label="May 10">(.*?)</tr>', html, re.S).group(1)
     assert re.findall(r'<td class="num"[^>]*>([\d,]+)</td>', row) == ["0", "0", "3", "3,000", "3", "3,000"]
 
-    assert 'id="bill-fee" data-cents="1000">$10.00<' in html
+    # This period so far: the fee was billed when the period began, the overage is still to bill.
+    assert 'id="bill-fee" data-cents="0" data-state="paid">Paid' in html
     assert 'id="bill-overage" data-cents="110">$1.10<' in html
-    assert 'id="bill-total" data-cents="1110" data-currency="usd">$11.10' in html
+    assert 'id="bill-total" data-cents="110" data-currency="usd">$1.10' in html
+    # The next invoice (Jun 4): the next period's fee and this period's overage.
+    assert 'id="next-fee" data-cents="1000">$10.00<' in html
+    assert 'id="next-invoice-total" data-cents="1110" data-currency="usd">$11.10' in html
     assert "1,100 tokens" in html  # the overage line names its tokens
 
     assert 'id="spend-cap-form"' in html and "csrfmiddlewaretoken" in html
@@ -247,7 +253,7 @@ def test_ranges(history):
     # 30 days reaches back before the period: the May 3 request shows in the chart (not in the bill).
     html = page(user, "/dashboard/?range=30d").content.decode()
     assert nonzero(marks(html, "tokens-chart"))[(SMALL, "May 3")] == 500
-    assert 'id="bill-total" data-cents="1110"' in html
+    assert 'id="next-invoice-total" data-cents="1110"' in html
 
     html = page(user, "/dashboard/?range=365d").content.decode()
     labels = list(dict.fromkeys(label for _, label, _ in marks(html, "tokens-chart")))

@@ -25,6 +25,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from billing.management.commands._card_brands import patch_card_brands
+
 WEBHOOK_NAME = "tierlab"
 # var mode: the store is written this long after a change at the latest (not after every write).
 DUMP_INTERVAL_SECONDS = 1.0
@@ -71,6 +73,7 @@ class Command(BaseCommand):
         state_path = Path(state_file) if state_file else Path(settings.VAR_DIR) / "localstripe.pickle"
         persister = _StorePersister(state_path) if state == "var" else None
         _patch_store(resources.Store, persister)
+        patch_card_brands(resources)  # localstripe calls every card a Visa
         if persister is not None:
             persister.load(resources.store)
             app.on_startup.append(persister.start)
