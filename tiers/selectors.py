@@ -26,6 +26,19 @@ def subscription_current(*, team: Team) -> Subscription | None:
     return Subscription.objects.current().select_related("tier", "pending_tier").filter(team=team).first()
 
 
+def team_api_access_refusal(*, team: Team) -> str:
+    """Why ``team`` may not have API keys, "" if it may: its current tier does not include API access
+    (a playground-only consumer tier). A team without a subscription is not refused here: the model API
+    refuses its keys as subscription_inactive. Registered as accounts.extensions.api_access_refusal."""
+    subscription = subscription_current(team=team)
+    if subscription is None or subscription.tier.includes_api_access:
+        return ""
+    return (
+        f"Your team's tier, {subscription.tier.name}, is for the playground only and does not include API "
+        "access, so API keys cannot be created. Chat in the playground, or move to a tier with API access."
+    )
+
+
 def language_model_list_active() -> QuerySet[LanguageModel]:
     return LanguageModel.objects.filter(is_active=True)
 
@@ -51,6 +64,9 @@ class Entitlements:
     overage_cents_per_million_tokens: int | None = None
     spend_cap_cents: int | None = None
     spend_cap_hard: bool = True
+    # False on a playground-only consumer tier: the model API refuses the team's keys (403
+    # api_access_not_included); the playground meters its messages on the same limits.
+    includes_api_access: bool = True
 
     def period_at(self, now: datetime) -> tuple[datetime, datetime]:
         return period_containing(self.billing_anchor, self.billing_interval, now)
@@ -110,6 +126,7 @@ def _entitlements_of(subscription: Subscription, models: frozenset[str]) -> Enti
         overage_cents_per_million_tokens=tier.overage_cents_per_million_tokens,
         spend_cap_cents=subscription.spend_cap_cents,
         spend_cap_hard=subscription.spend_cap_hard,
+        includes_api_access=tier.includes_api_access,
     )
 
 

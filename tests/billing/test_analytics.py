@@ -256,7 +256,7 @@ def test_mrr_of_an_empty_catalog_is_zero(catalog):
     # The seed's paid tiers are in dollars: the currency is shown, at zero.
     assert report.mrr_by_currency == {"usd": 0}
     assert (report.subscribers, report.paying, report.trialing) == (0, 0, 0)
-    assert [row.slug for row in report.tiers] == ["free", "plus", "pro", "enterprise"]
+    assert [row.slug for row in report.tiers] == ["free", "assistant", "plus", "pro", "enterprise"]
 
 
 # --- Revenue by month ----------------------------------------------------------------------------------
