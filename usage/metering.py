@@ -419,13 +419,19 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
     return recorded
 
 
-def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:
-    """Rate-limit headers for an admitted request, from the counts its reservation returned, corrected
+def used_after(*, admission: Admission, tokens_delta: int) -> dict[LimitName, int]:
+    """Each limit's count after an admitted request, from the counts its reservation returned, corrected
     by the tokens settled back (``tokens_delta`` = actual - reserved; usually negative)."""
     used = dict(admission.decision.used)
     for name in (LimitName.TOKENS_PER_MINUTE, LimitName.MONTHLY_TOKENS):
         if name in used:
             used[name] = max(0, used[name] + tokens_delta)
+    return used
+
+
+def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:
+    """Rate-limit headers for an admitted request (``used_after``)."""
+    used = used_after(admission=admission, tokens_delta=tokens_delta)
     return rate_limit_headers(limits=admission.limits, used=used, now=now)
 
 
