@@ -29,6 +29,7 @@ from accounts.selectors import AuthenticatedKey, api_key_authenticate
 from core.local_cache import TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
 from usage import errors, extensions, refusals
+from usage.models import PLAYGROUND_REQUEST_ID_PREFIX
 from usage.quotas import get_quota_backend
 from usage.quotas.base import (
     Decision,
@@ -59,7 +60,7 @@ _channel_cache: TTLCache[int, int | None] = TTLCache(ttl=settings.TIERLAB_AUTH_C
 @dataclass(frozen=True)
 class Caller:
     """Who a metered request is for. ``key`` is None for the playground (a signed-in person, no key):
-    its usage is recorded with no key and a ``PLAYGROUND_REQUEST_ID_PREFIX`` request id."""
+    its usage is recorded with no key and a ``PLAYGROUND_REQUEST_ID_PREFIX`` request id (usage.models)."""
 
     key: AuthenticatedKey | None
     entitlements: Entitlements
@@ -72,11 +73,6 @@ class Caller:
     @property
     def key_id(self) -> int | None:
         return self.key.key_id if self.key is not None else None
-
-
-# The request ids of the playground's messages (usage/playground.py): what tells its usage records apart
-# from the API's (which also have a key). A client's X-Request-Id may not start with it.
-PLAYGROUND_REQUEST_ID_PREFIX = "playground-"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from django.db import models
 
+# The request ids of the playground's messages (usage/playground.py): with no key, what tells its usage
+# apart from the API's. The model API refuses a client X-Request-Id that starts with it.
+PLAYGROUND_REQUEST_ID_PREFIX = "playground-"
+
 
 class UsageRecord(models.Model):
     """One admitted model-API request. Exactly one per (team, request id) within the request-id
@@ -42,6 +46,11 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.total_tokens} tokens"
+
+    @property
+    def source(self) -> str:
+        """Where the request came from: the playground (a person in the browser) or the API (a key)."""
+        return "playground" if self.request_id.startswith(PLAYGROUND_REQUEST_ID_PREFIX) else "api"
 
 
 class QuotaReservation(models.Model):

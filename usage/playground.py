@@ -6,7 +6,7 @@ Every message is metered on the model API's own path, not a copy of it: ``meteri
 ``metering.admit`` (the model check and one atomic reservation of prompt + maximum completion against
 every limit, refused with the API's codes and messages) -> the simulated answer streamed ->
 ``metering.settle`` (one UsageRecord, exactly once). The record has no key and a request id starting
-``metering.PLAYGROUND_REQUEST_ID_PREFIX``: that is how the playground's usage is told apart from the
+``usage.models.PLAYGROUND_REQUEST_ID_PREFIX``: that is how the playground's usage is told apart from the
 API's. A refused message changes nothing: no conversation, no message, no usage.
 """
 
@@ -27,7 +27,7 @@ from django.utils import timezone
 from core.errors import ApplicationError
 from tiers.selectors import entitlements_for_team, language_model_list_active
 from usage import errors, metering
-from usage.models import Conversation, ConversationMessage
+from usage.models import PLAYGROUND_REQUEST_ID_PREFIX, Conversation, ConversationMessage
 from usage.quotas.base import LimitName
 from usage.simulator import MAX_COMPLETION_TOKENS, Completion, complete, iter_chunks
 
@@ -190,7 +190,7 @@ def playground_turn_start(*, team: Team, user: User, chat: ChatInput, now: datet
     # and the most the model can write, settled to what was sent.
     completion = complete(model=chat.model, messages=messages, max_tokens=chat.max_tokens, temperature=chat.temperature)
     reserve = completion.prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
-    request_id = f"{metering.PLAYGROUND_REQUEST_ID_PREFIX}{uuid.uuid4().hex}"
+    request_id = f"{PLAYGROUND_REQUEST_ID_PREFIX}{uuid.uuid4().hex}"
     admission = metering.admit(
         caller=caller, model=chat.model, request_id=request_id, tokens=reserve, now=now, request_id_is_new=True
     )

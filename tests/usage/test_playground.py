@@ -13,8 +13,14 @@ from accounts.models import Membership
 from accounts.selectors import CURRENT_TEAM_SESSION_KEY, team_for_user
 from tiers import services as tier_services
 from tiers.models import Tier
-from usage import metering, playground
-from usage.models import Conversation, ConversationMessage, TeamQuotaState, UsageRecord
+from usage import playground
+from usage.models import (
+    PLAYGROUND_REQUEST_ID_PREFIX,
+    Conversation,
+    ConversationMessage,
+    TeamQuotaState,
+    UsageRecord,
+)
 from usage.simulator import complete
 
 SMALL = "Llama-3.3-8B-Instruct"
@@ -73,7 +79,7 @@ def test_a_message_streams_the_simulated_answer_and_is_metered_as_playground_usa
     # One usage record on the team, no key, a playground request id: the same counters as the API's.
     record = UsageRecord.objects.get()
     assert (record.team_id, record.api_key_id, record.model) == (team.pk, None, SMALL)
-    assert record.request_id.startswith(metering.PLAYGROUND_REQUEST_ID_PREFIX)
+    assert record.request_id.startswith(PLAYGROUND_REQUEST_ID_PREFIX) and record.source == "playground"
     assert record.request_id == events[0]["request_id"]
     assert (record.prompt_tokens, record.completion_tokens) == (expected.prompt_tokens, expected.completion_tokens)
     state = TeamQuotaState.objects.get(team=team)
@@ -303,3 +309,18 @@ def test_a_client_request_id_cannot_pose_as_the_playground(person):
     )
     assert response.status_code == 400 and response.json()["error"]["param"] == "X-Request-Id"
     assert not UsageRecord.objects.exists()
+
+
+def test_operators_see_the_source_of_each_usage_record_in_the_admin(person, client):
+    from accounts.models import User
+
+    user, team = person
+    assert chat(signed_in(user))[0] == 200
+    _, secret = account_services.api_key_create(team=team, name="k")
+    body = json.dumps({"model": SMALL, "messages": [{"role": "user", "content": "hi"}]})
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert api.post("/v1/chat/completions", body, content_type="application/json").status_code == 200
+    assert sorted(record.source for record in UsageRecord.objects.all()) == ["api", "playground"]
+    client.force_login(User.objects.create_superuser(email="op@example.com", password="pw-Operator-1"))
+    html = client.get("/admin/usage/usagerecord/").content.decode()
+    assert '<td class="field-source">Playground</td>' in html and '<td class="field-source">API</td>' in html
