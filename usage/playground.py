@@ -245,6 +245,21 @@ def limits_after(*, admission: metering.Admission, tokens_delta: int, now: datet
     return found
 
 
+def _answer_save(turn: Turn, *, text: str, completion_tokens: int, now: datetime) -> None:
+    completion = turn.completion
+    ConversationMessage.objects.create(
+        conversation=turn.conversation,
+        role=ConversationMessage.Role.ASSISTANT,
+        content=text,
+        request_id=turn.request_id,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion_tokens,
+        stop_reason=completion.stop_reason if completion_tokens == completion.completion_tokens else "cut",
+        created_at=now,
+    )
+    Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=now)
+
+
 def playground_turn_events(turn: Turn, *, delay_seconds: float = 0.0) -> Iterator[dict[str, Any]]:
     """The answer as events: ``start`` (the conversation), ``delta`` (pieces of four tokens, ``delay_seconds``
     apart), then ``done`` (tokens used, what is left of each limit) once recorded, or ``error`` when the
@@ -264,17 +279,8 @@ def playground_turn_events(turn: Turn, *, delay_seconds: float = 0.0) -> Iterato
             now=now,
         )
         if recorded:
-            ConversationMessage.objects.create(
-                conversation=turn.conversation,
-                role=ConversationMessage.Role.ASSISTANT,
-                content=text,
-                request_id=turn.request_id,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion_tokens,
-                stop_reason=completion.stop_reason if completion_tokens == completion.completion_tokens else "cut",
-                created_at=now,
-            )
-            Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=now)
+            with transaction.atomic():
+                _answer_save(turn, text=text, completion_tokens=completion_tokens, now=now)
         return recorded
 
     try:

@@ -324,3 +324,15 @@ def test_operators_see_the_source_of_each_usage_record_in_the_admin(person, clie
     client.force_login(User.objects.create_superuser(email="op@example.com", password="pw-Operator-1"))
     html = client.get("/admin/usage/usagerecord/").content.decode()
     assert '<td class="field-source">Playground</td>' in html and '<td class="field-source">API</td>' in html
+
+
+def test_a_follow_up_message_costs_a_bounded_number_of_queries(person, django_assert_max_num_queries):
+    user, _ = person
+    client = signed_in(user)
+    _, first = chat(client)
+    # Session and role (4), the conversation and its history (2), reserve (1 transaction: 2 statements),
+    # the person's message (1 transaction: 2), settle (1 transaction: 3), the answer (1 transaction: 2),
+    # with their savepoints.
+    with django_assert_max_num_queries(23):
+        status, _ = chat(client, message="More?", conversation=first[0]["conversation"]["id"])
+    assert status == 200
