@@ -18,7 +18,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.decorators import team_page
-from accounts.roles import RoleForbidden, TeamAction, team_role_check
+from accounts.roles import TeamAction, team_role_check
 from accounts.selectors import team_for_request
 from core.errors import ApplicationError, error_body
 from core.json_input import JsonInputError, json_loads_bounded
@@ -82,7 +82,7 @@ def playground_chat(request: HttpRequest) -> HttpResponse:
             raise errors.InvalidRequest(exc.message, param=exc.param) from exc
         chat = playground.chat_input_parse(body)
         turn = playground.playground_turn_start(team=team, user=request.user, chat=chat)
-    except (RoleForbidden, errors.ModelApiError, ApplicationError) as exc:
+    except ApplicationError as exc:  # the model API's refusals (usage.errors), a role refusal, bad input
         return _error(exc)
     except Http404:
         body = error_body("No such conversation.", type_="not_found_error", code="not_found", param="conversation")
