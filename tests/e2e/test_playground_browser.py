@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from playwright.sync_api import expect
@@ -54,6 +55,28 @@ def _last_answer(page) -> str:
     return page.locator("#chat-log .chat-assistant .chat-text").last.inner_text()
 
 
+def _copied(page, lang: str) -> str:
+    """Click the View code panel's Copy button of ``lang`` and read what it put on the clipboard."""
+    button = page.locator(f"#copy-{lang}")
+    button.click()
+    expect(button).to_have_text("Copied")
+    return page.evaluate("navigator.clipboard.readText()")
+
+
+def _run(command: list[str], secret: str) -> subprocess.CompletedProcess:
+    """Run a snippet from the page against the test's live server, with the team's key in the environment."""
+    done = subprocess.run(
+        command,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TIERLAB_API_KEY": secret},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_a_subscriber_chats_sees_tokens_fall_is_refused_at_the_limit_and_gets_the_same_answer_from_the_api(
     page, live_server, shot, seeded_catalog, settings
 ):
@@ -64,9 +87,9 @@ def test_a_subscriber_chats_sees_tokens_fall_is_refused_at_the_limit_and_gets_th
     from usage.models import Conversation, ConversationMessage, UsageRecord
 
     settings.TIERLAB_PLAYGROUND_STREAM_DELAY_SECONDS = 0.03  # the pace of a served model
-    # A tier with a small daily limit, so the test reaches it: three requests a day.
+    # A tier with a small daily limit, so the test reaches it: five requests a day.
     tier = Tier.objects.create(
-        slug="tiny", name="Tiny", is_paid=False, price_cents=0, requests_per_day=3, monthly_tokens=100_000
+        slug="tiny", name="Tiny", is_paid=False, price_cents=0, requests_per_day=5, monthly_tokens=100_000
     )
     tier.allowed_models.set(seeded_catalog["free"].allowed_models.all())
     user = tier_services.user_create(email="ada@example.com", password=PASSWORD, tier_slug="tiny")
@@ -92,7 +115,7 @@ def test_a_subscriber_chats_sees_tokens_fall_is_refused_at_the_limit_and_gets_th
     first_left = _remaining(page, "monthly_tokens")
     first_total = int(page.locator("#usage-total").inner_text())
     assert first_left == 100_000 - first_total
-    assert _remaining(page, "requests_per_day") == 2
+    assert _remaining(page, "requests_per_day") == 4
     conversation = Conversation.objects.get()
     assert path_of(page.url) == f"/playground/c/{conversation.pk}/"
     expect(page.locator(f"#conversation-list [data-conversation-id='{conversation.pk}']")).to_be_visible()
@@ -103,7 +126,7 @@ def test_a_subscriber_chats_sees_tokens_fall_is_refused_at_the_limit_and_gets_th
     expect(page.locator("#chat-send")).to_be_enabled()
     second_left = _remaining(page, "monthly_tokens")
     assert second_left == first_left - int(page.locator("#usage-total").inner_text()) < first_left
-    assert _remaining(page, "requests_per_day") == 1
+    assert _remaining(page, "requests_per_day") == 3
     records = list(UsageRecord.objects.filter(team=team).order_by("id"))
     assert len(records) == 2 and all(r.api_key_id is None and r.request_id.startswith("playground-") for r in records)
 
@@ -113,25 +136,20 @@ def test_a_subscriber_chats_sees_tokens_fall_is_refused_at_the_limit_and_gets_th
     expect(page.locator("#code-panel")).to_be_visible()
     expect(page.locator("#code-openai")).to_contain_text("OpenAI(")
     expect(page.locator("#code-llama")).to_contain_text("LlamaAPIClient(")
-    page.locator("#copy-curl").click()
-    expect(page.locator("#copy-curl")).to_have_text("Copied")
-    snippet = page.evaluate("navigator.clipboard.readText()")
+    snippet = _copied(page, "curl")
     assert snippet.startswith(f"curl {live_server.url}/v1/chat/completions")
     shot("view-code")
-    done = subprocess.run(
-        ["/bin/bash", "-c", snippet + " --silent --show-error"],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TIERLAB_API_KEY": secret},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _run(["/bin/bash", "-c", snippet + " --silent --show-error"], secret)
     answer = json.loads(done.stdout)
     assert answer["completion_message"]["content"]["text"] == _last_answer(page)
     assert UsageRecord.objects.filter(team=team, api_key__isnull=False).count() == 1  # metered on the same path
+    # The two Python snippets, run as they are with the official SDKs, print the same answer.
+    for lang in ("llama", "openai"):
+        done = _run([sys.executable, "-c", _copied(page, lang)], secret)
+        assert done.stdout == _last_answer(page) + "\n", lang
+    assert UsageRecord.objects.filter(team=team, api_key__isnull=False).count() == 3
 
-    # --- The daily limit (3: two messages and the API call) is reached: refused in the page, nothing kept.
+    # --- The daily limit (5: two messages and three API calls) is reached: refused in the page, nothing kept.
     before = (UsageRecord.objects.count(), ConversationMessage.objects.count())
     _send(page, "One more, please")
     error = page.locator("#chat-error")
@@ -160,7 +178,7 @@ def test_a_subscriber_chats_sees_tokens_fall_is_refused_at_the_limit_and_gets_th
     with page.expect_navigation():
         page.locator("#delete-form button").click()
     assert path_of(page.url) == "/playground/"
-    assert not Conversation.objects.exists() and UsageRecord.objects.count() == 3  # the usage stays
+    assert not Conversation.objects.exists() and UsageRecord.objects.count() == 5  # the usage stays
     assert_page_health(page)
 
 
