@@ -69,6 +69,14 @@ class InsufficientScope(ApplicationError):
     code = "insufficient_scope"
 
 
+class ApiAccessNotIncluded(ApplicationError):
+    """403: the team's tier does not include API access (a playground-only consumer tier): no key may
+    be created for it. The same code the model API answers for a key of such a team."""
+
+    status = 403
+    code = "api_access_not_included"
+
+
 def api_key_can_grant_manage(*, user: User, team: Team) -> bool:
     """Whether ``user`` may create keys with the ``manage`` scope for ``team``: the roles that run every
     key (owners and admins, accounts.roles)."""
@@ -152,7 +160,8 @@ def api_key_create(
     request (None for a session or the system): a key never creates a key with more scopes than its
     own, and only owners and admins grant ``manage`` (403 ``insufficient_scope``). ``created_by`` is
     the person acting (a session's user, or the user behind the key making the request); every role
-    may create keys, a non-member none (403 ``role_forbidden``).
+    may create keys, a non-member none (403 ``role_forbidden``). A team whose tier does not include API
+    access gets none (403 ``api_access_not_included``; accounts.extensions.api_access_refusal).
 
     A key for a hosting partner's channel is made by ``partners.services.partner_channel_key_create``,
     which calls this and records the channel."""
@@ -162,6 +171,9 @@ def api_key_create(
     if expires_at is not None and expires_at <= timezone.now():
         raise ApiKeyError("The expiry must be in the future.", extra={"field": "expires_at"})
     team_role_check(team=team, actor=created_by, action=TeamAction.KEYS_OWN)
+    refusal = extensions.api_access_refusal(team=team)
+    if refusal:
+        raise ApiAccessNotIncluded(refusal)
     granted = _api_key_scopes(team=team, scopes=scopes, created_by=created_by, creator_scopes=creator_scopes)
     created = secret_key_save(
         marker=API_KEY_MARKER,

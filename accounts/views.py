@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from accounts import invitations, services, teams
+from accounts import extensions, invitations, services, teams
 from accounts.decorators import forbidden_page, team_page
 from accounts.forms import ApiKeyCreateForm, InvitationForm, MemberRoleForm, TeamCreateForm
 from accounts.models import Membership, Team
@@ -35,16 +35,24 @@ def keys(request: HttpRequest) -> HttpResponse:
     team = request.team
     can_grant_manage = services.api_key_can_grant_manage(user=request.user, team=team)
     form = ApiKeyCreateForm(request.POST or None, can_grant_manage=can_grant_manage)
+    # A playground-only tier has no API access: the page says so instead of offering the form (the
+    # service refuses a POST all the same, as the account API and the create_api_key command do).
+    api_access_refusal = extensions.api_access_refusal(team=team)
+    status = 200
     if request.method == "POST" and form.is_valid():
-        key, secret = services.api_key_create(
-            team=team,
-            name=form.cleaned_data["name"],
-            expires_at=form.cleaned_data["expires_at"],
-            scopes=form.cleaned_data["scopes"] or None,  # none ticked: the default, model + read
-            created_by=request.user,
-        )
-        request.session[_NEW_SECRET] = {"id": key.pk, "secret": secret}
-        return redirect("keys")
+        try:
+            key, secret = services.api_key_create(
+                team=team,
+                name=form.cleaned_data["name"],
+                expires_at=form.cleaned_data["expires_at"],
+                scopes=form.cleaned_data["scopes"] or None,  # none ticked: the default, model + read
+                created_by=request.user,
+            )
+        except services.ApiAccessNotIncluded as error:
+            api_access_refusal, status = error.message, error.status
+        else:
+            request.session[_NEW_SECRET] = {"id": key.pk, "secret": secret}
+            return redirect("keys")
     new_secret = request.session.pop(_NEW_SECRET, None)
     return render(
         request,
@@ -55,8 +63,9 @@ def keys(request: HttpRequest) -> HttpResponse:
             "keys": api_key_list_visible(team=team, actor=request.user),
             "new_secret": new_secret,
             "sees_all_keys": can_grant_manage,  # owners and admins: every key of the team
+            "api_access_refusal": api_access_refusal,
         },
-        status=400 if form.errors else 200,
+        status=400 if form.errors else status,
     )
 
 

@@ -424,6 +424,10 @@ TIERLAB_REDIS_READ_TIMEOUT_SECONDS = env.float("TIERLAB_REDIS_READ_TIMEOUT_SECON
 # request id. Far longer than any request takes: a completion is computed before admission and a
 # stream stops itself after half of this (usage/model_api.py), so only a dead process leaves one.
 TIERLAB_RESERVATION_TIMEOUT_SECONDS = env.int("TIERLAB_RESERVATION_TIMEOUT_SECONDS", default=300)
+# The playground streams an answer at about the pace a served model writes (usage/playground.py): this
+# long between pieces of four tokens. The simulated model computes the whole answer at once; without
+# a pace the page would show it in one step. 0 sends every piece at once.
+TIERLAB_PLAYGROUND_STREAM_DELAY_SECONDS = env.float("TIERLAB_PLAYGROUND_STREAM_DELAY_SECONDS", default=0.03)
 # How long a client's X-Request-Id stays bound to its recorded request (DESIGN.md "Request ids", like
 # Stripe's idempotency keys): the same request is answered again, a different one refused with 409.
 TIERLAB_REQUEST_ID_RETENTION_SECONDS = env.int("TIERLAB_REQUEST_ID_RETENTION_SECONDS", default=24 * 3600)

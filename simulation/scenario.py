@@ -331,10 +331,12 @@ def _segments(items: tuple[dict, ...], *, tiers: dict[str, TierSpec], model_ids:
     if not items:
         raise ScenarioError("segments", "give at least one segment ([[segments]]).")
     _unique([item["name"] for item in items], "segments", "name")
+    # The default ladder: the public tiers with API access (the population calls the model API; a
+    # playground-only consumer tier, like the seed's Assistant, is on a ladder only when a segment names it).
     public_ladder = tuple(
         slug
         for slug, spec in sorted(tiers.items(), key=lambda kv: (kv[1].values.get("price_cents", 0), kv[0]))
-        if spec.values.get("is_public", True)
+        if spec.values.get("is_public", True) and spec.values.get("includes_api_access", True)
     )
     segments = []
     for index, item in enumerate(items):

@@ -94,7 +94,9 @@ TRAFFIC_KEYS: dict[str, Key] = {
     "model": Key("model", help="Default: the first model the tier allows."),
 }
 BEHAVIOUR_KEYS: dict[str, Key] = {
-    "ladder": Key("slugs", help="Tiers the segment moves along, cheapest first (default: the public tiers)."),
+    "ladder": Key(
+        "slugs", help="Tiers the segment moves along, cheapest first (default: the public tiers with API access)."
+    ),
     "upgrade_when_refused": _probability("Per day after a day with refused requests."),
     "upgrade_near_limit": _probability("Per day while at 80% or more of the period's included tokens."),
     "downgrade_per_month": _probability("A paying team moves one step down the ladder."),

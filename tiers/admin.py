@@ -29,11 +29,20 @@ class TierAdmin(admin.ModelAdmin):
         "rpd",
         "monthly",
         "overage",
+        "includes_api_access",
         "is_public",
         "is_archived",
         "subscriber_count",
     ]
-    list_filter = ["is_archived", "is_public", "is_paid", "overage_policy", "billing_interval", "currency"]
+    list_filter = [
+        "is_archived",
+        "is_public",
+        "includes_api_access",
+        "is_paid",
+        "overage_policy",
+        "billing_interval",
+        "currency",
+    ]
     search_fields = ["name", "slug", "description"]
     prepopulated_fields = {"slug": ("name",)}
     filter_horizontal = ["allowed_models"]
@@ -47,7 +56,7 @@ class TierAdmin(admin.ModelAdmin):
             {"fields": ("requests_per_minute", "tokens_per_minute", "requests_per_day", "monthly_tokens")},
         ),
         ("Past the monthly quota", {"fields": ("overage_policy", "overage_cents_per_million_tokens")}),
-        ("Models", {"fields": ("allowed_models",)}),
+        ("Models and access", {"fields": ("allowed_models", "includes_api_access")}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date
 
 FREE_TIER_SLUG = "free"
+ASSISTANT_TIER_SLUG = "assistant"
 
 SEED_MODELS: list[dict] = [
     {
@@ -48,6 +49,23 @@ SEED_TIERS: list[dict] = [
         "monthly_tokens": 1_000_000,
         "overage_policy": "block",
         "models": ["Llama-3.3-8B-Instruct"],
+    },
+    {
+        # The paid consumer assistant subscription (the one the seed article says Meta plans for Meta AI):
+        # chat in the playground, no API keys; its daily message limit is the requests-per-day limit,
+        # which the playground meters on the same path as the API.
+        "slug": ASSISTANT_TIER_SLUG,
+        "name": "Assistant",
+        "description": "Chat with Llama in the playground: the 70B model, 200 messages a day. No API access.",
+        "sort_order": 15,
+        "price_cents": 800,
+        "includes_api_access": False,
+        "requests_per_minute": 20,
+        "tokens_per_minute": 40_000,
+        "requests_per_day": 200,
+        "monthly_tokens": 5_000_000,
+        "overage_policy": "block",
+        "models": ["Llama-3.3-8B-Instruct", "Llama-3.3-70B-Instruct"],
     },
     {
         "slug": "plus",

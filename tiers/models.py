@@ -96,6 +96,13 @@ class Tier(models.Model):
         validators=[MinValueValidator(1)],
     )
     allowed_models = models.ManyToManyField(LanguageModel, related_name="tiers", blank=True)
+    # A consumer tier (the paid assistant subscription) chats in the playground only: its teams cannot
+    # create API keys and the model API refuses keys they already had (403 api_access_not_included).
+    includes_api_access = models.BooleanField(
+        "includes API access",
+        default=True,
+        help_text="Teams on this tier may create API keys and call the model API. Off: the playground only.",
+    )
 
     is_public = models.BooleanField(default=True, help_text="Listed on the pricing page and open to sign-up.")
     is_archived = models.BooleanField(

@@ -26,6 +26,19 @@ def subscription_current(*, team: Team) -> Subscription | None:
     return Subscription.objects.current().select_related("tier", "pending_tier").filter(team=team).first()
 
 
+def team_api_access_refusal(*, team: Team) -> str:
+    """Why ``team`` may not have API keys, "" if it may: its current tier does not include API access
+    (a playground-only consumer tier). A team without a subscription is not refused here: the model API
+    refuses its keys as subscription_inactive. Registered as accounts.extensions.api_access_refusal."""
+    subscription = subscription_current(team=team)
+    if subscription is None or subscription.tier.includes_api_access:
+        return ""
+    return (
+        f"Your team's tier, {subscription.tier.name}, is for the playground only and does not include API "
+        "access, so API keys cannot be created. Chat in the playground, or move to a tier with API access."
+    )
+
+
 def language_model_list_active() -> QuerySet[LanguageModel]:
     return LanguageModel.objects.filter(is_active=True)
 
@@ -54,6 +67,9 @@ class Entitlements:
     # The stored period (Subscription.current_period_start/_end): see core.periods.subscription_period_at.
     current_period_start: datetime | None = None
     current_period_end: datetime | None = None
+    # False on a playground-only consumer tier: the model API refuses the team's keys (403
+    # api_access_not_included); the playground meters its messages on the same limits.
+    includes_api_access: bool = True
 
     def period_at(self, now: datetime) -> tuple[datetime, datetime]:
         """The quota's monthly window at ``now``: the subscription's billing period (a trial's own)."""
@@ -122,6 +138,7 @@ def _entitlements_of(subscription: Subscription, models: frozenset[str]) -> Enti
         spend_cap_hard=subscription.spend_cap_hard,
         current_period_start=subscription.current_period_start,
         current_period_end=subscription.current_period_end,
+        includes_api_access=tier.includes_api_access,
     )
 
 

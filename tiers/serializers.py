@@ -27,6 +27,7 @@ class TierSerializer(serializers.ModelSerializer):
             "monthly_tokens",
             "overage_policy",
             "overage_price_per_million_tokens",
+            "includes_api_access",
             "models",
         ]
         read_only_fields = fields

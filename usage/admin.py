@@ -12,12 +12,25 @@ from usage.models import RollupCursor, UnansweredScript, UsageAlert, UsageRecord
 class UsageRecordAdmin(ReadOnlyAdmin):
     """Read-only: usage is written by the model API, exactly once per request."""
 
-    list_display = ["created_at", "team", "api_key", "model", "prompt_tokens", "completion_tokens", "total_tokens"]
+    list_display = [
+        "created_at",
+        "team",
+        "api_key",
+        "source",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    ]
     list_filter = ["model"]
     search_fields = ["request_id", "team__name", "team__memberships__user__email"]
     list_select_related = ["team", "api_key"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over a large table on every page
+
+    @admin.display(description="Source")
+    def source(self, record: UsageRecord) -> str:
+        return "Playground" if record.source == "playground" else "API"
 
 
 @admin.register(UsageRollup)

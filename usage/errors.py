@@ -50,6 +50,13 @@ class InsufficientScope(ModelApiError):
     code = "insufficient_scope"
 
 
+class ApiAccessNotIncluded(ModelApiError):
+    """403: the key's team is on a tier without API access (a playground-only consumer tier)."""
+
+    status = 403
+    code = "api_access_not_included"
+
+
 class LicenseRequired(ModelApiError):
     """403: the team's products passed the monthly-active-user threshold; models released since need
     a licence agreement, which operators grant in the admin."""

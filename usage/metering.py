@@ -30,6 +30,7 @@ from accounts.selectors import AuthenticatedKey, api_key_authenticate
 from core.local_cache import TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
 from usage import errors, extensions, refusals
+from usage.models import PLAYGROUND_REQUEST_ID_PREFIX
 from usage.quotas import get_quota_backend
 from usage.quotas.base import (
     Decision,
@@ -59,13 +60,20 @@ _channel_cache: TTLCache[int, int | None] = TTLCache(ttl=settings.TIERLAB_AUTH_C
 
 @dataclass(frozen=True)
 class Caller:
-    key: AuthenticatedKey
+    """Who a metered request is for. ``key`` is None for the playground (a signed-in person, no key):
+    its usage is recorded with no key and a ``PLAYGROUND_REQUEST_ID_PREFIX`` request id (usage.models)."""
+
+    key: AuthenticatedKey | None
     entitlements: Entitlements
     partner_id: int | None = None  # the hosting partner whose channel the key belongs to, if any
 
     @property
     def team_id(self) -> int:
-        return self.key.team_id
+        return self.entitlements.team_id
+
+    @property
+    def key_id(self) -> int | None:
+        return self.key.key_id if self.key is not None else None
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,11 @@ def request_id_from_header(value: str | None) -> str:
             "X-Request-Id must be 1-100 characters of letters, digits, '.', '_', ':' or '-'.",
             param="X-Request-Id",
         )
+    if value.startswith(PLAYGROUND_REQUEST_ID_PREFIX):
+        raise errors.InvalidRequest(
+            f"X-Request-Id may not start with '{PLAYGROUND_REQUEST_ID_PREFIX}' (the playground's own ids).",
+            param="X-Request-Id",
+        )
     return value
 
 
@@ -113,11 +126,28 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
         raise errors.InvalidApiKey("Invalid API key: it is wrong, revoked or expired.")
     if not key.has_scope("model"):  # ApiKey.Scope.MODEL; the scopes come cached with the key
         raise errors.InsufficientScope("This API key lacks the 'model' scope: it is for the account API only.")
-    entitlements = entitlements_for_team(team_id=key.team_id)
+    entitlements = _entitlements_active(team_id=key.team_id, now=now)
+    if not entitlements.includes_api_access:
+        raise errors.ApiAccessNotIncluded(
+            f"Your team's tier ({entitlements.tier_slug}) does not include API access: it is for the playground "
+            "only, and its API keys are refused. Move to a tier with API access to call the API."
+        )
+    partner_id = _channel_cache.get_or_load(key.key_id, lambda: extensions.key_channel_partner(api_key_id=key.key_id))
+    return Caller(key=key, entitlements=entitlements, partner_id=partner_id)
+
+
+def caller_for_team(*, team_id: int, now: datetime) -> Caller:
+    """The caller of a playground message: the signed-in person's current team, without a key, refused
+    as the API refuses a key of that team (subscription_inactive). A tier without API access may chat."""
+    return Caller(key=None, entitlements=_entitlements_active(team_id=team_id, now=now))
+
+
+def _entitlements_active(*, team_id: int, now: datetime) -> Entitlements:
+    entitlements = entitlements_for_team(team_id=team_id)
     if entitlements is None or not entitlements.is_active_at(now):
         status = entitlements.subscription_status if entitlements else "none"
         refusals.refusal_record(
-            team_id=key.team_id,
+            team_id=team_id,
             tier_slug=entitlements.tier_slug if entitlements else "",
             code="subscription_inactive",
             now=now,
@@ -125,8 +155,7 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
         raise errors.SubscriptionInactive(
             f"Your team's subscription is not active (status: {status}). Update billing to continue.",
         )
-    partner_id = _channel_cache.get_or_load(key.key_id, lambda: extensions.key_channel_partner(api_key_id=key.key_id))
-    return Caller(key=key, entitlements=entitlements, partner_id=partner_id)
+    return entitlements
 
 
 def known_models() -> dict[str, date]:
@@ -272,7 +301,7 @@ def admit_and_record(
     event = UsageEvent(
         request_id=request_id,
         team_id=caller.team_id,
-        api_key_id=caller.key.key_id,
+        api_key_id=caller.key_id,
         model=model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
@@ -365,7 +394,7 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
     event = UsageEvent(
         request_id=admission.request_id,
         team_id=admission.caller.team_id,
-        api_key_id=admission.caller.key.key_id,
+        api_key_id=admission.caller.key_id,
         model=admission.model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
@@ -387,13 +416,19 @@ def settle(*, admission: Admission, prompt_tokens: int, completion_tokens: int, 
     return recorded
 
 
-def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:
-    """Rate-limit headers for an admitted request, from the counts its reservation returned, corrected
+def used_after(*, admission: Admission, tokens_delta: int) -> dict[LimitName, int]:
+    """Each limit's count after an admitted request, from the counts its reservation returned, corrected
     by the tokens settled back (``tokens_delta`` = actual - reserved; usually negative)."""
     used = dict(admission.decision.used)
     for name in (LimitName.TOKENS_PER_MINUTE, LimitName.MONTHLY_TOKENS):
         if name in used:
             used[name] = max(0, used[name] + tokens_delta)
+    return used
+
+
+def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> dict[str, str]:
+    """Rate-limit headers for an admitted request (``used_after``)."""
+    used = used_after(admission=admission, tokens_delta=tokens_delta)
     return rate_limit_headers(limits=admission.limits, used=used, now=now)
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from django.db import models
 
+# The request ids of the playground's messages (usage/playground.py): with no key, what tells its usage
+# apart from the API's. The model API refuses a client X-Request-Id that starts with it.
+PLAYGROUND_REQUEST_ID_PREFIX = "playground-"
+
 
 class UsageRecord(models.Model):
     """One admitted model-API request. Exactly one per (team, request id) within the request-id
@@ -42,6 +46,11 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.total_tokens} tokens"
+
+    @property
+    def source(self) -> str:
+        """Where the request came from: the playground (a person in the browser) or the API (a key)."""
+        return "playground" if self.request_id.startswith(PLAYGROUND_REQUEST_ID_PREFIX) else "api"
 
 
 class QuotaReservation(models.Model):
@@ -221,3 +230,53 @@ class QuotaRefusalCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.count} {self.code} for team {self.team_id} at {self.hour:%Y-%m-%d %H:00}"
+
+
+# --- The playground -----------------------------------------------------------------------------------
+
+
+class Conversation(models.Model):
+    """A playground chat of one person in one team (usage/playground.py): listed, renamed and deleted
+    by that person only, and only while that team is their current one. Its settings are the last ones
+    a message was sent with; its messages are metered like API requests (UsageRecord, no key)."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey("accounts.User", on_delete=models.CASCADE, related_name="+")
+    title = models.CharField(max_length=120)
+    model = models.CharField(max_length=100)
+    system_prompt = models.TextField(blank=True, default="")
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        indexes = [models.Index(fields=["team", "user", "-updated_at"], name="conversation_owner_recent")]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ConversationMessage(models.Model):
+    """One turn of a conversation: the person's message, or the model's answer with what it cost. An
+    answer's ``request_id`` is its UsageRecord's."""
+
+    class Role(models.TextChoices):
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField()
+    request_id = models.CharField(max_length=100, blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    stop_reason = models.CharField(max_length=16, blank=True, default="")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"

@@ -212,7 +212,8 @@ def test_mrr_and_subscribers_by_tier(history, django_assert_num_queries):
         report = analytics.mrr_by_tier()
     rows = {row.slug: row for row in report.tiers}
     # Catalog order; the archived tier without subscribers is left out, enterprise (none) is shown.
-    assert [row.slug for row in report.tiers] == ["free", "plus", "plus-annual", "pro", "pro-eu", "enterprise"]
+    expected = ["free", "assistant", "plus", "plus-annual", "pro", "pro-eu", "enterprise"]
+    assert [row.slug for row in report.tiers] == expected
     figures = {
         slug: (
             r.trialing,
@@ -228,6 +229,7 @@ def test_mrr_and_subscribers_by_tier(history, django_assert_num_queries):
     }
     assert figures == {
         "free": (0, 1, 0, 0, 1, 0, 0, 0),
+        "assistant": (0, 0, 0, 0, 0, 0, 800, 0),
         "plus": (1, 1, 0, 0, 2, 1, 2_000, 2_000),
         "plus-annual": (0, 1, 0, 0, 1, 1, 1_667, 1_667),
         "pro": (0, 1, 1, 1, 3, 2, 20_000, 40_000),
@@ -256,7 +258,7 @@ def test_mrr_of_an_empty_catalog_is_zero(catalog):
     # The seed's paid tiers are in dollars: the currency is shown, at zero.
     assert report.mrr_by_currency == {"usd": 0}
     assert (report.subscribers, report.paying, report.trialing) == (0, 0, 0)
-    assert [row.slug for row in report.tiers] == ["free", "plus", "pro", "enterprise"]
+    assert [row.slug for row in report.tiers] == ["free", "assistant", "plus", "pro", "enterprise"]
 
 
 # --- Revenue by month ----------------------------------------------------------------------------------

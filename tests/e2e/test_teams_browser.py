@@ -1,9 +1,7 @@
 """Teams in a real browser (issue 14): an owner invites a colleague, who signs up from the emailed link,
-lands in the team as a member, creates an API key and is refused billing; the owner makes them a
-billing member and billing opens for them.
-
-Left out: the issue's "and use the playground" step. The playground (/playground/) is issue 15's and
-does not exist yet; add the step here when it does.
+lands in the team as a member, creates an API key, switches between their teams and uses the
+playground in the owner's team (the usage lands on the current team), and is refused billing; the
+owner makes them a billing member and billing opens for them.
 """
 
 from __future__ import annotations
@@ -26,9 +24,10 @@ PASSWORD = "Compiler-A0-1952-nanos"
 def test_owner_invites_a_colleague_who_joins_and_is_promoted_to_billing(
     page, browser, live_server, shot, results_dir, seeded_catalog, mailoutbox, settings
 ):
-    from accounts.models import ApiKey, Membership
+    from accounts.models import ApiKey, Membership, Team
     from accounts.selectors import team_for_user
     from tiers import services as tier_services
+    from usage.models import Conversation, UsageRecord
 
     settings.TIERLAB_SITE_URL = live_server.url
     owner = tier_services.user_create(email=OWNER, password=PASSWORD)
@@ -85,6 +84,28 @@ def test_owner_invites_a_colleague_who_joins_and_is_promoted_to_billing(
         expect(colleague_page.locator("#new-key-secret")).to_contain_text("tl-")
         key = ApiKey.objects.get(name="katherine laptop")
         assert key.team == team and key.created_by.email == COLLEAGUE
+        # --- They switch to their own team and back from the playground, and chat there: the usage
+        # lands on the current team (the owner's), without a key.
+        personal = Team.objects.filter(is_personal=True, memberships__user__email=COLLEAGUE).exclude(pk=team.pk).get()
+        with colleague_page.expect_navigation():
+            colleague_page.locator("#team-switch-select").select_option(personal.slug)
+        expect(colleague_page.locator("#team-switch-select")).to_have_value(personal.slug)
+        with colleague_page.expect_navigation():
+            colleague_page.locator("#nav-playground").click()
+        expect(colleague_page.locator("main")).to_contain_text(personal.name)
+        with colleague_page.expect_navigation():
+            colleague_page.locator("#team-switch-select").select_option(team.slug)
+        assert path_of(colleague_page.url) == "/playground/"  # switching keeps the page
+        expect(colleague_page.locator("main")).to_contain_text(team.name)
+        colleague_page.locator("#chat-message").fill("What should our team try first?")
+        colleague_page.locator("#chat-send").click()
+        expect(colleague_page.locator("#usage-panel")).to_be_visible()
+        assert colleague_page.locator("#chat-log .chat-assistant .chat-text").inner_text()
+        record = UsageRecord.objects.get()
+        assert record.team_id == team.pk and record.api_key_id is None
+        assert Conversation.objects.get().team_id == team.pk
+        colleague_page.screenshot(path=str(results_dir / "colleague-playground.png"), full_page=True)
+
         # ...and cannot open billing.
         response = colleague_page.goto("/billing/")
         assert response.status == 403

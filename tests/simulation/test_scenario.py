@@ -52,7 +52,7 @@ BROKEN = [
     ("share rate before the start", ("date = 2026-03-01", "date = 2025-12-01"), "partners[0].share_changes[0].date",
      ["overlaps", "2026-01-01"]),
     ("unknown tier", ('start_tier = "pro"', 'start_tier = "platinum"'), "segments[1].start_tier",
-     ["platinum", "free, plus, pro, enterprise"]),
+     ["platinum", "free, assistant, plus, pro, enterprise"]),
     ("not the first of a month", ("start = 2026-01-01", "start = 2026-01-02"), "scenario.start", ["first day"]),
     ("months out of range", ("months = 3", "months = 40"), "scenario.months", ["at most 36"]),
 ]  # fmt: skip
@@ -86,8 +86,8 @@ def test_a_tier_the_catalog_rules_refuse_is_refused_at_its_key():
         scenario_parse(SMOKE + '\n[catalog.tiers.plus]\noverage_policy = "bill"\n')
     assert caught.value.path == "catalog.tiers.plus.overage_cents_per_million_tokens"
     with pytest.raises(ScenarioError) as caught:
-        scenario_parse(SMOKE + '\n[catalog.tiers.assistant]\nname = "Assistant"\n')
-    assert caught.value.path == "catalog.tiers.assistant.price_cents"
+        scenario_parse(SMOKE + '\n[catalog.tiers.companion]\nname = "Companion"\n')
+    assert caught.value.path == "catalog.tiers.companion.price_cents"
     assert "required for a new tier" in caught.value.message
 
 

@@ -7,7 +7,7 @@ def test_tiers_api_lists_public_tiers_for_anyone(catalog):
     response = APIClient().get("/api/v1/tiers")
     assert response.status_code == 200
     tiers = {t["slug"]: t for t in response.json()["results"]}
-    assert set(tiers) == {"free", "plus", "pro"}
+    assert set(tiers) == {"free", "assistant", "plus", "pro"}
     assert tiers["pro"]["price"] == 20000 and tiers["pro"]["overage_policy"] == "bill"
     assert tiers["free"]["models"] == ["Llama-3.3-8B-Instruct"]
     assert tiers["free"]["overage_price_per_million_tokens"] is None

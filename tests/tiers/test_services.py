@@ -16,7 +16,7 @@ from tiers.selectors import subscription_current, tier_list_public
 @pytest.mark.django_db
 def test_seed_creates_catalog_once_and_never_overwrites_operator_edits():
     first = services.tier_catalog_seed()
-    assert first.created_tiers == ["free", "plus", "pro", "enterprise"]
+    assert first.created_tiers == ["free", "assistant", "plus", "pro", "enterprise"]
     assert len(first.created_models) == len(catalog.SEED_MODELS)
 
     pro = Tier.objects.get(slug="pro")
@@ -35,7 +35,7 @@ def test_seed_creates_catalog_once_and_never_overwrites_operator_edits():
 
     third = services.tier_catalog_seed()
     assert (third.created_models, third.created_tiers) == ([], [])
-    assert Tier.objects.count() == 4
+    assert Tier.objects.count() == 5
 
 
 @pytest.mark.django_db
@@ -52,13 +52,16 @@ def test_seed_catalog_passes_its_own_validation(catalog):
 @pytest.mark.django_db
 def test_public_list_hides_private_and_archived_tiers(catalog):
     services.tier_archive(tier=catalog["plus"])
-    assert [t.slug for t in tier_list_public()] == ["free", "pro"]
+    assert [t.slug for t in tier_list_public()] == ["free", "assistant", "pro"]
 
 
 @pytest.mark.django_db
 def test_which_tier_can_be_chosen_is_one_rule_for_a_query_and_for_a_tier_in_hand(catalog):
     services.tier_archive(tier=catalog["plus"])
-    for public_only, selectable in [(False, ["free", "pro", "enterprise"]), (True, ["free", "pro"])]:
+    for public_only, selectable in [
+        (False, ["free", "assistant", "pro", "enterprise"]),
+        (True, ["free", "assistant", "pro"]),
+    ]:
         assert sorted(t.slug for t in Tier.objects.selectable(public_only=public_only)) == sorted(selectable)
         for tier in Tier.objects.all():
             assert (tier.selectable_refusal(public_only=public_only) == "") == (tier.slug in selectable)
