@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0003_teams_roles_invitations'),
-        ('usage', '0003_request_key_and_quota_reservation'),
+        ('usage', '0004_playground_conversations'),
     ]
 
     operations = [
