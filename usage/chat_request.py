@@ -6,7 +6,7 @@ Llama and OpenAI APIs answer; unknown parameters are refused (:data:`PARAMETERS`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -15,16 +15,21 @@ from django.http import HttpRequest
 
 from core.json_input import JsonInputError, json_loads_bounded
 from usage import errors
+from usage.structured import ResponseFormat, response_format_parse
+from usage.tools import Tool, ToolChoice, tool_calls_parse, tool_choice_parse, tools_parse
 
 NATIVE = "llama"
 COMPAT = "openai"
 ROLES = {"system", "user", "assistant", "tool"}
 # What a message may carry, as the Llama and OpenAI APIs define it (an assistant message from a response
 # can be sent back as it is); anything else is a 400 naming it, as both APIs do. The simulated model
-# reads role and content only.
-# Field -> (types allowed, what the 400 says). Tool calls come with tools (not yet simulated).
+# reads role, content, the assistant's tool calls and the tool results (usage/tools.py).
+# Field -> (types allowed, what the 400 says).
 MESSAGE_STRINGS = {"name": (str,), "stop_reason": (str,), "tool_call_id": (str,), "refusal": (str, type(None))}
-MESSAGE_FIELDS = frozenset({"role", "content", *MESSAGE_STRINGS})
+MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", *MESSAGE_STRINGS})
+MAX_CHOICES = 8  # n: more would only multiply the reservation
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_TOP_LOGPROBS = 20
 PART_FIELDS = {"text": frozenset({"type", "text"}), "image_url": frozenset({"type", "image_url"})}
 
 
@@ -44,6 +49,14 @@ class ChatRequest:
     include_usage: bool
     temperature: float | None
     seed: int | None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 def body_parse(request: HttpRequest) -> dict:
@@ -97,6 +110,11 @@ def messages_parse(body: dict) -> list[dict]:
             raise errors.InvalidRequest(
                 f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.", param=f"{where}.role"
             )
+        if "tool_calls" in message:
+            if message["role"] != "assistant":
+                param = f"{where}.tool_calls"
+                raise errors.InvalidRequest(f"'{param}' belongs on assistant messages only.", param=param)
+            tool_calls_parse(message["tool_calls"], f"{where}.tool_calls")
         content = message.get("content")
         if content is None and message.get("role") == "assistant":
             continue
@@ -126,10 +144,18 @@ def messages_parse(body: dict) -> list[dict]:
 # parameter silently ignored would make a client believe it had an effect). ``user`` is accepted and
 # only logged by the real APIs: here it has no effect; ``top_k`` and ``repetition_penalty`` (Llama)
 # do not change the simulated answer either.
-_COMMON_PARAMETERS = {"model", "messages", "max_completion_tokens", "stream", "temperature", "top_p", "seed", "user"}
+# ``n``, ``stop``, ``logprobs`` and the penalties are OpenAI's only: the Llama API refuses them too.
+_COMMON_PARAMETERS = {
+    "model", "messages", "max_completion_tokens", "stream", "temperature", "top_p", "seed", "user", "tools",
+    "tool_choice", "response_format",
+}  # fmt: skip
+_OPENAI_ONLY = {
+    "max_tokens", "stream_options", "n", "stop", "logprobs", "top_logprobs", "presence_penalty",
+    "frequency_penalty", "parallel_tool_calls",
+}  # fmt: skip
 PARAMETERS = {
     NATIVE: frozenset({*_COMMON_PARAMETERS, "top_k", "repetition_penalty"}),
-    COMPAT: frozenset({*_COMMON_PARAMETERS, "max_tokens", "stream_options"}),
+    COMPAT: frozenset({*_COMMON_PARAMETERS, *_OPENAI_ONLY}),
 }
 MODERATION_PARAMETERS = frozenset({"model", "messages"})
 
@@ -181,6 +207,12 @@ def chat_request_parse(body: dict, *, flavor: str) -> ChatRequest:
                                         param="stream_options")  # fmt: skip
         include_usage = options.get("include_usage", False)
     _number(body, "top_p", low=0, high=1)
+    _number(body, "presence_penalty", low=-2, high=2)
+    _number(body, "frequency_penalty", low=-2, high=2)
+    tools = tools_parse(body.get("tools"))
+    n = _int(body, "n", minimum=1) or 1
+    if n > MAX_CHOICES:
+        raise errors.InvalidRequest(f"'n' must be an integer from 1 to {MAX_CHOICES}.", param="n")
     return ChatRequest(
         model=model,
         messages=messages,
@@ -189,7 +221,52 @@ def chat_request_parse(body: dict, *, flavor: str) -> ChatRequest:
         include_usage=include_usage,
         temperature=_number(body, "temperature", low=0, high=2),
         seed=_int(body, "seed", minimum=0),
+        tools=tools,
+        tool_choice=tool_choice_parse(body.get("tool_choice"), tools),
+        parallel_tool_calls=_bool(body, "parallel_tool_calls", default=True),
+        response_format=response_format_parse(body.get("response_format")),
+        n=n,
+        stop=_stop(body.get("stop")),
+        logprobs=_bool(body, "logprobs", default=False),
+        top_logprobs=_top_logprobs(body),
     )
+
+
+def _bool(body: dict, name: str, *, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise errors.InvalidRequest(f"'{name}' must be true or false.", param=name)
+    return value
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    """``stop``: one string or a list of up to MAX_STOP_SEQUENCES non-empty strings."""
+    if value is None:
+        return ()
+    sequences = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(sequences, list)
+        or len(sequences) > MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in sequences)
+    ):
+        raise errors.InvalidRequest(
+            f"'stop' must be a non-empty string or a list of up to {MAX_STOP_SEQUENCES} of them.", param="stop"
+        )
+    return tuple(sequences)
+
+
+def _top_logprobs(body: dict) -> int:
+    top = _int(body, "top_logprobs", minimum=0)
+    if top is None:
+        return 0
+    if top > MAX_TOP_LOGPROBS:
+        raise errors.InvalidRequest(f"'top_logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS}.",
+                                    param="top_logprobs")  # fmt: skip
+    if body.get("logprobs") is not True:
+        raise errors.InvalidRequest("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+    return top
 
 
 def message_text(message: dict) -> str:

@@ -26,6 +26,7 @@ from core.dependencies import dependency_failure
 from core.errors import error_body
 from tiers.selectors import language_model_list_active
 from usage import chat_shapes, errors, metering
+from usage.chat_completion import ChatResult, chat_complete, reserve_tokens
 from usage.chat_request import (
     COMPAT,
     MODERATION_PARAMETERS,
@@ -39,7 +40,7 @@ from usage.chat_request import (
     parameters_check,
 )
 from usage.moderation import MODERATION_MODELS
-from usage.simulator import MAX_COMPLETION_TOKENS, complete, iter_chunks, moderate
+from usage.simulator import moderate
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +100,13 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     request_id = metering.request_id_from_header(client_request_id)
     chat = _chat_request(_body(request), flavor=flavor)
     request_hash = _request_hash(request) if client_request_id else ""
-    # The simulated completion is deterministic and cheap (about 0.1 ms), so it is computed before
-    # admission; its prompt count is the tokenizer's (no second count of the messages).
+    # The simulated completion is deterministic and cheap (about 0.1 ms a choice), so it is computed
+    # before admission; its prompt count is the tokenizer's (no second count of the messages).
     completion = _complete(chat)
-    # What a request reserves: its prompt and its maximum completion. The simulated model never writes
-    # more than MAX_COMPLETION_TOKENS, so reserving more would only block other requests of the team.
-    reserve = completion.prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
+    # What a request reserves: its prompt and every choice's maximum completion. The simulated model
+    # never writes more than MAX_COMPLETION_TOKENS a choice, so reserving more would only block other
+    # requests of the team.
+    reserve = reserve_tokens(chat, completion.prompt_tokens)
     created = int(now.timestamp())
     headers = {"x-request-id": request_id}
 
@@ -151,31 +153,25 @@ def _request_hash(request: HttpRequest) -> str:
     return metering.request_hash(path=request.path_info, body=json.loads(request.body))
 
 
-def _complete(chat: ChatRequest):
-    return complete(
-        model=chat.model,
-        messages=chat.messages,
-        max_tokens=chat.max_tokens,
-        temperature=chat.temperature,
-        seed=chat.seed,
-    )
+def _complete(chat: ChatRequest) -> ChatResult:
+    return chat_complete(chat)
 
 
 def _stream_response(
     request_id, chat, completion, admission, reserve, created, flavor, headers
 ) -> StreamingHttpResponse:
     sent = {"tokens": 0, "settled": False}
-    pieces = list(iter_chunks(completion))
+    pieces = chat_shapes.stream_pieces(completion)
 
     def settle(completion_tokens: int) -> bool:
         sent["settled"] = True
         return metering.settle(admission=admission, prompt_tokens=completion.prompt_tokens,
                                completion_tokens=completion_tokens, now=timezone.now())  # fmt: skip
 
-    def counted_chunks() -> Iterator[str]:
+    def counted_chunks() -> Iterator[chat_shapes.Piece]:
         for piece in pieces:
             yield piece
-            sent["tokens"] += 1
+            sent["tokens"] += piece.tokens
         # Settled before the closing events: a stream certainly not recorded (the database backend
         # failing, e.g. on a full disk) ends with an error event, not as a whole answer for free.
         if not settle(completion.completion_tokens):
@@ -208,10 +204,10 @@ def _stream_response(
             # Both SDKs raise on it: llama-api-client on an "error" event, openai on data with "error".
             yield b"event: error\n" + chat_shapes.sse(exc.body())
         finally:
-            # Cut, or the client went away: only what was generated up to that point is counted (a
-            # proportional share of the completion's tokens).
+            # Cut, or the client went away: only what was generated up to that point is counted (the
+            # completion tokens of the pieces sent, of every choice and tool call).
             if not sent["settled"]:
-                settle(completion.completion_tokens * sent["tokens"] // max(1, len(pieces)))
+                settle(sent["tokens"])
 
     headers.update(
         metering.headers_after(

@@ -1,0 +1,281 @@
+"""JSON Schema support of the simulated model: which schemas it accepts, and instances it generates.
+
+Used twice: structured output (``response_format`` ``json_schema``, usage/structured.py) writes an
+instance of the caller's schema as the answer, and tool calling (usage/tools.py) writes an instance of
+a function's ``parameters`` as the call's arguments.
+
+The supported subset is what client SDKs send (pydantic's ``model_json_schema()``, OpenAI's strict
+schemas, hand-written tool parameters): ``type`` (one or a list), ``properties``, ``required``,
+``additionalProperties``, ``items``, ``enum``, ``const``, ``anyOf``, ``$ref`` to ``#``, ``#/$defs/..``
+or ``#/definitions/..``, ``minimum``/``maximum`` (and exclusive), ``multipleOf``, ``minLength``/
+``maxLength``, ``format`` (:data:`FORMATS`), ``minItems``/``maxItems``/``uniqueItems``, ``nullable``,
+and the annotations (:data:`ANNOTATIONS`, ``x-`` extensions). Any other keyword (``pattern``, ``oneOf``,
+``allOf``, ``not``, ``if``, ``patternProperties``, ...) is refused with a 400 that names it and where
+it is (``response_format.json_schema.schema.properties.code.pattern``), so a client never gets output
+that silently ignores a constraint.
+
+Generation is deterministic (a ``random.Random`` the caller seeds from the request) and always
+validated against the schema with ``jsonschema`` before it is returned: a schema that cannot be
+satisfied (``minimum`` above ``maximum``, an empty ``enum``, a required recursive property) is a 400
+too. Every property is written (optional ones included), down to a nesting depth of
+``_FULL_DEPTH``; below it only required properties and ``minItems`` items, so recursive schemas end.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jsonschema
+
+from usage import errors
+
+SUPPORTED = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$ref",
+        "$defs", "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minLength", "maxLength", "format", "minItems", "maxItems", "uniqueItems", "nullable",
+    }
+)  # fmt: skip
+ANNOTATIONS = frozenset(
+    {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
+     "writeOnly", "strict"}
+)  # fmt: skip
+FORMATS = ("date", "date-time", "time", "email", "uri", "uuid")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")  # keywords whose values map names to schemas
+_FULL_DEPTH = 6
+_MAX_DEPTH = 24
+_WORDS = ("alpha", "bravo", "delta", "echo", "falcon", "harbor", "indigo", "juniper", "kestrel", "lantern")
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def schema_check(schema: Any, *, param: str) -> None:
+    """Raise a 400 (``InvalidRequest`` naming ``param`` + the path) when ``schema`` is not a valid JSON
+    Schema (draft 2020-12) or uses a keyword outside the supported subset."""
+    if not isinstance(schema, dict):
+        raise errors.InvalidRequest(f"'{param}' must be a JSON Schema object.", param=param)
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = ".".join([param, *(str(p) for p in exc.path)])
+        raise errors.InvalidRequest(f"'{where}' is not valid JSON Schema: {exc.message}", param=where) from exc
+    _walk(schema, param)
+
+
+def _walk(schema: Any, where: str) -> None:
+    if isinstance(schema, bool):
+        return
+    for keyword, value in schema.items():
+        path = f"{where}.{keyword}"
+        if keyword in ANNOTATIONS or keyword.startswith("x-"):
+            continue
+        if keyword not in SUPPORTED:
+            raise errors.InvalidRequest(
+                f"'{path}': the JSON Schema keyword '{keyword}' is not supported by this API (supported: "
+                f"{', '.join(sorted(SUPPORTED))}).",
+                param=path,
+            )
+        if keyword in _SCHEMA_MAPS:
+            for name, sub in value.items():
+                _walk(sub, f"{path}.{name}")
+        elif keyword in ("items", "additionalProperties"):
+            _walk(value, path)
+        elif keyword == "anyOf":
+            for index, sub in enumerate(value):
+                _walk(sub, f"{path}[{index}]")
+        elif keyword == "$ref" and not (value == "#" or value.startswith(("#/$defs/", "#/definitions/"))):
+            raise errors.InvalidRequest(
+                f"'{path}': only references inside the schema ('#', '#/$defs/...') are supported.", param=path
+            )
+        elif keyword == "format" and value not in FORMATS:
+            raise errors.InvalidRequest(
+                f"'{path}': the format '{value}' is not supported (supported: {', '.join(FORMATS)}).", param=path
+            )
+
+
+def schema_instance(schema: dict, *, rng: random.Random, words: Sequence[str], param: str) -> Any:
+    """A value that validates against ``schema`` (already checked with :func:`schema_check`), built
+    from ``rng`` and, for strings, the given ``words`` (the user's keywords) in turn. Raises a 400
+    naming ``param`` when the schema cannot be satisfied."""
+    writer = _Writer(schema, rng, list(words) or list(_WORDS), param)
+    value = writer.value(schema, 0)
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).iter_errors(value)
+    )
+    if error is not None:
+        raise errors.InvalidRequest(f"'{param}' cannot be satisfied: {error.message}", param=param)
+    return value
+
+
+class _Writer:
+    def __init__(self, root: dict, rng: random.Random, words: list[str], param: str) -> None:
+        self.root = root
+        self.rng = rng
+        self.words = words
+        self.next_word = 0
+        self.param = param
+        self.refs: list[str] = []  # the references being written, outermost first
+
+    def recursive(self, schema: Any) -> bool:
+        """Whether ``schema`` (or one of its anyOf branches) refers back to a schema being written."""
+        if not isinstance(schema, dict):
+            return False
+        return schema.get("$ref") in self.refs or any(self.recursive(b) for b in schema.get("anyOf", ()))
+
+    def resolve(self, schema: Any) -> Any:
+        seen = 0
+        while isinstance(schema, dict) and "$ref" in schema:
+            ref = schema["$ref"]
+            target: Any = self.root
+            if ref != "#":
+                section, name = ref[2:].split("/", 1)
+                target = self.root.get(section, {}).get(name.replace("~1", "/").replace("~0", "~"))
+                if target is None:
+                    raise errors.InvalidRequest(f"'{self.param}': the reference '{ref}' is not defined.",
+                                                param=self.param)  # fmt: skip
+            schema = target
+            seen += 1
+            if seen > _MAX_DEPTH:
+                raise errors.InvalidRequest(f"'{self.param}': '{ref}' refers to itself.", param=self.param)
+        return schema
+
+    def value(self, schema: Any, depth: int) -> Any:
+        if depth > _MAX_DEPTH:
+            raise errors.InvalidRequest(
+                f"'{self.param}' cannot be satisfied: its required properties nest without end.", param=self.param
+            )
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if ref is not None:
+            self.refs.append(ref)
+            try:
+                return self.value(self.resolve(schema), depth)
+            finally:
+                self.refs.pop()
+        if schema is True or schema == {}:
+            return self.string({})
+        if schema is False:
+            raise errors.InvalidRequest(f"'{self.param}' cannot be satisfied: it contains 'false'.", param=self.param)
+        if "const" in schema:
+            return schema["const"]
+        if "enum" in schema:
+            if not schema["enum"]:
+                raise errors.InvalidRequest(f"'{self.param}' cannot be satisfied: an empty enum.", param=self.param)
+            return schema["enum"][self.rng.randrange(len(schema["enum"]))]
+        if "anyOf" in schema:
+            branches = [self.resolve(b) for b in schema["anyOf"]]
+            chosen = next((b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")), branches[0])
+            return self.value(chosen, depth)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind is None:
+            kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+        return getattr(self, kind)(schema, depth) if kind in ("object", "array") else getattr(self, kind)(schema)
+
+    def object(self, schema: dict, depth: int) -> dict:
+        required = set(schema.get("required", ()))
+        result = {}
+        for name, sub in schema.get("properties", {}).items():
+            # Optional properties are written too, except below _FULL_DEPTH or where they recurse.
+            if name in required or (depth < _FULL_DEPTH and not self.recursive(sub)):
+                result[name] = self.value(sub, depth + 1)
+        for name in required - set(result):  # required but not described: anything that the rest allows
+            extra = schema.get("additionalProperties", True)
+            result[name] = self.value(extra if isinstance(extra, dict) else True, depth + 1)
+        return result
+
+    def array(self, schema: dict, depth: int) -> list:
+        low = schema.get("minItems", 0)
+        high = schema.get("maxItems", max(low, 3))
+        count = low if depth >= _FULL_DEPTH else max(low, min(high, 2))
+        items = schema.get("items", True)
+        result: list = []
+        attempts = 0
+        while len(result) < count and attempts < count * 8 + 8:
+            attempts += 1
+            item = self.value(items, depth + 1)
+            if schema.get("uniqueItems") and item in result:
+                continue
+            result.append(item)
+        return result
+
+    def string(self, schema: dict) -> str:
+        fmt = schema.get("format")
+        if fmt == "date-time":
+            text = (_EPOCH + timedelta(minutes=self.rng.randrange(525_600))).isoformat().replace("+00:00", "Z")
+        elif fmt == "date":
+            text = (_EPOCH + timedelta(days=self.rng.randrange(365))).date().isoformat()
+        elif fmt == "time":
+            text = f"{self.rng.randrange(24):02d}:{self.rng.randrange(60):02d}:00Z"
+        elif fmt == "email":
+            text = f"{self._word().lower()}@example.com"
+        elif fmt == "uri":
+            text = f"https://example.com/{self._word().lower()}"
+        elif fmt == "uuid":
+            text = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        else:
+            text = self._word()
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        while len(text) < low:
+            text += " " + self._word()
+        if high is not None and len(text) > high:
+            text = text[:high].rstrip() if len(text[:high].rstrip()) >= low else text[:high]
+        return text
+
+    def _word(self) -> str:
+        word = self.words[self.next_word % len(self.words)]
+        self.next_word += 1
+        return word
+
+    def integer(self, schema: dict) -> int:
+        low, high = self._range(schema, integer=True)
+        step = schema.get("multipleOf", 1)
+        if isinstance(step, float) and not step.is_integer():
+            step = 1  # an integer multiple of a fraction: any integer multiple of 1 / step works only by luck
+        step = int(step)
+        first = -(-low // step) * step
+        if first > high:
+            raise errors.InvalidRequest(f"'{self.param}' cannot be satisfied: no integer in range.", param=self.param)
+        return first + step * self.rng.randrange((high - first) // step + 1)
+
+    def number(self, schema: dict) -> float | int:
+        low, high = self._range(schema, integer=False)
+        if "multipleOf" in schema:
+            step = schema["multipleOf"]
+            first, last = int(-(-low // step)), int(high // step)
+            if first > last:
+                raise errors.InvalidRequest(f"'{self.param}' cannot be satisfied: no multiple in range.",
+                                            param=self.param)  # fmt: skip
+            return (first + self.rng.randrange(last - first + 1)) * step
+        value = round(low + (high - low) * self.rng.random(), 2)
+        return min(max(value, low), high)
+
+    def _range(self, schema: dict, *, integer: bool) -> tuple:
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if "exclusiveMinimum" in schema:
+            bound = schema["exclusiveMinimum"]
+            bound = bound + 1 if integer else bound + max(abs(bound) * 1e-9, 0.01)
+            low = bound if low is None else max(low, bound)
+        if "exclusiveMaximum" in schema:
+            bound = schema["exclusiveMaximum"]
+            bound = bound - 1 if integer else bound - max(abs(bound) * 1e-9, 0.01)
+            high = bound if high is None else min(high, bound)
+        if integer:
+            low = None if low is None else int(-(-low // 1))
+            high = None if high is None else int(high // 1)
+        if low is None:
+            low = 0 if high is None or high >= 0 else high - 100
+        if high is None:
+            high = low + 100
+        if low > high:
+            raise errors.InvalidRequest(f"'{self.param}' cannot be satisfied: an empty range.", param=self.param)
+        return low, high
+
+    def boolean(self, schema: dict) -> bool:
+        return bool(self.rng.getrandbits(1))
+
+    def null(self, schema: dict) -> None:
+        return None
