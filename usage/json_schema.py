@@ -117,7 +117,7 @@ class _Writer:
         self.words = words
         self.next_word = 0
         self.param = param
-        self.refs: list[str] = []  # the references being written, outermost first
+        self.refs: list[str] = ["#"]  # the references being written, outermost first (the root is "#")
 
     def recursive(self, schema: Any) -> bool:
         """Whether ``schema`` (or one of its anyOf branches) refers back to a schema being written."""
@@ -165,8 +165,11 @@ class _Writer:
                 raise errors.InvalidRequest(f"'{self.param}' cannot be satisfied: an empty enum.", param=self.param)
             return schema["enum"][self.rng.randrange(len(schema["enum"]))]
         if "anyOf" in schema:
-            branches = [self.resolve(b) for b in schema["anyOf"]]
-            chosen = next((b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")), branches[0])
+            # A branch that is neither null nor recursive, else one that ends (null), else the first.
+            branches = schema["anyOf"]
+            ending = [b for b in branches if not self.recursive(b)]
+            chosen = next((b for b in ending if self.resolve(b) is True or self.resolve(b).get("type") != "null"),
+                          ending[0] if ending else branches[0])  # fmt: skip
             return self.value(chosen, depth)
         kind = schema.get("type")
         if isinstance(kind, list):

@@ -38,8 +38,9 @@ from usage.chat_request import (
     message_text,
     messages_parse,
     parameters_check,
+    unknown_field,
 )
-from usage.moderation import MODERATION_MODELS
+from usage.moderation import MODERATION_MODELS, openai_moderation
 from usage.simulator import moderate
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["COMPAT", "NATIVE", "PARAMETERS"]  # kept importable from here (the bench and tests use them)
 
 MODERATION_MODEL = MODERATION_MODELS[0]
+# OpenAI's moderation model names, answered by the same simulated Llama Guard (the first is the default).
+COMPAT_MODERATION_MODELS = (
+    "omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest", "text-moderation-stable",
+    *MODERATION_MODELS,
+)  # fmt: skip
+COMPAT_MODERATION_PARAMETERS = frozenset({"model", "input"})
+MAX_MODERATION_INPUTS = 64
 # The helpers bench/profiled_wsgi.py and bench/baseline_urls.py time and reuse under their old names;
 # the views call them through these names, so a profiler patching them here sees every call.
 _body = body_parse
@@ -304,3 +312,74 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
         payload,
         headers={"x-request-id": request_id, **metering.headers_after(admission=admission, tokens_delta=0, now=now)},
     )
+
+
+@model_api_view("POST")
+def compat_moderations(request: HttpRequest) -> HttpResponse:
+    """OpenAI's /moderations shape over the same simulated Llama Guard, metered like the native one
+    (free: a request against the per-minute and per-day windows, no tokens). ``input`` is a string, a
+    list of strings (one result each) or a list of text/image_url parts (one result for them all; the
+    classifier reads the text). Llama Guard's categories map to OpenAI's as usage/moderation.py says."""
+    now = timezone.now()
+    caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
+    client_request_id = request.headers.get("X-Request-Id")
+    request_id = metering.request_id_from_header(client_request_id)
+    body = _body(request)
+    parameters_check(body, COMPAT_MODERATION_PARAMETERS)
+    texts, images = _moderation_input(body.get("input"))
+    model = body.get("model", COMPAT_MODERATION_MODELS[0])
+    if not isinstance(model, str):
+        raise errors.InvalidRequest("'model' must be a string.", param="model")
+    if model not in COMPAT_MODERATION_MODELS:
+        raise errors.ModelNotFound(
+            f"The moderation model '{model}' does not exist; use one of {', '.join(COMPAT_MODERATION_MODELS)}.",
+            param="model",
+        )
+    results = moderate(texts)
+    admission = metering.admit_and_record(
+        caller=caller, model=MODERATION_MODEL, request_id=request_id, tokens=0, prompt_tokens=0, completion_tokens=0,
+        now=now, check_model=False, request_id_is_new=not client_request_id,
+        request_hash=_request_hash(request) if client_request_id else "",
+    )  # fmt: skip
+    payload = {
+        "id": f"modr-{request_id}",
+        "model": model,
+        "results": [openai_moderation(result, images=images) for result in results],
+    }
+    return _json_response(
+        payload,
+        headers={"x-request-id": request_id, **metering.headers_after(admission=admission, tokens_delta=0, now=now)},
+    )
+
+
+def _moderation_input(value) -> tuple[list[str], int]:
+    """The texts to classify and the number of images of OpenAI's ``input``."""
+    if isinstance(value, str):
+        return [value], 0
+    invalid = errors.InvalidRequest(
+        f"'input' must be a string, a list of 1-{MAX_MODERATION_INPUTS} strings, or a list of text and image_url"
+        " parts.",
+        param="input",
+    )
+    if not isinstance(value, list) or not value or len(value) > MAX_MODERATION_INPUTS:
+        raise invalid
+    if all(isinstance(item, str) for item in value):
+        return list(value), 0
+    texts, images = [], 0
+    for index, part in enumerate(value):
+        where = f"input[{index}]"
+        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            unknown_field(part, frozenset({"type", "text"}), where)
+            texts.append(part["text"])
+        elif (
+            isinstance(part, dict)
+            and part.get("type") == "image_url"
+            and isinstance(part.get("image_url"), dict)
+            and isinstance(part["image_url"].get("url"), str)
+        ):
+            unknown_field(part, frozenset({"type", "image_url"}), where)
+            unknown_field(part["image_url"], frozenset({"url"}), f"{where}.image_url")
+            images += 1
+        else:
+            raise invalid
+    return ["\n".join(texts)], images
