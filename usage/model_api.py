@@ -40,7 +40,7 @@ from usage.chat_request import (
     parameters_check,
     unknown_field,
 )
-from usage.moderation import MODERATION_MODELS, openai_moderation
+from usage.moderation import MAX_MODERATION_INPUTS, MODERATION_MODELS, openai_moderation
 from usage.simulator import moderate
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ COMPAT_MODERATION_MODELS = (
     *MODERATION_MODELS,
 )  # fmt: skip
 COMPAT_MODERATION_PARAMETERS = frozenset({"model", "input"})
-MAX_MODERATION_INPUTS = 64
 # The helpers bench/profiled_wsgi.py and bench/baseline_urls.py time and reuse under their old names;
 # the views call them through these names, so a profiler patching them here sees every call.
 _body = body_parse

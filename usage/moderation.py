@@ -257,6 +257,7 @@ OPENAI_CATEGORIES: dict[str, tuple[str, ...]] = {
     "violence": ("S1",),
     "violence/graphic": (),
 }
+MAX_MODERATION_INPUTS = 64  # texts in one /compat/v1/moderations request
 OPENAI_IMAGE_CATEGORIES = frozenset(
     {"self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "violence", "violence/graphic"}
 )

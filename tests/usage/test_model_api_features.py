@@ -15,6 +15,7 @@ from accounts.selectors import api_key_cache_clear, team_for_user
 from tiers import services as tier_services
 from tiers.models import Subscription, Tier
 from tiers.selectors import entitlements_cache_clear
+from usage.model_api import COMPAT, NATIVE, PARAMETERS
 from usage.models import UsageRecord
 from usage.tokenizer import count_tokens
 
@@ -369,3 +370,18 @@ def test_compat_moderations_in_openai_shape(secret):
     assert post("/compat/v1/moderations", {"input": "x", "model": "nope"}, secret).status_code == 404
     assert post("/compat/v1/moderations", {"input": "x", "extra": 1}, secret).json()["error"]["param"] == "extra"
     assert UsageRecord.objects.filter(total_tokens=0).count() == 3
+
+
+# --- The schema -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_schema_documents_exactly_the_parameters_each_shape_accepts(catalog):
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    components = schema["components"]["schemas"]
+    assert set(components["LlamaChatRequest"]["properties"]) == PARAMETERS[NATIVE]
+    assert set(components["OpenAIChatRequest"]["properties"]) == PARAMETERS[COMPAT]
+    choice = components["OpenAIChatCompletion"]["properties"]["choices"]["items"]["properties"]
+    assert "tool_calls" in choice["message"]["properties"] and "tool_calls" in choice["finish_reason"]["enum"]
+    assert "tool_calls" in components["LlamaChatCompletion"]["properties"]["completion_message"]["properties"]
+    assert schema["paths"]["/compat/v1/moderations"]["post"]["operationId"] == "compat_moderations_create"
