@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 
 from usage import errors
 
@@ -62,10 +63,10 @@ def schema_check(schema: Any, *, param: str) -> None:
     except jsonschema.SchemaError as exc:
         where = ".".join([param, *(str(p) for p in exc.path)])
         raise errors.InvalidRequest(f"'{where}' is not valid JSON Schema: {exc.message}", param=where) from exc
-    _walk(schema, param)
+    _walk(schema, param, schema)
 
 
-def _walk(schema: Any, where: str) -> None:
+def _walk(schema: Any, where: str, root: dict) -> None:
     if isinstance(schema, bool):
         return
     for keyword, value in schema.items():
@@ -80,15 +81,17 @@ def _walk(schema: Any, where: str) -> None:
             )
         if keyword in _SCHEMA_MAPS:
             for name, sub in value.items():
-                _walk(sub, f"{path}.{name}")
+                _walk(sub, f"{path}.{name}", root)
         elif keyword in ("items", "additionalProperties"):
-            _walk(value, path)
+            _walk(value, path, root)
         elif keyword == "anyOf":
             for index, sub in enumerate(value):
-                _walk(sub, f"{path}[{index}]")
-        elif keyword == "$ref" and not (value == "#" or value.startswith(("#/$defs/", "#/definitions/"))):
+                _walk(sub, f"{path}[{index}]", root)
+        elif keyword == "$ref" and not _ref_defined(value, root):
             raise errors.InvalidRequest(
-                f"'{path}': only references inside the schema ('#', '#/$defs/...') are supported.", param=path
+                f"'{path}': only references to the schema itself ('#') or to one of its '$defs' or 'definitions'"
+                " ('#/$defs/Name') are supported, and they must exist.",
+                param=path,
             )
         elif keyword == "format" and value not in FORMATS:
             raise errors.InvalidRequest(
@@ -96,15 +99,30 @@ def _walk(schema: Any, where: str) -> None:
             )
 
 
+def _ref_defined(ref: str, root: dict) -> bool:
+    if ref == "#":
+        return True
+    for section in ("$defs", "definitions"):
+        prefix = f"#/{section}/"
+        if ref.startswith(prefix):
+            name = ref[len(prefix) :].replace("~1", "/").replace("~0", "~")
+            return "/" not in ref[len(prefix) :] and isinstance(root.get(section), dict) and name in root[section]
+    return False
+
+
 def schema_instance(schema: dict, *, rng: random.Random, words: Sequence[str], param: str) -> Any:
     """A value that validates against ``schema`` (already checked with :func:`schema_check`), built
     from ``rng`` and, for strings, the given ``words`` (the user's keywords) in turn. Raises a 400
     naming ``param`` when the schema cannot be satisfied."""
     writer = _Writer(schema, rng, list(words) or list(_WORDS), param)
-    value = writer.value(schema, 0)
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).iter_errors(value)
-    )
+    try:
+        value = writer.value(schema, 0)
+        validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except (ArithmeticError, ValueError, RecursionError, referencing.exceptions.Unresolvable) as exc:
+        # Bounds or steps past what a float holds (1e-300 steps to 1e300), a reference jsonschema resolves
+        # differently ($id): refused as a schema this API cannot write, never a 500.
+        raise errors.InvalidRequest(f"'{param}' cannot be satisfied: {type(exc).__name__}.", param=param) from exc
     if error is not None:
         raise errors.InvalidRequest(f"'{param}' cannot be satisfied: {error.message}", param=param)
     return value
