@@ -203,9 +203,11 @@ class _Writer:
             # Optional properties are written too, except below _FULL_DEPTH or where they recurse.
             if name in required or (depth < _FULL_DEPTH and not self.recursive(sub)):
                 result[name] = self.value(sub, depth + 1)
-        for name in required - set(result):  # required but not described: anything that the rest allows
-            extra = schema.get("additionalProperties", True)
+        extra = schema.get("additionalProperties", True)
+        for name in sorted(required - set(result)):  # required but not described: what the rest allows
             result[name] = self.value(extra if isinstance(extra, dict) else True, depth + 1)
+        if not result and extra is not False and depth < _FULL_DEPTH:  # a free-form object: not empty
+            result["value"] = self.value(extra if isinstance(extra, dict) else True, depth + 1)
         return result
 
     def array(self, schema: dict, depth: int) -> list:
