@@ -3,8 +3,10 @@ under /compat/v1/, so `llama_api_client.LlamaAPIClient(base_url=".../v1")` and
 `openai.OpenAI(base_url=".../compat/v1")` work unchanged.
 
 Plain Django views, not DRF: this is the hot path, and content negotiation, DRF's request wrapper and
-throttles buy nothing here. Views parse and validate the body, then call the metering service
-(usage/metering.py) and the simulated model (usage/simulator.py).
+throttles buy nothing here. Views parse and validate the body (usage/chat_request.py), compute the
+simulated answer (usage/chat_completion.py: the simulator's prose, tools, structured output, choices),
+admit and record it through the metering service (usage/metering.py), and render it in the caller's
+shape (usage/chat_shapes.py).
 """
 
 from __future__ import annotations
