@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from usage.chat_request import ChatRequest
 from usage.simulator import MAX_COMPLETION_TOKENS, complete
 from usage.structured import structured_text
-from usage.tokenizer import count_tokens, tokenize
+from usage.tokenizer import count_message_tokens, count_tokens, tokenize
 from usage.tools import ToolCall, salient_words, tool_call_make, tool_results_text, tools_to_call
 
 _ALTERNATIVES = (" the", " a", " and", " of", ",", ".", " to", " is", " it", " in", " for", " on", "\n", " as")
+_ALTERNATIVE_BYTES = {token: list(token.encode()) for token in _ALTERNATIVES}
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,15 @@ def chat_complete(chat: ChatRequest) -> ChatResult:
     calls = tools_to_call(
         tools=chat.tools, choice=chat.tool_choice, messages=chat.messages, parallel=chat.parallel_tool_calls
     )
+    if calls:  # no prose to write: the prompt is counted on its own
+        choices = [_tool_choice(chat, index, _choice_seed(chat, index), calls, limit) for index in range(chat.n)]
+        return ChatResult(choices=tuple(choices), prompt_tokens=count_message_tokens(chat.messages) + extra_prompt)
     prompt_tokens = None
     choices = []
     for index in range(chat.n):
         seed = _choice_seed(chat, index)
         prose = complete(model=chat.model, messages=chat.messages, max_tokens=limit, seed=seed)
-        prompt_tokens = prose.prompt_tokens
-        if calls:
-            choices.append(_tool_choice(chat, index, seed, calls, limit))
-            continue
+        prompt_tokens = prose.prompt_tokens  # the tokenizer's count, made once by complete()
         if chat.response_format is not None:
             rng = _rng(chat.model, chat.messages, seed, "structured")
             text = structured_text(chat.response_format, rng=rng, words=salient_words(chat.messages), prose=prose.text)
@@ -172,7 +173,7 @@ def _logprob(token: str, position: int, salt: str) -> float:
 
 
 def _entry(token: str, logprob: float) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    return {"token": token, "logprob": logprob, "bytes": _ALTERNATIVE_BYTES.get(token) or list(token.encode())}
 
 
 def _logprobs(tokens: list[str], top: int, choice: int) -> list[dict]:

@@ -23,6 +23,7 @@ too. Every property is written (optional ones included), down to a nesting depth
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Sequence
@@ -53,17 +54,34 @@ _WORDS = ("alpha", "bravo", "delta", "echo", "falcon", "harbor", "indigo", "juni
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+# Schemas already checked, by canonical JSON: clients send the same tools and response format with
+# every request, and jsonschema's check against the draft 2020-12 metaschema costs milliseconds (a
+# Draft202012Validator for the schema, reused to validate each instance, is kept with it). Bounded.
+_CHECKED: dict[str, jsonschema.protocols.Validator] = {}
+_CHECKED_MAX = 512
+
+
+def _canonical(schema: dict) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
 def schema_check(schema: Any, *, param: str) -> None:
     """Raise a 400 (``InvalidRequest`` naming ``param`` + the path) when ``schema`` is not a valid JSON
     Schema (draft 2020-12) or uses a keyword outside the supported subset."""
     if not isinstance(schema, dict):
         raise errors.InvalidRequest(f"'{param}' must be a JSON Schema object.", param=param)
+    key = _canonical(schema)
+    if key in _CHECKED:
+        return
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = ".".join([param, *(str(p) for p in exc.path)])
         raise errors.InvalidRequest(f"'{where}' is not valid JSON Schema: {exc.message}", param=where) from exc
     _walk(schema, param, schema)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
 def _walk(schema: Any, where: str, root: dict) -> None:
@@ -117,7 +135,9 @@ def schema_instance(schema: dict, *, rng: random.Random, words: Sequence[str], p
     writer = _Writer(schema, rng, list(words) or list(_WORDS), param)
     try:
         value = writer.value(schema, 0)
-        validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+        validator = _CHECKED.get(_canonical(schema)) or jsonschema.Draft202012Validator(
+            schema, format_checker=jsonschema.FormatChecker()
+        )
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     except (ArithmeticError, ValueError, RecursionError, referencing.exceptions.Unresolvable) as exc:
         # Bounds or steps past what a float holds (1e-300 steps to 1e300), a reference jsonschema resolves
