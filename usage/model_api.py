@@ -3,8 +3,10 @@ under /compat/v1/, so `llama_api_client.LlamaAPIClient(base_url=".../v1")` and
 `openai.OpenAI(base_url=".../compat/v1")` work unchanged.
 
 Plain Django views, not DRF: this is the hot path, and content negotiation, DRF's request wrapper and
-throttles buy nothing here. Views parse and validate the body, then call the metering service
-(usage/metering.py) and the simulated model (usage/simulator.py).
+throttles buy nothing here. Views parse and validate the body (usage/chat_request.py), compute the
+simulated answer (usage/chat_completion.py: the simulator's prose, tools, structured output, choices),
+admit and record it through the metering service (usage/metering.py), and render it in the caller's
+shape (usage/chat_shapes.py).
 """
 
 from __future__ import annotations
@@ -14,46 +16,53 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from core.dependencies import dependency_failure
 from core.errors import error_body
-from core.json_input import JsonInputError, json_loads_bounded
 from tiers.selectors import language_model_list_active
-from usage import errors, metering
-from usage.moderation import MODERATION_MODELS
-from usage.simulator import MAX_COMPLETION_TOKENS, complete, iter_chunks, moderate
+from usage import chat_shapes, errors, metering
+from usage.chat_completion import ChatResult, chat_complete, reserve_tokens
+from usage.chat_request import (
+    COMPAT,
+    MODERATION_PARAMETERS,
+    NATIVE,
+    PARAMETERS,
+    ChatRequest,
+    body_parse,
+    chat_request_parse,
+    message_text,
+    messages_parse,
+    parameters_check,
+    unknown_field,
+)
+from usage.moderation import MAX_MODERATION_INPUTS, MODERATION_MODELS, openai_moderation
+from usage.simulator import moderate
 
 logger = logging.getLogger(__name__)
 
-NATIVE = "llama"
-COMPAT = "openai"
-ROLES = {"system", "user", "assistant", "tool"}
-# What a message may carry, as the Llama and OpenAI APIs define it (an assistant message from a response
-# can be sent back as it is); anything else is a 400 naming it, as both APIs do. The simulated model
-# reads role and content only.
-# Field -> (types allowed, what the 400 says). Tool calls come with tools (not yet simulated).
-MESSAGE_STRINGS = {"name": (str,), "stop_reason": (str,), "tool_call_id": (str,), "refusal": (str, type(None))}
-MESSAGE_FIELDS = frozenset({"role", "content", *MESSAGE_STRINGS})
-PART_FIELDS = {"text": frozenset({"type", "text"}), "image_url": frozenset({"type", "image_url"})}
-
-
-def _unknown_field(obj: dict, allowed: frozenset, where: str) -> None:
-    for name in obj:
-        if name not in allowed:
-            param = f"{where}.{name}"
-            raise errors.InvalidRequest(f"Unknown parameter '{param}'.", param=param)
-
+__all__ = ["COMPAT", "NATIVE", "PARAMETERS"]  # kept importable from here (the bench and tests use them)
 
 MODERATION_MODEL = MODERATION_MODELS[0]
+# OpenAI's moderation model names, answered by the same simulated Llama Guard (the first is the default).
+COMPAT_MODERATION_MODELS = (
+    "omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest", "text-moderation-stable",
+    *MODERATION_MODELS,
+)  # fmt: skip
+COMPAT_MODERATION_PARAMETERS = frozenset({"model", "input"})
+# The helpers bench/profiled_wsgi.py and bench/baseline_urls.py time and reuse under their old names;
+# the views call them through these names, so a profiler patching them here sees every call.
+_body = body_parse
+_chat_request = chat_request_parse
+_native_body = chat_shapes.native_body
+_compat_body = chat_shapes.compat_body
+complete = chat_complete  # "simulated model: model_api.complete" in bench/profiled_wsgi.py
 
 
 def _json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
@@ -94,272 +103,6 @@ def model_api_view(*methods: str) -> Callable:
     return decorator
 
 
-# --- Request parsing ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    model: str
-    messages: list[dict]
-    max_tokens: int | None
-    stream: bool
-    include_usage: bool
-    temperature: float | None
-    seed: int | None
-
-
-def _body(request: HttpRequest) -> dict:
-    """The JSON object of the body, bounded (core.json_input: depth, lone surrogates and NUL are a 400
-    naming the param); core.middleware has already refused a body over TIERLAB_MAX_BODY_BYTES."""
-    try:
-        body = json_loads_bounded(request.body)
-    except RequestDataTooBig as exc:
-        raise errors.RequestTooLarge(
-            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes."
-        ) from exc
-    except JsonInputError as exc:
-        raise errors.InvalidRequest(exc.message, param=exc.param) from exc
-    if not isinstance(body, dict):
-        raise errors.InvalidRequest("The request body must be a JSON object.")
-    return body
-
-
-def _int(body: dict, name: str, *, minimum: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise errors.InvalidRequest(f"'{name}' must be an integer >= {minimum}.", param=name)
-    return value
-
-
-def _number(body: dict, name: str, *, low: float, high: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise errors.InvalidRequest(f"'{name}' must be a number from {low} to {high}.", param=name)
-    return float(value)
-
-
-def _messages(body: dict) -> list[dict]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise errors.InvalidRequest("'messages' must be a non-empty list of messages.", param="messages")
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise errors.InvalidRequest(f"'{where}' must be an object with 'role' and 'content'.", param=where)
-        _unknown_field(message, MESSAGE_FIELDS, where)
-        for name, types in MESSAGE_STRINGS.items():
-            if name in message and not isinstance(message[name], types):
-                param = f"{where}.{name}"
-                raise errors.InvalidRequest(f"'{param}' must be a string.", param=param)
-        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
-            raise errors.InvalidRequest(
-                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}.", param=f"{where}.role"
-            )
-        content = message.get("content")
-        if content is None and message.get("role") == "assistant":
-            continue
-        if isinstance(content, str):
-            continue
-        if isinstance(content, dict):  # the Llama API also accepts a single content item
-            content = [content]
-        if not isinstance(content, list) or not all(
-            isinstance(part, dict) and isinstance(part.get("type"), str) and part["type"] in {"text", "image_url"}
-            for part in content
-        ):
-            raise errors.InvalidRequest(
-                f"'{where}.content' must be a string or a list of text/image_url parts.", param=f"{where}.content"
-            )
-        for part_index, part in enumerate(content):
-            _unknown_field(part, PART_FIELDS[part["type"]], f"{where}.content[{part_index}]")
-            if part["type"] == "text" and not isinstance(part.get("text"), str):
-                param = f"{where}.content[{part_index}].text"
-                raise errors.InvalidRequest(f"'{param}' must be a string.", param=param)
-            if part["type"] == "image_url" and not _image_url_valid(part.get("image_url")):
-                param = f"{where}.content[{part_index}].image_url"
-                raise errors.InvalidRequest(f"'{param}' must be a URL string or {{\"url\": ...}}.", param=param)
-    return messages
-
-
-# The parameters each API takes; any other is a 400 naming it, as the Llama and OpenAI APIs answer (a
-# parameter silently ignored would make a client believe it had an effect). ``user`` is accepted and
-# only logged by the real APIs: here it has no effect; ``top_k`` and ``repetition_penalty`` (Llama)
-# do not change the simulated answer either.
-_COMMON_PARAMETERS = {"model", "messages", "max_completion_tokens", "stream", "temperature", "top_p", "seed", "user"}
-PARAMETERS = {
-    NATIVE: frozenset({*_COMMON_PARAMETERS, "top_k", "repetition_penalty"}),
-    COMPAT: frozenset({*_COMMON_PARAMETERS, "max_tokens", "stream_options"}),
-}
-MODERATION_PARAMETERS = frozenset({"model", "messages"})
-
-
-def _parameters_check(body: dict, allowed: frozenset) -> None:
-    for name in body:
-        if name not in allowed:
-            raise errors.InvalidRequest(f"Unknown parameter '{name}': this API does not support it.", param=name)
-
-
-def _image_url_valid(value: Any) -> bool:
-    """A URL string (the Llama API) or {"url": "...", "detail": "..."} (OpenAI); absent is accepted."""
-    if value is None or isinstance(value, str):
-        return True
-    return (
-        isinstance(value, dict)
-        and isinstance(value.get("url", ""), str)
-        and isinstance(value.get("detail", ""), str)
-        and set(value) <= {"url", "detail"}
-    )
-
-
-def _chat_request(body: dict, *, flavor: str) -> ChatRequest:
-    _parameters_check(body, PARAMETERS[flavor])
-    if "user" in body and not isinstance(body["user"], str):
-        raise errors.InvalidRequest("'user' must be a string.", param="user")
-    _int(body, "top_k", minimum=0)
-    _number(body, "repetition_penalty", low=0, high=2)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise errors.InvalidRequest("'model' is required: the id of a model your tier includes.", param="model")
-    messages = _messages(body)
-    max_tokens = _int(body, "max_completion_tokens", minimum=1)
-    if flavor == COMPAT:
-        legacy = _int(body, "max_tokens", minimum=1)  # checked even when unused
-        max_tokens = legacy if max_tokens is None else max_tokens
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise errors.InvalidRequest("'stream' must be true or false.", param="stream")
-    include_usage = False
-    options = body.get("stream_options")
-    if options is not None:
-        if (
-            not isinstance(options, dict)
-            or not isinstance(options.get("include_usage", False), bool)
-            or (set(options) - {"include_usage"})
-        ):
-            raise errors.InvalidRequest("'stream_options' must be an object like {\"include_usage\": true}.",
-                                        param="stream_options")  # fmt: skip
-        include_usage = options.get("include_usage", False)
-    _number(body, "top_p", low=0, high=1)
-    return ChatRequest(
-        model=model,
-        messages=messages,
-        max_tokens=max_tokens,
-        stream=stream,
-        include_usage=include_usage,
-        temperature=_number(body, "temperature", low=0, high=2),
-        seed=_int(body, "seed", minimum=0),
-    )
-
-
-# --- Response shapes -----------------------------------------------------------------------------------
-
-
-def _completion_id(request_id: str) -> str:
-    return f"chatcmpl-{request_id}"
-
-
-def _native_metrics(prompt_tokens: int, completion_tokens: int) -> list[dict]:
-    return [
-        {"metric": "num_completion_tokens", "value": completion_tokens, "unit": "tokens"},
-        {"metric": "num_prompt_tokens", "value": prompt_tokens, "unit": "tokens"},
-        {"metric": "num_total_tokens", "value": prompt_tokens + completion_tokens, "unit": "tokens"},
-    ]
-
-
-def _native_body(request_id: str, completion) -> dict:
-    return {
-        "id": _completion_id(request_id),
-        "completion_message": {
-            "role": "assistant",
-            "content": {"type": "text", "text": completion.text},
-            "stop_reason": completion.stop_reason,
-        },
-        "metrics": _native_metrics(completion.prompt_tokens, completion.completion_tokens),
-    }
-
-
-def _compat_body(request_id: str, model: str, created: int, completion) -> dict:
-    return {
-        "id": _completion_id(request_id),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text, "refusal": None},
-                "finish_reason": completion.stop_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        },
-    }
-
-
-def _sse(payload: dict | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
-def _native_stream(request_id: str, completion, chunks: Iterator[str]) -> Iterator[bytes]:
-    cid = _completion_id(request_id)
-    yield _sse({"id": cid, "event": {"event_type": "start", "delta": {"type": "text", "text": ""}}})
-    for text in chunks:
-        yield _sse({"id": cid, "event": {"event_type": "progress", "delta": {"type": "text", "text": text}}})
-    yield _sse(
-        {
-            "id": cid,
-            "event": {
-                "event_type": "complete",
-                "delta": {"type": "text", "text": ""},
-                "stop_reason": completion.stop_reason,
-            },
-        }
-    )
-    yield _sse(
-        {
-            "id": cid,
-            "event": {
-                "event_type": "metrics",
-                "delta": {"type": "text", "text": ""},
-                "metrics": _native_metrics(completion.prompt_tokens, completion.completion_tokens),
-            },
-        }
-    )
-
-
-def _compat_stream(request_id: str, model: str, created: int, completion, chunks: Iterator[str], include_usage: bool):
-    base = {"id": _completion_id(request_id), "object": "chat.completion.chunk", "created": created, "model": model}
-
-    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
-        return _sse(
-            {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
-        )
-
-    yield chunk({"role": "assistant", "content": ""})
-    for text in chunks:
-        yield chunk({"content": text})
-    yield chunk({}, completion.stop_reason)
-    if include_usage:
-        usage = {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        }
-        yield _sse({**base, "choices": [], "usage": usage})
-    yield _sse("[DONE]")
-
-
-# --- Views ---------------------------------------------------------------------------------------------
-
-
 def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     now = timezone.now()
     caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
@@ -367,12 +110,13 @@ def _chat(request: HttpRequest, *, flavor: str) -> HttpResponse:
     request_id = metering.request_id_from_header(client_request_id)
     chat = _chat_request(_body(request), flavor=flavor)
     request_hash = _request_hash(request) if client_request_id else ""
-    # The simulated completion is deterministic and cheap (about 0.1 ms), so it is computed before
-    # admission; its prompt count is the tokenizer's (no second count of the messages).
+    # The simulated completion is deterministic and cheap (about 0.1 ms a choice), so it is computed
+    # before admission; its prompt count is the tokenizer's (no second count of the messages).
     completion = _complete(chat)
-    # What a request reserves: its prompt and its maximum completion. The simulated model never writes
-    # more than MAX_COMPLETION_TOKENS, so reserving more would only block other requests of the team.
-    reserve = completion.prompt_tokens + min(chat.max_tokens or MAX_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS)
+    # What a request reserves: its prompt and every choice's maximum completion. The simulated model
+    # never writes more than MAX_COMPLETION_TOKENS a choice, so reserving more would only block other
+    # requests of the team.
+    reserve = reserve_tokens(chat, completion.prompt_tokens)
     created = int(now.timestamp())
     headers = {"x-request-id": request_id}
 
@@ -419,31 +163,25 @@ def _request_hash(request: HttpRequest) -> str:
     return metering.request_hash(path=request.path_info, body=json.loads(request.body))
 
 
-def _complete(chat: ChatRequest):
-    return complete(
-        model=chat.model,
-        messages=chat.messages,
-        max_tokens=chat.max_tokens,
-        temperature=chat.temperature,
-        seed=chat.seed,
-    )
+def _complete(chat: ChatRequest) -> ChatResult:
+    return complete(chat)
 
 
 def _stream_response(
     request_id, chat, completion, admission, reserve, created, flavor, headers
 ) -> StreamingHttpResponse:
     sent = {"tokens": 0, "settled": False}
-    pieces = list(iter_chunks(completion))
+    pieces = chat_shapes.stream_pieces(completion)
 
     def settle(completion_tokens: int) -> bool:
         sent["settled"] = True
         return metering.settle(admission=admission, prompt_tokens=completion.prompt_tokens,
                                completion_tokens=completion_tokens, now=timezone.now())  # fmt: skip
 
-    def counted_chunks() -> Iterator[str]:
+    def counted_chunks() -> Iterator[chat_shapes.Piece]:
         for piece in pieces:
             yield piece
-            sent["tokens"] += 1
+            sent["tokens"] += piece.tokens
         # Settled before the closing events: a stream certainly not recorded (the database backend
         # failing, e.g. on a full disk) ends with an error event, not as a whole answer for free.
         if not settle(completion.completion_tokens):
@@ -460,9 +198,9 @@ def _stream_response(
     def events() -> Iterator[bytes]:
         try:
             if flavor == NATIVE:
-                stream = _native_stream(request_id, completion, counted_chunks())
+                stream = chat_shapes.native_stream(request_id, completion, counted_chunks())
             else:
-                stream = _compat_stream(
+                stream = chat_shapes.compat_stream(
                     request_id, chat.model, created, completion, counted_chunks(), chat.include_usage
                 )
             for event in stream:
@@ -474,12 +212,12 @@ def _stream_response(
                 yield event
         except errors.QuotaBackendUnavailable as exc:
             # Both SDKs raise on it: llama-api-client on an "error" event, openai on data with "error".
-            yield b"event: error\n" + _sse(exc.body())
+            yield b"event: error\n" + chat_shapes.sse(exc.body())
         finally:
-            # Cut, or the client went away: only what was generated up to that point is counted (a
-            # proportional share of the completion's tokens).
+            # Cut, or the client went away: only what was generated up to that point is counted (the
+            # completion tokens of the pieces sent, of every choice and tool call).
             if not sent["settled"]:
-                settle(completion.completion_tokens * sent["tokens"] // max(1, len(pieces)))
+                settle(sent["tokens"])
 
     headers.update(
         metering.headers_after(
@@ -549,8 +287,8 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
     client_request_id = request.headers.get("X-Request-Id")
     request_id = metering.request_id_from_header(client_request_id)
     body = _body(request)
-    _parameters_check(body, MODERATION_PARAMETERS)
-    messages = _messages(body)
+    parameters_check(body, MODERATION_PARAMETERS)
+    messages = messages_parse(body)
     model = body.get("model")
     if model is None:
         model = MODERATION_MODEL
@@ -562,7 +300,7 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
             param="model",
         )
     # Computed before admission (keyword matching, microseconds), then admitted and recorded in one step.
-    results = moderate([_message_text(m) for m in messages])
+    results = moderate([message_text(m) for m in messages])
     admission = metering.admit_and_record(
         caller=caller, model=model, request_id=request_id, tokens=0, prompt_tokens=0, completion_tokens=0, now=now,
         check_model=False, request_id_is_new=not client_request_id,
@@ -578,10 +316,72 @@ def native_moderations(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _message_text(message: dict) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        content = [content]
-    return " ".join(part.get("text", "") for part in content or [] if part.get("type") == "text")
+@model_api_view("POST")
+def compat_moderations(request: HttpRequest) -> HttpResponse:
+    """OpenAI's /moderations shape over the same simulated Llama Guard, metered like the native one
+    (free: a request against the per-minute and per-day windows, no tokens). ``input`` is a string, a
+    list of strings (one result each) or a list of text/image_url parts (one result for them all; the
+    classifier reads the text). Llama Guard's categories map to OpenAI's as usage/moderation.py says."""
+    now = timezone.now()
+    caller = metering.caller_authenticate(authorization=request.headers.get("Authorization"), now=now)
+    client_request_id = request.headers.get("X-Request-Id")
+    request_id = metering.request_id_from_header(client_request_id)
+    body = _body(request)
+    parameters_check(body, COMPAT_MODERATION_PARAMETERS)
+    texts, images = _moderation_input(body.get("input"))
+    model = body.get("model", COMPAT_MODERATION_MODELS[0])
+    if not isinstance(model, str):
+        raise errors.InvalidRequest("'model' must be a string.", param="model")
+    if model not in COMPAT_MODERATION_MODELS:
+        raise errors.ModelNotFound(
+            f"The moderation model '{model}' does not exist; use one of {', '.join(COMPAT_MODERATION_MODELS)}.",
+            param="model",
+        )
+    results = moderate(texts)
+    admission = metering.admit_and_record(
+        caller=caller, model=MODERATION_MODEL, request_id=request_id, tokens=0, prompt_tokens=0, completion_tokens=0,
+        now=now, check_model=False, request_id_is_new=not client_request_id,
+        request_hash=_request_hash(request) if client_request_id else "",
+    )  # fmt: skip
+    payload = {
+        "id": f"modr-{request_id}",
+        "model": model,
+        "results": [openai_moderation(result, images=images) for result in results],
+    }
+    return _json_response(
+        payload,
+        headers={"x-request-id": request_id, **metering.headers_after(admission=admission, tokens_delta=0, now=now)},
+    )
+
+
+def _moderation_input(value) -> tuple[list[str], int]:
+    """The texts to classify and the number of images of OpenAI's ``input``."""
+    if isinstance(value, str):
+        return [value], 0
+    invalid = errors.InvalidRequest(
+        f"'input' must be a string, a list of 1-{MAX_MODERATION_INPUTS} strings, or a list of text and image_url"
+        " parts.",
+        param="input",
+    )
+    if not isinstance(value, list) or not value or len(value) > MAX_MODERATION_INPUTS:
+        raise invalid
+    if all(isinstance(item, str) for item in value):
+        return list(value), 0
+    texts, images = [], 0
+    for index, part in enumerate(value):
+        where = f"input[{index}]"
+        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            unknown_field(part, frozenset({"type", "text"}), where)
+            texts.append(part["text"])
+        elif (
+            isinstance(part, dict)
+            and part.get("type") == "image_url"
+            and isinstance(part.get("image_url"), dict)
+            and isinstance(part["image_url"].get("url"), str)
+        ):
+            unknown_field(part, frozenset({"type", "image_url"}), where)
+            unknown_field(part["image_url"], frozenset({"url"}), f"{where}.image_url")
+            images += 1
+        else:
+            raise invalid
+    return ["\n".join(texts)], images

@@ -236,3 +236,46 @@ def moderate(texts: Sequence[str]) -> list[ModerationResult]:
         codes = [code for code, pattern in _PATTERNS if pattern.search(lowered)] if _ANY.search(lowered) else []
         results.append(ModerationResult(flagged=bool(codes), flagged_categories=codes))
     return results
+
+
+# OpenAI's moderation categories (/compat/v1/moderations), in its order, and the Llama Guard categories
+# each one is flagged by. Llama Guard's taxonomy is finer in places (S6 specialised advice, S8
+# intellectual property, S13 elections have no OpenAI counterpart and flag "illicit", the closest) and
+# coarser in others (OpenAI's "/threatening", "/graphic" and "/instructions" variants are never set).
+OPENAI_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "harassment": ("S5", "S7"),
+    "harassment/threatening": (),
+    "hate": ("S10",),
+    "hate/threatening": (),
+    "illicit": ("S2", "S6", "S8", "S13", "S14"),
+    "illicit/violent": ("S9",),
+    "self-harm": ("S11",),
+    "self-harm/intent": ("S11",),
+    "self-harm/instructions": (),
+    "sexual": ("S3", "S12"),
+    "sexual/minors": ("S4",),
+    "violence": ("S1",),
+    "violence/graphic": (),
+}
+MAX_MODERATION_INPUTS = 64  # texts in one /compat/v1/moderations request
+OPENAI_IMAGE_CATEGORIES = frozenset(
+    {"self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "violence", "violence/graphic"}
+)
+
+
+def openai_moderation(result: ModerationResult, *, images: int = 0) -> dict:
+    """One result in OpenAI's shape: ``flagged``, ``categories`` (booleans), ``category_scores`` (0.98
+    for a flagged category, 0.0001 otherwise: a keyword match has no degrees) and
+    ``category_applied_input_types`` (``["text"]``, plus ``"image"`` where OpenAI classifies images
+    too and the input had any; the simulated classifier reads text only)."""
+    codes = set(result.flagged_categories)
+    categories = {name: bool(codes & set(sources)) for name, sources in OPENAI_CATEGORIES.items()}
+    return {
+        "flagged": result.flagged,
+        "categories": categories,
+        "category_scores": {name: 0.98 if hit else 0.0001 for name, hit in categories.items()},
+        "category_applied_input_types": {
+            name: ["text", "image"] if images and name in OPENAI_IMAGE_CATEGORIES else ["text"]
+            for name in OPENAI_CATEGORIES
+        },
+    }

@@ -15,6 +15,8 @@ from typing import Any
 
 from core.json_input import MAX_INT
 from core.openapi import error_response
+from usage.moderation import MAX_MODERATION_INPUTS, OPENAI_CATEGORIES
+from usage.openapi_chat import CHAT_SCHEMAS, CLOSED
 from usage.quotas.base import LimitName
 
 NATIVE_TAG = "Model API (Llama)"
@@ -22,8 +24,7 @@ COMPAT_TAG = "Model API (OpenAI-compatible)"
 SECURITY = [{"ApiKey": []}]
 # The largest integer any JSON body may hold (core.json_input refuses larger ones with a 400).
 MAX_INTEGER = MAX_INT
-# Request objects take no other properties: an unknown parameter is a 400 naming it.
-CLOSED = {"additionalProperties": False}
+# Request objects take no other properties (CLOSED): an unknown parameter is a 400 naming it.
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -66,176 +67,22 @@ REQUEST_ID = {
     "schema": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._:-]{0,99})?$"},
 }
 
-_TEXT_PART = {
-    **CLOSED,
-    "type": "object",
-    "required": ["type", "text"],
-    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
-}
-_IMAGE_PART = {
-    **CLOSED,
-    "type": "object",
-    "required": ["type"],
-    "properties": {
-        "type": {"type": "string", "enum": ["image_url"]},
-        "image_url": {
-            "nullable": True,
-            "oneOf": [
-                {"type": "string"},
-                {**CLOSED, "type": "object", "properties": {"url": {"type": "string"}, "detail": {"type": "string"}}},
-            ],
-        },
-    },
-    "description": "Accepted and counted as text would be; the simulated model does not look at images.",
-}
-_CONTENT_PARTS = {"oneOf": [_ref("TextPart"), _ref("ImagePart")]}
-_CONTENT = {
-    "oneOf": [{"type": "string"}, _CONTENT_PARTS, {"type": "array", "items": _CONTENT_PARTS}],
-    "description": "A string, one content part, or a list of parts.",
-}
 
-
-def _message(roles: list[str], *, content_required: bool) -> dict[str, Any]:
-    content = dict(_CONTENT) if content_required else {**_CONTENT, "nullable": True}
-    schema: dict[str, Any] = {
-        **CLOSED,
+def _per_category(value: dict[str, Any]) -> dict[str, Any]:
+    return {
         "type": "object",
-        "required": ["role", "content"] if content_required else ["role"],
-        "properties": {
-            "role": {"type": "string", "enum": roles},
-            "content": content,
-            "name": {"type": "string"},
-            "stop_reason": {"type": "string", "description": "As a Llama API answer carries it."},
-            "tool_call_id": {"type": "string"},
-            "refusal": {"type": "string", "nullable": True, "description": "As an OpenAI answer carries it."},
-        },
+        "required": list(OPENAI_CATEGORIES),
+        "properties": dict.fromkeys(OPENAI_CATEGORIES, value),
     }
-    return schema
 
-
-def _chat_request(*, compat: bool) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "model": {
-            "type": "string",
-            "minLength": 1,
-            "description": "A model id from GET /models.",
-            "example": "Llama-3.3-8B-Instruct",
-        },
-        "messages": {"type": "array", "minItems": 1, "items": _ref("Message")},
-        "max_completion_tokens": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": MAX_INTEGER,
-            "nullable": True,
-            "description": "The most completion tokens to write (and to reserve against your limits).",
-        },
-        "stream": {"type": "boolean", "default": False, "description": "Answer as server-sent events."},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
-        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER, "nullable": True},
-        "user": {"type": "string", "description": "Your end user's id: accepted, no effect."},
-    }
-    if not compat:
-        properties["top_k"] = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER, "nullable": True}
-        properties["repetition_penalty"] = {"type": "number", "minimum": 0, "maximum": 2, "nullable": True}
-    if compat:
-        properties["max_tokens"] = {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": MAX_INTEGER,
-            "nullable": True,
-            "description": "OpenAI's older name for max_completion_tokens (used when that is absent).",
-        }
-        properties["stream_options"] = {
-            **CLOSED,
-            "type": "object",
-            "nullable": True,
-            "properties": {"include_usage": {"type": "boolean"}},
-            "description": "`include_usage: true` adds a last chunk with the token usage.",
-        }
-    return {**CLOSED, "type": "object", "required": ["model", "messages"], "properties": properties}
-
-
-_METRIC = {
-    "type": "object",
-    "required": ["metric", "value", "unit"],
-    "properties": {"metric": {"type": "string"}, "value": {"type": "integer"}, "unit": {"type": "string"}},
-}
-_USAGE = {
-    "type": "object",
-    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-    "properties": {
-        name: {"type": "integer", "minimum": 0} for name in ("prompt_tokens", "completion_tokens", "total_tokens")
-    },
-}
-_STOP_REASON = {"type": "string", "enum": ["stop", "length"]}
 
 SCHEMAS: dict[str, Any] = {
+    **CHAT_SCHEMAS,
     "ServerSentEvent": {
         "type": "object",
         "required": ["data"],
         "description": "One event of a streamed answer: `data` is a JSON chunk, or `[DONE]` at the end (OpenAI shape).",
         "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
-    },
-    "TextPart": _TEXT_PART,
-    "ImagePart": _IMAGE_PART,
-    "Message": {
-        "oneOf": [
-            _message(["system", "user", "tool"], content_required=True),
-            _message(["assistant"], content_required=False),
-        ],
-        "description": "`content` may be null (or absent) only on assistant messages.",
-    },
-    "LlamaChatRequest": _chat_request(compat=False),
-    "OpenAIChatRequest": _chat_request(compat=True),
-    "LlamaChatCompletion": {
-        "type": "object",
-        "required": ["id", "completion_message", "metrics"],
-        "properties": {
-            "id": {"type": "string"},
-            "completion_message": {
-                "type": "object",
-                "required": ["role", "content", "stop_reason"],
-                "properties": {
-                    "role": {"type": "string", "enum": ["assistant"]},
-                    "content": _TEXT_PART,
-                    "stop_reason": _STOP_REASON,
-                },
-            },
-            "metrics": {"type": "array", "items": _METRIC},
-        },
-    },
-    "OpenAIChatCompletion": {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices", "usage"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "enum": ["chat.completion"]},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["index", "message", "finish_reason"],
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "message": {
-                            "type": "object",
-                            "required": ["role", "content"],
-                            "properties": {
-                                "role": {"type": "string", "enum": ["assistant"]},
-                                "content": {"type": "string", "nullable": True},
-                                "refusal": {"type": "string", "nullable": True},
-                            },
-                        },
-                        "finish_reason": _STOP_REASON,
-                        "logprobs": {"type": "object", "nullable": True},
-                    },
-                },
-            },
-            "usage": _USAGE,
-        },
     },
     "Model": {
         "type": "object",
@@ -286,6 +133,64 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         },
+    },
+    "OpenAIModerationRequest": {
+        **CLOSED,
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "model": {
+                "type": "string",
+                "description": "omni-moderation-latest (default), omni-moderation-2024-09-26, text-moderation-latest,"
+                " text-moderation-stable, or the Llama Guard id: all the same simulated Llama Guard.",
+            },
+            "input": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "minItems": 1, "maxItems": MAX_MODERATION_INPUTS, "items": {"type": "string"}},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_MODERATION_INPUTS,
+                        "items": {"oneOf": [_ref("TextPart"), _ref("ModerationImagePart")]},
+                    },
+                ],
+                "description": "A text, a list of texts (one result each) or a list of parts (one result).",
+            },
+        },
+    },
+    "ModerationImagePart": {
+        **CLOSED,
+        "type": "object",
+        "required": ["type", "image_url"],
+        "properties": {
+            "type": {"type": "string", "enum": ["image_url"]},
+            "image_url": {**CLOSED, "type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
+        },
+    },
+    "OpenAIModerationResponse": {
+        "type": "object",
+        "required": ["id", "model", "results"],
+        "properties": {
+            "id": {"type": "string"},
+            "model": {"type": "string"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["flagged", "categories", "category_scores", "category_applied_input_types"],
+                    "properties": {
+                        "flagged": {"type": "boolean"},
+                        "categories": _per_category({"type": "boolean"}),
+                        "category_scores": _per_category({"type": "number", "minimum": 0, "maximum": 1}),
+                        "category_applied_input_types": _per_category(
+                            {"type": "array", "items": {"type": "string", "enum": ["text", "image"]}}
+                        ),
+                    },
+                },
+            },
+        },
+        "description": "Llama Guard's categories map to OpenAI's as usage/moderation.py OPENAI_CATEGORIES says.",
     },
 }
 
@@ -377,20 +282,27 @@ def _models_operations(*, compat: bool) -> dict[str, dict[str, Any]]:
     }
 
 
-def _moderations_operation() -> dict[str, Any]:
+def _moderations_operation(*, compat: bool = False) -> dict[str, Any]:
+    prefix = "OpenAI" if compat else ""
     return {
         "post": {
-            "operationId": "llama_moderations_create",
-            "summary": "Classify messages with the simulated Llama Guard",
+            "operationId": f"{'compat' if compat else 'llama'}_moderations_create",
+            "summary": "Classify "
+            + ("texts" if compat else "messages")
+            + " with the simulated Llama Guard"
+            + (" (OpenAI shape)" if compat else ""),
             "description": "Free: it counts against the per-minute and per-day request windows, never tokens.",
-            "tags": [NATIVE_TAG],
+            "tags": [COMPAT_TAG if compat else NATIVE_TAG],
             "security": SECURITY,
             "parameters": [REQUEST_ID],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ModerationRequest")}}},
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(f"{prefix}ModerationRequest")}},
+            },
             "responses": {
                 "200": {
-                    "description": "One result per message.",
-                    "content": {"application/json": {"schema": _ref("ModerationResponse")}},
+                    "description": "One result per message." if not compat else "One result per text.",
+                    "content": {"application/json": {"schema": _ref(f"{prefix}ModerationResponse")}},
                 },
                 **COMMON_ERRORS,
                 "404": _error("`model_not_found`: not a moderation model."),
@@ -416,6 +328,7 @@ def openapi_fragment() -> dict[str, Any]:
             "/compat/v1/chat/completions": _chat_operation(compat=True),
             "/compat/v1/models": compat_models["list"],
             "/compat/v1/models/{model_id}": compat_models["detail"],
+            "/compat/v1/moderations": _moderations_operation(compat=True),
         },
         "components": {"schemas": SCHEMAS},
         "tags": [

@@ -15,4 +15,5 @@ compat_urlpatterns = [
     path("models", model_api.compat_models, name="compat-models"),
     path("models/<str:model_id>", model_api.compat_models, name="compat-model"),
     path("chat/completions", model_api.compat_chat_completions, name="compat-chat-completions"),
+    path("moderations", model_api.compat_moderations, name="compat-moderations"),
 ]

@@ -32,10 +32,11 @@ def test_odd_message_shapes_are_400_not_500(account, path, message):
 @pytest.mark.parametrize(
     ("path", "body", "param"),
     [
-        (CHAT, chat(n=2), "n"),
-        (CHAT, chat(response_format={"type": "json_object"}), "response_format"),
-        (COMPAT_CHAT, chat(stop=["llama"]), "stop"),
-        (COMPAT_CHAT, chat(logprobs=True), "logprobs"),
+        (CHAT, chat(n=2), "n"),  # n, stop and logprobs are OpenAI's: the native shape refuses them
+        (CHAT, chat(stop=["llama"]), "stop"),
+        (CHAT, chat(logprobs=True), "logprobs"),
+        (COMPAT_CHAT, chat(best_of=2), "best_of"),
+        (COMPAT_CHAT, chat(response_format={"type": "xml"}), "response_format"),
         ("/v1/moderations", {"messages": [{"role": "user", "content": "hi"}], "input": "x"}, "input"),
         (CHAT, chat(messages=[{"role": "user", "content": "hi", "colour": "red"}]), "messages[0].colour"),
         (CHAT, chat(messages=[{"role": "user", "content": [{"type": "text", "text": "hi", "x": 1}]}]),
@@ -44,7 +45,8 @@ def test_odd_message_shapes_are_400_not_500(account, path, message):
     ],
 )  # fmt: skip
 def test_unknown_parameters_are_400_naming_them(account, path, body, param):
-    """They were accepted and ignored, so a client believed they had an effect (issue 15 builds them)."""
+    """They were accepted and ignored, so a client believed they had an effect (issue 15 built the
+    OpenAI ones on the compatible shape: tests/usage/test_model_api_features.py)."""
     _, secret = account
     assert_error(post(path, body, secret), 400, param=param)
 
@@ -96,7 +98,8 @@ def test_the_schema_documents_every_json_api(account):
     schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
     paths = schema["paths"]
     for path in ("/v1/chat/completions", "/v1/models", "/v1/models/{model_id}", "/v1/moderations",
-                 "/compat/v1/chat/completions", "/compat/v1/models", "/api/v1/partner/usage-events",
+                 "/compat/v1/chat/completions", "/compat/v1/models", "/compat/v1/moderations",
+                 "/api/v1/partner/usage-events",
                  "/api/v1/keys", "/api/v1/mau", "/api/v1/license"):  # fmt: skip
         assert path in paths, path
     assert set(schema["components"]["securitySchemes"]) >= {"ApiKey", "PartnerKey"}
