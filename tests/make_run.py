@@ -61,6 +61,13 @@ def process_tree(root: int) -> dict[int, str]:
     return tree
 
 
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def is_alive(pid: int) -> bool:
     """A zombie has exited (its parent, often a container's init, may never reap it)."""
     try:
@@ -78,6 +85,7 @@ class MakeRun:
     process: subprocess.Popen | None = None
     exit_seconds: dict[int, float] = field(default_factory=dict)
     tree: dict[int, str] = field(default_factory=dict)
+    parents: dict[int, int] = field(default_factory=dict)
 
     @property
     def log_path(self) -> Path:
@@ -134,6 +142,7 @@ class MakeRun:
         (pid -> seconds after the signal) for up to ``wait_seconds``."""
         assert self.process is not None
         self.tree = process_tree(self.process.pid)
+        self.parents = {pid: parent_of(pid) for pid in self.tree}
         started = time.monotonic()
         os.killpg(self.process.pid, signal.SIGINT)
         while time.monotonic() - started < wait_seconds:

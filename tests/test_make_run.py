@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tests.make_run import MakeRun
+from tests.make_run import BASE_DIR, MakeRun
 
 pytestmark = pytest.mark.make_run
 
@@ -47,6 +47,13 @@ def test_make_run_stops_on_sigint_within_10_s_and_kills_nothing(tmp_path):
         assert set(statuses) == {"web", "worker", "beat", "stripe"}, log[-4000:]
         assert "-9" not in statuses.values(), statuses
         assert len(run.tree) >= 10, run.tree  # make, honcho and its 4 runners, 4 processes and their children
+        # gunicorn's master SIGKILLs the workers still running after --graceful-timeout, without a word in
+        # the log: a worker that exits on its own is gone before then.
+        graceful = int(re.search(r"--graceful-timeout (\d+)", (BASE_DIR / "Procfile").read_text())[1])
+        gunicorn_workers = {pid for pid, command in run.tree.items()
+                            if "gunicorn" in command and "gunicorn" in run.tree.get(run.parents[pid], "")}  # fmt: skip
+        assert len(gunicorn_workers) == 2, run.tree
+        assert all(run.exit_seconds[pid] < graceful for pid in gunicorn_workers), timings
         # Everything cleaned up after itself: pid files, the control socket, the published URL.
         assert not list(run_dir.iterdir()), sorted(run_dir.iterdir())
     finally:
