@@ -50,8 +50,8 @@ def test_make_run_stops_on_sigint_within_10_s_and_kills_nothing(tmp_path):
         # gunicorn's master SIGKILLs the workers still running after --graceful-timeout, without a word in
         # the log: a worker that exits on its own is gone before then.
         graceful = int(re.search(r"--graceful-timeout (\d+)", (BASE_DIR / "Procfile").read_text())[1])
-        gunicorn_workers = {pid for pid, command in run.tree.items()
-                            if "gunicorn" in command and "gunicorn" in run.tree.get(run.parents[pid], "")}  # fmt: skip
+        gunicorn = {pid for pid, command in run.tree.items() if "bin/gunicorn" in command and "/bin/sh" not in command}
+        gunicorn_workers = {pid for pid in gunicorn if run.parents[pid] in gunicorn}
         assert len(gunicorn_workers) == 2, run.tree
         assert all(run.exit_seconds[pid] < graceful for pid in gunicorn_workers), timings
         # Everything cleaned up after itself: pid files, the control socket, the published URL.
