@@ -11,10 +11,11 @@ localstripe's published URL must have been under the run's own var/run/ and remo
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
-from tests.make_run import BASE_DIR, MakeRun
+from tests.make_run import BASE_DIR, MakeRun, embedded_default_environment
 
 pytestmark = pytest.mark.make_run
 
@@ -30,6 +31,15 @@ def test_make_run_stops_on_sigint_within_10_s_and_kills_nothing(tmp_path):
         run_dir = run.var_dir / "run"
         assert {path.name for path in run_dir.iterdir()} >= RUN_FILES, sorted(run_dir.iterdir())
         assert (run_dir / "localstripe.url").read_text().strip() == f"http://127.0.0.1:{run.localstripe_port}"
+
+        # A command in a second shell, not told LOCALSTRIPE_PORT, reaches the localstripe on its free port.
+        second_shell = subprocess.run(
+            [str(BASE_DIR / ".venv/bin/python"), "manage.py", "shell", "-c", REACH_STRIPE],
+            cwd=BASE_DIR, env=embedded_default_environment(run.var_dir), capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert second_shell.returncode == 0, second_shell.stderr
+        assert second_shell.stdout.split()[-2:] == [f"http://127.0.0.1:{run.localstripe_port}", "200"]
 
         run.interrupt(wait_seconds=STOP_WITHIN_SECONDS + 5)
 
@@ -58,3 +68,11 @@ def test_make_run_stops_on_sigint_within_10_s_and_kills_nothing(tmp_path):
         assert not list(run_dir.iterdir()), sorted(run_dir.iterdir())
     finally:
         run.stop()
+
+
+REACH_STRIPE = """
+import urllib.request
+from django.conf import settings
+with urllib.request.urlopen(settings.STRIPE_API_BASE + "/js.stripe.com/v3/", timeout=10) as response:
+    print(settings.STRIPE_API_BASE, response.status)
+"""
