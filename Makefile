@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# Where the embedded default keeps its state (settings.VAR_DIR); TIERLAB_VAR_DIR moves it.
+VAR := $(or $(TIERLAB_VAR_DIR),var)
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint format setup clean reset
@@ -16,7 +18,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
-	mkdir -p var
+	mkdir -p $(VAR)/run
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py createcachetable
 	$(BIN)/python manage.py collectstatic --no-input -v0
@@ -24,9 +26,10 @@ setup: $(STAMP)
 	$(BIN)/python -c "import os,sys; sys.exit(os.environ.get('TIERLAB_PRODUCTION','') in ('1','true','True','yes','on'))" \
 		&& $(BIN)/python manage.py seed_demo || echo "Production mode: no demo account."
 
+# config/run.py: the banner, then honcho with the Procfile (localstripe only when it is the site's Stripe);
+# Ctrl-C stops every process within 10 s.
 run: setup
-	@$(BIN)/python manage.py tierlab_banner --port $(PORT)
-	WEB_PORT=$(PORT) $(BIN)/honcho start -f Procfile
+	@$(BIN)/python -m config.run --port $(PORT)
 
 # PYTEST_ARGS passes options to pytest, e.g. `make test PYTEST_ARGS='-m "not e2e" -x'` (.ci/run uses it).
 test: $(STAMP)
@@ -42,10 +45,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf var/celery var/static
+	rm -rf $(VAR)/celery $(VAR)/static
 
 # Start again from nothing: the database, broker folders and localstripe state under var/ go, then
 # migrate and seed. Needed once after the layout change, which replaced every app's migrations.
 reset:
-	rm -rf var
+	rm -rf $(VAR)
 	$(MAKE) --no-print-directory setup

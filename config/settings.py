@@ -16,9 +16,14 @@ from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from core.config_checks import CHECKED, problems_message, production_problems
+from core.runfiles import localstripe_url as _localstripe_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
+# Everything the embedded default writes (SQLite, broker folders, static files, localstripe's state, and
+# `make run`'s pid files and sockets under var/run/). TIERLAB_VAR_DIR moves all of it, e.g. for a test
+# that runs `make run` beside a developer's own.
+VAR_DIR = Path(os.environ.get("TIERLAB_VAR_DIR") or BASE_DIR / "var").resolve()
+RUN_DIR = VAR_DIR / "run"
 
 env = environ.Env()
 
@@ -336,7 +341,9 @@ CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "core.tasks.heartbeat_record", "schedule": 30.0},
     # The account API throttle's database counters idle for a day (embedded default only has rows).
     "throttle-counters-prune": {"task": "accounts.tasks.throttle_counters_prune", "schedule": 3600.0},
-    # Redis quota backend only (a no-op otherwise): usage events from the stream into UsageRecord.
+    # Redis quota backend only: usage events from the stream into UsageRecord. Its "enabled" is set below
+    # from TIERLAB_QUOTA_BACKEND (beat writes it into the stored schedule at every start, so switching the
+    # backend switches it; the database backend records on the request path and has nothing to drain).
     "usage-stream-drain": {"task": "usage.tasks.usage_stream_drain", "schedule": 2.0},
     # Reservations never settled (a crashed process, a lost connection) refunded after
     # TIERLAB_RESERVATION_TIMEOUT_SECONDS, their request ids freed; both quota backends.
@@ -361,6 +368,9 @@ CELERY_BEAT_SCHEDULE = {
 # Embedded default: localstripe (a stateful fake Stripe) on loopback, started by `make run`, CI and a
 # test fixture (`manage.py localstripe`). Production: real Stripe test mode keys, STRIPE_API_BASE empty.
 LOCALSTRIPE_PORT = env.int("LOCALSTRIPE_PORT", default=8420)
+# The localstripe `make run` started writes its URL here (manage.py localstripe --state var) and
+# removes it when it stops, so a command run in another shell reaches it on whatever port it got.
+LOCALSTRIPE_URL_FILE = RUN_DIR / "localstripe.url"
 if PRODUCTION:
     STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY")
     STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET")
@@ -369,9 +379,12 @@ if PRODUCTION:
 else:
     STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_tierlab_localstripe")
     STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_tierlab_localstripe")
-    STRIPE_API_BASE = env.str("STRIPE_API_BASE", default=f"http://127.0.0.1:{LOCALSTRIPE_PORT}")
+    STRIPE_API_BASE = env.str("STRIPE_API_BASE", default=_localstripe_url(LOCALSTRIPE_URL_FILE, LOCALSTRIPE_PORT))
     # Stripe.js on the card pages (localstripe accepts any ``pk_`` key).
     STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="pk_test_tierlab_localstripe")
+# `make run` (config/run.py) starts localstripe only for the embedded default's own Stripe: not in production
+# and not when STRIPE_API_BASE is given (empty = Stripe's real test mode, with sk_test_ keys).
+TIERLAB_RUN_STARTS_LOCALSTRIPE = not PRODUCTION and "STRIPE_API_BASE" not in os.environ
 # How long the Stripe client waits to connect and for an answer (no retries: billing/stripe_gateway.py).
 STRIPE_CONNECT_TIMEOUT_SECONDS = env.float("STRIPE_CONNECT_TIMEOUT_SECONDS", default=3.0)
 STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=10.0)
@@ -394,6 +407,7 @@ TIERLAB_HEARTBEAT_STALE_AFTER_SECONDS = env.int("TIERLAB_HEARTBEAT_STALE_AFTER_S
 # The model API's quota backend: "database" (embedded default: conditional UPDATEs in SQLite or
 # PostgreSQL) or "redis" (production: one Lua script per check, usage events via a Redis stream).
 TIERLAB_QUOTA_BACKEND = env.str("TIERLAB_QUOTA_BACKEND", default="redis" if PRODUCTION else "database")
+CELERY_BEAT_SCHEDULE["usage-stream-drain"]["enabled"] = TIERLAB_QUOTA_BACKEND == "redis"
 # How stale the model API's in-process view of keys and entitlements may be: a revoked key or a tier
 # change takes effect within this many seconds on every web process.
 TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0)
@@ -454,5 +468,13 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},
+    # The worker's "received" and "succeeded" lines for the tasks beat sends every few minutes or more often
+    # (heartbeat, rollups, billing pass...) would be most of the console; failures are still logged.
+    "filters": {"frequent_tasks": {"()": "core.logs.FrequentTaskLinesFilter"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "stripe": {"level": "WARNING"},
+        "celery.app.trace": {"filters": ["frequent_tasks"]},
+        "celery.worker.strategy": {"filters": ["frequent_tasks"]},
+    },
 }

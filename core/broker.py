@@ -18,6 +18,12 @@ What kombu's own transport does wrong, and what this one does instead:
 4. An exchange table in the control folder left empty by a failed write made every later bind and
    fan-out fail the same way: here it is logged and treated as empty (a consumer rebinds).
 
+5. Its consumer waits in kombu's polling loop: Celery asks it for up to 2 s at a time and checks for a
+   shutdown between calls, and the loop sleeps a whole second between polls, so the worker noticed Ctrl-C
+   (honcho's SIGTERM) 2-3 s late, which with the rest of the worker's shutdown made `make run` SIGKILL it.
+   Here the loop polls every 0.2 s (a task starts sooner too) and returns as soon as the worker is told
+   to stop (celery.worker.state.should_stop / should_terminate, set by its signal handlers).
+
 Kept as in kombu: a message is removed from the folder when it is delivered, and the worker holds it
 in memory until acknowledged (kombu's virtual transports restore unacknowledged messages on a clean
 shutdown, not after kill -9). Messages are not fsynced: a power cut can lose the last ones, as before.
@@ -30,7 +36,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from time import monotonic
+from time import monotonic, sleep
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
@@ -151,3 +157,27 @@ class Transport(filesystem.Transport):
     Channel = Channel
     recoverable_connection_errors = ()
     recoverable_channel_errors = (ChannelError,)
+    # kombu's default is 1 s (item 5 above); a poll is one listdir of the queue folder.
+    polling_interval = 0.2
+
+    def drain_events(self, connection, timeout=None):
+        """kombu's loop (deliver one message, or poll until ``timeout``), ending at once when the worker
+        is stopping so Celery's loop sees the shutdown (item 5)."""
+        started = monotonic()
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            if _worker_stopping() or (timeout is not None and monotonic() - started >= timeout):
+                raise TimeoutError()  # socket.timeout, which Celery's loop expects
+            sleep(self.polling_interval if timeout is None else min(self.polling_interval, timeout))
+
+
+def _worker_stopping() -> bool:
+    # Set to an exit code (0 included) by the worker's SIGTERM/SIGINT/SIGQUIT handlers, None or False
+    # otherwise: identity checks, as celery.worker.state.maybe_shutdown does (0 == False).
+    from celery.worker import state
+
+    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))

@@ -106,15 +106,24 @@ def partner_share_rate_set(*, partner: Partner, share_bps: int, effective_from: 
 
 @transaction.atomic
 def partner_create(
-    *, slug: str, name: str, share_bps: int, contact_email: str, now: datetime | None = None
+    *,
+    slug: str,
+    name: str,
+    share_bps: int,
+    contact_email: str,
+    share_from: date | None = None,
+    now: datetime | None = None,
 ) -> tuple[Partner, str]:
-    """Create a partner with its first share rate (effective from today, UTC) and a first key; returns
-    (partner, key secret). The secret is not stored and cannot be shown again."""
+    """Create a partner with its first share rate (effective from ``share_from``, default today, UTC) and
+    a first key; returns (partner, key secret). The secret is not stored and cannot be shown again. A
+    share starting in the past covers a partner that reports usage from before it was entered here."""
     now = now or timezone.now()
     partner = Partner(slug=slug, name=name, contact_email=contact_email)
     partner.full_clean()
     partner.save()
-    rate = PartnerShareRate(partner=partner, share_bps=share_bps, effective_from=now.astimezone(UTC).date())
+    rate = PartnerShareRate(
+        partner=partner, share_bps=share_bps, effective_from=share_from or now.astimezone(UTC).date()
+    )
     rate.full_clean()
     rate.save()
     _, secret = partner_key_create(partner=partner)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Queue
 
 from core.broker import Transport
 
@@ -98,3 +98,48 @@ def test_an_empty_exchange_table_is_rebuilt(tmp_path, caplog):
         assert [entry.queue for entry in channel.get_table(exchange)] == ["listener"]
         channel.close()
     assert "unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["should_stop", "should_terminate"])
+def test_waiting_for_messages_ends_as_soon_as_the_worker_is_told_to_stop(tmp_path, monkeypatch, flag):
+    # Celery's loop asks the transport for up to 2 s at a time and checks for a shutdown in between;
+    # kombu's own loop slept through it (finding 13 of issue 16: Ctrl-C on `make run` noticed 2-3 s late).
+    # The signal handlers set the flag to the exit code, 0 included.
+    import threading
+    import time
+
+    from celery.worker import state
+
+    options = _options(tmp_path)
+    name = _queue_name(tmp_path)
+    with (
+        Connection(transport=Transport, transport_options=options) as conn,
+        conn.Consumer(Queue(name), callbacks=[lambda body, message: None]),
+    ):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.6)
+        assert time.monotonic() - started >= 0.6  # no shutdown: waits the whole timeout
+
+        timer = threading.Timer(0.3, lambda: setattr(state, flag, 0))
+        monkeypatch.setattr(state, flag, None)
+        started = time.monotonic()
+        timer.start()
+        try:
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=5.0)
+        finally:
+            timer.join()
+        assert time.monotonic() - started < 1.5
+
+
+def test_a_message_is_delivered_within_a_poll(tmp_path):
+    import time
+
+    options = _options(tmp_path)
+    name = _queue_name(tmp_path)
+    with Connection(transport=Transport, transport_options=options) as conn, conn.SimpleQueue(name) as queue:
+        queue.put({"n": 1})
+        started = time.monotonic()
+        assert queue.get(timeout=5).payload == {"n": 1}
+        assert time.monotonic() - started < 1.0

@@ -106,6 +106,24 @@ def test_create_partner_command_prints_the_key_alone_on_the_last_line():
         call_command("create_partner", "--slug", "bad slug", "--name", "B", "--share-bps", "1", stdout=io.StringIO())
 
 
+@pytest.mark.django_db
+def test_create_partner_share_from_starts_the_share_on_that_day():
+    # The README's example reports an event from before today: its share must be in force then.
+    out = io.StringIO()
+    call_command(
+        "create_partner", "--slug", "early", "--name", "Early", "--share-bps", "1500", "--share-from", "2026-11-01",
+        stdout=out,
+    )  # fmt: skip
+    assert "15% share from 2026-11-01" in out.getvalue()
+    assert partners.share_rates_for(partner_id=Partner.objects.get(slug="early").pk) == [(date(2026, 11, 1), 1500)]
+    with pytest.raises(CommandError, match="share-from"):
+        call_command(
+            "create_partner", "--slug", "late", "--name", "L", "--share-bps", "1", "--share-from", "November",
+            stdout=io.StringIO(),
+        )  # fmt: skip
+    assert not Partner.objects.filter(slug="late").exists()
+
+
 def test_direct_traffic_through_a_partner_channel_key_is_attributed_to_the_partner(catalog):
     partner, _ = make_partner()
     out = io.StringIO()

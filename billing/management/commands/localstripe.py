@@ -6,6 +6,10 @@ write, which gets slower as the store grows. This wrapper serves the same aiohtt
 only and keeps state either in memory (default) or under ``var/localstripe.pickle``, written at most
 once a second instead of after every write.
 
+With ``--state var`` (how `make run` starts it) it is the site's own localstripe: it also publishes its
+URL in ``var/run/localstripe.url`` while it serves, so a management command run in another shell finds
+it on whatever port it was given (settings.STRIPE_API_BASE reads it; core/runfiles.py).
+
 Webhook registrations live in localstripe's process memory and are lost on restart, so TierLab's
 webhook URL and STRIPE_WEBHOOK_SECRET are registered at every start (``--webhook-url ''`` skips it;
 the test fixture does so, so a test server never posts to a developer's running site).
@@ -26,6 +30,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from billing.management.commands._card_brands import patch_card_brands
+from core import runfiles
 
 WEBHOOK_NAME = "tierlab"
 # var mode: the store is written this long after a change at the latest (not after every write).
@@ -87,6 +92,17 @@ class Command(BaseCommand):
                 logging.getLogger(__name__).info("localstripe: webhook %r -> %s", WEBHOOK_NAME, webhook_url)
 
         app.on_startup.append(register_webhook)
+        if state == "var":
+            url, url_file = f"http://127.0.0.1:{port}", Path(settings.LOCALSTRIPE_URL_FILE)
+
+            async def publish_url(_app: web.Application) -> None:
+                runfiles.url_file_write(url_file, url)
+
+            async def withdraw_url(_app: web.Application) -> None:
+                runfiles.url_file_remove(url_file, url)
+
+            app.on_startup.append(publish_url)
+            app.on_cleanup.append(withdraw_url)
 
         self.stdout.write(
             f"localstripe on http://127.0.0.1:{port} (state: {state}"

@@ -1,3 +1,5 @@
+from datetime import date
+
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -7,7 +9,8 @@ from partners import services as partners
 
 class Command(BaseCommand):
     help = (
-        "Create a hosting partner with its revenue share (basis points, effective from today) and issue it "
+        "Create a hosting partner with its revenue share (basis points, effective from today or --share-from) "
+        "and issue it "
         "a partner key for the usage-reporting API. If the slug exists, only a new key is issued (the share "
         "is left alone: change it in the admin). Prints the key alone on the last line."
     )
@@ -17,12 +20,28 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
         parser.add_argument("--share-bps", type=int, required=True, help="Revenue share in basis points: 1500 = 15%%.")
         parser.add_argument(
+            "--share-from",
+            type=date.fromisoformat,
+            default=None,
+            metavar="YYYY-MM-DD",
+            help="The day the share starts (default: today, UTC); usage reported before it has no share.",
+        )
+        parser.add_argument(
             "--contact-email",
             default=None,
             help="Where statements are emailed (default: partners+<slug>@tierlab.localhost).",
         )
 
-    def handle(self, *args, slug: str, name: str, share_bps: int, contact_email: str | None, **options):
+    def handle(
+        self,
+        *args,
+        slug: str,
+        name: str,
+        share_bps: int,
+        contact_email: str | None,
+        share_from: date | None = None,
+        **options,
+    ):
         try:
             partner = partners.partner_get(slug=slug)
             if partner is None:
@@ -30,10 +49,12 @@ class Command(BaseCommand):
                     slug=slug,
                     name=name,
                     share_bps=share_bps,
+                    share_from=share_from,
                     contact_email=contact_email or f"partners+{slug}@tierlab.localhost",
                 )
                 self.stdout.write(
-                    f"Created partner '{partner.name}' ({partner.slug}) with a {share_bps / 100:g}% share."
+                    f"Created partner '{partner.name}' ({partner.slug}) with a {share_bps / 100:g}% share"
+                    f" from {share_from or 'today (UTC)'}."
                 )
             else:
                 _, secret = partners.partner_key_create(partner=partner)
