@@ -26,7 +26,7 @@ from datetime import date, datetime
 from django.conf import settings
 
 from accounts.selectors import AuthenticatedKey, api_key_authenticate
-from core.local_cache import TTLCache
+from core.local_cache import DEFAULT_MAX_ENTRIES, TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
 from usage import errors, extensions, refusals
 from usage.quotas import get_quota_backend
@@ -209,8 +209,10 @@ def limits_current(*, entitlements: Entitlements, now: datetime) -> tuple[Limit,
     if entry is not None and entry[0] is entitlements and entry[1] == minute_start:
         return entry[2]
     limits = limits_for(entitlements=entitlements, now=now)
-    if len(_current_limits) >= 10_000:  # bounded: one entry per active team
-        _current_limits.clear()
+    _current_limits.pop(entitlements.team_id, None)  # to the end: the dict stays oldest first
+    while len(_current_limits) >= DEFAULT_MAX_ENTRIES:  # bounded: one entry per active team, oldest out
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # another thread got there first
+            del _current_limits[next(iter(_current_limits))]
     _current_limits[entitlements.team_id] = (entitlements, minute_start, limits)
     return limits
 
