@@ -176,7 +176,41 @@ def _pool_create(spec: dict, keys: dict) -> dict:
                     batch_size=2000,
                 )
                 labels[label] = {"secrets": raws, "key_ids": [key.pk for key in created]}
+    _pool_prime(teams_by_backend)
     return {"team_ids": teams_by_backend, "labels": labels}
+
+
+def _pool_prime(teams_by_backend: dict[str, list[int]]) -> None:
+    """The steady state of N active teams, not their first request ever: each pool team's quota state
+    exists before the measured runs, as it does for a team that has made requests before (the database
+    backend's TeamQuotaState row, made on a team's first request; the Redis backend's monthly counter,
+    initialised from the team's recorded usage on its first request of the period: none here)."""
+    from django.utils import timezone
+
+    from tiers.selectors import entitlements_for_teams
+    from usage import metering
+    from usage.models import TeamQuotaState
+    from usage.quotas.base import LimitName
+    from usage.quotas.database import _EPOCH
+    from usage.quotas.redis import RedisQuotaBackend
+
+    now = timezone.now()
+    if "database" in teams_by_backend:
+        TeamQuotaState.objects.bulk_create(
+            [
+                TeamQuotaState(team_id=team_id, minute_start=_EPOCH, day_start=_EPOCH, period_start=_EPOCH)
+                for team_id in teams_by_backend["database"]
+            ],
+            batch_size=2000,
+            ignore_conflicts=True,
+        )
+    if "redis" in teams_by_backend:
+        backend = RedisQuotaBackend(url=os.environ["REDIS_URL"])
+        for team_id, entitlements in entitlements_for_teams(team_ids=teams_by_backend["redis"]).items():
+            limits = metering.limits_for(entitlements=entitlements, now=now)
+            monthly = next(limit for limit in limits if limit.name is LimitName.MONTHLY_TOKENS)
+            backend._period_initialise(team_id=team_id, limit=monthly, now=now)
+        backend.close()
 
 
 def drain() -> dict:

@@ -52,8 +52,11 @@ IN_PROGRESS_RETRY_AFTER_SECONDS = 1
 _models_cache: TTLCache[str, dict[str, date]] = TTLCache(ttl=30)
 # The first model release date each team needs a licence for (None: no licence needed, or granted).
 _license_cache: TTLCache[int, date | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
-# The hosting partner whose channel each key belongs to (None: a direct key).
-_channel_cache: TTLCache[int, int | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+# The hosting partner whose channel each key belongs to (None: a direct key). A key's channel is fixed
+# when the key is made (partners.services.partner_channel_key_create makes both in one transaction) and
+# never changes, so an entry stays valid for the key's life: kept an hour (bounded like every local
+# cache), so with thousands of active keys this read is not repeated every few seconds per key.
+_channel_cache: TTLCache[int, int | None] = TTLCache(ttl=3600)
 
 
 @dataclass(frozen=True)
