@@ -17,10 +17,14 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-# Entries per cache and process. Each cache holds one entry per active key or team (see the caches'
-# modules); the sizes per entry are in README.md's benchmark section. 50,000 teams' worth of every
-# cache costs a web process about 60 MB; past the bound the oldest entries go first.
-DEFAULT_MAX_ENTRIES = 50_000
+# Entries per cache and process. Each cache holds one entry per active key or team: the API key cache
+# (accounts.selectors, ~820 bytes an entry), entitlements (tiers.selectors, ~470: the tier's terms are
+# shared), the licence gate and the key's channel (usage.metering, ~120 each), and, bounded by the same
+# number, usage.metering's current limits (~960), the Redis backend's prepared arguments (~990) and
+# usage.services' last-used marks (~60); measured with tracemalloc, README.md "Benchmarks". About
+# 3.5 KB per active team with one key: 20,000 teams, twice the 10,000 the benchmark drives, cost a web
+# process at most ~70 MB. Past the bound the oldest entries go first.
+DEFAULT_MAX_ENTRIES = 20_000
 
 
 class TTLCache(Generic[K, V]):
