@@ -15,6 +15,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import TeamAction, role_allows, team_role, team_role_check
 from accounts.services import API_KEY_MARKER, API_KEY_PREFIX_LENGTH, api_key_hash
+from core.compiled_query import CompiledFirst
 from core.local_cache import TTLCache
 
 # The session key of the team a signed-in person acts for (switched in the navigation bar).
@@ -168,12 +169,17 @@ def secret_key_match(
 _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
 
 
+# Compiled once per process: a miss costs the statement, not the ORM (core/compiled_query.py).
+_key_row_query = CompiledFirst(
+    lambda prefix: ApiKey.objects.filter(prefix=prefix).values_list(
+        "id", "team_id", "name", "secret_hash", "expires_at", "revoked_at", "scopes", "created_by_id"
+    ),
+    arity=1,
+)
+
+
 def _load_key_row(prefix: str) -> _KeyRow | None:
-    row = (
-        ApiKey.objects.filter(prefix=prefix)
-        .values_list("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at", "scopes", "created_by_id")
-        .first()
-    )
+    row = _key_row_query.first(prefix)
     return _KeyRow(*row[:6], scopes=frozenset(row[6] or ()), created_by_id=row[7]) if row else None
 
 

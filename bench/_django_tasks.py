@@ -95,12 +95,14 @@ def setup(spec: dict) -> dict:
         user = user_create(email=f"bench-{spec['run_id']}-{label}@bench.tierlab.localhost", tier_slug=tier_slug)
         key, secret = api_key_create(team=team_for_user(user=user), name=f"bench {label}")
         keys[label] = {"secret": secret, "key_id": key.id, "team_id": key.team_id}
+    pools = _pool_create(spec, keys) if int(spec.get("teams") or 1) > 1 else {}
     import django
     import redis.utils
     from django.db import connection
 
     return {
         "keys": keys,
+        "pools": pools,
         "versions": {
             "django": django.get_version(),
             "redis-py": redis.__version__,
@@ -109,6 +111,106 @@ def setup(spec: dict) -> dict:
             + (f" {connection.Database.sqlite_version}" if connection.vendor == "sqlite" else ""),
         },
     }
+
+
+def _pool_create(spec: dict, keys: dict) -> dict:
+    """``--teams N``: per quota backend, N teams on the high-limits tier, each with one key per label of
+    the runs that backend meters (``pool_labels``: backend -> labels), so a run's keys spread over N
+    teams and each run's records stay separable. Apart per backend: the Redis backend seeds a team's
+    monthly counter from its usage records, which would include the other backend's. Made in bulk
+    (user_create + api_key_create per team would take minutes for 10,000), as copies of the first
+    label's team's subscription; the keys have the scheme api_key_create gives them (accounts.services:
+    a random secret, its prefix in the clear, its SHA-256). Returns per backend its team ids, per label
+    its secrets and key ids."""
+    import secrets as secrets_module
+
+    from django.db import transaction
+
+    from accounts.models import ApiKey, Team
+    from accounts.services import API_KEY_MARKER, API_KEY_PREFIX_LENGTH, api_key_hash
+    from tiers.models import Subscription
+
+    teams_wanted = int(spec["teams"])
+    template = Subscription.objects.current().get(team_id=keys[spec["keys"][0]]["team_id"])
+    run_id = spec["run_id"]
+    teams_by_backend, labels = {}, {}
+    with transaction.atomic():
+        for backend, backend_labels in spec.get("pool_labels", {}).items():
+            teams = Team.objects.bulk_create(
+                [
+                    Team(name=f"bench pool {backend} {i}", slug=f"bp-{run_id}-{backend}-{i}")
+                    for i in range(teams_wanted)
+                ],
+                batch_size=2000,
+            )
+            if any(team.pk is None for team in teams):  # SQLite and PostgreSQL both return the ids
+                raise RuntimeError("bulk_create returned no ids")
+            Subscription.objects.bulk_create(
+                [
+                    Subscription(
+                        team=team,
+                        tier_id=template.tier_id,
+                        status=template.status,
+                        billing_anchor=template.billing_anchor,
+                        current_period_start=template.current_period_start,
+                        current_period_end=template.current_period_end,
+                    )
+                    for team in teams
+                ],
+                batch_size=2000,
+            )
+            teams_by_backend[backend] = [team.pk for team in teams]
+            for label in backend_labels:
+                raws = [API_KEY_MARKER + secrets_module.token_urlsafe(34) for _ in teams]
+                created = ApiKey.objects.bulk_create(
+                    [
+                        ApiKey(
+                            team=team,
+                            name=f"bench {label}",
+                            prefix=raw[:API_KEY_PREFIX_LENGTH],
+                            secret_hash=api_key_hash(raw),
+                            scopes=["model", "read"],
+                        )
+                        for team, raw in zip(teams, raws, strict=True)
+                    ],
+                    batch_size=2000,
+                )
+                labels[label] = {"secrets": raws, "key_ids": [key.pk for key in created]}
+    _pool_prime(teams_by_backend)
+    return {"team_ids": teams_by_backend, "labels": labels}
+
+
+def _pool_prime(teams_by_backend: dict[str, list[int]]) -> None:
+    """The steady state of N active teams, not their first request ever: each pool team's quota state
+    exists before the measured runs, as it does for a team that has made requests before (the database
+    backend's TeamQuotaState row, made on a team's first request; the Redis backend's monthly counter,
+    initialised from the team's recorded usage on its first request of the period: none here)."""
+    from django.utils import timezone
+
+    from tiers.selectors import entitlements_for_teams
+    from usage import metering
+    from usage.models import TeamQuotaState
+    from usage.quotas.base import LimitName
+    from usage.quotas.database import _EPOCH
+    from usage.quotas.redis import RedisQuotaBackend
+
+    now = timezone.now()
+    if "database" in teams_by_backend:
+        TeamQuotaState.objects.bulk_create(
+            [
+                TeamQuotaState(team_id=team_id, minute_start=_EPOCH, day_start=_EPOCH, period_start=_EPOCH)
+                for team_id in teams_by_backend["database"]
+            ],
+            batch_size=2000,
+            ignore_conflicts=True,
+        )
+    if "redis" in teams_by_backend:
+        backend = RedisQuotaBackend(url=os.environ["REDIS_URL"])
+        for team_id, entitlements in entitlements_for_teams(team_ids=teams_by_backend["redis"]).items():
+            limits = metering.limits_for(entitlements=entitlements, now=now)
+            monthly = next(limit for limit in limits if limit.name is LimitName.MONTHLY_TOKENS)
+            backend._period_initialise(team_id=team_id, limit=monthly, now=now)
+        backend.close()
 
 
 def drain() -> dict:
@@ -161,20 +263,30 @@ def verify(spec: dict) -> dict:
     now = timezone.now()
     result = {}
     for label, info in spec["keys"].items():
-        rows = UsageRecord.objects.filter(api_key_id=info["key_id"]).aggregate(
-            n=Count("id"), tokens=Sum("total_tokens")
-        )
+        key_ids = info.get("key_ids") or [info["key_id"]]
+        rows = UsageRecord.objects.filter(api_key_id__in=key_ids).aggregate(n=Count("id"), tokens=Sum("total_tokens"))
         entry = {"records": rows["n"], "record_tokens": int(rows["tokens"] or 0)}
         backend_name = info.get("backend")
-        if backend_name:
+        if backend_name and not info.get("key_ids"):  # a pool's counters are summed per backend, below
             entitlements = entitlements_for_team(team_id=info["team_id"])
             limits = metering.limits_for(entitlements=entitlements, now=now)
             used = backends[backend_name].used(team_id=info["team_id"], limits=limits)
             entry["counter_requests_today"] = used.get(LimitName.REQUESTS_PER_DAY)
             entry["counter_tokens_period"] = used.get(LimitName.MONTHLY_TOKENS)
         result[label] = entry
+    pools = {}
+    for backend_name, pool in (spec.get("pools") or {}).items():
+        # Per backend, over the pool's teams: the counters of every run that backend metered.
+        requests = tokens = 0
+        for team_id in pool["team_ids"]:
+            entitlements = entitlements_for_team(team_id=team_id)
+            limits = metering.limits_for(entitlements=entitlements, now=now)
+            used = backends[backend_name].used(team_id=team_id, limits=limits)
+            requests += used.get(LimitName.REQUESTS_PER_DAY) or 0
+            tokens += used.get(LimitName.MONTHLY_TOKENS) or 0
+        pools[backend_name] = {"counter_requests_today": requests, "counter_tokens_period": tokens}
     backends["redis"].close()
-    return {"keys": result}
+    return {"keys": result, "pools": pools}
 
 
 def main() -> int:
@@ -183,7 +295,7 @@ def main() -> int:
     parser.add_argument("--spec", default="{}")
     parser.add_argument("--interval", type=float, default=2.0)
     args = parser.parse_args()
-    spec = json.loads(args.spec)
+    spec = json.loads(open(args.spec[1:]).read() if args.spec.startswith("@") else args.spec)  # noqa: SIM115
     if args.command == "setup":
         _emit(setup(spec))
     elif args.command == "drain":

@@ -185,7 +185,9 @@ def _api_ingest(args: argparse.Namespace, env: dict, tmp: Path, run_id: str) -> 
         Load(port, secret, batch_template(f"{run_id}-warm", when)).run(clients=args.clients, seconds=args.warmup)
         template = batch_template(run_id, when)
         load = Load(port, secret, template)
+        cpu_before = _tree_cpu_seconds(proc.pid)
         elapsed = load.run(clients=args.clients, seconds=args.seconds)
+        cpu_seconds = _tree_cpu_seconds(proc.pid) - cpu_before
         if load.errors:
             raise RuntimeError(f"the load failed: {load.errors[:3]}")
         before = _django_side("count", env, {"run_id": run_id})["rows"]
@@ -203,7 +205,21 @@ def _api_ingest(args: argparse.Namespace, env: dict, tmp: Path, run_id: str) -> 
         "replay_status": replay_status,
         "replay": replay,
         "event_time": when,
+        "cpu_seconds": cpu_seconds,
     }
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children (gunicorn's workers), from /proc."""
+    ticks = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for one in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Load:
@@ -310,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         load = api["load"]
         bulk_rows = min(load.accepted, args.bulk_rows) if args.bulk_rows else load.accepted
         bulk = _django_side(
-            "bulk", env, {"run_id": run_id, "rows": bulk_rows, "event_time": api["event_time"]}, timeout=900
-        )
+            "bulk", env,
+            {"run_id": run_id, "rows": bulk_rows, "event_time": api["event_time"], "connections": args.workers},
+            timeout=900,
+        )  # fmt: skip
     except RuntimeError as error:
         _say(f"benchmark failed: {error}\nlogs in {tmp}")
         args.keep = True
@@ -342,12 +360,17 @@ def main(argv: list[str] | None = None) -> int:
     _say()
     _say(f"API ingest:        {load.accepted:,} events accepted in {elapsed:.2f} s ({load.batches} batches)")
     _say(f"                   {api_rate:,.0f} events/s accepted")
+    _say(f"                   {api['cpu_seconds'] / load.accepted * 1e6 if load.accepted else 0:.1f} µs of gunicorn "
+         f"workers' CPU per event ({args.workers} workers = {args.workers} database connections)")  # fmt: skip
     for way, timing in bulk.items():
         _say(
-            f"plain {way + ':':13s}{timing['rows']:,} rows in {timing['seconds']:.2f} s (1,000-row transactions), "
-            f"{timing['rows_per_second']:,.0f} rows/s"
+            f"plain {way + ':':17s}{timing['rows']:,} rows in {timing['seconds']:.2f} s (1,000-row transactions), "
+            f"{timing['rows_per_second']:,.0f} rows/s "
+            f"(API / this: {api_rate / max(timing['rows_per_second'], 1e-9):.2f}), "
+            f"{timing['cpu_us_per_row']:.1f} µs of client CPU per row"
         )
-    _say(f"ratio API / fastest plain insert: {ratio:.2f}  (goal >= {GOAL_RATIO:.2f})")
+    _say(f"ratio API / fastest plain insert ({next(w for w, t in bulk.items() if t is best)}): {ratio:.2f}  "
+         f"(goal >= {GOAL_RATIO:.2f})")  # fmt: skip
     if vendor == "postgresql":
         _say(f"goal on PostgreSQL: >= {GOAL_EVENTS_PER_SECOND_PG:,} events/s")
     _say(f"replay of a whole batch: accepted {replay.get('accepted')}, duplicates {replay.get('duplicates')}, "
@@ -363,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bulk_create_rows_per_second": round(bulk["bulk_create"]["rows_per_second"]),
                 "executemany_rows_per_second": round(bulk["executemany"]["rows_per_second"]),
                 "multirow_rows_per_second": round(bulk["multirow"]["rows_per_second"]),
+                **{f"{way.replace(' ', '_')}_rows_per_second": round(t["rows_per_second"]) for way, t in bulk.items()},
                 "ratio": round(ratio, 3),
                 "replay_rows_added": after - before,
                 "checks_ok": all(checks.values()),
@@ -407,6 +431,66 @@ def _event_columns(given: list[str]) -> tuple[list[str], list]:
             raise SystemExit(f"PartnerUsageEvent.{name} is required and has no default: bench/partner_ingest.py must")
         columns.append(f.column)
     return columns, defaults
+
+
+def _copy(connection, copy_sql: str, rows: list[tuple]) -> None:
+    """PostgreSQL's COPY FROM STDIN of ``rows`` on ``connection`` (psycopg 3's copy, row by row)."""
+    with connection.cursor() as cursor, cursor.cursor.copy(copy_sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _parallel_insert(way, connections_n, total, partner_id, run_id, insert, copy_sql, constants) -> float:
+    """``way`` (executemany or copy) over ``connections_n`` threads, each on its own database connection
+    with a contiguous share of the rows, 1,000-row transactions; the wall time from a common start."""
+    import threading
+
+    from django.db import connection, transaction
+
+    occurred, received, defaults = constants
+    start_line = threading.Barrier(connections_n + 1)
+    done = threading.Barrier(connections_n + 1)
+    errors: list[BaseException] = []
+    share = -(-total // connections_n)
+
+    def worker(number: int) -> None:
+        try:
+            connection.ensure_connection()
+            first, last = number * share, min(total, (number + 1) * share)
+            batches = [
+                [
+                    (partner_id, f"{run_id}-p{way}-{i}", f"cust-{i % 997}", "Llama-3.3-70B-Instruct", 812, 164,
+                     1 + i % 50, "usd", occurred, received, *defaults)
+                    for i in range(begin, min(begin + BATCH, last))
+                ]
+                for begin in range(first, last, BATCH)
+            ]  # fmt: skip
+            start_line.wait(timeout=60)
+            for rows in batches:
+                with transaction.atomic():
+                    if way == "copy":
+                        _copy(connection, copy_sql, rows)
+                    else:
+                        with connection.cursor() as cursor:
+                            cursor.executemany(insert, rows)
+        except BaseException as error:
+            errors.append(error)
+            start_line.abort()
+        finally:
+            connection.close()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                done.wait(timeout=600)
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(connections_n)]
+    for thread in threads:
+        thread.start()
+    start_line.wait(timeout=60)
+    began = time.perf_counter()
+    done.wait(timeout=600)
+    seconds = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    return seconds
 
 
 def django_side(command: str, spec: dict) -> int:
@@ -456,10 +540,31 @@ def django_side(command: str, spec: dict) -> int:
         insert = f"INSERT INTO {table} ({quoted}) VALUES {placeholders}"  # noqa: S608 - names from _meta
         occurred = connection.ops.adapt_datetimefield_value(when)
         received = connection.ops.adapt_datetimefield_value(now)
-        for way in ("bulk_create", "executemany", "multirow"):
+        pg = connection.vendor == "postgresql"
+        connections_n = int(spec.get("connections") or 1)
+        ways = ["bulk_create", "executemany", "multirow"] + (["copy"] if pg else [])
+        # The same number of database connections as the API's workers, in parallel (issue 17: a fair
+        # baseline): on PostgreSQL the plain inserts may use the parallelism the API has.
+        ways += [
+            f"{way} x{connections_n}" for way in ("executemany", "copy") if connections_n > 1 and (pg or way != "copy")
+        ]
+        copy_sql = f"COPY {table} ({quoted}) FROM STDIN"
+        for way in ways:
             partner, _ = partners.partner_create(
-                slug=f"{run_id}-{way}", name=way, share_bps=1500, contact_email="b@tierlab.localhost"
+                slug=f"{run_id}-{way.replace(' ', '')}", name=way, share_bps=1500, contact_email="b@tierlab.localhost"
             )
+            cpu_began = time.process_time()
+            if " x" in way:
+                seconds = _parallel_insert(
+                    way.split()[0], connections_n, total, partner.pk, run_id, insert, copy_sql,
+                    (occurred, received, defaults),
+                )  # fmt: skip
+                timings[way] = {
+                    "rows": total, "seconds": seconds, "rows_per_second": total / seconds if seconds else 0.0,
+                    "stored": PartnerUsageEvent.objects.filter(partner=partner).count(),
+                    "cpu_us_per_row": (time.process_time() - cpu_began) / total * 1e6 if total else 0.0,
+                }  # fmt: skip
+                continue
             seconds = 0.0
             for start in range(0, total, BATCH):
                 ids = range(start, min(start + BATCH, total))
@@ -488,6 +593,8 @@ def django_side(command: str, spec: dict) -> int:
                     elif way == "executemany":
                         with connection.cursor() as cursor:
                             cursor.executemany(insert, rows)
+                    elif way == "copy":
+                        _copy(connection, copy_sql, rows)
                     else:
                         with connection.cursor() as cursor:
                             cursor.execute(statement, flat)
@@ -497,6 +604,7 @@ def django_side(command: str, spec: dict) -> int:
                 "seconds": seconds,
                 "rows_per_second": total / seconds if seconds else 0.0,
                 "stored": PartnerUsageEvent.objects.filter(partner=partner).count(),
+                "cpu_us_per_row": (time.process_time() - cpu_began) / total * 1e6 if total else 0.0,
             }
         result = timings
     else:

@@ -17,13 +17,35 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+# Entries per cache and process. Each cache holds one entry per active key or team: the API key cache
+# (accounts.selectors, ~820 bytes an entry), entitlements (tiers.selectors, ~470: the tier's terms are
+# shared), the licence gate and the key's channel (usage.metering, ~120 each), and, bounded by the same
+# number, usage.metering's current limits (~960), the Redis backend's prepared arguments (~990) and
+# usage.services' last-used marks (~60); measured with tracemalloc, README.md "Benchmarks". About
+# 3.5 KB per active team with one key: 20,000 teams, twice the 10,000 the benchmark drives, cost a web
+# process at most ~70 MB. Past the bound the oldest entries go first.
+DEFAULT_MAX_ENTRIES = 20_000
+
+
 class TTLCache(Generic[K, V]):
-    def __init__(self, *, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+    """Entries expire ``ttl`` seconds after they were loaded. At most ``max_entries``: the dict is kept
+    in load order (a reload moves an entry to the end), which with one TTL is also expiry order, so a
+    full cache drops its oldest entries first (the expired ones among them), one at a time: no sweep,
+    and never everything at once (a full clear made every active team miss together)."""
+
+    def __init__(
+        self, *, ttl: float, max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic
+    ):
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[K, tuple[float, V]] = {}
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get_or_load(self, key: K, load: Callable[[], V]) -> V:
         """The cached value for ``key``, or ``load()``'s result (cached, even when it is None)."""
@@ -33,12 +55,11 @@ class TTLCache(Generic[K, V]):
             return entry[1]
         value = load()
         with self._lock:
-            if len(self._entries) >= self.max_entries:
-                # Crude but bounded: drop everything expired, and if still full, everything.
-                self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
-                if len(self._entries) >= self.max_entries:
-                    self._entries.clear()
-            self._entries[key] = (now + self.ttl, value)
+            entries = self._entries
+            entries.pop(key, None)  # re-inserted at the end: the dict stays in expiry order
+            while len(entries) >= self.max_entries:
+                del entries[next(iter(entries))]
+            entries[key] = (now + self.ttl, value)
         return value
 
     def invalidate(self, key: K) -> None:

@@ -7,7 +7,9 @@ nothing (and its profile and what-if helpers run); billing_close — one invoice
 the expected lines and cents, every renewal charged once through localstripe, a second pass adds
 nothing; partner_ingest — every event accepted once, a replayed batch adds 0 rows; rollup — rollups
 equal a direct count per bucket, a second fold adds nothing, the usage pages answer 200; simulate — a
-small scenario's figures add up, and split over two Celery workers it gives the single run's summary.json.
+small scenario's figures add up, and split over two Celery workers it gives the single run's summary.json;
+serving — every configuration (gunicorn sync, gthread, granian, the Procfile's own web line) answers
+200 and records what it answered. api_overhead runs with ``--teams 20``: its keys spread over teams.
 
 On the embedded default the scripts use their own temporary SQLite files. When DATABASE_URL names a
 PostgreSQL server (CI's second run), it is passed as each script's ``--database-url``: the scripts make
@@ -52,11 +54,12 @@ def _args(script: str, postgres: str | None) -> list[str]:
     if script == "billing_close":
         # One database per CI run: SQLite in the first, PostgreSQL in the second.
         return ["--database-url", postgres, "--skip-sqlite"] if postgres else ["--skip-postgres"]
-    return ["--database-url", postgres] if postgres else []
+    extra = ["--teams", "20"] if script == "api_overhead" else []  # the many-teams path (issue 17)
+    return [*extra, *(["--database-url", postgres] if postgres else [])]
 
 
-SCRIPTS = ["api_overhead", "billing_close", "partner_ingest", "rollup", "simulate"]
-NEEDS = {"api_overhead": ["redis-server"]}
+SCRIPTS = ["api_overhead", "billing_close", "partner_ingest", "rollup", "serving", "simulate"]
+NEEDS = {"api_overhead": ["redis-server"], "serving": ["redis-server", "wrk"]}
 
 
 @pytest.mark.bench

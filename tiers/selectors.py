@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db.models import QuerySet
 
+from core.compiled_query import CompiledFirst
 from core.local_cache import TTLCache
 from core.periods import subscription_period_at
 from tiers.models import LanguageModel, Subscription, Tier
@@ -107,13 +108,87 @@ class Entitlements:
 _entitlements_cache: TTLCache[int, Entitlements | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
 
 
-def _load_entitlements(team_id: int) -> Entitlements | None:
-    subscription = Subscription.objects.current().select_related("tier").filter(team_id=team_id).first()
-    if subscription is None:
+@dataclass(frozen=True)
+class _TierTerms:
+    """What entitlements take from a tier: one per tier and process, shared by its teams' entries."""
+
+    slug: str
+    billing_interval: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    requests_per_day: int | None
+    monthly_tokens: int | None
+    bills_overage: bool
+    price_cents: int
+    currency: str
+    overage_cents_per_million_tokens: int | None
+    allowed_models: frozenset[str]
+
+
+# Per tier (a handful of entries), with the same TTL as the entitlements: a tier change is seen within it.
+_tier_terms_cache: TTLCache[int, _TierTerms | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+
+# The team's current subscription, compiled once per process (core/compiled_query.py): with thousands
+# of active teams the entitlements cache mostly misses, and this is then the only query of a miss.
+_SUBSCRIPTION_FIELDS = ("tier_id", "status", "billing_anchor", "past_due_since", "spend_cap_cents", "spend_cap_hard")
+_subscription_query = CompiledFirst(
+    lambda team_id: (
+        Subscription.objects.current()
+        .filter(team_id=team_id)
+        .order_by("-created_at")
+        .values_list(*_SUBSCRIPTION_FIELDS)
+    ),
+    arity=1,
+    ints=1,
+)
+
+
+def _load_tier_terms(tier_id: int) -> _TierTerms | None:
+    tier = Tier.objects.filter(pk=tier_id).first()
+    if tier is None:
         return None
-    tier = subscription.tier
-    models = frozenset(tier.allowed_models.filter(is_active=True).values_list("model_id", flat=True))
-    return _entitlements_of(subscription, models)
+    return _TierTerms(
+        slug=tier.slug,
+        billing_interval=tier.billing_interval,
+        requests_per_minute=tier.requests_per_minute,
+        tokens_per_minute=tier.tokens_per_minute,
+        requests_per_day=tier.requests_per_day,
+        monthly_tokens=tier.monthly_tokens,
+        bills_overage=tier.bills_overage,
+        price_cents=tier.price_cents,
+        currency=tier.currency,
+        overage_cents_per_million_tokens=tier.overage_cents_per_million_tokens,
+        allowed_models=frozenset(tier.allowed_models.filter(is_active=True).values_list("model_id", flat=True)),
+    )
+
+
+def _load_entitlements(team_id: int) -> Entitlements | None:
+    row = _subscription_query.first(team_id)
+    if row is None:
+        return None
+    tier_id, status, billing_anchor, past_due_since, spend_cap_cents, spend_cap_hard = row
+    terms = _tier_terms_cache.get_or_load(tier_id, lambda: _load_tier_terms(tier_id))
+    if terms is None:  # the tier was deleted between the two reads
+        return None
+    return Entitlements(
+        team_id=team_id,
+        tier_slug=terms.slug,
+        subscription_status=status,
+        billing_anchor=billing_anchor,
+        billing_interval=terms.billing_interval,
+        requests_per_minute=terms.requests_per_minute,
+        tokens_per_minute=terms.tokens_per_minute,
+        requests_per_day=terms.requests_per_day,
+        monthly_tokens=terms.monthly_tokens,
+        bills_overage=terms.bills_overage,
+        allowed_models=terms.allowed_models,
+        past_due_since=past_due_since,
+        price_cents=terms.price_cents,
+        currency=terms.currency,
+        overage_cents_per_million_tokens=terms.overage_cents_per_million_tokens,
+        spend_cap_cents=spend_cap_cents,
+        spend_cap_hard=spend_cap_hard,
+    )
 
 
 def _entitlements_of(subscription: Subscription, models: frozenset[str]) -> Entitlements:
@@ -167,3 +242,4 @@ def entitlements_for_team(*, team_id: int) -> Entitlements | None:
 
 def entitlements_cache_clear() -> None:
     _entitlements_cache.clear()
+    _tier_terms_cache.clear()

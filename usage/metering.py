@@ -27,7 +27,7 @@ from datetime import date, datetime
 from django.conf import settings
 
 from accounts.selectors import AuthenticatedKey, api_key_authenticate
-from core.local_cache import TTLCache
+from core.local_cache import DEFAULT_MAX_ENTRIES, TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
 from usage import errors, extensions, refusals
 from usage.models import PLAYGROUND_REQUEST_ID_PREFIX
@@ -54,8 +54,11 @@ IN_PROGRESS_RETRY_AFTER_SECONDS = 1
 _models_cache: TTLCache[str, dict[str, date]] = TTLCache(ttl=30)
 # The first model release date each team needs a licence for (None: no licence needed, or granted).
 _license_cache: TTLCache[int, date | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
-# The hosting partner whose channel each key belongs to (None: a direct key).
-_channel_cache: TTLCache[int, int | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+# The hosting partner whose channel each key belongs to (None: a direct key). A key's channel is fixed
+# when the key is made (partners.services.partner_channel_key_create makes both in one transaction) and
+# never changes, so an entry stays valid for the key's life: kept an hour (bounded like every local
+# cache), so with thousands of active keys this read is not repeated every few seconds per key.
+_channel_cache: TTLCache[int, int | None] = TTLCache(ttl=3600)
 
 
 @dataclass(frozen=True)
@@ -239,8 +242,10 @@ def limits_current(*, entitlements: Entitlements, now: datetime) -> tuple[Limit,
     if entry is not None and entry[0] is entitlements and entry[1] == minute_start:
         return entry[2]
     limits = limits_for(entitlements=entitlements, now=now)
-    if len(_current_limits) >= 10_000:  # bounded: one entry per active team
-        _current_limits.clear()
+    _current_limits.pop(entitlements.team_id, None)  # to the end: the dict stays oldest first
+    while len(_current_limits) >= DEFAULT_MAX_ENTRIES:  # bounded: one entry per active team, oldest out
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # another thread got there first
+            del _current_limits[next(iter(_current_limits))]
     _current_limits[entitlements.team_id] = (entitlements, minute_start, limits)
     return limits
 

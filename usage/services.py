@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 
 from accounts import services as account_services
+from core.local_cache import DEFAULT_MAX_ENTRIES
 from core.sql import execute, param, quoted_table
 from usage.models import QuotaReservation, UsageRecord
 from usage.quotas.base import UsageEvent
@@ -94,13 +95,17 @@ def _record_row(event: UsageEvent, *, request_key: str | None) -> UsageRecord:
     )
 
 
-def usage_record_insert(*, event: UsageEvent, keyless: bool = False) -> bool:
-    """The database quota backend's insert, inside its transaction: one statement, exact under
-    concurrency. The record takes the request id unless another record holds it or a reservation of
-    another request has it pending (then nothing is inserted and False is returned: the caller rolls
-    back). ``keyless``: store it without holding the id (it never conflicts)."""
-    record, reservation = quoted_table(UsageRecord), quoted_table(QuotaReservation)
-    values = [
+# The columns of a usage record's INSERT (usage_record_insert and the database quota backend's one-statement
+# charge on PostgreSQL, usage/quotas/database_pg.py), in the order of usage_record_values.
+USAGE_RECORD_COLUMNS = (
+    "request_id, request_key, team_id, api_key_id, model, prompt_tokens, completion_tokens, total_tokens,"
+    " partner_id, created_at, request_hash"
+)
+
+
+def usage_record_values(*, event: UsageEvent, keyless: bool = False) -> list[Any]:
+    """The values of USAGE_RECORD_COLUMNS for ``event`` (``keyless``: without holding the request id)."""
+    return [
         event.request_id,
         None if keyless else event.request_id,
         event.team_id,
@@ -113,9 +118,23 @@ def usage_record_insert(*, event: UsageEvent, keyless: bool = False) -> bool:
         param(event.created_at),
         event.request_hash,
     ]
+
+
+def usage_records_inserted(*, events: Sequence[UsageEvent]) -> None:
+    """After records of ``events`` were inserted by a statement of the caller's own: what
+    usage_record_insert does next (the keys' last-used time, at most once a minute per key)."""
+    _api_keys_mark_used(events)
+
+
+def usage_record_insert(*, event: UsageEvent, keyless: bool = False) -> bool:
+    """The database quota backend's insert, inside its transaction: one statement, exact under
+    concurrency. The record takes the request id unless another record holds it or a reservation of
+    another request has it pending (then nothing is inserted and False is returned: the caller rolls
+    back). ``keyless``: store it without holding the id (it never conflicts)."""
+    record, reservation = quoted_table(UsageRecord), quoted_table(QuotaReservation)
+    values = usage_record_values(event=event, keyless=keyless)
     created = execute(
-        f"INSERT INTO {record} (request_id, request_key, team_id, api_key_id, model, prompt_tokens,"  # noqa: S608 - identifiers from _meta, values as parameters
-        " completion_tokens, total_tokens, partner_id, created_at, request_hash)"
+        f"INSERT INTO {record} ({USAGE_RECORD_COLUMNS})"  # noqa: S608 - identifiers from _meta, values as parameters
         " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
         f" WHERE NOT EXISTS (SELECT 1 FROM {reservation} WHERE team_id = %s AND request_id = %s)"
         " ON CONFLICT (team_id, request_key) DO NOTHING RETURNING id",
@@ -156,5 +175,11 @@ def _api_keys_mark_used(events: Sequence[UsageEvent]) -> None:
             due[event.api_key_id] = event.created_at
     if due:
         account_services.api_key_mark_used(used_at=due)
+        if len(_key_marked_at) + len(due) > DEFAULT_MAX_ENTRIES:
+            # Bounded (one entry per key in use): entries past the interval say nothing any more.
+            for key_id in [k for k, at in _key_marked_at.items() if now - at >= _KEY_MARK_INTERVAL_SECONDS]:
+                del _key_marked_at[key_id]
+            if len(_key_marked_at) + len(due) > DEFAULT_MAX_ENTRIES:  # more keys than that in one minute
+                _key_marked_at.clear()  # at worst one extra UPDATE per key
         for key_id in due:
             _key_marked_at[key_id] = now

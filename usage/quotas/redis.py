@@ -74,6 +74,7 @@ from django.utils import timezone
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from core.local_cache import DEFAULT_MAX_ENTRIES
 from usage.models import UnansweredScript
 from usage.quotas.base import (
     Decision,
@@ -320,9 +321,12 @@ class RedisQuotaBackend(UsageStreamDrain, QuotaBackend):
                 1 if limit.name is LimitName.MONTHLY_TOKENS else 0,
             ]
         entry = _Prepared(limits=limits, counter_keys=counter_keys, static_args=static_args)
-        if len(self._prepared) >= 10_000:  # bounded: one entry per active team
-            self._prepared.clear()
-        self._prepared[team_id] = entry
+        prepared = self._prepared
+        prepared.pop(team_id, None)  # to the end: the dict stays oldest first
+        while len(prepared) >= DEFAULT_MAX_ENTRIES:  # bounded: one entry per active team, oldest out
+            with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # another thread got there first
+                del prepared[next(iter(prepared))]
+        prepared[team_id] = entry
         return entry
 
     def _check_and_consume(
