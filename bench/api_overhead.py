@@ -924,6 +924,16 @@ class Bench:
         label = f"race-{config.code}"
         _proc, port, _stats_dir = self.servers[config.code]
         result = self.load(port, label, self.args.race_seconds)
+        # A loaded machine may send fewer requests than the quota in one slice: race on (slices of the same
+        # length, the same concurrent clients) until the load has exceeded the quota twice over, 60 s at most.
+        raced = self.args.race_seconds
+        while result["requests"] <= 2 * RACE_QUOTA and raced < 60:
+            more = self.load(port, label, self.args.race_seconds)
+            raced += self.args.race_seconds
+            result = {
+                **more,
+                **{field: result[field] + more[field] for field in ("requests", "status", "socket_errors")},
+            }
         run = RunResult(
             config=config,
             round=0,
