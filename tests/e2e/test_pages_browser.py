@@ -33,9 +33,9 @@ def _subscriber(email: str, tier_slug: str | None = None):
     return user, team_for_user(user=user)
 
 
-def _log_in(page, email: str, *, next_path: str = "/dashboard/") -> None:
+def _log_in(page, email: str, *, next_path: str = "/dashboard/", password: str = PASSWORD) -> None:
     page.goto(f"/accounts/login/?next={next_path}")
-    fill_fields(page, login=email, password=PASSWORD)
+    fill_fields(page, login=email, password=password)
     submit_form_with(page, "login")
     if path_of(page.url) != next_path:
         page.goto(next_path)
@@ -67,11 +67,12 @@ def _horizontally_hidden(locator) -> list[str]:
 @WIDTHS
 def test_dashboard_charts_read_at_any_width(page, shot, seeded_catalog, viewport):
     from tests.usage.test_dashboard import NOW, build_history
+    from tests.usage.test_dashboard import PASSWORD as HISTORY_PASSWORD
 
     page.set_viewport_size(viewport)
     with time_machine.travel(NOW, tick=True):
         user, _, _ = build_history(seeded_catalog)
-        _log_in(page, user.email)
+        _log_in(page, user.email, password=HISTORY_PASSWORD)
         svg = page.locator("#tokens-chart svg")
         expect(svg).to_be_visible()
         box = svg.bounding_box()
