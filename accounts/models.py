@@ -248,7 +248,7 @@ class AuditEntry(models.Model):
         verbose_name_plural = "audit entries"
 
     def __str__(self) -> str:
-        return f"{self.action}: {self.description}"
+        return f"{self.get_action_display()}: {self.description}"
 
 
 INVITATION_DAYS = 7

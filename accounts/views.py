@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import extensions, invitations, services, teams
 from accounts.decorators import forbidden_page, team_page
@@ -70,10 +70,16 @@ def keys(request: HttpRequest) -> HttpResponse:
 
 
 @team_page(TeamAction.KEYS_OWN)
-@require_POST
+@require_http_methods(["GET", "POST"])
 def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    """GET asks for confirmation (a page, so it works without JavaScript); POST revokes."""
     # Another team's key: 404; a teammate's, for a role that sees only its own keys: 403.
     key = api_key_get_visible(team=request.team, actor=request.user, key_id=key_id)
+    if request.method == "GET":
+        if key.status == "revoked":
+            messages.info(request, f"“{key.name}” is already revoked.")
+            return redirect("keys")
+        return render(request, "accounts/key_revoke.html", {"team": request.team, "key": key})
     services.api_key_revoke(key=key, actor=request.user)
     messages.success(request, f"Revoked “{key.name}”. Requests with it are refused within seconds.")
     return redirect("keys")

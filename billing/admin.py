@@ -383,8 +383,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
             "<li>{} · {} · {}{}</li>",
             (
                 (
-                    f"{entry.created_at:%Y-%m-%d %H:%M}",
-                    entry.action,
+                    # Read by people: "Dec 4, 2026 14:05 UTC" and the action's label, not its code.
+                    f"{entry.created_at:%b} {entry.created_at.day}, {entry.created_at:%Y %H:%M} UTC",
+                    entry.get_action_display(),
                     entry.description,
                     f" ({entry.actor.email})" if entry.actor else "",
                 )

@@ -151,9 +151,9 @@ def _stripe_state() -> dict[str, Any]:
     }
 
 
-@never_cache
-@require_GET
-def healthz(request: HttpRequest) -> JsonResponse:
+def health_report() -> tuple[bool, dict[str, Any]]:
+    """Every check, run now: (healthy, body). /healthz answers the body as JSON for machines, /status/
+    (config/status.py) reads it out for people; one set of checks, so the two never disagree."""
     checks = {
         "database": _timed(_check_database),
         "cache": _timed(_check_cache),
@@ -174,4 +174,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "stripe": _stripe_state(),
         "time": timezone.now().isoformat(),
     }
+    return healthy, body
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    healthy, body = health_report()
     return JsonResponse(body, status=200 if healthy else 503)

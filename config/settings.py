@@ -460,6 +460,8 @@ TIERLAB_SITE_URL = env.str(
     ),
 )
 TIERLAB_DEMO_OPERATOR_EMAIL = "operator@tierlab.localhost"
+# Where the pricing page's "Talk to us" links go (custom limits, contracts): a mailto: to this address.
+TIERLAB_SUPPORT_EMAIL = env.str("TIERLAB_SUPPORT_EMAIL", default="support@tierlab.localhost")
 TIERLAB_DEMO_OPERATOR_PASSWORD = "tierlab-demo-operator"
 
 LOGGING = {

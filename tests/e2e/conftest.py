@@ -110,12 +110,20 @@ def results_dir(request) -> Path:
 def page(browser, live_server, e2e_db, results_dir, request):
     """A fresh browser context (no cookies) and page, whose relative URLs go to the live server.
 
-    On failure the last state of the page is saved as ``failure.png`` and ``failure.html``.
+    On failure the last state of the page is saved as ``failure.png`` and ``failure.html``. axe-core audits
+    every document the context loads; a serious or critical violation fails the test at teardown.
     """
+    from tests.e2e import axe_check
+
     context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(STEP_TIMEOUT_MS)
     context.set_default_navigation_timeout(STEP_TIMEOUT_MS)
+    # axe-core audits every document any page of this context loads (see axe_check).
+    axe = axe_check.AxeWatch()
+    context.on("page", axe.watch)
     page = context.new_page()
+    page.e2e_axe = axe  # type: ignore[attr-defined]
+    axe_check.install(axe)
     # What went wrong in the page, for the tests to assert on at the end: uncaught script errors, and
     # same-origin requests (stylesheets, scripts, images) that failed. The browser's own /favicon.ico
     # probe is not the page's doing.
@@ -142,7 +150,9 @@ def page(browser, live_server, e2e_db, results_dir, request):
     page.e2e_broken_requests = broken_requests  # type: ignore[attr-defined]
     try:
         yield page
+        axe.audit_pending()
     finally:
+        axe_check.uninstall(axe)
         report = getattr(request.node, "_e2e_report_call", None)
         if report is not None and report.failed:
             try:
@@ -151,6 +161,9 @@ def page(browser, live_server, e2e_db, results_dir, request):
             except Exception:  # noqa: S110 - best effort; the test has already failed
                 pass
         context.close()
+    # Checked only once the test itself passed: a failed test's own message is the one to read.
+    if report is None or not report.failed:
+        assert axe.violations == [], "axe-core: serious or critical violations:\n" + "\n".join(axe.violations)
 
 
 @pytest.fixture

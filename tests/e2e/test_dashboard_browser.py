@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def _chart_values(page, figure_id: str) -> dict[tuple[str, str], int]:
     """(series, label) -> value of every bar or point of a chart, read from the DOM."""
     found = page.locator(f"#{figure_id} .chart-mark").evaluate_all(
-        "els => els.map(e => [e.dataset.series, e.dataset.label, Number(e.dataset.value)])"
+        "els => els.map(e => [e.closest('[data-series]').dataset.series, e.dataset.label, Number(e.dataset.value)])"
     )
     return {(series, label): value for series, label, value in found}
 

@@ -69,7 +69,7 @@ def test_the_report_shows_summary_figures_and_loads_nothing_from_outside(browser
         marks = page.eval_on_selector_all(
             "figure[data-chart-key] .chart-mark",
             """els => els.map(e => [e.closest('figure').dataset.run, e.closest('figure').dataset.chartKey,
-                                   e.dataset.series, e.dataset.label, e.dataset.value])""",
+                                   e.closest('[data-series]').dataset.series, e.dataset.label, e.dataset.value])""",
         )
         for run, summary in enumerate(summaries):
             expected = _expected_marks(summary)

@@ -128,10 +128,14 @@ def page(user, path: str = "/dashboard/", **kwargs):
 
 
 def marks(html: str, figure_id: str) -> list[tuple[str, str, int]]:
-    """(series, label, value) of every bar or point of one chart, in document order."""
+    """(series, label, value) of every bar or point of one chart, in document order (series by series:
+    each series' marks sit in a group that carries its name)."""
     figure = html.split(f'id="{figure_id}"', 1)[1].split("</figure>", 1)[0]
-    found = re.findall(r'data-series="([^"]*)" data-label="([^"]*)" data-value="(-?\d+)"', figure)
-    return [(unescape(s), unescape(label), int(v)) for s, label, v in found]
+    found = []
+    for name, group in re.findall(r'<g class="chart-series [^"]*" data-series="([^"]*)"[^>]*>(.*?)</g>', figure):
+        for label, v in re.findall(r'class="chart-mark" data-label="([^"]*)" data-value="(-?\d+)"', group):
+            found.append((unescape(name), unescape(label), int(v)))
+    return found
 
 
 def nonzero(found: list[tuple[str, str, int]]) -> dict[tuple[str, str], int]:
