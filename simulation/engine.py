@@ -21,7 +21,9 @@ inside them agree on the simulated time. Each day, in this order (each day one t
    cancel and leave, a card that starts failing, a card fixed while past due, a spend cap, a trial
    not converted; each decision is the service a customer's click would call;
 5. the billing pass (``billing.run.billing_run``): periods closed with overage from the usage records,
-   renewals charged, dunning;
+   renewals charged, dunning; the day's receipts (of the checkouts, renewals and retries that were
+   paid) are sent together once the day has committed (``billing.emails.receipts_batched``), counted
+   in the diagnostics as "receipts sent";
 6. licensees report last month's MAU on the 1st, the licence checks run, and flagged licensees ask
    for and get their licence after the scenario's delays; hosting partners report the day's usage;
 7. every team whose subscription changed today gets its entitlements again
@@ -45,6 +47,7 @@ from django.db import transaction
 from billing.analytics import mrr_by_tier
 from billing.checkout import subscription_cancel, subscription_change, subscription_tier_set_by_operator
 from billing.customers import payment_method_update
+from billing.emails import receipts_batched
 from billing.models import BillingCustomer, Payment
 from billing.refunds import payment_refund
 from billing.run import billing_run
@@ -151,8 +154,9 @@ class ShardRun:
                 self.today = start + dt.timedelta(days=index)
                 self.now = midnight(self.today)
                 clock.move_to(self.now)
-                with transaction.atomic():
+                with receipts_batched() as receipts, transaction.atomic():
                     self._day()
+                self.diagnostics["receipts sent"] += receipts.sent
                 if self.progress is not None:
                     self.progress(index + 1, days)
             self.today, self.now = end, midnight(end)
