@@ -35,6 +35,17 @@ def team_owner_emails(*, team_id: int) -> list[str]:
     )
 
 
+def team_owner_emails_many(*, team_ids: list[int]) -> dict[int, list[str]]:
+    """``team_owner_emails`` of many teams in one query: team id -> its owners' emails (sorted)."""
+    owners: dict[int, list[str]] = {team_id: [] for team_id in team_ids}
+    rows = Membership.objects.filter(team_id__in=team_ids, role=Membership.Role.OWNER).values_list(
+        "team_id", "user__email"
+    )
+    for team_id, email in rows:
+        owners[team_id].append(email)
+    return {team_id: sorted(emails) for team_id, emails in owners.items()}
+
+
 def site_url(path: str = "") -> str:
     """The absolute URL of ``path`` (e.g. "/billing/") on the site, for emails."""
     return settings.TIERLAB_SITE_URL.rstrip("/") + path
@@ -50,11 +61,14 @@ def _email_send(*, recipients: list[str], subject: str, template: str, context: 
     return True
 
 
-def team_email_send(*, team_id: int, subject: str, template: str, context: Mapping[str, Any]) -> bool:
-    """Render the plain-text ``template`` (a template path) and send it to the team's owners. Returns
-    False, logged, when the team has no owner or the mail server fails (see the module docstring: a
-    lost email must not fail the step that sent it; callers that retry use the result)."""
-    recipients = team_owner_emails(team_id=team_id)
+def team_email_send(
+    *, team_id: int, subject: str, template: str, context: Mapping[str, Any], owners: list[str] | None = None
+) -> bool:
+    """Render the plain-text ``template`` (a template path) and send it to the team's owners (``owners``
+    when the caller has read them already: ``team_owner_emails_many``). Returns False, logged, when the
+    team has no owner or the mail server fails (see the module docstring: a lost email must not fail the
+    step that sent it; callers that retry use the result)."""
+    recipients = team_owner_emails(team_id=team_id) if owners is None else owners
     if not recipients:
         logger.warning("email %r for team %s: the team has no owner to send it to", template, team_id)
         return False

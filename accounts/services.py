@@ -12,7 +12,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from accounts import extensions
-from accounts.models import ApiKey, AuditEntry, Membership, Team, User
+from accounts.models import ApiKey, AuditEntry, Membership, Team, User, team_slug_new
 from accounts.roles import TeamAction, role_allows, team_role, team_role_check
 from core.errors import ApplicationError
 
@@ -43,10 +43,37 @@ def team_create(
     return team
 
 
+def personal_team_name(user: User) -> str:
+    return f"{user.email}'s team"
+
+
 def team_create_personal(*, user: User, set_up: bool = False) -> Team:
     """Create ``user``'s personal team with ``user`` as its owner. Sign-up sets it up itself, on the
     tier chosen (tiers.services.account_setup_new_user); ``set_up`` for an operator's (createsuperuser)."""
-    return team_create(name=f"{user.email}'s team", owner=user, is_personal=True, set_up=set_up)
+    return team_create(name=personal_team_name(user), owner=user, is_personal=True, set_up=set_up)
+
+
+@transaction.atomic
+def users_and_teams_create(*, users: list[User]) -> list[Team]:
+    """Save many new ``users`` (built, validated, not saved: tiers.services.users_create) and each one's
+    personal team with them as owner, in three INSERTs; returns the teams in the order of ``users``.
+
+    The bulk sibling of ``user.save()`` + ``team_create_personal`` (set_up=False: the caller subscribes
+    the teams itself): the same names, slugs and owner memberships. The one rule that would take a query
+    per row, a new slug's uniqueness (a random suffix: team_slug_new), is left to the database's unique
+    constraint: a collision fails the whole batch, which the caller's transaction rolls back."""
+    users = User.objects.bulk_create(users)
+    teams = []
+    for user in users:
+        team = Team(name=personal_team_name(user), is_personal=True)
+        team.slug = team_slug_new(team.name)
+        team.full_clean(validate_unique=False, validate_constraints=False)
+        teams.append(team)
+    teams = Team.objects.bulk_create(teams)
+    Membership.objects.bulk_create(
+        [Membership(user=user, team=team, role=Membership.Role.OWNER) for user, team in zip(users, teams, strict=True)]
+    )
+    return teams
 
 
 # --- API keys -----------------------------------------------------------------------------------------

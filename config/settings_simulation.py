@@ -20,8 +20,13 @@ if not _url:
 DATABASES = {"default": environ.Env.db_url_config(_url)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A scratch file that one process writes: durability buys nothing (a crashed run is run again), and
-    # the journal in memory leaves no -wal file beside it (runner.py copies the file as it stands).
-    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF;"}
+    # the journal in memory leaves no -wal file beside it (runner.py copies the file as it stands). A
+    # page cache of up to 256 MB instead of SQLite's 2 MB: a year of 10,000 teams' usage records and
+    # invoices is a few hundred MB, whose indexes a day's inserts touch all over; temporary tables in memory.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF; PRAGMA cache_size=-262144;"
+        " PRAGMA temp_store=MEMORY;"
+    }
 DATABASES["default"]["CONN_MAX_AGE"] = None
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"

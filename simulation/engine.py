@@ -13,14 +13,17 @@ inside them agree on the simulated time. Each day, in this order (each day one t
    (``partners.statements.partner_statements_issue``). Usage alerts are not evaluated: a few queries
    per team and day; the teams' "near the limit" is read from the same counters the quota uses;
 2. the scenario's tier changes dated today (the admin's edit);
-3. arrivals: a user and personal team (``tiers.services.user_create``), then the segment's start tier
+3. arrivals: a user and personal team each (``tiers.services.users_create``, the day's sign-ups in
+   batches), then the segment's start tier
    through checkout (``billing.checkout.subscription_change``: a trial, or the first period charged)
    or, for tiers not open to sign-up, an operator's move;
 4. each team decides (its own random stream): upgrade after refusals or near its quota, downgrade,
    cancel and leave, a card that starts failing, a card fixed while past due, a spend cap, a trial
    not converted; each decision is the service a customer's click would call;
 5. the billing pass (``billing.run.billing_run``): periods closed with overage from the usage records,
-   renewals charged, dunning;
+   renewals charged, dunning; the day's receipts (of the checkouts, renewals and retries that were
+   paid) are sent together once the day has committed (``billing.emails.receipts_batched``), counted
+   in the diagnostics as "receipts sent";
 6. licensees report last month's MAU on the 1st, the licence checks run, and flagged licensees ask
    for and get their licence after the scenario's delays; hosting partners report the day's usage;
 7. every team whose subscription changed today gets its entitlements again
@@ -41,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 import time_machine
 from django.db import transaction
 
-from accounts.selectors import team_for_user
 from billing.analytics import mrr_by_tier
 from billing.checkout import subscription_cancel, subscription_change, subscription_tier_set_by_operator
 from billing.customers import payment_method_update
+from billing.emails import receipts_batched
 from billing.models import BillingCustomer, Payment
 from billing.refunds import payment_refund
 from billing.run import billing_run
@@ -70,7 +73,7 @@ from simulation.population import (
 from tiers import catalog as seed_catalog
 from tiers.models import Subscription
 from tiers.selectors import entitlements_for_teams, subscription_current
-from tiers.services import subscription_spend_cap_set, user_create
+from tiers.services import subscription_spend_cap_set, user_create, users_create
 from usage import refusals
 from usage.metering import limits_for
 from usage.quotas.base import UsageEvent
@@ -87,6 +90,7 @@ EMAIL_DOMAIN = "sim.tierlab.localhost"
 FAILING_CARD = "pm_card_chargeCustomerFail"
 WORKING_CARD = "pm_card_visa"
 RECORD_BATCH = 1_000
+SIGNUP_BATCH = 500  # sign-ups per users_create (its INSERTs stay well under SQLite's parameter limit)
 ENTITLEMENTS_BATCH = 2_000  # teams per query (well under SQLite's 32,766 parameters)
 # A usage record's token columns are 32-bit on PostgreSQL: a team-day above this is stored in parts.
 RECORD_MAX_TOKENS = 2_000_000_000
@@ -150,8 +154,9 @@ class ShardRun:
                 self.today = start + dt.timedelta(days=index)
                 self.now = midnight(self.today)
                 clock.move_to(self.now)
-                with transaction.atomic():
+                with receipts_batched() as receipts, transaction.atomic():
                     self._day()
+                self.diagnostics["receipts sent"] += receipts.sent
                 if self.progress is not None:
                     self.progress(index + 1, days)
             self.today, self.now = end, midnight(end)
@@ -191,8 +196,7 @@ class ShardRun:
             clock("month close")
         self.changed_tiers = catalog_changes_apply(changes=self.scenario.tier_changes, day=self.today, tiers=self.tiers)
         arrived = self.pending.pop(self.today, [])
-        for team in arrived:
-            self._arrive(team)
+        self._arrive(arrived)
         clock("arrivals")
         for team in (*self.teams, *arrived):
             if not team.left:
@@ -260,12 +264,19 @@ class ShardRun:
 
     # --- Customers -----------------------------------------------------------------------------------
 
-    def _arrive(self, team: SimTeam) -> None:
-        user = user_create(email=f"{team.key}@{EMAIL_DOMAIN}")
-        team.team = team_for_user(user=user)
-        tier = self.tiers[team.segment.start_tier]
-        if tier.is_paid:
-            self._move_to(team, tier)
+    def _arrive(self, arrived: list[SimTeam]) -> None:
+        """The day's new customers sign up (``users_create``: a user and a personal team on the free
+        tier each, in batches), then those whose segment starts on a paid tier go through checkout one by
+        one, in order of arrival."""
+        for first in range(0, len(arrived), SIGNUP_BATCH):
+            batch = arrived[first : first + SIGNUP_BATCH]
+            created = users_create(emails=[f"{team.key}@{EMAIL_DOMAIN}" for team in batch])
+            for team, (_, personal_team) in zip(batch, created, strict=True):
+                team.team = personal_team
+        for team in arrived:
+            tier = self.tiers[team.segment.start_tier]
+            if tier.is_paid:
+                self._move_to(team, tier)
 
     def _act(self, team: SimTeam, what: str, action: Callable[[], Any]) -> Any:
         """Run one customer action; a refusal (a declined card, a change not allowed now) is what a
