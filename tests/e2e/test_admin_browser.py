@@ -43,7 +43,7 @@ def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
 
     tier_services.operator_ensure(email=OPERATOR_EMAIL, password=OPERATOR_PASSWORD)
     seeded_before = {t.slug: (t.is_archived, t.requests_per_minute) for t in Tier.objects.all()}
-    assert set(seeded_before) == {"free", "plus", "pro", "enterprise"}
+    assert set(seeded_before) == {"free", "plus", "pro", "enterprise", "assistant"}
 
     # --- Log in: /admin/ sends the operator to the admin's login form.
     page.goto("/admin/")
@@ -59,7 +59,7 @@ def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
     with page.expect_navigation():
         page.get_by_role("link", name="Tiers", exact=True).first.click()
     assert path_of(page.url) == "/admin/tiers/tier/"
-    for name in ["Free", "Plus", "Pro", "Enterprise"]:
+    for name in ["Free", "Plus", "Pro", "Enterprise", "Assistant"]:
         expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
     with page.expect_navigation():
         page.get_by_role("link", name=re.compile(r"add tier", re.I)).click()
@@ -79,7 +79,7 @@ def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
     expect(page.get_by_text("Ensure this value is greater than or equal to 0.")).to_be_visible()
     shot("add-invalid-price-and-limit")
     assert not Tier.objects.filter(slug=SLUG).exists()
-    assert _tier_count() == 4
+    assert _tier_count() == len(seeded_before)
 
     # --- Invalid 2: billing overage with no overage price and no included tokens.
     fill_fields(page, price_cents="15.00", requests_per_minute="60")
@@ -91,7 +91,7 @@ def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
     expect(page.get_by_text("Overage is billed past the included tokens: set how many are included.")).to_be_visible()
     shot("add-invalid-overage")
     assert not Tier.objects.filter(slug=SLUG).exists()
-    assert _tier_count() == 4
+    assert _tier_count() == len(seeded_before)
 
     # --- Valid: complete the limits and overage price, entitle two models through the picker.
     fill_fields(
@@ -112,7 +112,7 @@ def test_operator_admin_tier_lifecycle(page, shot, seeded_catalog):
     shot("added")
 
     tier = Tier.objects.get(slug=SLUG)
-    assert _tier_count() == 5
+    assert _tier_count() == len(seeded_before) + 1
     assert (tier.name, tier.is_paid, tier.price_cents, tier.currency, tier.billing_interval) == (
         "Team Starter",
         True,
