@@ -480,3 +480,7 @@ LOGGING = {
         "celery.worker.strategy": {"filters": ["frequent_tasks"]},
     },
 }
+# TIERLAB_LOG_EVERY_TASK=1 keeps every task's lines (tests that follow a real worker by its log do).
+if env.bool("TIERLAB_LOG_EVERY_TASK", default=False):
+    for _logger in ("celery.app.trace", "celery.worker.strategy"):
+        LOGGING["loggers"].pop(_logger)

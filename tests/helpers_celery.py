@@ -134,6 +134,7 @@ def subprocess_environment(workdir: Path) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="config.settings_test",
         DATABASE_URL=database_url_of_this_process(),
         PYTHONUNBUFFERED="1",
+        TIERLAB_LOG_EVERY_TASK="1",  # the tests follow the worker's task lines, frequent tasks' included
     )
     if broker_scheme() == "filesystem":
         # A broker folder of this test's own: no message left over from another run or test can reach

@@ -123,6 +123,7 @@ class _TierTerms:
     currency: str
     overage_cents_per_million_tokens: int | None
     allowed_models: frozenset[str]
+    includes_api_access: bool
 
 
 # Per tier (a handful of entries), with the same TTL as the entitlements: a tier change is seen within it.
@@ -130,7 +131,16 @@ _tier_terms_cache: TTLCache[int, _TierTerms | None] = TTLCache(ttl=settings.TIER
 
 # The team's current subscription, compiled once per process (core/compiled_query.py): with thousands
 # of active teams the entitlements cache mostly misses, and this is then the only query of a miss.
-_SUBSCRIPTION_FIELDS = ("tier_id", "status", "billing_anchor", "past_due_since", "spend_cap_cents", "spend_cap_hard")
+_SUBSCRIPTION_FIELDS = (
+    "tier_id",
+    "status",
+    "billing_anchor",
+    "past_due_since",
+    "spend_cap_cents",
+    "spend_cap_hard",
+    "current_period_start",
+    "current_period_end",
+)
 _subscription_query = CompiledFirst(
     lambda team_id: (
         Subscription.objects.current()
@@ -159,6 +169,7 @@ def _load_tier_terms(tier_id: int) -> _TierTerms | None:
         currency=tier.currency,
         overage_cents_per_million_tokens=tier.overage_cents_per_million_tokens,
         allowed_models=frozenset(tier.allowed_models.filter(is_active=True).values_list("model_id", flat=True)),
+        includes_api_access=tier.includes_api_access,
     )
 
 
@@ -166,7 +177,7 @@ def _load_entitlements(team_id: int) -> Entitlements | None:
     row = _subscription_query.first(team_id)
     if row is None:
         return None
-    tier_id, status, billing_anchor, past_due_since, spend_cap_cents, spend_cap_hard = row
+    (tier_id, status, billing_anchor, past_due_since, spend_cap_cents, spend_cap_hard, period_start, period_end) = row
     terms = _tier_terms_cache.get_or_load(tier_id, lambda: _load_tier_terms(tier_id))
     if terms is None:  # the tier was deleted between the two reads
         return None
@@ -188,6 +199,9 @@ def _load_entitlements(team_id: int) -> Entitlements | None:
         overage_cents_per_million_tokens=terms.overage_cents_per_million_tokens,
         spend_cap_cents=spend_cap_cents,
         spend_cap_hard=spend_cap_hard,
+        current_period_start=period_start,
+        current_period_end=period_end,
+        includes_api_access=terms.includes_api_access,
     )
 
 
