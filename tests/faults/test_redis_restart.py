@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,17 @@ def test_every_answered_request_is_recorded_once_across_a_redis_restart(catalog,
             if len(events) == 1:  # the load ended before the restart was due
                 server.start()
                 events.append("restarted after the load")
+            # As an SDK does, every request not answered 2xx is sent once more with its X-Request-Id: a
+            # script Redis ran just before it stopped, whose answer was lost, is then answered from its
+            # record (counted once); one it never ran is admitted now (README, "When the quota backend
+            # fails"). Without a retry such a request keeps a record although its client saw a 503.
+            first_statuses = Counter(answers.values())
+            again = [request_id for request_id, status in answers.items() if status is None or status >= 300]
+            with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+                for request_id, status in zip(
+                    again, pool.map(lambda rid: _send(web.port, secret, rid), again), strict=True
+                ):
+                    answers[request_id] = status
 
             def drained() -> bool:
                 return client.xlen("tl:usage-events") == 0 and UsageRecord.objects.filter(team=team).count() > 0
@@ -154,13 +166,16 @@ def test_every_answered_request_is_recorded_once_across_a_redis_restart(catalog,
 
     report(
         f"\nRedis restart (AOF everysec): {len(answers)} requests in {load_seconds:.1f} s, "
-        f"{'; '.join(events)}; statuses {dict(sorted(statuses.items(), key=str))}\n"
+        f"{'; '.join(events)}; statuses {dict(sorted(first_statuses.items(), key=str))}, after one retry of each "
+        f"non-2xx with its id {dict(sorted(statuses.items(), key=str))}\n"
         f"answered 2xx {len(answered)} / records {len(recorded)} (distinct {len(set(recorded))}) / "
         f"counters: requests today {day_counter}, tokens this period {token_counter} (records' tokens {tokens})"
     )
     assert len(events) == 2 and events[0].startswith("SIGTERM"), events
     assert len(answers) == REQUESTS, f"only {len(answers)} of {REQUESTS} requests were sent in time"
-    assert len(answered) < REQUESTS, "no request failed: Redis was not down while the load ran"
+    assert sum(n for status, n in first_statuses.items() if status is None or status >= 300), (
+        "no request failed: Redis was not down while the load ran"
+    )
     assert answered, "no request was answered"
     assert len(recorded) == len(set(recorded)), "a request has more than one usage record"
     assert set(recorded) - answered == set(), f"records without a 2xx: {sorted(set(recorded) - answered)[:10]}"
