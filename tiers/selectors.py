@@ -153,10 +153,7 @@ _subscription_query = CompiledFirst(
 )
 
 
-def _load_tier_terms(tier_id: int) -> _TierTerms | None:
-    tier = Tier.objects.filter(pk=tier_id).first()
-    if tier is None:
-        return None
+def _terms_of(tier: Tier, models: frozenset[str]) -> _TierTerms:
     return _TierTerms(
         slug=tier.slug,
         billing_interval=tier.billing_interval,
@@ -168,19 +165,22 @@ def _load_tier_terms(tier_id: int) -> _TierTerms | None:
         price_cents=tier.price_cents,
         currency=tier.currency,
         overage_cents_per_million_tokens=tier.overage_cents_per_million_tokens,
-        allowed_models=frozenset(tier.allowed_models.filter(is_active=True).values_list("model_id", flat=True)),
+        allowed_models=models,
         includes_api_access=tier.includes_api_access,
     )
 
 
-def _load_entitlements(team_id: int) -> Entitlements | None:
-    row = _subscription_query.first(team_id)
-    if row is None:
+def _load_tier_terms(tier_id: int) -> _TierTerms | None:
+    tier = Tier.objects.filter(pk=tier_id).first()
+    if tier is None:
         return None
-    (tier_id, status, billing_anchor, past_due_since, spend_cap_cents, spend_cap_hard, period_start, period_end) = row
-    terms = _tier_terms_cache.get_or_load(tier_id, lambda: _load_tier_terms(tier_id))
-    if terms is None:  # the tier was deleted between the two reads
-        return None
+    return _terms_of(tier, frozenset(tier.allowed_models.filter(is_active=True).values_list("model_id", flat=True)))
+
+
+def _entitlements_build(team_id: int, terms: _TierTerms, subscription: tuple) -> Entitlements:
+    """The one place entitlements are put together: from a tier's terms and the subscription's
+    ``_SUBSCRIPTION_FIELDS`` (after ``tier_id``), whichever way both were read."""
+    status, billing_anchor, past_due_since, spend_cap_cents, spend_cap_hard, period_start, period_end = subscription
     return Entitlements(
         team_id=team_id,
         tier_slug=terms.slug,
@@ -205,30 +205,20 @@ def _load_entitlements(team_id: int) -> Entitlements | None:
     )
 
 
+def _load_entitlements(team_id: int) -> Entitlements | None:
+    row = _subscription_query.first(team_id)
+    if row is None:
+        return None
+    tier_id = row[0]
+    terms = _tier_terms_cache.get_or_load(tier_id, lambda: _load_tier_terms(tier_id))
+    if terms is None:  # the tier was deleted between the two reads
+        return None
+    return _entitlements_build(team_id, terms, tuple(row[1:]))
+
+
 def _entitlements_of(subscription: Subscription, models: frozenset[str]) -> Entitlements:
-    tier = subscription.tier
-    return Entitlements(
-        team_id=subscription.team_id,
-        tier_slug=tier.slug,
-        subscription_status=subscription.status,
-        billing_anchor=subscription.billing_anchor,
-        billing_interval=tier.billing_interval,
-        requests_per_minute=tier.requests_per_minute,
-        tokens_per_minute=tier.tokens_per_minute,
-        requests_per_day=tier.requests_per_day,
-        monthly_tokens=tier.monthly_tokens,
-        bills_overage=tier.bills_overage,
-        allowed_models=models,
-        past_due_since=subscription.past_due_since,
-        price_cents=tier.price_cents,
-        currency=tier.currency,
-        overage_cents_per_million_tokens=tier.overage_cents_per_million_tokens,
-        spend_cap_cents=subscription.spend_cap_cents,
-        spend_cap_hard=subscription.spend_cap_hard,
-        current_period_start=subscription.current_period_start,
-        current_period_end=subscription.current_period_end,
-        includes_api_access=tier.includes_api_access,
-    )
+    fields = tuple(getattr(subscription, name) for name in _SUBSCRIPTION_FIELDS[1:])
+    return _entitlements_build(subscription.team_id, _terms_of(subscription.tier, models), fields)
 
 
 def entitlements_for_teams(*, team_ids: Iterable[int]) -> dict[int, Entitlements | None]:
