@@ -210,11 +210,13 @@ def _api_ingest(args: argparse.Namespace, env: dict, tmp: Path, run_id: str) -> 
 
 
 def _tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its children (gunicorn's workers), from /proc."""
+    """User + system CPU of ``pid`` and its descendants (a server's workers), from /proc."""
     ticks = 0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    pids, seen = [pid], 0
+    while seen < len(pids):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in Path(f"/proc/{pids[seen]}/task/{pids[seen]}/children").read_text().split()]
+        seen += 1
     for one in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
