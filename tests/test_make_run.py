@@ -3,8 +3,8 @@
 Ctrl-C in a terminal sends SIGINT to the foreground process group: make and config/run.py (honcho), which
 sends SIGTERM to each Procfile process's group and SIGKILL to whatever is left after its grace period.
 The Celery worker's shutdown used to outlast honcho's 5 s and be killed every time. Here every process
-of the tree (make, honcho, gunicorn and its workers, the Celery worker and its pool, beat, localstripe)
-must be gone within 10 s of SIGINT, none killed, and the pid files, the gunicorn control socket and
+of the tree (make, honcho, granian and its workers, the Celery worker and its pool, beat, localstripe)
+must be gone within 10 s of SIGINT, none killed, and the pid files and
 localstripe's published URL must have been under the run's own var/run/ and removed on the way out.
 """
 
@@ -20,7 +20,7 @@ from tests.make_run import BASE_DIR, MakeRun, embedded_default_environment
 pytestmark = pytest.mark.make_run
 
 STOP_WITHIN_SECONDS = 10
-RUN_FILES = {"gunicorn.pid", "gunicorn.ctl", "worker.pid", "beat.pid", "localstripe.url"}
+RUN_FILES = {"web.pid", "worker.pid", "beat.pid", "localstripe.url"}
 
 
 def test_make_run_stops_on_sigint_within_10_s_and_kills_nothing(tmp_path):
@@ -57,14 +57,14 @@ def test_make_run_stops_on_sigint_within_10_s_and_kills_nothing(tmp_path):
         assert set(statuses) == {"web", "worker", "beat", "stripe"}, log[-4000:]
         assert "-9" not in statuses.values(), statuses
         assert len(run.tree) >= 10, run.tree  # make, honcho and its 4 runners, 4 processes and their children
-        # gunicorn's master SIGKILLs the workers still running after --graceful-timeout, without a word in
-        # the log: a worker that exits on its own is gone before then.
-        graceful = int(re.search(r"--graceful-timeout (\d+)", (BASE_DIR / "Procfile").read_text())[1])
-        gunicorn = {pid for pid, command in run.tree.items() if "bin/gunicorn" in command and "/bin/sh" not in command}
-        gunicorn_workers = {pid for pid in gunicorn if run.parents[pid] in gunicorn}
-        assert len(gunicorn_workers) == 2, run.tree
-        assert all(run.exit_seconds[pid] < graceful for pid in gunicorn_workers), timings
-        # Everything cleaned up after itself: pid files, the control socket, the published URL.
+        # granian's main process kills the workers still running after --workers-kill-timeout: a worker that
+        # exits on its own is gone before then.
+        kill_timeout = int(re.search(r"--workers-kill-timeout (\d+)", (BASE_DIR / "Procfile").read_text())[1])
+        granian = {pid for pid, command in run.tree.items() if "bin/granian" in command and "/bin/sh" not in command}
+        granian_workers = {pid for pid, command in run.tree.items() if run.parents.get(pid) in granian}
+        assert len(granian_workers) == 2, run.tree
+        assert all(run.exit_seconds[pid] < kill_timeout for pid in granian_workers), timings
+        # Everything cleaned up after itself: pid files, the published URL.
         assert not list(run_dir.iterdir()), sorted(run_dir.iterdir())
     finally:
         run.stop()
