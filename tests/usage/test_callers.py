@@ -150,3 +150,22 @@ def test_postgresql_consume_moves_the_keys_last_used_time_in_its_one_statement(c
     assert len(queries) == 1, [q["sql"] for q in queries]
     key.refresh_from_db()
     assert key.last_used_at == now
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_postgresql_prepares_the_cold_read_once_per_connection(catalog):
+    team = _subscriber("prepared@example.com")
+    _key, secret = api_key_create(team=team, name="k")
+    _forget_all_but_the_tier()
+
+    def prepared() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            return [row[0] for row in cursor.fetchall()]
+
+    metering.caller_authenticate(authorization=f"Bearer {secret}", now=timezone.now())
+    after = [sql for sql in prepared() if '"accounts_apikey"' in sql]
+    assert len(after) == 1, after  # the cold read, prepared on this connection
+    api_key_cache_clear()
+    metering.caller_authenticate(authorization=f"Bearer {secret}", now=timezone.now())
+    assert [sql for sql in prepared() if '"accounts_apikey"' in sql] == after  # run again, not prepared again

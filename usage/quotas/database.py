@@ -70,7 +70,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
 from accounts.services import api_key_mark_used_sql
-from core.sql import param, quoted_table
+from core.sql import hot_cursor, param, quoted_table
 from usage.models import QuotaReservation, TeamQuotaState, UsageRecord
 from usage.quotas.base import (
     REFUSAL_ORDER,
@@ -421,7 +421,7 @@ class DatabaseQuotaBackend(QuotaBackend):
         period = "_period" if params["period"] is not None else ""
         statement = self._statement(f"{name}{period}{'_mark' if mark else ''}")
         try:
-            with connection.cursor() as cursor:
+            with hot_cursor() as cursor:  # prepared once per connection (core.sql.hot_cursor)
                 cursor.execute(statement, params)
                 return cursor.fetchone()
         except _UNAVAILABLE as error:
