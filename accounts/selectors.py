@@ -169,28 +169,36 @@ def secret_key_match(
 _key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
 
 
+# What a key lookup reads, in this order (usage.callers reads the same columns with more of its own).
+API_KEY_ROW_FIELDS = ("id", "team_id", "name", "secret_hash", "expires_at", "revoked_at", "scopes", "created_by_id")
+
 # Compiled once per process: a miss costs the statement, not the ORM (core/compiled_query.py).
 _key_row_query = CompiledFirst(
-    lambda prefix: ApiKey.objects.filter(prefix=prefix).values_list(
-        "id", "team_id", "name", "secret_hash", "expires_at", "revoked_at", "scopes", "created_by_id"
-    ),
-    arity=1,
+    lambda prefix: ApiKey.objects.filter(prefix=prefix).values_list(*API_KEY_ROW_FIELDS), arity=1
 )
 
 
-def _load_key_row(prefix: str) -> _KeyRow | None:
-    row = _key_row_query.first(prefix)
+def _key_row_of(row: tuple | None) -> _KeyRow | None:
     return _KeyRow(*row[:6], scopes=frozenset(row[6] or ()), created_by_id=row[7]) if row else None
 
 
-def api_key_authenticate(*, raw_key: str, now: datetime | None = None) -> AuthenticatedKey | None:
+def _load_key_row(prefix: str) -> _KeyRow | None:
+    return _key_row_of(_key_row_query.first(prefix))
+
+
+def api_key_authenticate(
+    *, raw_key: str, now: datetime | None = None, load_row: Callable[[str], tuple | None] | None = None
+) -> AuthenticatedKey | None:
     """The key ``raw_key`` names, if it exists, matches, is not revoked and has not expired.
 
     One indexed lookup by prefix (cached in-process for TIERLAB_AUTH_CACHE_SECONDS, misses too), then a
     constant-time comparison of SHA-256 hashes. A revocation is therefore seen within that TTL.
+    ``load_row(prefix)``: the lookup of a caller that reads more in the same statement; it returns the
+    values of API_KEY_ROW_FIELDS (first, in order) or None, and is cached like the plain lookup.
     """
+    load = _load_key_row if load_row is None else (lambda prefix: _key_row_of(load_row(prefix)))
     row = secret_key_match(
-        raw_key, marker=API_KEY_MARKER, prefix_length=API_KEY_PREFIX_LENGTH, cache=_key_cache, load=_load_key_row
+        raw_key, marker=API_KEY_MARKER, prefix_length=API_KEY_PREFIX_LENGTH, cache=_key_cache, load=load
     )
     if row is None:
         return None

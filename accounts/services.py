@@ -15,6 +15,7 @@ from accounts import extensions
 from accounts.models import ApiKey, AuditEntry, Membership, Team, User, team_slug_new
 from accounts.roles import TeamAction, role_allows, team_role, team_role_check
 from core.errors import ApplicationError
+from core.sql import quoted_table
 
 
 @transaction.atomic
@@ -230,6 +231,16 @@ def api_key_revoke(*, key: ApiKey, actor: User | None = None, now: datetime | No
         key.revoked_at = now or timezone.now()
         key.save(update_fields=["revoked_at"])
     return key
+
+
+def api_key_mark_used_sql() -> str:
+    """``api_key_mark_used`` for one key as a statement for a caller to run inside one of its own (the
+    database quota backend's one-statement consume on PostgreSQL runs it as a CTE, so marking costs no
+    statement of its own): named parameters ``%(api_key)s`` and ``%(used_at)s``."""
+    return (
+        f"UPDATE {quoted_table(ApiKey)} SET last_used_at = %(used_at)s"  # noqa: S608 - identifiers from _meta
+        " WHERE id = %(api_key)s AND (last_used_at IS NULL OR last_used_at < %(used_at)s)"
+    )
 
 
 def api_key_mark_used(*, used_at: dict[int, datetime]) -> None:

@@ -411,6 +411,9 @@ CELERY_BEAT_SCHEDULE["usage-stream-drain"]["enabled"] = TIERLAB_QUOTA_BACKEND ==
 # How stale the model API's in-process view of keys and entitlements may be: a revoked key or a tier
 # change takes effect within this many seconds on every web process.
 TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0)
+# PostgreSQL: the model API's few hot statements are prepared once per connection (core.sql.hot_cursor);
+# off behind a pooler in transaction mode that does not keep prepared statements.
+TIERLAB_PG_PREPARED_STATEMENTS = env.bool("TIERLAB_PG_PREPARED_STATEMENTS", default=True)
 # How late a hosting partner may report a usage event: an event dated more than this many days before
 # the partner's first share rate is refused by the ingest (POST /api/v1/partner/usage-events). Two
 # months covers a partner that reports a month's backlog after month end; anything older is a wrong

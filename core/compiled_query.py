@@ -25,6 +25,8 @@ from typing import Any
 from django.db import connection
 from django.db.models import QuerySet
 
+from core.sql import hot_cursor
+
 
 class _Marker(str):
     """A text parameter value no real call passes: where it lands among the compiled parameters is where
@@ -82,7 +84,7 @@ class CompiledFirst:
         params = list(params)
         for position, value in zip(positions, values, strict=True):
             params[position] = value
-        with connection.cursor() as cursor:
+        with hot_cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
         if row is None:

@@ -54,13 +54,21 @@ class TTLCache(Generic[K, V]):
         if entry is not None and entry[0] > now:
             return entry[1]
         value = load()
+        self._store(key, value, now)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        """Cache ``value`` for ``key`` as if it had just been loaded: for a caller that read it together
+        with something else (usage.callers reads a key, its team's subscription and more in one statement)."""
+        self._store(key, value, self._clock())
+
+    def _store(self, key: K, value: V, now: float) -> None:
         with self._lock:
             entries = self._entries
             entries.pop(key, None)  # re-inserted at the end: the dict stays in expiry order
             while len(entries) >= self.max_entries:
                 del entries[next(iter(entries))]
             entries[key] = (now + self.ttl, value)
-        return value
 
     def invalidate(self, key: K) -> None:
         with self._lock:

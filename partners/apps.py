@@ -14,4 +14,5 @@ class PartnersConfig(AppConfig):
         extensions.register(
             key_channel_partner=selectors.channel_partner_for_key,
             license_required_from=selectors.license_required_from,
+            caller_columns=selectors.caller_columns,
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import date
 
+from django.db.models import F, OuterRef, Subquery
+
 from core.compiled_query import CompiledFirst
 from partners.models import LicenseAgreement, PartnerChannelKey
 
@@ -15,15 +17,24 @@ _channel_query = CompiledFirst(
     arity=1,
     ints=1,
 )
-_license_query = CompiledFirst(
-    lambda team_id: (
-        LicenseAgreement.objects.filter(team_id=team_id)
-        .exclude(status=LicenseAgreement.Status.GRANTED)
-        .values_list("required_from")
-    ),
-    arity=1,
-    ints=1,
-)
+
+
+def _license_gate(team_id):
+    return LicenseAgreement.objects.filter(team_id=team_id).exclude(status=LicenseAgreement.Status.GRANTED)
+
+
+_license_query = CompiledFirst(lambda team_id: _license_gate(team_id).values_list("required_from"), arity=1, ints=1)
+
+
+def caller_columns() -> dict:
+    """Both answers below as expressions over ``accounts.ApiKey``, for the model API's one statement
+    that reads a key with its team's subscription on a cache miss (usage.extensions, usage.callers)."""
+    return {
+        "channel_partner_id": F("partner_channel__partner_id"),
+        "license_required_from": Subquery(
+            _license_gate(OuterRef("team_id")).order_by("pk").values("required_from")[:1]
+        ),
+    }
 
 
 def channel_partner_for_key(*, api_key_id: int) -> int | None:

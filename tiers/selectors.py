@@ -131,7 +131,7 @@ _tier_terms_cache: TTLCache[int, _TierTerms | None] = TTLCache(ttl=settings.TIER
 
 # The team's current subscription, compiled once per process (core/compiled_query.py): with thousands
 # of active teams the entitlements cache mostly misses, and this is then the only query of a miss.
-_SUBSCRIPTION_FIELDS = (
+SUBSCRIPTION_FIELDS = (
     "tier_id",
     "status",
     "billing_anchor",
@@ -143,10 +143,7 @@ _SUBSCRIPTION_FIELDS = (
 )
 _subscription_query = CompiledFirst(
     lambda team_id: (
-        Subscription.objects.current()
-        .filter(team_id=team_id)
-        .order_by("-created_at")
-        .values_list(*_SUBSCRIPTION_FIELDS)
+        Subscription.objects.current().filter(team_id=team_id).order_by("-created_at").values_list(*SUBSCRIPTION_FIELDS)
     ),
     arity=1,
     ints=1,
@@ -179,7 +176,7 @@ def _load_tier_terms(tier_id: int) -> _TierTerms | None:
 
 def _entitlements_build(team_id: int, terms: _TierTerms, subscription: tuple) -> Entitlements:
     """The one place entitlements are put together: from a tier's terms and the subscription's
-    ``_SUBSCRIPTION_FIELDS`` (after ``tier_id``), whichever way both were read."""
+    ``SUBSCRIPTION_FIELDS`` (after ``tier_id``), whichever way both were read."""
     status, billing_anchor, past_due_since, spend_cap_cents, spend_cap_hard, period_start, period_end = subscription
     return Entitlements(
         team_id=team_id,
@@ -206,8 +203,11 @@ def _entitlements_build(team_id: int, terms: _TierTerms, subscription: tuple) ->
 
 
 def _load_entitlements(team_id: int) -> Entitlements | None:
-    row = _subscription_query.first(team_id)
-    if row is None:
+    return _entitlements_from_row(team_id, _subscription_query.first(team_id))
+
+
+def _entitlements_from_row(team_id: int, row: tuple | None) -> Entitlements | None:
+    if row is None or row[0] is None:
         return None
     tier_id = row[0]
     terms = _tier_terms_cache.get_or_load(tier_id, lambda: _load_tier_terms(tier_id))
@@ -217,7 +217,7 @@ def _load_entitlements(team_id: int) -> Entitlements | None:
 
 
 def _entitlements_of(subscription: Subscription, models: frozenset[str]) -> Entitlements:
-    fields = tuple(getattr(subscription, name) for name in _SUBSCRIPTION_FIELDS[1:])
+    fields = tuple(getattr(subscription, name) for name in SUBSCRIPTION_FIELDS[1:])
     return _entitlements_build(subscription.team_id, _terms_of(subscription.tier, models), fields)
 
 
@@ -242,6 +242,15 @@ def entitlements_for_team(*, team_id: int) -> Entitlements | None:
     """The team's entitlements (None without a current subscription), cached in-process for
     TIERLAB_AUTH_CACHE_SECONDS: a tier or subscription change is seen within that time."""
     return _entitlements_cache.get_or_load(team_id, lambda: _load_entitlements(team_id))
+
+
+def entitlements_prime(*, team_id: int, subscription: tuple | None) -> Entitlements | None:
+    """Cache (and return) the team's entitlements from its current subscription's SUBSCRIPTION_FIELDS
+    values, read by a caller in a statement of its own (usage.callers: with the API key, in one); None or
+    a None ``tier_id`` (an outer join that found no current subscription): no entitlements."""
+    entitlements = _entitlements_from_row(team_id, subscription)
+    _entitlements_cache.put(team_id, entitlements)
+    return entitlements
 
 
 def entitlements_cache_clear() -> None:

@@ -30,6 +30,7 @@ from accounts.selectors import AuthenticatedKey, api_key_authenticate
 from core.local_cache import DEFAULT_MAX_ENTRIES, TTLCache
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
 from usage import errors, extensions, refusals
+from usage.callers import caller_row_load
 from usage.models import PLAYGROUND_REQUEST_ID_PREFIX
 from usage.quotas import get_quota_backend
 from usage.quotas.base import (
@@ -124,7 +125,7 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
     """The caller of a model-API request from its ``Authorization: Bearer <key>`` header."""
     if not authorization or authorization[:7].lower() != "bearer ":  # the scheme is case-insensitive (RFC 9110)
         raise errors.InvalidApiKey("Missing API key: send 'Authorization: Bearer <your TierLab API key>'.")
-    key = api_key_authenticate(raw_key=authorization[7:].strip(), now=now)
+    key = api_key_authenticate(raw_key=authorization[7:].strip(), now=now, load_row=_caller_row_load)
     if key is None:
         raise errors.InvalidApiKey("Invalid API key: it is wrong, revoked or expired.")
     if not key.has_scope("model"):  # ApiKey.Scope.MODEL; the scopes come cached with the key
@@ -137,6 +138,20 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
         )
     partner_id = _channel_cache.get_or_load(key.key_id, lambda: extensions.key_channel_partner(api_key_id=key.key_id))
     return Caller(key=key, entitlements=entitlements, partner_id=partner_id)
+
+
+def _caller_row_load(prefix: str) -> tuple | None:
+    """A key-cache miss: the key with its team's entitlements, licence gate and the key's channel in one
+    statement (usage.callers); the latter two go into this module's caches."""
+    loaded = caller_row_load(prefix)
+    if loaded is None:
+        return None
+    key_row, extra = loaded
+    if "license_required_from" in extra:
+        _license_cache.put(key_row[1], extra["license_required_from"])
+    if "channel_partner_id" in extra:
+        _channel_cache.put(key_row[0], extra["channel_partner_id"])
+    return key_row
 
 
 def caller_for_team(*, team_id: int, now: datetime) -> Caller:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -120,10 +120,23 @@ def usage_record_values(*, event: UsageEvent, keyless: bool = False) -> list[Any
     ]
 
 
-def usage_records_inserted(*, events: Sequence[UsageEvent]) -> None:
+def usage_records_inserted(*, events: Sequence[UsageEvent], keys_marked: bool = False) -> None:
     """After records of ``events`` were inserted by a statement of the caller's own: what
-    usage_record_insert does next (the keys' last-used time, at most once a minute per key)."""
-    _api_keys_mark_used(events)
+    usage_record_insert does next (the keys' last-used time, at most once a minute per key).
+    ``keys_marked``: the caller's statement moved the keys ``api_key_mark_due`` named already
+    (accounts.services.api_key_mark_used_sql); they are only noted."""
+    if keys_marked:
+        _keys_noted({event.api_key_id for event in events if event.api_key_id is not None}, time.monotonic())
+    else:
+        _api_keys_mark_used(events)
+
+
+def api_key_mark_due(*, event: UsageEvent) -> bool:
+    """Whether recording ``event`` would move its key's last-used time (this process moves each key's at
+    most once a minute): a caller that records in a statement of its own then moves it in the same one."""
+    if event.api_key_id is None:
+        return False
+    return time.monotonic() - _key_marked_at.get(event.api_key_id, float("-inf")) >= _KEY_MARK_INTERVAL_SECONDS
 
 
 def usage_record_insert(*, event: UsageEvent, keyless: bool = False) -> bool:
@@ -175,11 +188,15 @@ def _api_keys_mark_used(events: Sequence[UsageEvent]) -> None:
             due[event.api_key_id] = event.created_at
     if due:
         account_services.api_key_mark_used(used_at=due)
-        if len(_key_marked_at) + len(due) > DEFAULT_MAX_ENTRIES:
-            # Bounded (one entry per key in use): entries past the interval say nothing any more.
-            for key_id in [k for k, at in _key_marked_at.items() if now - at >= _KEY_MARK_INTERVAL_SECONDS]:
-                del _key_marked_at[key_id]
-            if len(_key_marked_at) + len(due) > DEFAULT_MAX_ENTRIES:  # more keys than that in one minute
-                _key_marked_at.clear()  # at worst one extra UPDATE per key
-        for key_id in due:
-            _key_marked_at[key_id] = now
+        _keys_noted(due, now)
+
+
+def _keys_noted(key_ids: Collection[int], now: float) -> None:
+    if len(_key_marked_at) + len(key_ids) > DEFAULT_MAX_ENTRIES:
+        # Bounded (one entry per key in use): entries past the interval say nothing any more.
+        for key_id in [k for k, at in _key_marked_at.items() if now - at >= _KEY_MARK_INTERVAL_SECONDS]:
+            del _key_marked_at[key_id]
+        if len(_key_marked_at) + len(key_ids) > DEFAULT_MAX_ENTRIES:  # more keys than that in one minute
+            _key_marked_at.clear()  # at worst one extra UPDATE per key
+    for key_id in key_ids:
+        _key_marked_at[key_id] = now

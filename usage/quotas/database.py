@@ -36,7 +36,9 @@ transaction (UPDATE, INSERT); settle 3 in one transaction (UPDATE, DELETE, INSER
 refusal, a held id or the team's first request add the SELECT (and a retry).
 
 On PostgreSQL an admitted consume or reserve is ONE statement, its own transaction (issue 17: the two
-statements kept 0.22 of the unmetered endpoint):
+statements kept 0.22 of the unmetered endpoint). When the key's last-used time is due (once a minute
+per key and process, usage.services) a consume moves it in the same statement (a CTE ``k``), not in an
+UPDATE of its own: with thousands of active keys that UPDATE, through the ORM, came with most requests.
 
     WITH q AS (SELECT xmin FROM quota WHERE team = %s AND <every limit has room> FOR NO KEY UPDATE),
          i AS (INSERT INTO <record | reservation> SELECT ... FROM q WHERE NOT EXISTS <the id held elsewhere>
@@ -67,7 +69,8 @@ from typing import Any
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
-from core.sql import param, quoted_table
+from accounts.services import api_key_mark_used_sql
+from core.sql import hot_cursor, param, quoted_table
 from usage.models import QuotaReservation, TeamQuotaState, UsageRecord
 from usage.quotas.base import (
     REFUSAL_ORDER,
@@ -82,7 +85,13 @@ from usage.quotas.base import (
     day_window,
     minute_window,
 )
-from usage.services import USAGE_RECORD_COLUMNS, usage_record_insert, usage_record_values, usage_records_inserted
+from usage.services import (
+    USAGE_RECORD_COLUMNS,
+    api_key_mark_due,
+    usage_record_insert,
+    usage_record_values,
+    usage_records_inserted,
+)
 
 # A new row's windows: before any real window, so the first request starts every counter from zero.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -175,15 +184,18 @@ def _sql() -> dict[str, str]:
     def charge(with_period: bool) -> str:
         return f"UPDATE {quota}{charge_set(with_period)}{room(with_period)} RETURNING {', '.join(_COUNTERS)}"
 
-    def charge_and(with_period: bool, insert: str) -> str:
+    def charge_and(with_period: bool, insert: str, *, mark: bool = False) -> str:
         # PostgreSQL: the charge and ``insert`` in ONE statement (the module docstring says why it is exact).
+        # ``mark``: the key's last-used time moves in it too, when inserted (a CTE that modifies runs
+        # whether or not the query reads it), instead of in an UPDATE of its own after the statement.
+        key_mark = f", k AS ({api_key_mark_used_sql()} AND EXISTS (SELECT 1 FROM i))" if mark else ""  # noqa: S608 - no values
         return (
             f"WITH q AS (SELECT xmin AS version FROM {quota}{room(with_period)} FOR NO KEY UPDATE),"  # noqa: S608 - identifiers from _meta, values as parameters
             f" i AS ({insert}"
             f" AND (SELECT version FROM q) = (SELECT xmin FROM {quota} WHERE team_id = %(team)s)"
             " ON CONFLICT DO NOTHING RETURNING id),"
             f" u AS (UPDATE {quota}{charge_set(with_period)} WHERE team_id = %(team)s AND EXISTS (SELECT 1 FROM i)"
-            f" RETURNING {', '.join(_COUNTERS)})"
+            f" RETURNING {', '.join(_COUNTERS)}){key_mark}"
             " SELECT u.*, (SELECT id FROM i) FROM u"
         )
 
@@ -205,6 +217,8 @@ def _sql() -> dict[str, str]:
         one_statement = {
             "consume_one": charge_and(False, record_insert),
             "consume_one_period": charge_and(True, record_insert),
+            "consume_one_mark": charge_and(False, record_insert, mark=True),
+            "consume_one_period_mark": charge_and(True, record_insert, mark=True),
             "reserve_one": charge_and(False, reservation_hold),
             "reserve_one_period": charge_and(True, reservation_hold),
         }
@@ -387,22 +401,27 @@ class DatabaseQuotaBackend(QuotaBackend):
 
         if connection.vendor == "postgresql":
             params.update((f"r{n}", value) for n, value in enumerate(usage_record_values(event=event)))
-            row = self._one_statement("consume_one", params)
+            mark = api_key_mark_due(event=event)
+            if mark:
+                params.update(api_key=event.api_key_id, used_at=param(event.created_at))
+            row = self._one_statement("consume_one", params, mark=mark)
             if row is not None:
-                usage_records_inserted(events=[event])
+                usage_records_inserted(events=[event], keys_marked=mark)
                 return Decision(allowed=True, used=self._used(limits, row[:4]))
         return self._charge(params=params, limits=limits, tokens=tokens, now=now, then=recorded)
 
-    def _one_statement(self, name: str, params: dict[str, Any]) -> Sequence[Any] | None:
+    def _one_statement(self, name: str, params: dict[str, Any], *, mark: bool = False) -> Sequence[Any] | None:
         """PostgreSQL: charge and insert (the record, or the reservation) in ONE statement, its own
-        transaction; the counters and the inserted id, or None when it changed nothing (no room, the
-        id held, the team's first request, or another step of the team committed while this one waited
-        for the row: see the module docstring), and the caller takes the transactional path, which says why."""
+        transaction (``mark``: and move the key's last-used time); the counters and the inserted id, or
+        None when it changed nothing (no room, the id held, the team's first request, or another step of
+        the team committed while this one waited for the row: see the module docstring), and the caller
+        takes the transactional path, which says why."""
         if connection.vendor != "postgresql":
             return None
-        statement = self._statement(f"{name}_period" if params["period"] is not None else name)
+        period = "_period" if params["period"] is not None else ""
+        statement = self._statement(f"{name}{period}{'_mark' if mark else ''}")
         try:
-            with connection.cursor() as cursor:
+            with hot_cursor() as cursor:  # prepared once per connection (core.sql.hot_cursor)
                 cursor.execute(statement, params)
                 return cursor.fetchone()
         except _UNAVAILABLE as error:
