@@ -43,7 +43,6 @@ from tiers.models import Subscription, Tier
 from tiers.pricing import overage_cents_sql, overage_tokens_sql
 from usage.selectors import tokens_used_sql
 
-# The invoice number, as billing.close._invoice_number_sql writes it.
 _STEP = "CASE nt.billing_interval WHEN 'year' THEN 12 ELSE 1 END"
 _TOKENS_FORMAT = "'FM9,999,999,999,999,999,999'"  # {:,} in Python: comma groups, no padding
 
@@ -145,7 +144,8 @@ ins AS (
     issued_at, next_attempt_at, attempt_count, memo, subscription_id, team_id)
   SELECT plan.invoice_id, {_invoice_number_sql("plan.invoice_id")}, plan.key, '{Invoice.Kind.RENEWAL.value}',
     '{Invoice.Status.OPEN.value}', plan.currency, plan.total,
-    CASE WHEN plan.fee THEN plan.start ELSE plan.old_start END, CASE WHEN plan.fee THEN plan."end" ELSE plan.old_end END,
+    CASE WHEN plan.fee THEN plan.start ELSE plan.old_start END,
+    CASE WHEN plan.fee THEN plan."end" ELSE plan.old_end END,
     %(now)s, %(now)s, 0, '', plan.id, plan.team_id
   FROM plan WHERE plan.invoice_id IS NOT NULL
   ON CONFLICT (billing_key) DO NOTHING
@@ -154,7 +154,8 @@ ins AS (
 lines AS (
   INSERT INTO {line} (invoice_id, kind, description, tier_id, quantity, unit_amount_cents, amount_cents,
     period_start, period_end)
-  SELECT plan.invoice_id, '{InvoiceLine.Kind.FEE.value}', nt.name || ' (' || {_span_sql("plan.start", 'plan."end"')} || ')',
+  SELECT plan.invoice_id, '{InvoiceLine.Kind.FEE.value}',
+    nt.name || ' (' || {_span_sql("plan.start", 'plan."end"')} || ')',
     nt.id, 1, plan.fee_cents, plan.fee_cents, plan.start, plan."end"
   FROM plan JOIN {tier} nt ON nt.id = plan.new_tier_id WHERE plan.invoice_id IS NOT NULL AND plan.fee
   UNION ALL
@@ -162,13 +163,15 @@ lines AS (
     ot.name || ' overage: ' || to_char(plan.over_tokens, {_TOKENS_FORMAT}) || ' tokens beyond the '
       || to_char(ot.monthly_tokens, {_TOKENS_FORMAT}) || ' included',
     ot.id, plan.over_tokens, ot.overage_cents_per_million_tokens, plan.over_cents, plan.old_start, plan.old_end
-  FROM plan JOIN {tier} ot ON ot.id = plan.old_tier_id WHERE plan.invoice_id IS NOT NULL AND plan.over_tokens IS NOT NULL
+  FROM plan JOIN {tier} ot ON ot.id = plan.old_tier_id
+  WHERE plan.invoice_id IS NOT NULL AND plan.over_tokens IS NOT NULL
   RETURNING 1
 ),
 audits AS (
   INSERT INTO {audit} (action, description, data, created_at, actor_id, team_id)
   SELECT CASE plan.change WHEN 'cancel' THEN '{AuditEntry.Action.CANCEL_APPLIED.value}'
-      WHEN 'downgrade' THEN '{AuditEntry.Action.DOWNGRADE_APPLIED.value}' ELSE '{AuditEntry.Action.TRIAL_ENDED.value}' END,
+      WHEN 'downgrade' THEN '{AuditEntry.Action.DOWNGRADE_APPLIED.value}'
+      ELSE '{AuditEntry.Action.TRIAL_ENDED.value}' END,
     ot.name || ' -> ' || nt.name || ' at the period end.',
     jsonb_build_object('from_tier', ot.slug, 'to_tier', nt.slug, 'at', {iso_utc_sql("plan.old_end")}),
     %(now)s, NULL, plan.team_id
@@ -187,7 +190,7 @@ _SQL: str | None = None
 
 def periods_close_pg(*, now: datetime, free: Tier, batch_size: int, result) -> None:
     """Close every period that ended by ``now`` (see the module docstring); adds to ``result``."""
-    global _SQL  # noqa: PLW0603 - built once per process: it depends on _meta only
+    global _SQL  # built once per process: it depends on _meta only
     if _SQL is None:
         _SQL = _statement()
     last_id = 0
@@ -197,7 +200,7 @@ def periods_close_pg(*, now: datetime, free: Tier, batch_size: int, result) -> N
                 _SQL,
                 {"last_id": last_id, "now": now, "batch": batch_size, "free_id": free.pk, "wall": timezone.now()},
             )
-            due, max_id, advanced, planned, invoices, lines, audits = cursor.fetchone()
+            due, max_id, advanced, planned, invoices, _lines, audits = cursor.fetchone()
             if not due:
                 return
             if advanced != due or invoices != planned:
