@@ -478,10 +478,15 @@ def close(spec: dict) -> dict:
 
     now = _parse_now(spec["now"])
     batch_size = int(spec.get("batch_size") or billing_close.CLOSE_BATCH_SIZE)
+    # "sql": on PostgreSQL the database plans each batch (billing/close_pg.py); "python": the Python
+    # planner, what SQLite runs and what PostgreSQL ran before issue 17 (the before/after comparison).
+    billing_close.SET_BASED_ON_POSTGRESQL = spec.get("planner", "sql") == "sql"
     before = _counts(now)  # also opens the connection: not part of the timing
+    backend = _backend_cpu_reader()
     counter = StatementCounter()
     profiler = cProfile.Profile() if spec.get("profile") else None
     with connection.execute_wrapper(counter), CpuWatch() as watch:
+        cpu_before, backend_before = time.process_time(), backend()
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -489,6 +494,10 @@ def close(spec: dict) -> dict:
         if profiler is not None:
             profiler.disable()
         seconds = time.perf_counter() - started
+        cpu = {"client": time.process_time() - cpu_before}
+        backend_after = backend()
+        if backend_before is not None and backend_after is not None:
+            cpu["database"] = backend_after - backend_before
     after = _counts(now)
     counter2 = StatementCounter()
     with connection.execute_wrapper(counter2):
@@ -498,6 +507,8 @@ def close(spec: dict) -> dict:
     after2 = _counts(now)
     payload = {
         "batch_size": batch_size,
+        "planner": "sql" if billing_close.SET_BASED_ON_POSTGRESQL and connection.vendor == "postgresql" else "python",
+        "cpu": cpu,
         "seconds": seconds,
         "result": vars(result),
         "statements": counter.as_dict(),
@@ -511,6 +522,30 @@ def close(spec: dict) -> dict:
     if profiler is not None:
         payload["profile"] = _profile_top(profiler, int(spec.get("top", 25)))
     return payload
+
+
+def _backend_cpu_reader():
+    """A function returning the CPU seconds (user + system) the database server process serving this
+    connection has used so far: PostgreSQL's backend, read from /proc when the server runs on this
+    machine; None where it cannot be read (SQLite runs in this process: its CPU is the client's)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return lambda: None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    return read
 
 
 def _server_version() -> str:
@@ -617,7 +652,7 @@ def pay(spec: dict) -> dict:
     charge = StatementCounter()
     with connection.execute_wrapper(charge), CpuWatch() as watch:
         started = time.perf_counter()
-        run = billing.billing_run(now=now)
+        run = billing.billing_run(now=now, payment_concurrency=int(spec.get("concurrency") or 1))
         charge_seconds = time.perf_counter() - started
     after = _counts(now)
     intents_after = _stripe_payment_intents()
@@ -631,6 +666,7 @@ def pay(spec: dict) -> dict:
     intents_after2 = _stripe_payment_intents()
     return {
         "vendor": connection.vendor,
+        "concurrency": int(spec.get("concurrency") or 1),
         "local": {"seconds": local_seconds, "result": vars(closed), "statements": local.as_dict()},
         "charge": {"seconds": charge_seconds, "result": vars(run), "statements": charge.as_dict()},
         "again": {"seconds": again_seconds, "result": vars(run2), "statements": again.as_dict(), "after": after2},
