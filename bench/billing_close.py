@@ -12,10 +12,17 @@ invoices, their lines, the period advance; set-based, billing/close.py), and a P
      billing/close.py:invoice_numbers_assign is planned as a nested loop on SQLite, quadratic in
      the batch size: ~6 s per batch of 5,000): seconds, cost per subscription,
      SQL statements per batch (counted with connection.execute_wrapper: a fixed number per batch, not
-     one per subscription) and the time spent inside the database;
+     one per subscription), the time spent inside the database, and the CPU per subscription of this
+     process and of the PostgreSQL backend serving it (read from /proc: the server must run here to
+     count it). On PostgreSQL each size is closed twice, on copies of one seed, back to back: by the
+     Python planner (what PostgreSQL ran before issue 17, and what SQLite runs) and by the set-based
+     statement (billing/close_pg.py), with the ratio (--no-compare: the statement only);
   2. the payment part for 1,000 subscriptions through a real localstripe (memory state, started here):
      every team has a Stripe customer with pm_card_visa attached as its default, created through the
      gateway beforehand (that set-up is timed and reported separately, it is not part of the pass);
+     on PostgreSQL twice, one at a time and by a pool of --payment-concurrency (default 8), each from
+     an empty localstripe, with payments per second and the ratio (the statement counts of a pool run
+     miss its threads' connections);
   3. the same pass again on the same data, which must create nothing: 0 periods closed, 0 invoices,
      0 payments (and no PaymentIntent in localstripe), the same row counts.
 Checks (any failure exits 1, listed): before the pass every seeded subscription is due, after it none;
@@ -26,7 +33,8 @@ second pass adds nothing.
 The figures are wall-clock times: each measurement waits (up to --quiet-wait) for other programs to
 leave the CPUs alone, records the CPU they used during it anyway, and is marked BUSY when that was more
 than 5% of one CPU.
-Goal (issue 4): the local part closes 100,000 subscriptions in under 10 s on PostgreSQL. When it is
+Goal (issue 17; issue 4's was 10 s): the local part closes 100,000 subscriptions in under 5 s on
+PostgreSQL (50 µs per subscription). When it is
 missed (or with --profile), the close is run again on a fresh copy under cProfile and the top
 functions are printed.
 
