@@ -51,7 +51,7 @@ def _span_sql(start: str, end: str) -> str:
     """billing.close.period_span in SQL: "Mar 1, 2026 to Apr 1, 2026" (English month abbreviations:
     to_char's Mon is not localised without the TM prefix)."""
     fmt = "'Mon FMDD, YYYY'"
-    return f"to_char(({start}) AT TIME ZONE 'UTC', {fmt}) || ' to ' || to_char(({end}) AT TIME ZONE 'UTC', {fmt})"
+    return f"to_char({start}, {fmt}) || ' to ' || to_char({end}, {fmt})"
 
 
 def _statement() -> str:
@@ -196,6 +196,8 @@ def periods_close_pg(*, now: datetime, free: Tier, batch_size: int, result) -> N
     last_id = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
+            # The period arithmetic works in the session's time zone (core.periods, the SQL twins).
+            cursor.execute("SET LOCAL TimeZone = 'UTC'")
             cursor.execute(
                 _SQL,
                 {"last_id": last_id, "now": now, "batch": batch_size, "free_id": free.pk, "wall": timezone.now()},
