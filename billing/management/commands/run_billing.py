@@ -53,6 +53,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         now = parse_now(options["now"]) if options.get("now") else timezone.now()
+        if options["payment_concurrency"] < 1:
+            raise CommandError("--payment-concurrency must be 1 or more.")
         result = billing_run(now=now, payment_concurrency=options["payment_concurrency"])
         self.stdout.write(
             f"Billing pass at {now.isoformat()}: {result.periods_closed} period(s) closed, "
