@@ -131,6 +131,9 @@ plan AS MATERIALIZED (
       AND NOT EXISTS (SELECT 1 FROM {inv} x WHERE x.billing_key = p4.key)
       THEN nextval(pg_get_serial_sequence('{inv}', 'id')) END AS invoice_id
   FROM p4
+  -- Invoice ids (and numbers) in subscription order, as the Python planner draws them, whatever order
+  -- the joins above produced: PostgreSQL evaluates nextval() after the sort.
+  ORDER BY p4.id
 ),
 adv AS (
   UPDATE {sub} s SET tier_id = plan.new_tier_id, pending_tier_id = NULL, cancel_at_period_end = false,

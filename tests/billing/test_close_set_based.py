@@ -64,7 +64,9 @@ def _snapshot() -> dict:
         )
     )
     audit = sorted(AuditEntry.objects.values_list("team_id", "action", "description", "data", "created_at"))
-    return {"invoices": invoices, "lines": lines, "subscriptions": subs, "audit": audit}
+    # Invoice ids (so numbers) are drawn in subscription order by both paths.
+    order = list(Invoice.objects.order_by("id").values_list("subscription_id", flat=True))
+    return {"invoices": invoices, "lines": lines, "subscriptions": subs, "audit": audit, "order": order}
 
 
 def _close(*, set_based: bool, monkeypatch) -> tuple[dict, dict]:
@@ -145,7 +147,7 @@ def test_the_set_based_close_writes_what_the_python_planner_writes(catalog, monk
     assert {k: v for k, v in sql_result.items() if k != "batches"} == {
         k: v for k, v in python_result.items() if k != "batches"
     }
-    for part in ("subscriptions", "invoices", "lines", "audit"):
+    for part in ("subscriptions", "invoices", "lines", "audit", "order"):
         assert sql_rows[part] == python_rows[part], part
     # A few of the expectations spelled out, so that both paths being wrong the same way shows too.
     lines = {
