@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 def billing_periods_close(*, now: datetime | None = None, batch_size: int = CLOSE_BATCH_SIZE) -> PeriodCloseResult:
     """The local part of a pass: close every period that ended by ``now`` (invoice + advance, applying
     scheduled changes and ending trials). No Stripe call; the invoices it issues are due at once.
-    Set-based, a fixed number of statements per batch of ``batch_size`` (billing/close.py).
+    Set-based, a fixed number of statements per batch of ``batch_size`` (billing/close.py; on
+    PostgreSQL one statement per batch, billing/close_pg.py).
 
     Past-due subscriptions are left alone: they do not renew until their open invoice is paid (or comped)
     or dunning ends (then they move to free, with a new period). Suspended ones are not billed.
