@@ -728,6 +728,10 @@ class Bench:
             _say(f"  top by {key}:")
             for line in close["profile"][key].splitlines():
                 _say(f"    {line}")
+        if close["profile"].get("database"):
+            _say("  the database side (billing/close_pg.py), first batch under EXPLAIN (ANALYZE, WAL), rolled back:")
+            for line in close["profile"]["database"].splitlines():
+                _say(f"    {line}")
 
 
 def _summary(bench: Bench) -> None:
