@@ -467,6 +467,35 @@ def _profile_top(profiler: cProfile.Profile, top: int) -> dict:
     return out
 
 
+def _explain_first_batch(now: datetime) -> str:
+    """The database's profile of the set-based close: EXPLAIN (ANALYZE, WAL) of its first batch's
+    statement (billing/close_pg.py), then its deferred foreign-key checks run and timed, all rolled
+    back. Node times include EXPLAIN's own timing overhead: read shares."""
+    from django.db import connection, transaction
+
+    from billing import close_pg
+    from billing.services import free_tier
+
+    params = {"last_id": 0, "now": now, "batch": 5_000, "free_id": free_tier().pk, "wall": now}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL TimeZone = 'UTC'")
+        cursor.execute("EXPLAIN (ANALYZE, WAL) " + close_pg._statement(), params)
+        lines = [row[0] for row in cursor.fetchall()]
+        started = time.perf_counter()
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the checks COMMIT would run
+        checks = time.perf_counter() - started
+        transaction.set_rollback(True)
+    # The parts that matter: each CTE's top node (rows, time), the total, the foreign-key checks.
+    wanted = [line for line in lines if line.lstrip().startswith(("CTE ", "Execution Time", "Planning Time"))]
+    tops = []
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith("CTE ") and index + 1 < len(lines):
+            tops.append(f"{line.strip()}: {lines[index + 1].strip()}")
+    summary = [*tops, *[line.strip() for line in wanted if not line.lstrip().startswith("CTE ")]]
+    summary.append(f"deferred foreign-key checks (run at COMMIT): {1000 * checks:.1f} ms")
+    return "\n".join(summary)
+
+
 def close(spec: dict) -> dict:
     """billing_periods_close twice on the seeded database: the first closes every due period (timed,
     statements counted), the second must find nothing."""
@@ -478,10 +507,20 @@ def close(spec: dict) -> dict:
 
     now = _parse_now(spec["now"])
     batch_size = int(spec.get("batch_size") or billing_close.CLOSE_BATCH_SIZE)
+    # "sql": on PostgreSQL the database plans each batch (billing/close_pg.py); "python": the Python
+    # planner, what SQLite runs and what PostgreSQL ran before issue 17 (the before/after comparison).
+    billing_close.SET_BASED_ON_POSTGRESQL = spec.get("planner", "sql") == "sql"
+    explained = ""
+    if spec.get("profile") and billing_close.SET_BASED_ON_POSTGRESQL and connection.vendor == "postgresql":
+        # The Python side of the set-based close is a wait: profile the database side, on the first
+        # batch, before the close (rolled back: the rows stay due; only invoice ids are spent).
+        explained = _explain_first_batch(now)
     before = _counts(now)  # also opens the connection: not part of the timing
+    backend = _backend_cpu_reader()
     counter = StatementCounter()
     profiler = cProfile.Profile() if spec.get("profile") else None
     with connection.execute_wrapper(counter), CpuWatch() as watch:
+        cpu_before, backend_before = time.process_time(), backend()
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -489,6 +528,10 @@ def close(spec: dict) -> dict:
         if profiler is not None:
             profiler.disable()
         seconds = time.perf_counter() - started
+        cpu = {"client": time.process_time() - cpu_before}
+        backend_after = backend()
+        if backend_before is not None and backend_after is not None:
+            cpu["database"] = backend_after - backend_before
     after = _counts(now)
     counter2 = StatementCounter()
     with connection.execute_wrapper(counter2):
@@ -498,6 +541,8 @@ def close(spec: dict) -> dict:
     after2 = _counts(now)
     payload = {
         "batch_size": batch_size,
+        "planner": "sql" if billing_close.SET_BASED_ON_POSTGRESQL and connection.vendor == "postgresql" else "python",
+        "cpu": cpu,
         "seconds": seconds,
         "result": vars(result),
         "statements": counter.as_dict(),
@@ -510,7 +555,33 @@ def close(spec: dict) -> dict:
     }
     if profiler is not None:
         payload["profile"] = _profile_top(profiler, int(spec.get("top", 25)))
+        if explained:
+            payload["profile"]["database"] = explained
     return payload
+
+
+def _backend_cpu_reader():
+    """A function returning the CPU seconds (user + system) the database server process serving this
+    connection has used so far: PostgreSQL's backend, read from /proc when the server runs on this
+    machine; None where it cannot be read (SQLite runs in this process: its CPU is the client's)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return lambda: None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    return read
 
 
 def _server_version() -> str:
@@ -617,7 +688,7 @@ def pay(spec: dict) -> dict:
     charge = StatementCounter()
     with connection.execute_wrapper(charge), CpuWatch() as watch:
         started = time.perf_counter()
-        run = billing.billing_run(now=now)
+        run = billing.billing_run(now=now, payment_concurrency=int(spec.get("concurrency") or 1))
         charge_seconds = time.perf_counter() - started
     after = _counts(now)
     intents_after = _stripe_payment_intents()
@@ -631,6 +702,7 @@ def pay(spec: dict) -> dict:
     intents_after2 = _stripe_payment_intents()
     return {
         "vendor": connection.vendor,
+        "concurrency": int(spec.get("concurrency") or 1),
         "local": {"seconds": local_seconds, "result": vars(closed), "statements": local.as_dict()},
         "charge": {"seconds": charge_seconds, "result": vars(run), "statements": charge.as_dict()},
         "again": {"seconds": again_seconds, "result": vars(run2), "statements": again.as_dict(), "after": after2},

@@ -6,16 +6,17 @@ import logging
 from dataclasses import asdict
 
 from celery import shared_task
+from django.conf import settings
 
 from billing import run, webhooks
 
 logger = logging.getLogger(__name__)
 
 # Beat runs the pass every minute (CELERY_BEAT_SCHEDULE["billing-run"]). The local part (period close)
-# is quick and batch-committed; charging goes through Stripe one invoice at a time, so it gets a budget
-# well inside the soft limit and leaves what it could not charge for the next pass (still due, nothing
-# lost). Hitting the hard limit mid-charge is safe too: every attempt is recorded before Stripe is
-# called, and the next pass recovers it (billing/payments.py, _payment_recover).
+# is quick and batch-committed; charging goes through Stripe (TIERLAB_PAYMENT_CONCURRENCY invoices at a
+# time), so it gets a budget well inside the soft limit and leaves what it could not charge for the
+# next pass (still due, nothing lost). Hitting the hard limit mid-charge is safe too: every attempt is
+# recorded before Stripe is called, and the next pass recovers it (billing/payments.py, _payment_recover).
 SOFT_TIME_LIMIT = 240
 TIME_LIMIT = 300
 CHARGE_BUDGET_SECONDS = 180
@@ -33,7 +34,9 @@ CHARGE_BUDGET_SECONDS = 180
 )
 def billing_run() -> dict:
     """One billing pass at the current time: close periods, charge what is due, end dunning."""
-    result = run.billing_run(charge_budget_seconds=CHARGE_BUDGET_SECONDS)
+    result = run.billing_run(
+        charge_budget_seconds=CHARGE_BUDGET_SECONDS, payment_concurrency=settings.TIERLAB_PAYMENT_CONCURRENCY
+    )
     summary = asdict(result)
     if result.errors:
         logger.warning("billing pass finished with %d error(s): %s", len(result.errors), summary)

@@ -397,6 +397,9 @@ TIERLAB_PAYMENT_QUIET_SECONDS = env.float("TIERLAB_PAYMENT_QUIET_SECONDS", defau
 # Dunning: after a failed charge, retry this many days after the first failure; after the last
 # failure the team is moved to the free tier and emailed.
 TIERLAB_DUNNING_RETRY_DAYS = env.list("TIERLAB_DUNNING_RETRY_DAYS", cast=int, default=[1, 3, 5])
+# How many invoices a billing pass (the Celery task, `run_billing`) charges at once: a bounded pool of
+# threads, each with its own database connection (PostgreSQL only; SQLite charges one at a time).
+TIERLAB_PAYMENT_CONCURRENCY = env.int("TIERLAB_PAYMENT_CONCURRENCY", default=8)
 # A past-due subscription keeps API access this long, then gets `subscription_inactive`.
 TIERLAB_PAST_DUE_GRACE_DAYS = env.int("TIERLAB_PAST_DUE_GRACE_DAYS", default=3)
 

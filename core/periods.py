@@ -81,3 +81,42 @@ def subscription_period_at(
     if period_start <= now < period_end:
         return period_start, period_end
     return period_containing(anchor, interval, now)
+
+
+# --- The same arithmetic in SQL (PostgreSQL), for set-based statements (billing/close_pg.py) ----------
+# Twins of add_months and period_containing above, kept beside them so the rule stays in one place; a
+# test compares them over month ends, leap years and negative indexes (tests/core/test_periods_sql.py).
+# Every moment is taken in UTC, as the Python functions see the aware datetimes Django reads: the
+# statements run with the session's TimeZone set to UTC (Django's PostgreSQL connections are, with
+# USE_TZ; billing/close_pg.py sets it for its transaction), so timestamptz arithmetic and extract() work
+# in UTC without an AT TIME ZONE conversion per call.
+
+
+def add_months_sql(moment: str, months: str) -> str:
+    """SQL: ``moment`` (timestamptz) plus ``months`` (an integer expression) calendar months, the day
+    clamped to the target month's length (PostgreSQL's month interval arithmetic clamps as add_months
+    does, and adding from the anchor each time keeps it from drifting)."""
+    return f"(({moment}) + make_interval(months => ({months})::int))"
+
+
+def period_index_sql(anchor: str, step: str, moment: str) -> str:
+    """SQL: the index of the period (of ``step`` months, anchored at ``anchor``) containing ``moment``,
+    as period_containing computes it: the month difference floored to whole periods, minus one when
+    that period's start (clamped day, time of day) is still after ``moment``. (Its end is always after
+    ``moment``: it lies in a later calendar month.)"""
+
+    def month_number(ts: str) -> str:
+        return f"(extract(year FROM {ts}) * 12 + extract(month FROM {ts}))"
+
+    first = f"floor(({month_number(moment)} - {month_number(anchor)}) / ({step}))::int"
+    return f"({first} - CASE WHEN {add_months_sql(anchor, f'{first} * ({step})')} > ({moment}) THEN 1 ELSE 0 END)"
+
+
+def iso_utc_sql(moment: str) -> str:
+    """SQL: ``moment`` as Python's ``isoformat()`` writes an aware UTC datetime
+    (``2026-03-01T06:00:00+00:00``, with ``.ffffff`` only when there are microseconds)."""
+    utc = f"({moment})"
+    return (
+        f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN mod(extract(microseconds FROM {utc})::bigint,"
+        f" 1000000) <> 0 THEN to_char({utc}, '.US') ELSE '' END || '+00:00')"
+    )

@@ -45,3 +45,21 @@ def overage_line_values(*, tier: Tier, tokens_used: int) -> tuple[int, int] | No
     tokens = overage_tokens(tokens_used=tokens_used, included_tokens=tier.monthly_tokens)
     cents = overage_cents(tokens=tokens, cents_per_million_tokens=tier.overage_cents_per_million_tokens)
     return (tokens, cents) if cents > 0 else None
+
+
+# --- The same rule in SQL (PostgreSQL), for the set-based period close (billing/close_pg.py) ---------
+# Twins of overage_tokens and overage_cents, beside them so the rule stays in one place; a test compares
+# them (tests/billing/test_close_set_based.py closes the same data both ways).
+
+
+def overage_tokens_sql(*, used: str, included: str) -> str:
+    """SQL: tokens of ``used`` beyond ``included`` (0 when ``included`` is NULL, i.e. unlimited)."""
+    return f"CASE WHEN ({included}) IS NULL THEN 0 ELSE GREATEST(({used}) - ({included}), 0) END"
+
+
+def overage_cents_sql(*, tokens: str, cents_per_million: str) -> str:
+    """SQL: the price of ``tokens`` overage tokens rounded UP to the cent (integer arithmetic only)."""
+    return (
+        f"CASE WHEN ({tokens}) <= 0 THEN 0 ELSE "
+        f"div(({tokens})::numeric * ({cents_per_million}) + {TOKENS_PER_MILLION - 1}, {TOKENS_PER_MILLION})::bigint END"
+    )

@@ -182,14 +182,20 @@ def tokens_used_by_period(*, periods: Sequence[tuple[int, datetime, datetime]]) 
     time_type = column_and_type(UsageRecord, "created_at")[1]
     columns = [column_and_type(UsageRecord, "team"), ("period_start", time_type), ("period_end", time_type)]
     cte, params = rows_cte("p", columns, periods)
-    sql = (
-        f"WITH {cte} SELECT p.team_id, SUM(u.total_tokens) FROM p"  # noqa: S608 - identifiers from _meta, values as parameters
-        f" JOIN {quoted_table(UsageRecord)} u ON u.team_id = p.team_id"
-        " AND u.created_at >= p.period_start AND u.created_at < p.period_end"
-        " GROUP BY p.team_id"
-    )
+    used_sql = tokens_used_sql(team="p.team_id", start="p.period_start", end="p.period_end")
+    sql = f"WITH {cte} SELECT p.team_id, {used_sql} FROM p"  # noqa: S608 - identifiers from _meta, values as parameters
     used.update((int(team_id), int(total or 0)) for team_id, total in execute(sql, params))
     return used
+
+
+def tokens_used_sql(*, team: str, start: str, end: str) -> str:
+    """SQL: a scalar subquery, the tokens team ``team`` used in [``start``, ``end``) (NULL without
+    usage), for statements that count usage per row of a set (tokens_used_by_period, and the period
+    close on PostgreSQL, billing/close_pg.py): one index range scan of (team, created_at) per row."""
+    return (
+        f"(SELECT SUM(u.total_tokens) FROM {quoted_table(UsageRecord)} u"  # noqa: S608 - identifiers from _meta
+        f" WHERE u.team_id = {team} AND u.created_at >= {start} AND u.created_at < {end})"
+    )
 
 
 def usage_totals_by_model_for_partner(*, partner_id: int, start: datetime, end: datetime) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -43,10 +44,18 @@ class Command(BaseCommand):
             "--now",
             help="Run the pass as if it were this time (ISO 8601, UTC unless an offset is given). Default: now.",
         )
+        parser.add_argument(
+            "--payment-concurrency",
+            type=int,
+            default=settings.TIERLAB_PAYMENT_CONCURRENCY,
+            help="Invoices charged at once (default: TIERLAB_PAYMENT_CONCURRENCY, %(default)s; PostgreSQL only).",
+        )
 
     def handle(self, *args, **options) -> None:
         now = parse_now(options["now"]) if options.get("now") else timezone.now()
-        result = billing_run(now=now)
+        if options["payment_concurrency"] < 1:
+            raise CommandError("--payment-concurrency must be 1 or more.")
+        result = billing_run(now=now, payment_concurrency=options["payment_concurrency"])
         self.stdout.write(
             f"Billing pass at {now.isoformat()}: {result.periods_closed} period(s) closed, "
             f"{result.invoices_created} invoice(s) issued, {result.changes_applied} scheduled change(s) applied; "
