@@ -45,12 +45,13 @@ import time_machine
 from django.db import transaction
 
 from billing.analytics import mrr_by_tier
+from billing.charges_batch import renewals_charge
 from billing.checkout import subscription_cancel, subscription_change, subscription_tier_set_by_operator
 from billing.customers import payment_method_update
 from billing.emails import receipts_batched
 from billing.models import BillingCustomer, Payment
 from billing.refunds import payment_refund
-from billing.run import billing_run
+from billing.run import billing_periods_close, billing_run
 from core.errors import ApplicationError
 from core.periods import add_months
 from partners.statements import partner_statements_issue
@@ -206,7 +207,12 @@ class ShardRun:
                 self._decide(team)
         self.teams.extend(arrived)
         clock("decisions")
+        # The period close, then the due renewals charged in batches (billing.charges_batch), then
+        # the pass itself for everything else (checkouts left open, attempts pending, dunning's end).
+        billing_periods_close(now=self.now)
+        batch = renewals_charge(now=self.now)
         result = billing_run(now=self.now)
+        result.errors[:0] = batch.errors or []
         if result.errors:
             self.diagnostics.update(f"refused: billing: {error.split(': ', 1)[-1]}" for error in result.errors)
         clock("billing pass")
