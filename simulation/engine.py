@@ -79,7 +79,7 @@ from usage import refusals
 from usage.metering import limits_for
 from usage.quotas.base import UsageEvent
 from usage.rollups import usage_rollup_fold
-from usage.services import usage_records_create
+from usage.services import usage_records_create_new
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
 EMAIL_DOMAIN = "sim.tierlab.localhost"
 FAILING_CARD = "pm_card_chargeCustomerFail"
 WORKING_CARD = "pm_card_visa"
-RECORD_BATCH = 1_000
+RECORD_BATCH = 5_000  # usage records per INSERT (one JSON parameter each: usage_records_create_new)
 SIGNUP_BATCH = 500  # sign-ups per users_create (its INSERTs stay well under SQLite's parameter limit)
 ENTITLEMENTS_BATCH = 2_000  # teams per query (well under SQLite's 32,766 parameters)
 # A usage record's token columns are 32-bit on PostgreSQL: a team-day above this is stored in parts.
@@ -525,7 +525,7 @@ class ShardRun:
             if team.pending_requests and (boundary or tomorrow >= caps.period_end):
                 self._usage_flush(team)
         for first in range(0, len(self.records), RECORD_BATCH):
-            usage_records_create(events=self.records[first : first + RECORD_BATCH])
+            usage_records_create_new(events=self.records[first : first + RECORD_BATCH])
         self.records.clear()
 
     def _refuse(self, team: SimTeam, code: str, count: int) -> None:
