@@ -44,6 +44,7 @@ from billing.payments import (
     _payment_outcome_apply,
 )
 from billing.services import FAILED_STATUSES
+from core.sql import column_and_type, execute, param, quoted_table, rows_cte
 from tiers.models import Subscription
 
 CHARGE_BATCH = 500  # invoices per batch (its IN lists stay well under SQLite's parameter limit)
@@ -184,6 +185,22 @@ def _one_failed(
     result.failed += 1
 
 
+def _payments_succeeded(rows: list[tuple[int, str]]) -> None:
+    """Pending attempts (id, PaymentIntent id) succeeded, in one statement: what
+    ``_payment_outcome_apply`` writes on the attempt for the answer to its only send (the quiet period
+    cleared: nothing else of it can be on its way)."""
+    table = quoted_table(Payment)
+    cte, params = rows_cte(
+        "v", [column_and_type(Payment, "id"), column_and_type(Payment, "stripe_payment_intent_id")], rows
+    )
+    sql = (
+        f"WITH {cte} UPDATE {table} SET stripe_payment_intent_id = v.stripe_payment_intent_id, status = %s,"  # noqa: S608 - identifiers from _meta, values as parameters
+        " failure_code = '', failure_message = '', quiet_until = NULL, updated_at = %s"
+        f" FROM v WHERE {table}.id = v.id AND {table}.status = %s"
+    )
+    execute(sql, [*params, Payment.Status.SUCCEEDED.value, param(timezone.now()), Payment.Status.PENDING.value])
+
+
 def _succeeded_apply(
     rows: list[tuple[Invoice, Payment, gateway.PaymentIntentResult]], *, now: datetime, result: BatchChargeResult
 ) -> None:
@@ -209,18 +226,8 @@ def _succeeded_apply(
         for row in rows:
             invoice, payment, _ = row
             (batch if invoice.pk in open_ids and payment.pk in still_pending else others).append(row)
-        wall = timezone.now()
-        for _, payment, intent in batch:
-            payment.stripe_payment_intent_id = intent.id
-            payment.status = Payment.Status.SUCCEEDED
-            payment.failure_code, payment.failure_message = "", ""
-            payment.quiet_until = None
-            payment.updated_at = wall
         if batch:
-            Payment.objects.bulk_update(
-                [payment for _, payment, _ in batch],
-                ["stripe_payment_intent_id", "status", "failure_code", "failure_message", "quiet_until", "updated_at"],
-            )
+            _payments_succeeded([(payment.pk, intent.id) for _, payment, intent in batch])
             paid_ids = [invoice.pk for invoice, _, _ in batch]
             Invoice.objects.filter(pk__in=paid_ids).update(
                 status=Invoice.Status.PAID, paid_at=now, next_attempt_at=None
