@@ -20,9 +20,11 @@ inside them agree on the simulated time. Each day, in this order (each day one t
 4. each team decides (its own random stream): upgrade after refusals or near its quota, downgrade,
    cancel and leave, a card that starts failing, a card fixed while past due, a spend cap, a trial
    not converted; each decision is the service a customer's click would call;
-5. the billing pass (``billing.run.billing_run``): periods closed with overage from the usage records,
-   renewals charged, dunning; the day's receipts (of the checkouts, renewals and retries that were
-   paid) are sent together once the day has committed (``billing.emails.receipts_batched``), counted
+5. the billing pass: periods closed with overage from the usage records (``billing.run.billing_periods_close``),
+   the due renewals charged in batches (``billing.charges_batch.renewals_charge``: the same rows, dunning
+   and emails as charging them one by one, with a few statements per 500), then ``billing.run.billing_run``
+   for the rest (attempts pending, no card on file, dunning's end); the day's receipts (of the
+   checkouts, renewals and retries that were paid) are sent together once the day has committed (``billing.emails.receipts_batched``), counted
    in the diagnostics as "receipts sent";
 6. licensees report last month's MAU on the 1st, the licence checks run, and flagged licensees ask
    for and get their licence after the scenario's delays; hosting partners report the day's usage;
