@@ -24,8 +24,8 @@ inside them agree on the simulated time. Each day, in this order (each day one t
    the due renewals charged in batches (``billing.charges_batch.renewals_charge``: the same rows, dunning
    and emails as charging them one by one, with a few statements per 500), then ``billing.run.billing_run``
    for the rest (attempts pending, no card on file, dunning's end); the day's receipts (of the
-   checkouts, renewals and retries that were paid) are sent together once the day has committed (``billing.emails.receipts_batched``), counted
-   in the diagnostics as "receipts sent";
+   checkouts, renewals and retries that were paid) are sent together once the day has committed
+   (``billing.emails.receipts_batched``), counted in the diagnostics as "receipts sent";
 6. licensees report last month's MAU on the 1st, the licence checks run, and flagged licensees ask
    for and get their licence after the scenario's delays; hosting partners report the day's usage;
 7. every team whose subscription changed today gets its entitlements again
