@@ -8,10 +8,11 @@ pending, a card on file; the others are left to ``billing_run``'s one-by-one loo
 other case):
   1. one SELECT of the invoices (FOR UPDATE on PostgreSQL), one of their teams' customers,
   2. one INSERT of their attempts (pending, each with its idempotency key) and one UPDATE counting
-     them on the invoices: the attempts are recorded (and committed by the caller's transaction, as
-     ``payment_start``'s are) before the payment provider is called,
+     them on the invoices, in a transaction of their own (committed, unless the caller holds one, as
+     ``invoice_charge`` commits ``payment_start``'s) before the payment provider is called,
   3. one charge call per attempt (``gateway.payment_intent_create``, the same arguments as
-     ``payment_send``),
+     ``payment_send``); after billing.run.PROVIDER_DOWN_AFTER "unreachable" answers in a row the rest
+     are not sent, and stay pending for the one-by-one path to recover after their quiet period,
   4. the succeeded ones settled together: one SELECT locking their invoices again, one of the
      attempts still pending, one UPDATE of those attempts, one of their invoices (paid), one SELECT of
      their subscriptions that are in dunning (normally none: ``subscription_restore_if_settled`` each),
@@ -43,6 +44,7 @@ from billing.payments import (
     _intent_outcome_apply,
     _payment_outcome_apply,
 )
+from billing.run import PROVIDER_DOWN_AFTER
 from billing.services import FAILED_STATUSES
 from core.sql import column_and_type, execute, param, quoted_table, rows_cte
 from tiers.models import Subscription
@@ -56,6 +58,7 @@ class BatchChargeResult:
     succeeded: int = 0
     failed: int = 0
     errors: list[str] | None = None
+    provider_down: int = 0  # "unreachable" answers in a row (billing.run.PROVIDER_DOWN_AFTER stops the calls)
 
 
 def renewals_due(*, now: datetime) -> list[int]:
@@ -143,6 +146,11 @@ def _batch_charge(*, invoice_ids: Sequence[int], now: datetime, result: BatchCha
     succeeded: list[tuple[Invoice, Payment, gateway.PaymentIntentResult]] = []
     for invoice, payment in zip(invoices, payments, strict=True):
         customer = customers[invoice.team_id]
+        if result.provider_down >= PROVIDER_DOWN_AFTER:
+            # As billing_run stops charging: the attempt stays pending, never sent; the one-by-one path
+            # looks it up after its quiet period (nothing found: sent then, with the same key).
+            result.errors.append(f"{invoice.number}: payment provider unavailable, left for the next pass")
+            continue
         result.attempted += 1
         try:
             intent = gateway.payment_intent_create(
@@ -154,16 +162,20 @@ def _batch_charge(*, invoice_ids: Sequence[int], now: datetime, result: BatchCha
                 idempotency_key=payment.idempotency_key,
                 description=f"TierLab invoice {invoice.number}",
             )
+            result.provider_down = 0
         except gateway.PaymentProviderUnavailable as exc:
             Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(
                 failure_code=FAILURE_PROVIDER_UNAVAILABLE, failure_message=exc.message[:500], updated_at=timezone.now()
             )
             result.errors.append(f"{invoice.number}: {exc.message}")
+            result.provider_down += 1
             continue
         except gateway.PaymentRequiresAction as exc:
+            result.provider_down = 0
             _one_failed(payment, Payment.Status.REQUIRES_ACTION, exc.code, exc.message, now, result)
             continue
         except (gateway.PaymentDeclined, gateway.PaymentInvalidRequest) as exc:
+            result.provider_down = 0
             code = str(exc.extra.get("decline_code") or exc.code)
             _one_failed(payment, Payment.Status.FAILED, code, exc.message, now, result)
             continue

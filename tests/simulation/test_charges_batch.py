@@ -7,15 +7,18 @@ import copy
 import datetime as dt
 
 import pytest
+import time_machine
 from django.core import mail
 from django.db import transaction
+from django.utils import timezone
 
+from billing import stripe_gateway as gateway
 from billing.charges_batch import renewals_charge
 from billing.checkout import subscription_change
 from billing.customers import payment_method_update
 from billing.emails import receipts_batched
 from billing.models import Invoice, Payment
-from billing.run import billing_periods_close, billing_run
+from billing.run import PROVIDER_DOWN_AFTER, billing_periods_close, billing_run
 from simulation.processor import SimulatedProcessor, processor_installed
 from tiers.models import Subscription, Tier
 from tiers.services import users_create
@@ -111,3 +114,40 @@ def test_batched_renewals_leave_what_one_by_one_charges_leave(catalog, settings,
     with processor_installed(processor), transaction.atomic():  # the same pass again charges nothing
         assert renewals_charge(now=RENEWAL + dt.timedelta(days=1)).attempted == 0
     assert processor.charges - charges_before == 7
+
+
+class Unreachable(SimulatedProcessor):
+    """Every charge call fails as if the payment provider could not be reached (nothing charged)."""
+
+    calls: int = 0
+
+    def payment_intent_create(self, **kwargs):
+        self.calls += 1
+        raise gateway.PaymentProviderUnavailable("The payment provider could not be reached.")
+
+
+def test_an_unreachable_provider_stops_the_batch_and_the_attempts_are_charged_once_later(catalog):
+    tier = Tier(slug="team", name="Team", price_cents=5_000, monthly_tokens=10_000_000, sort_order=25)
+    tier.full_clean()
+    tier.save()
+    processor = SimulatedProcessor()
+    with processor_installed(processor):
+        for _, team in users_create(emails=[f"u{i}@example.com" for i in range(5)]):
+            subscription_change(team=team, tier=tier, payment_method="pm_card_visa", now=START)
+        billing_periods_close(now=RENEWAL)
+    charges_before = processor.charges
+
+    down = Unreachable(customers=processor.customers, cards=processor.cards)
+    with processor_installed(down):
+        result = renewals_charge(now=RENEWAL)
+    assert down.calls == PROVIDER_DOWN_AFTER == result.attempted  # then it stops calling
+    assert len(result.errors) == 5
+    assert set(Payment.objects.filter(invoice__kind="renewal").values_list("status", flat=True)) == {"pending"}
+
+    later = timezone.now() + gateway.charge_quiet_period() + dt.timedelta(seconds=1)
+    with processor_installed(processor), time_machine.travel(later):
+        assert renewals_charge(now=RENEWAL).attempted == 0  # attempts pending: not the batch's
+        billing_run(now=RENEWAL)  # their quiet period over: looked up, not found, sent once
+    renewals = Payment.objects.filter(invoice__kind="renewal")
+    assert renewals.count() == 5 and set(renewals.values_list("status", flat=True)) == {"succeeded"}
+    assert processor.charges - charges_before == 5
