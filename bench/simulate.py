@@ -247,7 +247,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     speed = single.team_days / single.seconds
     _say(
         f"  1 process: {single.team_days:,} team-days in {single.seconds:.1f} s = {speed:,.0f} team-days/s "
-        f"({single.charges:,} charges)"
+        f"({single.charges:,} charges; the shard's process used {single.cpu_seconds:.1f} s of CPU)"
     )
     phases = sorted(single.seconds_by_phase.items(), key=lambda item: -item[1])
     _say("  where the time went: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases))

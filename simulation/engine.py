@@ -20,10 +20,12 @@ inside them agree on the simulated time. Each day, in this order (each day one t
 4. each team decides (its own random stream): upgrade after refusals or near its quota, downgrade,
    cancel and leave, a card that starts failing, a card fixed while past due, a spend cap, a trial
    not converted; each decision is the service a customer's click would call;
-5. the billing pass (``billing.run.billing_run``): periods closed with overage from the usage records,
-   renewals charged, dunning; the day's receipts (of the checkouts, renewals and retries that were
-   paid) are sent together once the day has committed (``billing.emails.receipts_batched``), counted
-   in the diagnostics as "receipts sent";
+5. the billing pass: periods closed with overage from the usage records (``billing.run.billing_periods_close``),
+   the due renewals charged in batches (``billing.charges_batch.renewals_charge``: the same rows, dunning
+   and emails as charging them one by one, with a few statements per 500), then ``billing.run.billing_run``
+   for the rest (attempts pending, no card on file, dunning's end); the day's receipts (of the
+   checkouts, renewals and retries that were paid) are sent together once the day has committed
+   (``billing.emails.receipts_batched``), counted in the diagnostics as "receipts sent";
 6. licensees report last month's MAU on the 1st, the licence checks run, and flagged licensees ask
    for and get their licence after the scenario's delays; hosting partners report the day's usage;
 7. every team whose subscription changed today gets its entitlements again
@@ -45,12 +47,13 @@ import time_machine
 from django.db import transaction
 
 from billing.analytics import mrr_by_tier
+from billing.charges_batch import renewals_charge
 from billing.checkout import subscription_cancel, subscription_change, subscription_tier_set_by_operator
 from billing.customers import payment_method_update
 from billing.emails import receipts_batched
 from billing.models import BillingCustomer, Payment
 from billing.refunds import payment_refund
-from billing.run import billing_run
+from billing.run import billing_periods_close, billing_run
 from core.errors import ApplicationError
 from core.periods import add_months
 from partners.statements import partner_statements_issue
@@ -78,7 +81,7 @@ from usage import refusals
 from usage.metering import limits_for
 from usage.quotas.base import UsageEvent
 from usage.rollups import usage_rollup_fold
-from usage.services import usage_records_create
+from usage.services import usage_records_create_new
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -89,7 +92,7 @@ if TYPE_CHECKING:
 EMAIL_DOMAIN = "sim.tierlab.localhost"
 FAILING_CARD = "pm_card_chargeCustomerFail"
 WORKING_CARD = "pm_card_visa"
-RECORD_BATCH = 1_000
+RECORD_BATCH = 5_000  # usage records per INSERT (one JSON parameter each: usage_records_create_new)
 SIGNUP_BATCH = 500  # sign-ups per users_create (its INSERTs stay well under SQLite's parameter limit)
 ENTITLEMENTS_BATCH = 2_000  # teams per query (well under SQLite's 32,766 parameters)
 # A usage record's token columns are 32-bit on PostgreSQL: a team-day above this is stored in parts.
@@ -206,7 +209,12 @@ class ShardRun:
                 self._decide(team)
         self.teams.extend(arrived)
         clock("decisions")
+        # The period close, then the due renewals charged in batches (billing.charges_batch), then
+        # the pass itself for everything else (checkouts left open, attempts pending, dunning's end).
+        billing_periods_close(now=self.now)
+        batch = renewals_charge(now=self.now)
         result = billing_run(now=self.now)
+        result.errors[:0] = batch.errors or []
         if result.errors:
             self.diagnostics.update(f"refused: billing: {error.split(': ', 1)[-1]}" for error in result.errors)
         clock("billing pass")
@@ -519,7 +527,7 @@ class ShardRun:
             if team.pending_requests and (boundary or tomorrow >= caps.period_end):
                 self._usage_flush(team)
         for first in range(0, len(self.records), RECORD_BATCH):
-            usage_records_create(events=self.records[first : first + RECORD_BATCH])
+            usage_records_create_new(events=self.records[first : first + RECORD_BATCH])
         self.records.clear()
 
     def _refuse(self, team: SimTeam, code: str, count: int) -> None:

@@ -23,7 +23,7 @@ Traffic is simulated per team-day in aggregate, not request by request (10,000 t
   order: ``insufficient_quota`` when the monthly allowance is what runs out, else
   ``rate_limit_exceeded``); a team whose subscription is not active (past due beyond the grace,
   suspended) gets ``subscription_inactive`` for all of them.
-- The admitted requests are stored through ``usage.services.usage_records_create`` as one usage
+- The admitted requests are stored through ``usage.services.usage_records_create_new`` as one usage
   record per team for each run of days from Monday to Sunday at most, dated at midnight UTC of its
   first day (request id ``sim-YYYYMMDD``), cut short at a month's end, at the team's billing period
   end and when its tier or model changes; billing's period close prices overage from those records.

@@ -46,6 +46,7 @@ OPERATIONS = (
     "payment_method_attach",
     "payment_intent_create",
     "payment_intent_find",
+    "payment_intents_find",
     "payment_intent_retrieve",
     "refund_create",
     "ping",
@@ -172,6 +173,16 @@ class SimulatedProcessor:
             if self.intent_customer.get(intent_id) == customer_id and wanted.items() <= intent.metadata.items()
         ]
         return matches[-1] if matches else None  # ids grow: the last is the newest
+
+    def payment_intents_find(self, *, customer_id: str, metadata: dict[str, str]) -> list[gateway.PaymentIntentResult]:
+        """Every match, oldest first: what billing.payments looks an attempt up by once its outcome was
+        lost (the engine's recovery path; the one-result form above is the older interface)."""
+        wanted = {str(k): str(v) for k, v in metadata.items()}
+        return [
+            intent
+            for intent_id, intent in self.intents.items()
+            if self.intent_customer.get(intent_id) == customer_id and wanted.items() <= intent.metadata.items()
+        ]
 
     def payment_intent_retrieve(self, *, payment_intent_id: str) -> gateway.PaymentIntentResult:
         intent = self.intents.get(payment_intent_id)

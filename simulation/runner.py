@@ -58,6 +58,7 @@ class RunOutcome:
     shards: int
     team_days: int = 0
     charges: int = 0
+    cpu_seconds: float = 0.0  # the shards' processes' CPU time, added up
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
     shard_figures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -277,6 +278,7 @@ def outcome_from_figures(
         shards=len(figures),
         team_days=sum(int(f.get("team_days", 0)) for f in figures),
         charges=sum(int(f.get("charges", 0)) for f in figures),
+        cpu_seconds=round(sum(float(f.get("cpu_seconds", 0.0)) for f in figures), 3),
         seconds_by_phase={
             phase: round(sum(f.get("seconds_by_phase", {}).get(phase, 0.0) for f in figures), 3)
             for phase in sorted({phase for f in figures for phase in f.get("seconds_by_phase", {})})
