@@ -93,7 +93,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench._pg import is_postgres, scratch_database  # noqa: E402 - stdlib only until called
-from bench._procfile import procfile_web, web_app, web_command, web_workers  # noqa: E402 - stdlib only
+from bench._procfile import procfile_web, web_app, web_command, web_threads, web_workers  # noqa: E402 - stdlib only
 
 PYTHON = Path(sys.executable)  # the project's virtualenv: gunicorn, granian and Django come from it
 SERVERS = ("procfile", "gunicorn-sync")
@@ -1640,6 +1640,10 @@ def main(argv: list[str] | None = None) -> int:
             _say("Goal missed: where the time goes." if missed and not args.quick else "Profile: where the time goes.")
             _say("Step timers first (wall and thread CPU around each step, ~1 us per wrapped call), then cProfile")
             _say("(cProfile inflates per-call costs, Python-heavy code most: read its shares, not its microseconds).")
+            if args.server == "procfile":
+                _say(f"The Procfile's server runs {web_threads()} threads per worker: each serving thread is profiled,")
+                _say("the threads merged; a step's wall time (and cProfile's, which clocks wall time per thread) also")
+                _say("holds its waits for the GIL while the worker's other threads run: read the timers' CPU column.")
             timed_base = None if args.quick else bench.profile(CONFIGS[0], "timers")
             if timed_base is not None:
                 print_timers(CONFIGS[0], timed_base, None)
