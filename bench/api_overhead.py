@@ -1,8 +1,17 @@
 #!/usr/bin/env python3
 """What metering costs on the model API (DESIGN.md, "Request path of the model API").
 
-Serves the same app under the same WSGI server (gunicorn, sync workers, the same gunicorn config) and
-drives it from a loopback load generator in one run, alternating three configurations:
+Serves the same app under the same WSGI server and drives it from a loopback load generator in one
+run, alternating three configurations. The server (``--server``) is the same for all three:
+
+  procfile       (default) what users run: the Procfile's ``web:`` line itself (granian, its workers,
+                 threads and access log, as bench/serving.py chose), with only the port and the app
+                 changed: bench/counting_wsgi.py wraps the configuration's app and counts what the
+                 server did (responses per key and status, SQL per request) inside each worker;
+  gunicorn-sync  the earlier setting: gunicorn, --workers sync workers, counted by gunicorn hooks
+                 (bench/gunicorn_hooks.py).
+
+The three configurations:
 
   a  POST /v1/chat/completions unmetered: the baseline. Served with bench/settings_baseline.py, whose
      URLconf (bench/baseline_urls.py) answers the chat endpoints with the same parsing, simulated
@@ -15,10 +24,11 @@ drives it from a loopback load generator in one run, alternating three configura
 For each it prints requests/s, p50 and p99, and the ratios b/a and c/a, computed within each round
 (the rounds rotate the order of the three) and as the median over rounds. Goals on a 2-core machine:
 b/a >= 0.60 with no SQL write on the request path, c/a >= 0.25. When a goal is missed (or with
---profile) step timers and a cProfile run inside the gunicorn workers (bench/profiled_wsgi.py) say
-where the time goes.
+--profile) step timers and a cProfile run inside the server's workers (bench/profiled_wsgi.py, every
+serving thread's profile merged) say where the time goes.
 
-It also checks correctness, from the servers' own counts (bench/gunicorn_hooks.py):
+It also checks correctness, from the servers' own counts (bench/counting_wsgi.py or
+bench/gunicorn_hooks.py):
   - per measured run: usage records == 200 responses the server sent == the quota backend's request
     counter (after draining the Redis stream, as the Celery task does), records' tokens == the token
     counter, no other status; the baseline's runs record nothing;
@@ -29,13 +39,14 @@ With wrk, its own 2xx count may be lower than the server's by the requests it ab
 its time ran out (at most one per connection).
 
 Load generator: wrk (Debian's `wrk` package) when installed; otherwise (or with --load python) a
-small threaded client in this script, new connection per request like wrk against gunicorn's sync
-workers. The Python client takes more CPU per request than wrk on the same 2 cores, which narrows the
-ratios: its figures are for the checks, wrk's for the README.
+small threaded client in this script, a new connection per request (wrk keeps its connections open
+where the server does: granian does, gunicorn's sync workers do not). The Python client takes more
+CPU per request than wrk on the same 2 cores, which narrows the ratios: its figures are for the
+checks, wrk's for the README.
 
 Self-contained and self-stopping: a temporary data dir with its own SQLite database (or, with
 --database-url, a scratch database it creates on that PostgreSQL server and drops: bench/_pg.py), its
-own redis-server on a free loopback port (no persistence), one gunicorn per configuration, all three
+own redis-server on a free loopback port (no persistence), one server per configuration, all three
 up for the whole run so the measured slices alternate quickly (a slow change in the machine's load
 then hits a, b and c alike); everything binds 127.0.0.1, every step has a timeout, every child is
 killed on exit. The machine should be otherwise idle: the CPU used by other programs during each
@@ -82,8 +93,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench._pg import is_postgres, scratch_database  # noqa: E402 - stdlib only until called
+from bench._procfile import procfile_web, web_app, web_command, web_threads, web_workers  # noqa: E402 - stdlib only
 
-PYTHON = Path(sys.executable)  # the project's virtualenv: gunicorn and Django come from it
+PYTHON = Path(sys.executable)  # the project's virtualenv: gunicorn, granian and Django come from it
+SERVERS = ("procfile", "gunicorn-sync")
 ENDPOINT = "/v1/chat/completions"
 MODEL = "Llama-3.3-8B-Instruct"  # in every tier, so the bench tier's entitlements are ordinary
 REQUEST_BODY = {
@@ -344,7 +357,7 @@ def start_redis(tmp: Path, *, unix_socket: bool = False) -> tuple[subprocess.Pop
     raise RuntimeError("redis-server did not answer PING within 15 s")
 
 
-# --- gunicorn ---------------------------------------------------------------------------------------------
+# --- servers: gunicorn sync, the Procfile's web line -------------------------------------------------------
 def _post_ok(port: int, secret: str, timeout: float = 5.0) -> int | None:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -363,7 +376,7 @@ def _post_ok(port: int, secret: str, timeout: float = 5.0) -> int | None:
 
 
 def spawn_gunicorn(env: dict, *, app: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
-    """Start gunicorn (not yet ready: see wait_gunicorn) on a free loopback port."""
+    """Start gunicorn (not yet ready: see wait_server) on a free loopback port."""
     port = _free_port()
     cmd = [
         str(PYTHON),
@@ -392,27 +405,45 @@ def spawn_gunicorn(env: dict, *, app: str, workers: int, log: Path) -> tuple[sub
     return proc, port
 
 
-def wait_gunicorn(proc: subprocess.Popen, port: int, *, workers: int, log: Path, probe_secret: str) -> None:
-    """Until a probe request is answered 200 and every worker is up (bounded)."""
+def spawn_procfile(env: dict, *, app: str, log: Path, var_dir: Path) -> tuple[subprocess.Popen, int]:
+    """Start the Procfile's web line (not yet ready: see wait_server) on a free loopback port, serving
+    bench/counting_wsgi.py around ``app``; its pid file under ``var_dir`` (one per server)."""
+    port = _free_port()
+    (var_dir / "run").mkdir(parents=True, exist_ok=True)
+    env = {**env, "BENCH_COUNTED_APP": app, "TIERLAB_VAR_DIR": str(var_dir)}
+    cmd = web_command(port=port, venv_bin=PYTHON.parent, app="bench.counting_wsgi:application")
+    with open(log.with_suffix(".out"), "ab") as output:  # the access log and Django's logging
+        proc = _spawn(cmd, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    return proc, port
+
+
+def wait_server(
+    proc: subprocess.Popen, port: int, *, workers: int, log: Path, probe_secret: str, ready_dir: Path | None = None
+) -> None:
+    """Until a probe request is answered 200 and every worker is up (bounded). With ``ready_dir`` (the
+    Procfile's server), up means the worker has imported the app (bench/counting_wsgi.py's ready file)."""
     deadline = time.monotonic() + 90
     status = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited ({proc.returncode}):\n{_tail(log)}")
+            raise RuntimeError(f"the server exited ({proc.returncode}):\n{_tail(log)}")
         status = _post_ok(port, probe_secret)
         if status == 200:
-            # Both workers must be up: gunicorn answers as soon as the first one is.
-            if len(_children_of(proc.pid)) >= workers:
+            # Every worker must be up: the server answers as soon as the first one is.
+            children = _children_of(proc.pid)
+            if ready_dir is not None:
+                children = [pid for pid in children if (ready_dir / f"ready-{pid}").exists()]
+            if len(children) >= workers:
                 return
         elif status is not None:
-            raise RuntimeError(f"gunicorn answered {status} to the probe request:\n{_tail(log)}")
+            raise RuntimeError(f"the server answered {status} to the probe request:\n{_tail(log)}")
         time.sleep(0.1)
-    raise RuntimeError(f"gunicorn not ready within 90 s (last status {status}):\n{_tail(log)}")
+    raise RuntimeError(f"the server was not ready within 90 s (last status {status}):\n{_tail(log)}")
 
 
 def start_gunicorn(env: dict, *, app: str, workers: int, log: Path, probe_secret: str) -> tuple[subprocess.Popen, int]:
     proc, port = spawn_gunicorn(env, app=app, workers=workers, log=log)
-    wait_gunicorn(proc, port, workers=workers, log=log, probe_secret=probe_secret)
+    wait_server(proc, port, workers=workers, log=log, probe_secret=probe_secret)
     return proc, port
 
 
@@ -425,6 +456,12 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def read_worker_stats(folder: Path) -> tuple[dict[str, int], dict[str, int], list[Path]]:
+    # bench/counting_wsgi.py marks each worker it loaded in: every one of them must have written its counts
+    # (a worker killed before it could, e.g. after granian's --workers-kill-timeout, would lose them).
+    ready = {path.name.removeprefix("ready-") for path in folder.glob("ready-*")}
+    missing = sorted(ready - {path.stem.removeprefix("worker-") for path in folder.glob("worker-*.json")})
+    if missing:
+        raise RuntimeError(f"worker(s) {', '.join(missing)} wrote no counts to {folder} (killed before they exited?)")
     responses: dict[str, int] = {}
     sql: dict[str, int] = {}
     profiles = []
@@ -551,8 +588,8 @@ def run_wrk(url: str, lua: Path, *, seconds: float, connections: int, threads: i
 
 def run_python_load(port: int, secret: str, *, seconds: float, connections: int, pool: list[str] | None = None) -> dict:
     """wrk's stand-in where wrk is not installed (CI): ``connections`` threads, each sending the request
-    on a new connection until the time is up (gunicorn's sync workers close every connection after the
-    response, for wrk too). A request started before the deadline is finished and counted, so nothing
+    on a new connection until the time is up (as gunicorn's sync workers close every connection after
+    the response, for wrk too). A request started before the deadline is finished and counted, so nothing
     is abandoned in flight: the 2xx count equals the server's."""
     body = json.dumps(REQUEST_BODY, separators=(",", ":")).encode()
     head = (
@@ -739,13 +776,32 @@ class Bench:
         app = "bench.profiled_wsgi:application" if profile else "config.wsgi:application"
         if whatif:
             app = "bench.whatif_wsgi:application"
-        log = self.tmp / f"gunicorn-{name}.log"
-        proc, port = spawn_gunicorn(env, app=app, workers=self.args.workers, log=log)
+        log = self.log(name)
+        if self.args.server == "procfile":
+            proc, port = spawn_procfile(env, app=app, log=log, var_dir=self.tmp / f"var-{name}")
+        else:
+            proc, port = spawn_gunicorn(env, app=app, workers=self.args.workers, log=log)
         return proc, port, stats_dir, log
+
+    def log(self, name: str) -> Path:
+        return self.tmp / f"{self.args.server}-{name}.log"
+
+    def workers(self) -> int:
+        return web_workers() if self.args.server == "procfile" else self.args.workers
+
+    def _wait(self, proc: subprocess.Popen, port: int, stats_dir: Path, log: Path) -> None:
+        wait_server(
+            proc,
+            port,
+            workers=self.workers(),
+            log=log,
+            probe_secret=self.keys["warm"]["secret"],
+            ready_dir=stats_dir if self.args.server == "procfile" else None,
+        )
 
     def _serve(self, config: Config, name: str, *, profile: str = "", whatif: str = ""):
         proc, port, stats_dir, log = self._spawn_server(config, name, profile=profile, whatif=whatif)
-        wait_gunicorn(proc, port, workers=self.args.workers, log=log, probe_secret=self.keys["warm"]["secret"])
+        self._wait(proc, port, stats_dir, log)
         return proc, port, stats_dir
 
     def postgres_pids(self) -> list[int]:
@@ -779,7 +835,7 @@ class Bench:
                 said = True
 
     def start_servers(self) -> None:
-        """One gunicorn per configuration, all up for the whole run (an idle one costs nothing), so the
+        """One server per configuration, all up for the whole run (an idle one costs nothing), so the
         measured slices can alternate quickly: slow changes in the machine's load then hit a, b and c
         alike, and the ratios within a round stay fair. Started together, then waited for. With
         --quick, the servers of the profile and what-if smokes are started with them (idle until used)."""
@@ -792,7 +848,7 @@ class Bench:
             for name, (config, profile, whatif) in plan.items()
         }
         for name, (proc, port, stats_dir, log) in spawned.items():
-            wait_gunicorn(proc, port, workers=self.args.workers, log=log, probe_secret=self.keys["warm"]["secret"])
+            self._wait(proc, port, stats_dir, log)
             measured = name in {c.code for c in CONFIGS}
             (self.servers if measured else self.spare)[name] = (proc, port, stats_dir)
         for config in CONFIGS:
@@ -834,10 +890,8 @@ class Bench:
             self.wait_quiet()
         proc, port, _stats_dir = self.servers[config.code]
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"gunicorn for {config.code} exited ({proc.returncode}):\n"
-                f"{_tail(self.tmp / f'gunicorn-{config.code}.log')}"
-            )
+            log = _tail(self.log(config.code))
+            raise RuntimeError(f"the server for {config.code} exited ({proc.returncode}):\n{log}")
         drainer = None
         try:
             if args.warmup > 0:  # the other servers just had the CPUs: back to a steady state first
@@ -980,7 +1034,7 @@ class Bench:
         return run
 
     def profile(self, config: Config, mode: str) -> dict:
-        """A short run with ``mode`` ("timers" or "cprofile") inside both workers; returns the merged data."""
+        """A short run with ``mode`` ("timers" or "cprofile") inside every worker; returns the merged data."""
         label = f"p{config.code}"
         if self.args.quiet_wait > 0:
             self.wait_quiet()
@@ -995,7 +1049,7 @@ class Bench:
             _run_django("drain", self.env(config), timeout=600)
         _, _, profiles = read_worker_stats(stats_dir)
         if not profiles:
-            raise RuntimeError(f"no profile written for {config.code}: see {self.tmp}/gunicorn-{mode}-*.log")
+            raise RuntimeError(f"no profile written for {config.code}: see {self.log(name)}")
         requests = sum(json.loads(p.with_suffix(".json").read_text())["profile"]["requests"] for p in profiles)
         if not requests:
             raise RuntimeError(f"the {mode} profile of {config.code} measured no request (BENCH_PROFILE_SKIP?)")
@@ -1172,6 +1226,15 @@ def print_profile(config: Config, data: dict, top: int = 15) -> None:
         )
 
 
+def server_description(args: argparse.Namespace) -> str:
+    if args.server == "procfile":
+        return (
+            f"the Procfile's web line ({procfile_web()}: {web_workers()} workers, its app "
+            f"{web_app()} counted by bench/counting_wsgi.py, the access log kept)"
+        )
+    return f"gunicorn {args.workers} sync workers (--server gunicorn-sync)"
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -1194,7 +1257,7 @@ def report(
     _say("")
     _say(
         f"TierLab model API overhead: POST {ENDPOINT} ({MODEL}, max_completion_tokens 64), "
-        f"gunicorn {args.workers} sync workers, {load}, {args.duration:g} s per slice, keys over "
+        f"{server_description(args)}, {load}, {args.duration:g} s per slice, keys over "
         f"{bench.teams:,} team{'s' if bench.teams > 1 else ''}, "
         f"{args.rounds} round(s), {os.cpu_count()} CPUs"
     )
@@ -1315,7 +1378,7 @@ def report(
     failed: list[str] = []
     _say("")
     _say(
-        "Correctness per run (server = 200 responses counted inside gunicorn for the run's key; "
+        "Correctness per run (server = 200 responses counted inside the server's workers for the run's key; "
         "counter = the quota backend's requests-today counter):"
     )
     _say(
@@ -1444,7 +1507,14 @@ def main(argv: list[str] | None = None) -> int:
         "in-process caches then miss as they do with that many active teams (default 1: one key, always cached)",
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="procfile",
+        help="procfile: the Procfile's web line (what users run; granian), the same for a, b and c;\n"
+        "gunicorn-sync: gunicorn's sync workers (--workers), as measured before",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (--server gunicorn-sync)")
     parser.add_argument(
         "--load",
         choices=["auto", "wrk", "python"],
@@ -1570,6 +1640,10 @@ def main(argv: list[str] | None = None) -> int:
             _say("Goal missed: where the time goes." if missed and not args.quick else "Profile: where the time goes.")
             _say("Step timers first (wall and thread CPU around each step, ~1 us per wrapped call), then cProfile")
             _say("(cProfile inflates per-call costs, Python-heavy code most: read its shares, not its microseconds).")
+            if args.server == "procfile":
+                _say(f"The Procfile's server runs {web_threads()} threads per worker: each serving thread is profiled,")
+                _say("the threads merged; a step's wall time (and cProfile's, which clocks wall time per thread) also")
+                _say("holds its waits for the GIL while the worker's other threads run: read the timers' CPU column.")
             timed_base = None if args.quick else bench.profile(CONFIGS[0], "timers")
             if timed_base is not None:
                 print_timers(CONFIGS[0], timed_base, None)

@@ -10,39 +10,67 @@ Wall minus CPU is time spent waiting: a Redis or database round trip, a lock, or
 another process (on 2 cores, wrk and the other worker).
 
 The first ``BENCH_PROFILE_SKIP`` requests of each worker (default 300: the probe and the warm-up,
-which pay one-off imports and cache fills) are not measured. bench/gunicorn_hooks.py calls
-:func:`dump` when the worker exits.
+which pay one-off imports and cache fills) are not measured. bench/gunicorn_hooks.py (gunicorn) or
+bench/counting_wsgi.py (the Procfile's granian) calls :func:`dump` when the worker exits.
+
+Thread-safe, for servers that run many requests at once in one worker (granian's blocking threads):
+each thread has its own profiler and timers (cProfile watches only the thread that enabled it), and
+:func:`dump` merges them. With threads, a step's wall time also holds the time it waited for the GIL.
 """
 
 from __future__ import annotations
 
 import cProfile
 import functools
+import itertools
 import json
 import os
+import pstats
+import threading
 import time
 
 from config.wsgi import application as _django_application
 
 MODE = os.environ.get("BENCH_PROFILE", "cprofile")
 SKIP = int(os.environ.get("BENCH_PROFILE_SKIP", "300"))
-PROFILE = cProfile.Profile()
-_state = {"seen": 0, "measured": 0}
-TIMERS: dict[str, list[float]] = {}  # name -> [calls, wall seconds, cpu seconds]
+_WHOLE = "whole app (Django, incl. response close)"
+_seen = itertools.count(1)  # requests this worker has started: next() is atomic under the GIL
+_local = threading.local()  # .state: this thread's _ThreadState
+_lock = threading.Lock()
+_THREADS: list[_ThreadState] = []  # every serving thread's state, merged by dump()
+_TIMER_NAMES: list[str] = [_WHOLE]
+
+
+class _ThreadState:
+    def __init__(self) -> None:
+        self.on = False
+        self.measured = 0
+        self.profile = cProfile.Profile() if MODE == "cprofile" else None
+        self.timers: dict[str, list[float]] = {name: [0, 0.0, 0.0] for name in _TIMER_NAMES}
+
+
+def _mine() -> _ThreadState:
+    state = getattr(_local, "state", None)
+    if state is None:
+        state = _local.state = _ThreadState()
+        with _lock:
+            _THREADS.append(state)
+    return state
 
 
 def _timed(name: str, function):
-    TIMERS.setdefault(name, [0, 0.0, 0.0])
+    _TIMER_NAMES.append(name)
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        if not _state["on"]:
+        state = getattr(_local, "state", None)
+        if state is None or not state.on:
             return function(*args, **kwargs)
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return function(*args, **kwargs)
         finally:
-            entry = TIMERS[name]
+            entry = state.timers[name]
             entry[0] += 1
             entry[1] += time.perf_counter() - wall
             entry[2] += time.thread_time() - cpu
@@ -86,79 +114,97 @@ def _install_timers() -> None:
         setattr(owner, attribute, _timed(name, getattr(owner, attribute)))
 
 
-_state["on"] = False
 if MODE == "timers":
     _install_timers()
-_app_timer = [0, 0.0, 0.0]
-TIMERS["whole app (Django, incl. response close)"] = _app_timer
 
 
-def _start() -> tuple[float, float] | None:
-    _state["seen"] += 1
-    return _start_again()
-
-
-def _start_again() -> tuple[float, float] | None:
-    """Measure from here if this request is past the skipped ones (its response too, once it was)."""
-    if _state["seen"] <= SKIP:
-        return None
-    _state["on"] = True
+def _start(state: _ThreadState) -> tuple[float, float]:
+    state.on = True
     if MODE == "cprofile":
-        PROFILE.enable()  # no clocks of our own: they would show up in the profile
+        state.profile.enable()  # no clocks of our own: they would show up in the profile
         return (0.0, 0.0)
     return time.perf_counter(), time.thread_time()
 
 
-def _stop(started: tuple[float, float] | None) -> None:
-    if started is None:
-        return
+def _stop(state: _ThreadState, started: tuple[float, float]) -> None:
     if MODE == "cprofile":
-        PROFILE.disable()
+        state.profile.disable()
     else:
-        _app_timer[1] += time.perf_counter() - started[0]
-        _app_timer[2] += time.thread_time() - started[1]
-    _state["on"] = False
+        whole = state.timers[_WHOLE]
+        whole[1] += time.perf_counter() - started[0]
+        whole[2] += time.thread_time() - started[1]
+    state.on = False
 
 
 class _InstrumentedResponse:
-    def __init__(self, response):
+    """The response; its iteration and close are measured if its request was (on the serving thread)."""
+
+    def __init__(self, response, measured: bool):
         self._response = response
+        self._measured = measured
 
     def __iter__(self):
-        started = _start_again()
+        if not self._measured:
+            return iter(self._response)
+        state = _mine()
+        started = _start(state)
         try:
             chunks = list(self._response)
         finally:
-            _stop(started)
+            _stop(state, started)
         return iter(chunks)
 
     def close(self):
         close = getattr(self._response, "close", None)
         if close is None:
             return
-        started = _start_again()
+        if not self._measured:
+            close()
+            return
+        state = _mine()
+        started = _start(state)
         try:
             close()
         finally:
-            _stop(started)
+            _stop(state, started)
 
 
 def application(environ, start_response):
-    started = _start()
-    if started is not None:
-        _state["measured"] += 1
-        _app_timer[0] += 1
+    if next(_seen) <= SKIP:
+        return _InstrumentedResponse(_django_application(environ, start_response), False)
+    state = _mine()
+    state.measured += 1
+    state.timers[_WHOLE][0] += 1
+    started = _start(state)
     try:
         response = _django_application(environ, start_response)
     finally:
-        _stop(started)
-    return _InstrumentedResponse(response)
+        _stop(state, started)
+    return _InstrumentedResponse(response, True)
 
 
 def dump(path: str) -> dict:
+    """Write the worker's profile (every thread's, merged) to ``path``; returns what bench reads."""
+    with _lock:
+        threads = list(_THREADS)
+    measured = sum(state.measured for state in threads)
     if MODE == "cprofile":
-        PROFILE.dump_stats(path)
+        profiles = [state.profile for state in threads if state.measured]
+        if profiles:
+            stats = pstats.Stats(profiles[0])
+            for profile in profiles[1:]:
+                stats.add(profile)
+            stats.dump_stats(path)
+        else:  # nothing measured: an empty profile (bench/api_overhead.py skips it)
+            cProfile.Profile().dump_stats(path)
     else:
+        timers: dict[str, list[float]] = {name: [0, 0.0, 0.0] for name in _TIMER_NAMES}
+        for state in threads:
+            for name, (calls, wall, cpu) in state.timers.items():
+                entry = timers[name]
+                entry[0] += calls
+                entry[1] += wall
+                entry[2] += cpu
         with open(path, "w") as handle:
-            json.dump(TIMERS, handle)
-    return {"path": path, "requests": _state["measured"], "mode": MODE}
+            json.dump(timers, handle)
+    return {"path": path, "requests": measured, "mode": MODE, "threads": len(threads)}

@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import api_overhead as ao  # noqa: E402
+from bench._procfile import procfile_web, web_command  # noqa: E402
 from bench.partner_ingest import _tree_cpu_seconds  # noqa: E402
 
 VENV_BIN = ao.PYTHON.parent
@@ -60,13 +61,6 @@ class Server:
     @property
     def label(self) -> str:
         return f"{self.name}{' +access log' if self.access_log else ''}"
-
-
-def procfile_web() -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            return line.split(":", 1)[1].strip()
-    raise RuntimeError("the Procfile has no web: line")
 
 
 def procfile_server() -> str:
@@ -83,8 +77,7 @@ def command(server: Server, port: int, tmp: Path) -> list[str]:
     log = str(tmp / f"access-{server.name}.log")
     if server.name == "procfile":
         # As honcho runs it: through the shell (``${TIERLAB_VAR_DIR:-var}``, set to the run's own folder).
-        web = procfile_web().replace("${WEB_PORT}", str(port)).replace(".venv/bin/", f"{VENV_BIN}/")
-        return ["/bin/sh", "-c", f"exec {web}"]
+        return web_command(port=port, venv_bin=VENV_BIN)
     if server.name.startswith("gunicorn"):
         cmd = [str(VENV_BIN / "gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
         cmd += ["--threads", "4"] if server.name == "gunicorn-gthread" else ["--worker-class", "sync"]
