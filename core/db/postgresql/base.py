@@ -17,6 +17,9 @@ end of file) or for LISTEN/NOTIFY and parameter changes, which TierLab does not 
 - anything else (data or end of file waiting, a transaction left open, a status other than OK, a
   socket libpq no longer has): Django's ``SELECT 1``, which decides as before.
 
+Even if libpq happened to read the ``FATAL`` message into its own buffer along with the previous
+result, the end of file behind it stays in the kernel until libpq reads again, and polls readable.
+
 What this does not see, and neither does ``SELECT 1`` usefully: a server that vanished without
 closing the TCP connection (a host power loss, a network partition) shows nothing on the socket;
 Django's ``SELECT 1`` would wait for the kernel's TCP timeout there, and the request's own first
