@@ -124,7 +124,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    # A kept connection is checked before each request's first query, so one the server dropped
+    # meanwhile (restart, idle timeout) is replaced instead of failing the request. Django checks with
+    # a SELECT 1 round trip; core.db.postgresql first polls the socket and skips the round trip when
+    # nothing arrived (issue 17). CONN_HEALTH_CHECK=query keeps Django's engine and its SELECT 1.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    _health_check = env.str("CONN_HEALTH_CHECK", default="socket")
+    if _health_check not in ("socket", "query"):
+        raise ImproperlyConfigured(f"CONN_HEALTH_CHECK must be 'socket' or 'query', not {_health_check!r}")
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and _health_check == "socket":
+        DATABASES["default"]["ENGINE"] = "core.db.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache ------------------------------------------------------------------------------------------

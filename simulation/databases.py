@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connections
 
 SIMULATIONS_DIR = Path(settings.VAR_DIR) / "simulations"
 
@@ -93,7 +94,7 @@ def sqlite_template() -> Path:
 def postgres_server_of_settings() -> str | None:
     """A URL of the platform database's PostgreSQL server (its role and database), or None on SQLite."""
     db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
+    if connections["default"].vendor != "postgresql":  # Django's engine or core.db.postgresql
         return None
     credentials = urllib.parse.quote(db.get("USER") or "", safe="")
     if db.get("PASSWORD"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+from django.db import connection
 
 from tests.helpers_celery import broker_scheme
 
@@ -16,7 +17,7 @@ from tests.helpers_celery import broker_scheme
 @pytest.fixture(autouse=True)
 def _real_servers():
     engine = settings.DATABASES["default"]["ENGINE"]
-    if engine != "django.db.backends.postgresql":
+    if connection.vendor != "postgresql":  # Django's engine or ours (core.db.postgresql)
         pytest.fail(f"integration tests need PostgreSQL (DATABASE_URL=postgres://...), not {engine}", pytrace=False)
     if broker_scheme() != "redis":
         pytest.fail(

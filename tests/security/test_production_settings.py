@@ -130,7 +130,7 @@ def test_production_accepts_a_good_configuration():
     code = (
         "import django; django.setup(); from django.conf import settings as s; "
         "print(s.DEBUG, s.SECURE_HSTS_INCLUDE_SUBDOMAINS, s.SECURE_HSTS_SECONDS > 0, s.REDIS_URL, "
-        "s.DATABASES['default']['ENGINE'])"
+        "s.DATABASES['default']['ENGINE'], s.DATABASES['default']['CONN_HEALTH_CHECKS'])"
     )
     result = _run(GOOD, code)
     assert result.returncode == 0, result.stderr
@@ -139,8 +139,27 @@ def test_production_accepts_a_good_configuration():
         "True",
         "True",
         GOOD["REDIS_URL"],
-        "django.db.backends.postgresql",
+        "core.db.postgresql",  # Django's engine with a health check that polls the socket first
+        "True",
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "engine"), [("socket", "core.db.postgresql"), ("query", "django.db.backends.postgresql")]
+)
+def test_conn_health_check_chooses_the_postgresql_engine(value, engine):
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; from django.db import connection; "
+        "print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['CONN_HEALTH_CHECKS'], connection.vendor)"
+    )
+    result = _run({**GOOD, "CONN_HEALTH_CHECK": value}, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [engine, "True", "postgresql"]
+
+
+def test_an_unknown_conn_health_check_is_refused():
+    message = _refusal(_run({**GOOD, "CONN_HEALTH_CHECK": "ping"}))
+    assert "CONN_HEALTH_CHECK must be 'socket' or 'query', not 'ping'" in message
 
 
 def test_check_deploy_reports_the_embedded_defaults_as_errors():
