@@ -476,7 +476,8 @@ def _explain_first_batch(now: datetime) -> str:
     from billing import close_pg
     from billing.services import free_tier
 
-    params = {"last_id": 0, "now": now, "batch": 5_000, "free_id": free_tier().pk, "wall": now}
+    params = {"last_id": 0, "upto": close_pg._NO_UPPER_BOUND, "now": now, "batch": 5_000}
+    params.update(free_id=free_tier().pk, wall=now)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL TimeZone = 'UTC'")
         cursor.execute("EXPLAIN (ANALYZE, WAL) " + close_pg._statement(), params)
