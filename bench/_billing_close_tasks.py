@@ -114,7 +114,9 @@ class StatementCounter:
 # The figures are wall-clock times on a small machine: a load test running meanwhile shows up in them.
 # Each measurement records how much CPU other programs used during it (as bench/api_overhead.py does):
 # every live process except this one, the bench's database server (the postmaster and its children,
-# BENCH_PG_POSTMASTER) and localstripe (BENCH_LOCALSTRIPE_PID).
+# BENCH_PG_POSTMASTER), the backends serving the bench's own databases on a server it did not start
+# (--database-url: they are the close's work, see bench_database_prefix) and localstripe
+# (BENCH_LOCALSTRIPE_PID).
 
 
 def cpu_snapshot() -> dict[int, tuple[int, str, int]]:
