@@ -601,11 +601,11 @@ class BackendCpu:
     measurement, read from /proc (the server must run on this machine): the main connection's from
     its value at the start, and each connection opened meanwhile (the close's threads, with
     TIERLAB_CLOSE_CONCURRENCY) whole, from its start. Those close when their thread is done and their
-    backend exits: a sampler reads them every SAMPLE_SECONDS, so at most that much of each one's last
-    moments is missed. ``seconds`` is None where nothing could be read (SQLite runs in this process:
-    its CPU is the client's)."""
+    backend exits: a sampler reads them (only them: the main one is read at the end) every
+    SAMPLE_SECONDS, so at most that much of each one's last moments is missed. ``seconds`` is None
+    where nothing could be read (SQLite runs in this process: its CPU is the client's)."""
 
-    SAMPLE_SECONDS = 0.01
+    SAMPLE_SECONDS = 0.02
 
     def __init__(self) -> None:
         self.seconds: float | None = None
@@ -619,9 +619,9 @@ class BackendCpu:
             self._start.setdefault(pid, start)
             self._last.setdefault(pid, start)
 
-    def _sample(self) -> None:
+    def _sample(self, *, main: int = 0) -> None:
         with self._lock:
-            pids = list(self._last)
+            pids = [pid for pid in self._last if pid != main]
         for pid in pids:
             value = _proc_cpu_seconds(pid)
             if value is not None:
@@ -652,7 +652,7 @@ class BackendCpu:
 
         def sampler() -> None:
             while not stop.wait(self.SAMPLE_SECONDS):
-                self._sample()
+                self._sample(main=main)
 
         thread = threading.Thread(target=sampler, name="bench-backend-cpu", daemon=True)
         connection_created.connect(opened)
