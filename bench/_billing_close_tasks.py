@@ -172,14 +172,14 @@ def bench_database_prefix() -> str:
     return f"tierlab_bench_{parent if parent.isdigit() else os.getpid()}_"
 
 
-def foreign_cpu(before: dict, after: dict, roots: set[int]) -> dict:
+def foreign_cpu(before: dict, after: dict, roots: set[int], pids: frozenset[int] = frozenset()) -> dict:
     """CPU seconds that processes other than the bench's used between two snapshots, and the top ones.
     The bench's: its own processes and their children, and the database backends serving its databases."""
     hz = os.sysconf("SC_CLK_TCK")
     ours = _ours([before, after], roots)
     used: dict[str, float] = {}
     for pid, (_, name, ticks) in after.items():
-        if pid in ours or "bench-database" in (name, before.get(pid, (0, "", 0))[1]):
+        if pid in ours or pid in pids or "bench-database" in (name, before.get(pid, (0, "", 0))[1]):
             continue
         delta = (ticks - before.get(pid, (0, name, 0))[2]) / hz
         if delta > 0:
@@ -196,13 +196,18 @@ def foreign_cpu(before: dict, after: dict, roots: set[int]) -> dict:
 class CpuWatch:
     """``with CpuWatch() as watch: ...``; then ``watch.result`` (see foreign_cpu)."""
 
+    def __init__(self) -> None:
+        # Also the bench's: processes added here meanwhile (the close's thread backends, which may be
+        # exiting, nameless, when the last snapshot is taken).
+        self.pids: set[int] = set()
+
     def __enter__(self) -> CpuWatch:
         self.roots = bench_roots()
         self.before = cpu_snapshot()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.result = foreign_cpu(self.before, cpu_snapshot(), self.roots)
+        self.result = foreign_cpu(self.before, cpu_snapshot(), self.roots, frozenset(self.pids))
 
 
 def _counts(now: datetime) -> dict:
@@ -544,8 +549,9 @@ def close(spec: dict) -> dict:
     before = _counts(now)  # also opens the connection: not part of the timing
     counter = StatementCounter()
     profiler = cProfile.Profile() if spec.get("profile") else None
+    watch = CpuWatch()
     backends = BackendCpu()
-    with connection.execute_wrapper(counter), CpuWatch() as watch, backends.watching(counter):
+    with connection.execute_wrapper(counter), watch, backends.watching(counter, ours=watch.pids):
         cpu_before = time.process_time()
         started = time.perf_counter()
         if profiler is not None:
@@ -610,12 +616,14 @@ class BackendCpu:
     def __init__(self) -> None:
         self.seconds: float | None = None
         self.count = 0
+        self.ours: set[int] = set()  # every backend pid seen: CpuWatch's (watching's ``ours``)
         self._start: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def _add(self, pid: int, start: float) -> None:
         with self._lock:
+            self.ours.add(pid)
             self._start.setdefault(pid, start)
             self._last.setdefault(pid, start)
 
@@ -629,10 +637,12 @@ class BackendCpu:
                     self._last[pid] = max(self._last[pid], value)
 
     @contextlib.contextmanager
-    def watching(self, counter: StatementCounter):
+    def watching(self, counter: StatementCounter, *, ours: set[int] | None = None):
         from django.db import connection
         from django.db.backends.signals import connection_created
 
+        if ours is not None:
+            self.ours = ours
         if connection.vendor != "postgresql":
             yield self
             return
