@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import cProfile
 import io
 import json
@@ -25,6 +26,7 @@ import pstats
 import re
 import signal
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -71,6 +73,7 @@ class StatementCounter:
         self.count = 0
         self.seconds = 0.0
         self.kinds: dict[str, list] = {}  # kind -> [count, seconds]
+        self.lock = threading.Lock()  # the close's threads share one counter (see close)
 
     def kind(self, sql: str) -> str:
         if m := self._INSERT.search(sql):
@@ -91,11 +94,13 @@ class StatementCounter:
             return execute(sql, params, many, context)
         finally:
             took = time.perf_counter() - started
-            self.count += 1
-            self.seconds += took
-            entry = self.kinds.setdefault(self.kind(sql), [0, 0.0])
-            entry[0] += 1
-            entry[1] += took
+            kind = self.kind(sql)
+            with self.lock:
+                self.count += 1
+                self.seconds += took
+                entry = self.kinds.setdefault(kind, [0, 0.0])
+                entry[0] += 1
+                entry[1] += took
 
     def as_dict(self) -> dict:
         return {
@@ -109,22 +114,32 @@ class StatementCounter:
 # The figures are wall-clock times on a small machine: a load test running meanwhile shows up in them.
 # Each measurement records how much CPU other programs used during it (as bench/api_overhead.py does):
 # every live process except this one, the bench's database server (the postmaster and its children,
-# BENCH_PG_POSTMASTER) and localstripe (BENCH_LOCALSTRIPE_PID).
+# BENCH_PG_POSTMASTER), the backends serving the bench's own databases on a server it did not start
+# (--database-url: they are the close's work, see bench_database_prefix) and localstripe
+# (BENCH_LOCALSTRIPE_PID).
 
 
 def cpu_snapshot() -> dict[int, tuple[int, str, int]]:
-    """Every process: (parent pid, name, utime + stime ticks)."""
+    """Every process: (parent pid, name, utime + stime ticks). A PostgreSQL backend serving one of the
+    bench's databases is named "bench-database" (see bench_database_prefix), read while it runs: one
+    that exits meanwhile (the close's thread connections) could not be told apart afterwards."""
     found = {}
+    prefix = bench_database_prefix().encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as fh:
                 head, tail = fh.read().rsplit(")", 1)
+            name = head.split("(", 1)[-1]
+            if name.startswith("postgres"):
+                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                    if prefix in fh.read():
+                        name = "bench-database"
         except (OSError, ValueError):
             continue
         fields = tail.split()
-        found[int(entry.name)] = (int(fields[1]), head.split("(", 1)[-1], int(fields[11]) + int(fields[12]))
+        found[int(entry.name)] = (int(fields[1]), name, int(fields[11]) + int(fields[12]))
     return found
 
 
@@ -149,13 +164,22 @@ def bench_roots() -> set[int]:
     return roots
 
 
-def foreign_cpu(before: dict, after: dict, roots: set[int]) -> dict:
-    """CPU seconds that processes other than the bench's used between two snapshots, and the top ones."""
+def bench_database_prefix() -> str:
+    """The names of the bench's own databases start with this (billing_close.PostgresServer.prefix): a
+    PostgreSQL backend serving one of them ("postgres: user tierlab_bench_<pid>_close_100000 ...", a
+    child of a server the bench did not start, with --database-url) is the bench's work."""
+    parent = os.environ.get("BENCH_PARENT_PID", "")
+    return f"tierlab_bench_{parent if parent.isdigit() else os.getpid()}_"
+
+
+def foreign_cpu(before: dict, after: dict, roots: set[int], pids: frozenset[int] = frozenset()) -> dict:
+    """CPU seconds that processes other than the bench's used between two snapshots, and the top ones.
+    The bench's: its own processes and their children, and the database backends serving its databases."""
     hz = os.sysconf("SC_CLK_TCK")
     ours = _ours([before, after], roots)
     used: dict[str, float] = {}
     for pid, (_, name, ticks) in after.items():
-        if pid in ours:
+        if pid in ours or pid in pids or "bench-database" in (name, before.get(pid, (0, "", 0))[1]):
             continue
         delta = (ticks - before.get(pid, (0, name, 0))[2]) / hz
         if delta > 0:
@@ -172,13 +196,18 @@ def foreign_cpu(before: dict, after: dict, roots: set[int]) -> dict:
 class CpuWatch:
     """``with CpuWatch() as watch: ...``; then ``watch.result`` (see foreign_cpu)."""
 
+    def __init__(self) -> None:
+        # Also the bench's: processes added here meanwhile (the close's thread backends, which may be
+        # exiting, nameless, when the last snapshot is taken).
+        self.pids: set[int] = set()
+
     def __enter__(self) -> CpuWatch:
         self.roots = bench_roots()
         self.before = cpu_snapshot()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.result = foreign_cpu(self.before, cpu_snapshot(), self.roots)
+        self.result = foreign_cpu(self.before, cpu_snapshot(), self.roots, frozenset(self.pids))
 
 
 def _counts(now: datetime) -> dict:
@@ -476,7 +505,8 @@ def _explain_first_batch(now: datetime) -> str:
     from billing import close_pg
     from billing.services import free_tier
 
-    params = {"last_id": 0, "now": now, "batch": 5_000, "free_id": free_tier().pk, "wall": now}
+    params = {"last_id": 0, "upto": close_pg._NO_UPPER_BOUND, "now": now, "batch": 5_000}
+    params.update(free_id=free_tier().pk, wall=now)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL TimeZone = 'UTC'")
         cursor.execute("EXPLAIN (ANALYZE, WAL) " + close_pg._statement(), params)
@@ -515,32 +545,35 @@ def close(spec: dict) -> dict:
         # The Python side of the set-based close is a wait: profile the database side, on the first
         # batch, before the close (rolled back: the rows stay due; only invoice ids are spent).
         explained = _explain_first_batch(now)
+    concurrency = int(spec.get("concurrency") or 1)
     before = _counts(now)  # also opens the connection: not part of the timing
-    backend = _backend_cpu_reader()
     counter = StatementCounter()
     profiler = cProfile.Profile() if spec.get("profile") else None
-    with connection.execute_wrapper(counter), CpuWatch() as watch:
-        cpu_before, backend_before = time.process_time(), backend()
+    watch = CpuWatch()
+    backends = BackendCpu()
+    with connection.execute_wrapper(counter), watch, backends.watching(counter, ours=watch.pids):
+        cpu_before = time.process_time()
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        result = billing.billing_periods_close(now=now, batch_size=batch_size)
+        result = billing.billing_periods_close(now=now, batch_size=batch_size, concurrency=concurrency)
         if profiler is not None:
             profiler.disable()
         seconds = time.perf_counter() - started
         cpu = {"client": time.process_time() - cpu_before}
-        backend_after = backend()
-        if backend_before is not None and backend_after is not None:
-            cpu["database"] = backend_after - backend_before
+    if backends.seconds is not None:
+        cpu["database"] = backends.seconds
+        cpu["backends"] = backends.count
     after = _counts(now)
     counter2 = StatementCounter()
     with connection.execute_wrapper(counter2):
         started = time.perf_counter()
-        result2 = billing.billing_periods_close(now=now, batch_size=batch_size)
+        result2 = billing.billing_periods_close(now=now, batch_size=batch_size, concurrency=concurrency)
         seconds2 = time.perf_counter() - started
     after2 = _counts(now)
     payload = {
         "batch_size": batch_size,
+        "concurrency": concurrency,
         "planner": "sql" if billing_close.SET_BASED_ON_POSTGRESQL and connection.vendor == "postgresql" else "python",
         "cpu": cpu,
         "seconds": seconds,
@@ -560,28 +593,89 @@ def close(spec: dict) -> dict:
     return payload
 
 
-def _backend_cpu_reader():
-    """A function returning the CPU seconds (user + system) the database server process serving this
-    connection has used so far: PostgreSQL's backend, read from /proc when the server runs on this
-    machine; None where it cannot be read (SQLite runs in this process: its CPU is the client's)."""
-    from django.db import connection
+def _proc_cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    if connection.vendor != "postgresql":
-        return lambda: None
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
-    ticks = os.sysconf("SC_CLK_TCK")
 
-    def read() -> float | None:
+class BackendCpu:
+    """The CPU seconds (user + system) of every PostgreSQL backend serving this process during a
+    measurement, read from /proc (the server must run on this machine): the main connection's from
+    its value at the start, and each connection opened meanwhile (the close's threads, with
+    TIERLAB_CLOSE_CONCURRENCY) whole, from its start. Those close when their thread is done and their
+    backend exits: a sampler reads them (only them: the main one is read at the end) every
+    SAMPLE_SECONDS, so at most that much of each one's last moments is missed. ``seconds`` is None
+    where nothing could be read (SQLite runs in this process: its CPU is the client's)."""
+
+    SAMPLE_SECONDS = 0.02
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self.count = 0
+        self.ours: set[int] = set()  # every backend pid seen: CpuWatch's (watching's ``ours``)
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def _add(self, pid: int, start: float) -> None:
+        with self._lock:
+            self.ours.add(pid)
+            self._start.setdefault(pid, start)
+            self._last.setdefault(pid, start)
+
+    def _sample(self, *, main: int = 0) -> None:
+        with self._lock:
+            pids = [pid for pid in self._last if pid != main]
+        for pid in pids:
+            value = _proc_cpu_seconds(pid)
+            if value is not None:
+                with self._lock:
+                    self._last[pid] = max(self._last[pid], value)
+
+    @contextlib.contextmanager
+    def watching(self, counter: StatementCounter, *, ours: set[int] | None = None):
+        from django.db import connection
+        from django.db.backends.signals import connection_created
+
+        if ours is not None:
+            self.ours = ours
+        if connection.vendor != "postgresql":
+            yield self
+            return
+        main = connection.connection.info.backend_pid
+        first = _proc_cpu_seconds(main)
+        if first is None:  # a server on another machine: nothing to read
+            yield self
+            return
+        self._add(main, first)
+
+        def opened(sender, connection, **kwargs) -> None:
+            # A thread's connection (the close's pool): counted whole, its statements counted too.
+            self._add(connection.connection.info.backend_pid, 0.0)
+            connection.execute_wrappers.append(counter)
+
+        stop = threading.Event()
+
+        def sampler() -> None:
+            while not stop.wait(self.SAMPLE_SECONDS):
+                self._sample(main=main)
+
+        thread = threading.Thread(target=sampler, name="bench-backend-cpu", daemon=True)
+        connection_created.connect(opened)
+        thread.start()
         try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    return read
+            yield self
+        finally:
+            connection_created.disconnect(opened)
+            stop.set()
+            thread.join()
+            self._sample()
+            self.seconds = sum(self._last[pid] - self._start[pid] for pid in self._last)
+            self.count = len(self._last)
 
 
 def _server_version() -> str:

@@ -552,12 +552,13 @@ class Bench:
         )
 
     # -- measurements
-    def local_part(self, server, n: int, *, profile: bool = False, planner: str = "sql") -> dict:
-        name = f"close_{n}_{planner}" + ("_profile" if profile else "")
+    def local_part(self, server, n: int, *, profile: bool = False, planner: str = "sql", concurrency: int = 1) -> dict:
+        name = f"close_{n}_{planner}{concurrency}" + ("_profile" if profile else "")
         server.create(name, template="template")
         try:
             seeded = self.step("seed", server, name, {"n": n, "now": NOW.isoformat()}, timeout=120 + n / 500)
             spec = {"now": NOW.isoformat(), "profile": profile, "top": self.args.profile_top, "planner": planner}
+            spec["concurrency"] = concurrency
             self.wait_quiet()
             closed = self.step("close", server, name, spec, timeout=120 + n / 200)
         finally:
@@ -565,6 +566,7 @@ class Bench:
         server.version = closed.get("server_version") or server.version
         planner = closed.get("planner", planner)
         row = {"server": server.name, "n": n, "seed": seeded, "close": closed, "planner": planner}
+        row["concurrency"] = closed.get("concurrency", 1) if planner == "sql" else 1
         if not profile:
             self.local.append(row)
             self.print_local(row)
@@ -656,19 +658,23 @@ class Bench:
         batches = max(result["batches"], 1)
         secs = close["seconds"]
         goal = ""
-        if row["server"] == "PostgreSQL" and n == GOAL_SUBSCRIPTIONS and row["planner"] == "sql":
+        if _is_goal_row(row, self.args.close_concurrency):
             goal = f"  goal < {GOAL_SECONDS:g} s: {'met' if secs < GOAL_SECONDS else 'MISSED'}"
         cpu = close.get("cpu", {})
-        cpu_text = f"CPU: client {1e6 * cpu.get('client', 0) / n:.0f} µs/sub" + (
-            f", database server {1e6 * cpu['database'] / n:.0f} µs/sub" if "database" in cpu else ""
+        cpu_text = f"CPU {1e6 * _cpu(close) / n:.0f} µs/sub: client {1e6 * cpu.get('client', 0) / n:.0f}" + (
+            f" + database server {1e6 * cpu['database'] / n:.0f} ({cpu.get('backends', 1)} backend(s))"
+            if "database" in cpu
+            else ""
         )
+        many = "several connections: statements and their times summed over them; " if row["concurrency"] > 1 else ""
         _say(
-            f"  {row['server']:<10} {row['planner']:<6} {n:>9,} subs  {secs:7.2f} s  {1e6 * secs / n:6.0f} µs/sub  "
+            f"  {row['server']:<10} {_label(row):<6} {n:>9,} subs  {secs:7.2f} s  {1e6 * secs / n:6.0f} µs/sub  "
             f"({cpu_text})   "
             f"{result['invoices_created']:,} invoices, {close['after']['lines'] - close['before']['lines']:,} lines, "
-            f"{result['batches']} batches of ≤{close['batch_size']:,}; {stmts['count']} statements "
-            f"({stmts['count'] / batches:.1f}/batch), {stmts['seconds']:.2f} s in the database, "
-            f"{secs - stmts['seconds']:.2f} s in Python  [seed {row['seed']['seconds']:.1f} s]{goal}"
+            f"{result['batches']} batches of ≤{close['batch_size']:,}; {many}{stmts['count']} statements "
+            f"({stmts['count'] / batches:.1f}/batch), {stmts['seconds']:.2f} s inside statements, "
+            + (f"{secs - stmts['seconds']:.2f} s elsewhere" if not many else "")
+            + f"  [seed {row['seed']['seconds']:.1f} s]{goal}"
         )
         _say(f"      statements: {self._statements(stmts)}")
         if note := self.busy_note(close["foreign_cpu"], secs):
@@ -734,34 +740,55 @@ class Bench:
                 _say(f"    {line}")
 
 
+def _cpu(close: dict) -> float:
+    """CPU seconds of a close: the client's and the database backends' serving it."""
+    return close.get("cpu", {}).get("client", 0) + close.get("cpu", {}).get("database", 0)
+
+
+def _label(row: dict) -> str:
+    """python, sql (one connection) or sql-N (N connections at once)."""
+    if row["planner"] != "sql" or row.get("concurrency", 1) == 1:
+        return row["planner"]
+    return f"sql-{row['concurrency']}"
+
+
+def _is_goal_row(row: dict, concurrency: int) -> bool:
+    """The goal is measured as a billing pass runs it: set-based, TIERLAB_CLOSE_CONCURRENCY connections."""
+    return (
+        row["server"] == "PostgreSQL"
+        and row["n"] == GOAL_SUBSCRIPTIONS
+        and row["planner"] == "sql"
+        and row.get("concurrency", 1) == concurrency
+    )
+
+
 def _summary(bench: Bench) -> None:
     _say("\nSummary")
     for row in bench.local:
         close = row["close"]
         batches = max(close["result"]["batches"], 1)
-        cpu = close.get("cpu", {})
-        cpu_sub = 1e6 * (cpu.get("client", 0) + cpu.get("database", 0)) / row["n"]
         _say(
-            f"  local   {row['server']:<10} {row['planner']:<6} {row['n']:>9,} subs: {close['seconds']:6.2f} s, "
-            f"{1e6 * close['seconds'] / row['n']:5.0f} µs/sub (CPU {cpu_sub:.0f} µs/sub, client + database server), "
-            f"{close['statements']['count'] / batches:.1f} "
+            f"  local   {row['server']:<10} {_label(row):<6} {row['n']:>9,} subs: {close['seconds']:6.2f} s, "
+            f"{1e6 * close['seconds'] / row['n']:5.0f} µs/sub (CPU {1e6 * _cpu(close) / row['n']:.0f} µs/sub, "
+            f"client + database server), {close['statements']['count'] / batches:.1f} "
             f"statements/batch; again: {close['again']['result']['invoices_created']} invoices"
             + (" [BUSY machine]" if Bench.busy_note(close["foreign_cpu"], close["seconds"]) else "")
         )
+    # Before/after, back to back on copies of one seed: each set-based run against the Python planner,
+    # and the pool against one connection.
     for (server, n), python in {(r["server"], r["n"]): r for r in bench.local if r["planner"] == "python"}.items():
-        sql = next((r for r in bench.local if (r["server"], r["n"], r["planner"]) == (server, n, "sql")), None)
-        if sql is not None:
-            before, after = python["close"], sql["close"]
-
-            def cpu(close: dict) -> float:
-                return close.get("cpu", {}).get("client", 0) + close.get("cpu", {}).get("database", 0)
-
-            _say(
-                f"  before/after {server} {n:,}: Python planner {1e6 * before['seconds'] / n:.0f} µs/sub "
-                f"(CPU {1e6 * cpu(before) / n:.0f}) -> set-based {1e6 * after['seconds'] / n:.0f} µs/sub "
-                f"(CPU {1e6 * cpu(after) / n:.0f}): {before['seconds'] / after['seconds']:.2f}x faster, "
-                f"{cpu(before) / max(cpu(after), 1e-9):.2f}x less CPU"
-            )
+        runs = [r for r in bench.local if (r["server"], r["n"], r["planner"]) == (server, n, "sql")]
+        single = next((r for r in runs if r["concurrency"] == 1), None)
+        for row in runs:
+            bases = [python] + ([single] if single is not None and row is not single else [])
+            for base in bases:
+                before, after = base["close"], row["close"]
+                _say(
+                    f"  before/after {server} {n:,}: {_label(base)} {1e6 * before['seconds'] / n:.0f} µs/sub "
+                    f"(CPU {1e6 * _cpu(before) / n:.0f}) -> {_label(row)} {1e6 * after['seconds'] / n:.0f} µs/sub "
+                    f"(CPU {1e6 * _cpu(after) / n:.0f}): {before['seconds'] / after['seconds']:.2f}x faster, "
+                    f"{_cpu(before) / max(_cpu(after), 1e-9):.2f}x less CPU"
+                )
     for row in bench.payments:
         pay = row["pay"]
         _say(
@@ -783,9 +810,7 @@ def _summary(bench: Bench) -> None:
                     f"  payments: pool of {concurrency} {rate:.0f}/s vs one at a time {single:.0f}/s: "
                     f"{rate / single:.2f}x"
                 )
-    goal_rows = [
-        r for r in bench.local if r["server"] == "PostgreSQL" and r["n"] == GOAL_SUBSCRIPTIONS and r["planner"] == "sql"
-    ]
+    goal_rows = [r for r in bench.local if _is_goal_row(r, bench.args.close_concurrency)]
     for row in goal_rows:
         secs = row["close"]["seconds"]
         _say(
@@ -826,7 +851,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-compare",
         action="store_true",
-        help="PostgreSQL: do not also close each size with the Python planner (the before/after comparison)",
+        help="PostgreSQL: do not also close each size with the Python planner and with the set-based close on\n"
+        "one connection (the before/after comparisons)",
+    )
+    parser.add_argument(
+        "--close-concurrency",
+        type=int,
+        default=int(os.environ.get("TIERLAB_CLOSE_CONCURRENCY") or 2),
+        help="PostgreSQL: batches of the set-based close closed at once, each on its own connection (default:\n"
+        "TIERLAB_CLOSE_CONCURRENCY, else its default 2); the goal is read on this run. Above 1, each size\n"
+        "is also closed on one connection, back to back (unless --no-compare)",
     )
     parser.add_argument("--profile", action="store_true", help="profile the largest PostgreSQL close even if on goal")
     parser.add_argument("--no-profile", action="store_true", help="never profile")
@@ -891,13 +925,15 @@ def main(argv: list[str] | None = None) -> int:
                     # Before/after back to back, on fresh copies of the same seed: the Python planner
                     # (PostgreSQL's close before issue 17, SQLite's now), then the set-based statement.
                     bench.local_part(server, n, planner="python")
-                bench.local_part(server, n)
+                    if args.close_concurrency > 1:
+                        bench.local_part(server, n, concurrency=1)  # the set-based close on one connection
+                bench.local_part(server, n, concurrency=1 if server is sqlite else args.close_concurrency)
         for server in servers:
             _say(f"  [{server.describe()}]")
 
         pg_rows = [r for r in bench.local if r["server"] == "PostgreSQL" and r["planner"] == "sql"]
         biggest = max(pg_rows, key=lambda r: r["n"]) if pg_rows else None
-        missed = any(r["n"] >= GOAL_SUBSCRIPTIONS and r["close"]["seconds"] >= GOAL_SECONDS for r in pg_rows)
+        missed = any(_is_goal_row(r, args.close_concurrency) and r["close"]["seconds"] >= GOAL_SECONDS for r in pg_rows)
         if biggest is not None and not args.no_profile and (missed or args.profile):
             _say(
                 f"\n{'Goal missed' if missed else 'Profile (--profile)'}: "
@@ -935,9 +971,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _summary(bench)
         goal_missed = any(
-            r["close"]["seconds"] >= GOAL_SECONDS
-            for r in bench.local
-            if r["server"] == "PostgreSQL" and r["n"] >= GOAL_SUBSCRIPTIONS and r["planner"] == "sql"
+            r["close"]["seconds"] >= GOAL_SECONDS for r in bench.local if _is_goal_row(r, args.close_concurrency)
         )
         _say(
             f"\ntotal time {time.monotonic() - started:.0f} s; "

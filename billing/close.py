@@ -411,16 +411,20 @@ def _close_batch(
         result.changes_applied += len(audits)
 
 
-def periods_close(*, now: datetime, free: Tier, batch_size: int = CLOSE_BATCH_SIZE) -> PeriodCloseResult:
+def periods_close(
+    *, now: datetime, free: Tier, batch_size: int = CLOSE_BATCH_SIZE, concurrency: int = 1
+) -> PeriodCloseResult:
     """Close every period that ended by ``now``. See billing.billing_periods_close for the contract.
 
     On PostgreSQL the database plans and writes each batch in one statement (billing/close_pg.py);
-    elsewhere (SQLite) the batch is planned here, in Python. Both give the same rows (a test)."""
+    elsewhere (SQLite) the batch is planned here, in Python. Both give the same rows (a test).
+    ``concurrency``: on PostgreSQL, how many batches are closed at once, on as many connections
+    (billing/close_pg.py); the Python planner closes one at a time."""
     result = PeriodCloseResult()
     if connection.vendor == "postgresql" and SET_BASED_ON_POSTGRESQL:
         from billing.close_pg import periods_close_pg
 
-        periods_close_pg(now=now, free=free, batch_size=batch_size, result=result)
+        periods_close_pg(now=now, free=free, batch_size=batch_size, result=result, concurrency=concurrency)
         return result
     tiers = {tier.pk: tier for tier in Tier.objects.all()}
     last_id = 0

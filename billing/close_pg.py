@@ -30,9 +30,12 @@ free catch-up, trials, cancels, downgrades and overage included.
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from accounts.models import AuditEntry
@@ -77,7 +80,8 @@ WITH due AS (
   SELECT s.id, s.team_id, s.tier_id, s.pending_tier_id, s.cancel_at_period_end, s.status,
          s.billing_anchor, s.current_period_start, s.current_period_end
   FROM {sub} s
-  WHERE s.id > %(last_id)s AND s.current_period_end <= %(now)s AND s.status IN ('{active}', '{trialing}')
+  WHERE s.id > %(last_id)s AND s.id <= %(upto)s AND s.current_period_end <= %(now)s
+    AND s.status IN ('{active}', '{trialing}')
   ORDER BY s.id LIMIT %(batch)s FOR UPDATE OF s SKIP LOCKED
 ),
 p0 AS MATERIALIZED (
@@ -189,25 +193,41 @@ SELECT (SELECT count(*) FROM due), (SELECT max(id) FROM due), (SELECT count(*) F
 
 
 _SQL: str | None = None
+# The open end of the last range of ids (bigint's largest value): the statement always has a bound.
+_NO_UPPER_BOUND = 2**63 - 1
 
 
-def periods_close_pg(*, now: datetime, free: Tier, batch_size: int, result) -> None:
-    """Close every period that ended by ``now`` (see the module docstring); adds to ``result``."""
-    global _SQL  # built once per process: it depends on _meta only
-    if _SQL is None:
-        _SQL = _statement()
-    last_id = 0
+def _batch_ranges(*, now: datetime, batch_size: int) -> list[tuple[int, int]]:
+    """The due subscriptions cut into ranges of ids (after, upto] of ``batch_size`` each (the last one
+    open-ended), so that several connections can close them at once without meeting: one statement,
+    by the (status, current_period_end) index, reading ids only. No row is locked here: a subscription
+    that becomes due or stops being due meanwhile falls in some range all the same, and each range's
+    statement takes its rows FOR UPDATE SKIP LOCKED as the sequential close does."""
+    sub = Subscription._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT id FROM (SELECT s.id, row_number() OVER (ORDER BY s.id) AS n FROM {sub} s
+                WHERE s.current_period_end <= %s AND s.status IN (%s, %s)) t
+                WHERE t.n %% %s = 0 ORDER BY t.id""",
+            [now, Subscription.Status.ACTIVE.value, Subscription.Status.TRIALING.value, batch_size],
+        )
+        bounds = [0, *(row[0] for row in cursor.fetchall()), _NO_UPPER_BOUND]
+    return list(itertools.pairwise(bounds))
+
+
+def _close_range(*, after: int, upto: int, params: dict, batch_size: int) -> list[tuple[int, int, int]]:
+    """Close the due subscriptions with ids in (after, upto], a batch (and transaction) at a time, on
+    this thread's connection. Returns (periods closed, invoices created, changes applied) per batch."""
+    done = []
+    last_id = after
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             # The period arithmetic works in the session's time zone (core.periods, the SQL twins).
             cursor.execute("SET LOCAL TimeZone = 'UTC'")
-            cursor.execute(
-                _SQL,
-                {"last_id": last_id, "now": now, "batch": batch_size, "free_id": free.pk, "wall": timezone.now()},
-            )
+            cursor.execute(_SQL, {**params, "last_id": last_id, "upto": upto, "batch": batch_size})
             due, max_id, advanced, planned, invoices, _lines, audits = cursor.fetchone()
             if not due:
-                return
+                return done
             if advanced != due or invoices != planned:
                 # The rows are locked by this statement: this cannot happen unless something else
                 # wrote them. Roll the batch back rather than leave an invoice without its advance.
@@ -216,8 +236,83 @@ def periods_close_pg(*, now: datetime, free: Tier, batch_size: int, result) -> N
                     f"created {invoices} of {planned} invoices; rolled back",
                     code="period_close_inconsistent",
                 )
-            last_id = max_id
-            result.batches += 1
-            result.periods_closed += advanced
-            result.invoices_created += invoices
-            result.changes_applied += audits
+        done.append((advanced, invoices, audits))
+        # Fewer rows than asked for: none left in the range that is not another pass's (locked).
+        if due < batch_size or max_id >= upto:
+            return done
+        last_id = max_id
+
+
+def periods_close_pg(*, now: datetime, free: Tier, batch_size: int, result, concurrency: int = 1) -> None:
+    """Close every period that ended by ``now`` (see the module docstring); adds to ``result``.
+
+    ``concurrency`` > 1: the due subscriptions are cut into ranges of ``batch_size`` ids
+    (_batch_ranges) closed by that many threads at once, each with its own connection and each batch
+    its own transaction, as in the sequential close: one PostgreSQL backend is one core, and the close
+    is the database's work. Nothing else changes: each batch locks its rows (SKIP LOCKED), advances
+    them compare-and-set and inserts ON CONFLICT DO NOTHING, whichever thread runs it. One thing does:
+    invoice ids (so numbers) are drawn in subscription order within a batch, but two batches running at
+    once draw from the sequence in turn. Inside a transaction (a thread's connection would not see
+    the caller's rows) or with one range, the caller's thread closes the ranges in order."""
+    global _SQL  # built once per process: it depends on _meta only
+    if _SQL is None:
+        _SQL = _statement()
+    params = {"now": now, "free_id": free.pk, "wall": timezone.now()}
+    if concurrency <= 1 or connection.in_atomic_block:
+        ranges = [(0, _NO_UPPER_BOUND)]  # the keyset walk over every due id, a batch at a time
+    else:
+        ranges = _batch_ranges(now=now, batch_size=batch_size)
+    threads = max(1, min(concurrency, len(ranges)))
+    done: list[tuple[int, int, int]] = []
+    if threads == 1 or connection.in_atomic_block:
+        for after, upto in ranges:
+            done += _close_range(after=after, upto=upto, params=params, batch_size=batch_size)
+    else:
+        done = _close_ranges_in_threads(ranges=ranges, threads=threads, params=params, batch_size=batch_size)
+    for advanced, invoices, audits in done:
+        result.batches += 1
+        result.periods_closed += advanced
+        result.invoices_created += invoices
+        result.changes_applied += audits
+
+
+def _close_ranges_in_threads(
+    *, ranges: list[tuple[int, int]], threads: int, params: dict, batch_size: int
+) -> list[tuple[int, int, int]]:
+    """``ranges`` closed by ``threads`` threads, each with its own connection (closed when the queue is
+    empty, as billing.run's payment pool does). The first error stops the threads from taking more
+    ranges and is raised once they are done; the batches committed before it stay (each batch is a
+    transaction of its own, as in the sequential close), and the next pass closes the rest."""
+    work: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+    for item in ranges:
+        work.put(item)
+    done: list[tuple[int, int, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            while not errors:
+                try:
+                    after, upto = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    batches = _close_range(after=after, upto=upto, params=params, batch_size=batch_size)
+                except BaseException as exc:  # reported in the caller's thread
+                    with lock:
+                        errors.append(exc)
+                    return
+                with lock:
+                    done.extend(batches)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    pool = [threading.Thread(target=worker, name=f"billing-close-{i}", daemon=True) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return done

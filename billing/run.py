@@ -32,7 +32,9 @@ PROVIDER_DOWN_AFTER = 3
 logger = logging.getLogger(__name__)
 
 
-def billing_periods_close(*, now: datetime | None = None, batch_size: int = CLOSE_BATCH_SIZE) -> PeriodCloseResult:
+def billing_periods_close(
+    *, now: datetime | None = None, batch_size: int = CLOSE_BATCH_SIZE, concurrency: int = 1
+) -> PeriodCloseResult:
     """The local part of a pass: close every period that ended by ``now`` (invoice + advance, applying
     scheduled changes and ending trials). No Stripe call; the invoices it issues are due at once.
     Set-based, a fixed number of statements per batch of ``batch_size`` (billing/close.py; on
@@ -42,15 +44,26 @@ def billing_periods_close(*, now: datetime | None = None, batch_size: int = CLOS
     or dunning ends (then they move to free, with a new period). Suspended ones are not billed.
     Each subscription is visited at most once per pass, so a paid subscription that is several periods
     behind catches up one period per pass, each renewal charged before the next is issued.
+
+    ``concurrency``: on PostgreSQL, how many batches are closed at once, each on its own connection
+    in a thread of its own (the Celery task and ``run_billing`` pass TIERLAB_CLOSE_CONCURRENCY); 1,
+    the default, closes them one after the other in the caller's thread, as it does inside a
+    transaction and on SQLite.
     """
-    result = billing_close.periods_close(now=billing_now(now), free=free_tier(), batch_size=batch_size)
+    result = billing_close.periods_close(
+        now=billing_now(now), free=free_tier(), batch_size=batch_size, concurrency=concurrency
+    )
     if result.periods_closed:
         entitlements_cache_clear()
     return result
 
 
 def billing_run(
-    *, now: datetime | None = None, charge_budget_seconds: float | None = None, payment_concurrency: int = 1
+    *,
+    now: datetime | None = None,
+    charge_budget_seconds: float | None = None,
+    payment_concurrency: int = 1,
+    close_concurrency: int = 1,
 ) -> BillingRunResult:
     """One pass of the engine (beat runs it every minute; `manage.py run_billing --now ISO` runs one):
     close every period that ended (invoice + advance, applying scheduled changes), charge the invoices
@@ -68,10 +81,11 @@ def billing_run(
     TIERLAB_PAYMENT_CONCURRENCY). 1, the default, charges one at a time in the caller's thread: what
     the simulator's in-memory processor (not written for threads) and callers inside a transaction
     need. Exactly once holds either way: each invoice is charged by one thread, under its row lock,
-    its attempt recorded before Stripe is called (billing.payments)."""
+    its attempt recorded before Stripe is called (billing.payments). ``close_concurrency``: see
+    billing_periods_close."""
     now = billing_now(now)
     result = BillingRunResult()
-    closed = billing_periods_close(now=now)
+    closed = billing_periods_close(now=now, concurrency=close_concurrency)
     result.periods_closed = closed.periods_closed
     result.invoices_created = closed.invoices_created
     result.changes_applied = closed.changes_applied

@@ -35,7 +35,9 @@ CHARGE_BUDGET_SECONDS = 180
 def billing_run() -> dict:
     """One billing pass at the current time: close periods, charge what is due, end dunning."""
     result = run.billing_run(
-        charge_budget_seconds=CHARGE_BUDGET_SECONDS, payment_concurrency=settings.TIERLAB_PAYMENT_CONCURRENCY
+        charge_budget_seconds=CHARGE_BUDGET_SECONDS,
+        payment_concurrency=settings.TIERLAB_PAYMENT_CONCURRENCY,
+        close_concurrency=settings.TIERLAB_CLOSE_CONCURRENCY,
     )
     summary = asdict(result)
     if result.errors:

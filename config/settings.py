@@ -409,6 +409,9 @@ TIERLAB_DUNNING_RETRY_DAYS = env.list("TIERLAB_DUNNING_RETRY_DAYS", cast=int, de
 # How many invoices a billing pass (the Celery task, `run_billing`) charges at once: a bounded pool of
 # threads, each with its own database connection (PostgreSQL only; SQLite charges one at a time).
 TIERLAB_PAYMENT_CONCURRENCY = env.int("TIERLAB_PAYMENT_CONCURRENCY", default=8)
+# How many batches of the period close a billing pass closes at once on PostgreSQL, each on its own
+# connection (billing/close_pg.py): the close is the database's work, one backend is one core.
+TIERLAB_CLOSE_CONCURRENCY = env.int("TIERLAB_CLOSE_CONCURRENCY", default=2)
 # A past-due subscription keeps API access this long, then gets `subscription_inactive`.
 TIERLAB_PAST_DUE_GRACE_DAYS = env.int("TIERLAB_PAST_DUE_GRACE_DAYS", default=3)
 

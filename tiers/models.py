@@ -214,8 +214,15 @@ class Subscription(models.Model):
     current_period_end = models.DateTimeField()
     trial_end = models.DateTimeField(null=True, blank=True)
     cancel_at_period_end = models.BooleanField(default=False)
+    # Indexed only where set (Meta.indexes): most subscriptions have none, and the period close's
+    # advance rewrites every row it closes (a non-HOT update), which wrote a NULL entry each (issue 17).
     pending_tier = models.ForeignKey(
-        Tier, on_delete=models.PROTECT, null=True, blank=True, related_name="pending_subscriptions"
+        Tier,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="pending_subscriptions",
+        db_index=False,
     )
     canceled_at = models.DateTimeField(null=True, blank=True)
     # Set when a charge fails; cleared when an invoice is paid. The model API refuses a subscription
@@ -244,7 +251,16 @@ class Subscription(models.Model):
                 name="tiers_subscription_period_positive",
             ),
         ]
-        indexes = [models.Index(fields=["status", "current_period_end"])]
+        indexes = [
+            models.Index(fields=["status", "current_period_end"]),
+            # tier.pending_subscriptions (tiers.services.tier_has_subscribers) and the foreign key's
+            # checks look up a given tier: never NULL.
+            models.Index(
+                fields=["pending_tier"],
+                name="tiers_subscription_pending",
+                condition=Q(pending_tier__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.team} on {self.tier} ({self.status})"

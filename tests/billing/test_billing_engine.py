@@ -490,6 +490,15 @@ def test_run_billing_refuses_a_payment_concurrency_below_one(catalog):
 
 
 @pytest.mark.django_db
+def test_run_billing_refuses_a_close_concurrency_below_one(catalog):
+    team_on(catalog["free"], anchor=JAN_31)
+    before = list(Subscription.objects.values_list("current_period_end", flat=True))
+    with pytest.raises(CommandError, match="--close-concurrency must be 1 or more"):
+        call_command("run_billing", "--now", "2026-02-28T10:00:00Z", "--close-concurrency", "0")
+    assert list(Subscription.objects.values_list("current_period_end", flat=True)) == before  # nothing ran
+
+
+@pytest.mark.django_db
 def test_run_billing_runs_a_local_pass_and_prints_a_summary(catalog, capsys):
     team_on(catalog["free"], anchor=JAN_31)
     call_command("run_billing", "--now", "2026-02-28T10:00:00Z")

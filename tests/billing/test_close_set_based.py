@@ -11,10 +11,12 @@ just outside the period, and an invoice whose key exists already (advanced, not 
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.db.backends.signals import connection_created
 
 from accounts.models import AuditEntry
 from billing import close as billing_close
@@ -80,9 +82,8 @@ def _close(*, set_based: bool, monkeypatch) -> tuple[dict, dict]:
     return vars(result), snapshot
 
 
-def test_the_set_based_close_writes_what_the_python_planner_writes(catalog, monkeypatch):
-    if connection.vendor != "postgresql":
-        pytest.skip("the set-based close is PostgreSQL's (billing/close_pg.py)")
+def _seed(catalog) -> dict:
+    """Every awkward case (the module docstring), one team each; returns the teams by case."""
     free, plus, pro = catalog["free"], catalog["plus"], catalog["pro"]
     yearly = Tier(slug="annual", name="Annual", price_cents=120_000, billing_interval="year", sort_order=35)
     yearly.full_clean()
@@ -139,6 +140,14 @@ def test_the_set_based_close_writes_what_the_python_planner_writes(catalog, monk
         period_end=datetime(2026, 3, 25, tzinfo=UTC),
         issued_at=NOW,
     )
+    return {"downgrade": downgrade, "leap": leap, "micro": micro}
+
+
+def test_the_set_based_close_writes_what_the_python_planner_writes(catalog, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("the set-based close is PostgreSQL's (billing/close_pg.py)")
+    teams = _seed(catalog)
+    downgrade, leap, micro = teams["downgrade"], teams["leap"], teams["micro"]
 
     python_result, python_rows = _close(set_based=False, monkeypatch=monkeypatch)
     sql_result, sql_rows = _close(set_based=True, monkeypatch=monkeypatch)
@@ -160,3 +169,42 @@ def test_the_set_based_close_writes_what_the_python_planner_writes(catalog, monk
     assert lines[(str(leap_sub), "fee")][0] == "Annual (Feb 28, 2026 to Feb 28, 2027)"
     micro_sub = Subscription.objects.get(team=micro).pk
     assert f"renewal:{micro_sub}:2026-02-15T08:30:05.123456+00:00" in sql_rows["invoices"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_set_based_close_on_two_connections_writes_what_the_python_planner_writes(catalog, monkeypatch):
+    """TIERLAB_CLOSE_CONCURRENCY: batches of 2 closed by 2 threads, each on its own connection (so the
+    rows are committed first: a thread's connection would not see a test transaction's)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the set-based close is PostgreSQL's (billing/close_pg.py)")
+    _seed(catalog)
+    python_result, python_rows = _close(set_based=False, monkeypatch=monkeypatch)
+
+    monkeypatch.setattr(billing_close, "SET_BASED_ON_POSTGRESQL", True)
+    opened: list[str] = []
+
+    def on_connection(sender, connection, **kwargs) -> None:
+        opened.append(threading.current_thread().name)
+
+    connection_created.connect(on_connection)
+    try:
+        result = run.billing_periods_close(now=NOW, batch_size=2, concurrency=2)
+    finally:
+        connection_created.disconnect(on_connection)
+    again = run.billing_periods_close(now=NOW, batch_size=2, concurrency=2)
+    rows = _snapshot()
+
+    # 9 due subscriptions in batches of 2: 5 ranges, closed on the pool's two connections.
+    assert sorted(opened) == ["billing-close-0", "billing-close-1"]
+    assert result.batches == 5
+    assert {k: v for k, v in vars(result).items() if k != "batches"} == {
+        k: v for k, v in python_result.items() if k != "batches"
+    }
+    assert (again.periods_closed, again.invoices_created, again.changes_applied) == (0, 0, 0)
+    for part in ("subscriptions", "invoices", "lines", "audit"):
+        assert rows[part] == python_rows[part], part
+    # Invoice ids are drawn in subscription order within a batch only (close_pg.periods_close_pg):
+    # the same invoices, each numbered from its own id.
+    assert sorted(rows["order"]) == sorted(python_rows["order"])
+    numbers = dict(Invoice.objects.filter(number__isnull=False).values_list("id", "number"))
+    assert len(numbers) == 7 and all(number == f"TL-{pk:08d}" for pk, number in numbers.items())

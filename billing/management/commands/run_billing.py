@@ -50,12 +50,25 @@ class Command(BaseCommand):
             default=settings.TIERLAB_PAYMENT_CONCURRENCY,
             help="Invoices charged at once (default: TIERLAB_PAYMENT_CONCURRENCY, %(default)s; PostgreSQL only).",
         )
+        parser.add_argument(
+            "--close-concurrency",
+            type=int,
+            default=settings.TIERLAB_CLOSE_CONCURRENCY,
+            help="Batches of the period close closed at once (default: TIERLAB_CLOSE_CONCURRENCY, %(default)s; "
+            "PostgreSQL only).",
+        )
 
     def handle(self, *args, **options) -> None:
         now = parse_now(options["now"]) if options.get("now") else timezone.now()
         if options["payment_concurrency"] < 1:
             raise CommandError("--payment-concurrency must be 1 or more.")
-        result = billing_run(now=now, payment_concurrency=options["payment_concurrency"])
+        if options["close_concurrency"] < 1:
+            raise CommandError("--close-concurrency must be 1 or more.")
+        result = billing_run(
+            now=now,
+            payment_concurrency=options["payment_concurrency"],
+            close_concurrency=options["close_concurrency"],
+        )
         self.stdout.write(
             f"Billing pass at {now.isoformat()}: {result.periods_closed} period(s) closed, "
             f"{result.invoices_created} invoice(s) issued, {result.changes_applied} scheduled change(s) applied; "
