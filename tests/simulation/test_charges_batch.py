@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 
 import pytest
 import time_machine
@@ -51,7 +52,9 @@ def _state() -> dict[str, list[tuple]]:
                 "team_id", "tier__slug", "status", "past_due_since", "current_period_end"
             )
         ),
-        "emails": sorted((message.subject, tuple(message.to)) for message in mail.outbox),
+        # Invoice numbers come from a sequence, which the rolled-back one-by-one world still advanced on
+        # PostgreSQL: which invoice an email is about is told by its recipient (one team each) instead.
+        "emails": sorted((re.sub(r"TL-\d+", "TL-…", message.subject), tuple(message.to)) for message in mail.outbox),
     }
 
 
