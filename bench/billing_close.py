@@ -419,8 +419,19 @@ class PostgresServer:
         return self.url(name)
 
     def drop(self, name: str) -> None:
-        with self._admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.prefix}{name}" WITH (FORCE)')
+        import psycopg  # from the venv, as in _admin
+
+        # FORCE ends the bench's own leftover sessions; a role without pg_signal_backend may not end an
+        # autovacuum worker that just started on the fresh rows, so wait for it and try again.
+        for attempt in range(40):
+            try:
+                with self._admin() as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{self.prefix}{name}" WITH (FORCE)')
+                break
+            except psycopg.errors.InsufficientPrivilege:
+                if attempt == 39:
+                    raise
+                time.sleep(0.5)
         if name in self.created:
             self.created.remove(name)
 
