@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         CACHE_URL="locmemcache://", TIERLAB_PRODUCTION="0", TIERLAB_QUOTA_BACKEND="redis", PYTHONUNBUFFERED="1",
         TIERLAB_VAR_DIR=str(tmp / "var"),  # the Procfile's pid file: not the project's
     )  # fmt: skip
+    if args.database_url:
+        # Every server is up at once, and each thread keeps its connection (CONN_MAX_AGE): granian's
+        # threads alone would pass PostgreSQL's default of 100 connections. Close them after each request.
+        env["CONN_MAX_AGE"] = "0"
     (tmp / "var" / "run").mkdir(parents=True)
     labels = [s.label.replace(" ", "_").replace("+", "") for s in servers]
     setup = ao._run_django("setup", env, spec={"run_id": f"{int(time.time())}-{os.getpid()}", "keys": labels},
