@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from django.conf import settings
 from django.db import models
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
@@ -16,7 +15,7 @@ from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import TeamAction, role_allows, team_role, team_role_check
 from accounts.services import API_KEY_MARKER, API_KEY_PREFIX_LENGTH, api_key_hash
 from core.compiled_query import CompiledFirst
-from core.local_cache import TTLCache
+from core.local_cache import InvalidatedCache, TTLCache
 
 # The session key of the team a signed-in person acts for (switched in the navigation bar).
 CURRENT_TEAM_SESSION_KEY = "tierlab_team_id"
@@ -166,7 +165,11 @@ def secret_key_match(
     return row
 
 
-_key_cache: TTLCache[str, _KeyRow | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+# Kept for minutes, dropped when the feed says the key's team changed (core/invalidation.py; the
+# triggers watch the key's row); an unknown prefix only TIERLAB_AUTH_CACHE_SECONDS.
+_key_cache: InvalidatedCache[str, _KeyRow | None] = InvalidatedCache(
+    team_of=lambda prefix, row: row.team_id if row is not None else None, short_misses=True
+)
 
 
 # What a key lookup reads, in this order (usage.callers reads the same columns with more of its own).

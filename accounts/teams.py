@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, AuditEntry, Membership, Team, User
 from accounts.roles import TeamAction, team_role_check
-from accounts.selectors import api_key_cache_clear
 from accounts.services import audit_entry_create
 from core.errors import ApplicationError
+from core.invalidation import cache_invalidations_apply
 
 
 class MembershipError(ApplicationError):
@@ -140,7 +140,8 @@ def membership_remove(
         data={"user_id": locked.user_id, "email": email, "role": locked.role, "keys_revoked": revoked},
         now=now,
     )
-    transaction.on_commit(api_key_cache_clear)  # this process refuses the keys at once, others within the TTL
+    # This process refuses the keys at once (its feed read now), the others at their next poll.
+    transaction.on_commit(cache_invalidations_apply)
     return MemberRemoved(membership=locked, keys_revoked=revoked, left=leaving)
 
 

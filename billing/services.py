@@ -59,10 +59,10 @@ from accounts.roles import TeamAction, team_role_check
 from accounts.services import audit_entry_create
 from billing.models import Invoice, Payment
 from core.errors import ApplicationError
+from core.invalidation import cache_invalidations_apply
 from core.periods import period_bounds
 from tiers import catalog
 from tiers.models import Subscription, Tier
-from tiers.selectors import entitlements_cache_clear
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -137,9 +137,9 @@ def audit(
 
 
 def entitlements_changed() -> None:
-    # After the commit, so a reload sees the new tier/status. This clears only this process's cache;
-    # other web processes see the change within TIERLAB_AUTH_CACHE_SECONDS (accepted: DESIGN.md).
-    transaction.on_commit(entitlements_cache_clear)
+    # The database's triggers published the change (core/invalidation.py): after the commit this process
+    # reads the feed at once, so a reload sees the new tier/status; the others at their next poll.
+    transaction.on_commit(cache_invalidations_apply)
 
 
 def free_tier() -> Tier:

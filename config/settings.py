@@ -348,6 +348,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Synced into django-celery-beat's tables when beat starts; operators may then edit it in the admin.
 CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "core.tasks.heartbeat_record", "schedule": 30.0},
+    # The cache invalidation feed's rows after an hour (core/invalidation.py): every process polls every second.
+    "cache-invalidations-prune": {"task": "core.tasks.cache_invalidations_prune", "schedule": 3600.0},
     # The account API throttle's database counters idle for a day (embedded default only has rows).
     "throttle-counters-prune": {"task": "accounts.tasks.throttle_counters_prune", "schedule": 3600.0},
     # Redis quota backend only: usage events from the stream into UsageRecord. Its "enabled" is set below
@@ -426,6 +428,10 @@ CELERY_BEAT_SCHEDULE["usage-stream-drain"]["enabled"] = TIERLAB_QUOTA_BACKEND ==
 # How stale the model API's in-process view of keys and entitlements may be: a revoked key or a tier
 # change takes effect within this many seconds on every web process.
 TIERLAB_AUTH_CACHE_SECONDS = env.float("TIERLAB_AUTH_CACHE_SECONDS", default=3.0)
+# How long a web process keeps a key, a team's entitlements and licence gate: every change to them is
+# published by database triggers and polled by each process (core/invalidation.py), which drops the
+# changed teams' entries within TIERLAB_AUTH_CACHE_SECONDS; this bounds only what no trigger sees.
+TIERLAB_AUTH_CACHE_MAX_SECONDS = env.float("TIERLAB_AUTH_CACHE_MAX_SECONDS", default=600.0)
 # PostgreSQL: the model API's few hot statements are prepared once per connection (core.sql.hot_cursor);
 # off behind a pooler in transaction mode that does not keep prepared statements.
 TIERLAB_PG_PREPARED_STATEMENTS = env.bool("TIERLAB_PG_PREPARED_STATEMENTS", default=True)

@@ -42,10 +42,10 @@ from django.utils import timezone
 from accounts.emails import team_email_send
 from accounts.roles import TeamAction, team_role_check
 from core.errors import ApplicationError
+from core.invalidation import cache_invalidations_apply
 from core.periods import add_months, month_first
 from partners.models import LicenseAgreement, LicenseCheckRun, MonthlyActiveUsers
 from tiers.selectors import language_model_list_active
-from usage.metering import license_gate_forget
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -302,8 +302,8 @@ def license_grant(
         locked.full_clean()
         locked.save()
         transaction.on_commit(lambda: license_decided_send(agreement_id=locked.pk))
-        # This process serves the team again at once; the others within the gate cache's TTL.
-        transaction.on_commit(lambda: license_gate_forget(team_id=locked.team_id))
+        # This process serves the team again at once (its feed read now); the others at their next poll.
+        transaction.on_commit(cache_invalidations_apply)
     return locked
 
 

@@ -58,6 +58,7 @@ def _fresh_cache():
 def _fresh_process_caches():
     # Keys, entitlements, licence gates and refusal counts are cached per process on the request path.
     from accounts.selectors import api_key_cache_clear
+    from core.invalidation import cache_invalidations_reset
     from partners.services import partner_key_cache_clear
     from tiers.selectors import entitlements_cache_clear
     from usage.metering import metering_caches_clear
@@ -66,6 +67,7 @@ def _fresh_process_caches():
     partner_key_cache_clear()
     entitlements_cache_clear()
     metering_caches_clear()
+    cache_invalidations_reset()
     yield
 
 

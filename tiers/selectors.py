@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from core.compiled_query import CompiledFirst
-from core.local_cache import TTLCache
+from core.local_cache import InvalidatedCache
 from core.periods import subscription_period_at
 from tiers.models import LanguageModel, Subscription, Tier
 
@@ -105,7 +105,9 @@ class Entitlements:
         return (self.monthly_tokens or 0) + room_cents * 1_000_000 // price
 
 
-_entitlements_cache: TTLCache[int, Entitlements | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+# Per team, kept for minutes and dropped when the feed says the team's subscription changed
+# (core/invalidation.py); a team without a subscription only TIERLAB_AUTH_CACHE_SECONDS.
+_entitlements_cache: InvalidatedCache[int, Entitlements | None] = InvalidatedCache(short_misses=True)
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,8 @@ class _TierTerms:
     includes_api_access: bool
 
 
-# Per tier (a handful of entries), with the same TTL as the entitlements: a tier change is seen within it.
-_tier_terms_cache: TTLCache[int, _TierTerms | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+# Per tier (a handful of entries): dropped with every entry when a tier or a model changes (the feed).
+_tier_terms_cache: InvalidatedCache[int, _TierTerms | None] = InvalidatedCache(team_of=lambda tier_id, terms: None)
 
 # The team's current subscription, compiled once per process (core/compiled_query.py): with thousands
 # of active teams the entitlements cache mostly misses, and this is then the only query of a miss.
@@ -244,12 +246,13 @@ def entitlements_for_team(*, team_id: int) -> Entitlements | None:
     return _entitlements_cache.get_or_load(team_id, lambda: _load_entitlements(team_id))
 
 
-def entitlements_prime(*, team_id: int, subscription: tuple | None) -> Entitlements | None:
+def entitlements_prime(*, team_id: int, subscription: tuple | None, generation: int) -> Entitlements | None:
     """Cache (and return) the team's entitlements from its current subscription's SUBSCRIPTION_FIELDS
     values, read by a caller in a statement of its own (usage.callers: with the API key, in one); None or
-    a None ``tier_id`` (an outer join that found no current subscription): no entitlements."""
+    a None ``tier_id`` (an outer join that found no current subscription): no entitlements.
+    ``generation``: core.local_cache.cache_generation() before the statement was read."""
     entitlements = _entitlements_from_row(team_id, subscription)
-    _entitlements_cache.put(team_id, entitlements)
+    _entitlements_cache.put(team_id, entitlements, generation=generation)
     return entitlements
 
 

@@ -16,11 +16,11 @@ from accounts import services as account_services
 from accounts.models import AuditEntry, User
 from accounts.roles import TeamAction, team_role_check
 from core.errors import ApplicationError
+from core.invalidation import cache_invalidations_apply
 from core.periods import period_bounds
 from core.templatetags.tier_format import money
 from tiers import catalog
 from tiers.models import LanguageModel, Subscription, Tier
-from tiers.selectors import entitlements_cache_clear
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -210,7 +210,7 @@ def subscription_spend_cap_set(
         data={"cap_cents": cap_cents, "hard": hard},
         now=now,
     )
-    transaction.on_commit(entitlements_cache_clear)
+    transaction.on_commit(cache_invalidations_apply)  # this process at once, the others at their next poll
     return subscription
 
 
@@ -261,7 +261,7 @@ def subscription_suspend(
         data={"from_status": was, "reason": reason},
         now=now,
     )
-    transaction.on_commit(entitlements_cache_clear)
+    transaction.on_commit(cache_invalidations_apply)  # this process at once, the others at their next poll
     subscription.refresh_from_db()
     return sub
 
@@ -299,7 +299,7 @@ def subscription_unsuspend(
         data={"to_status": sub.status, "reason": reason},
         now=now,
     )
-    transaction.on_commit(entitlements_cache_clear)
+    transaction.on_commit(cache_invalidations_apply)  # this process at once, the others at their next poll
     subscription.refresh_from_db()
     return sub
 

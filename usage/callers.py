@@ -26,6 +26,7 @@ from django.db.models import FilteredRelation, Q
 from accounts.models import ApiKey
 from accounts.selectors import API_KEY_ROW_FIELDS
 from core.compiled_query import CompiledFirst
+from core.local_cache import cache_generation
 from tiers.models import Subscription
 from tiers.selectors import SUBSCRIPTION_FIELDS, entitlements_prime
 from usage import extensions
@@ -72,8 +73,9 @@ def caller_row_load(prefix: str) -> tuple[tuple, dict[str, Any]] | None:
     extension columns by name, or None if there is no such key. Caches the team's entitlements on the
     way (tiers.selectors.entitlements_prime)."""
     query, names = _query.get()
+    generation = cache_generation()
     row = query.first(prefix)
     if row is None:
         return None
-    entitlements_prime(team_id=row[1], subscription=row[_KEY_COLUMNS:_SUBSCRIPTION_END])
+    entitlements_prime(team_id=row[1], subscription=row[_KEY_COLUMNS:_SUBSCRIPTION_END], generation=generation)
     return row[:_KEY_COLUMNS], dict(zip(names, row[_SUBSCRIPTION_END:], strict=True))

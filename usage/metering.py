@@ -27,7 +27,7 @@ from datetime import date, datetime
 from django.conf import settings
 
 from accounts.selectors import AuthenticatedKey, api_key_authenticate
-from core.local_cache import DEFAULT_MAX_ENTRIES, TTLCache
+from core.local_cache import DEFAULT_MAX_ENTRIES, InvalidatedCache, TTLCache, cache_generation
 from tiers.selectors import Entitlements, entitlements_for_team, language_model_list_active
 from usage import errors, extensions, refusals
 from usage.callers import caller_row_load
@@ -54,7 +54,8 @@ IN_PROGRESS_RETRY_AFTER_SECONDS = 1
 
 _models_cache: TTLCache[str, dict[str, date]] = TTLCache(ttl=30)
 # The first model release date each team needs a licence for (None: no licence needed, or granted).
-_license_cache: TTLCache[int, date | None] = TTLCache(ttl=settings.TIERLAB_AUTH_CACHE_SECONDS)
+# Kept for minutes, dropped when the feed says the team's licence agreement changed (core/invalidation.py).
+_license_cache: InvalidatedCache[int, date | None] = InvalidatedCache()
 # The hosting partner whose channel each key belongs to (None: a direct key). A key's channel is fixed
 # when the key is made (partners.services.partner_channel_key_create makes both in one transaction) and
 # never changes, so an entry stays valid for the key's life: kept an hour (bounded like every local
@@ -143,12 +144,13 @@ def caller_authenticate(*, authorization: str | None, now: datetime) -> Caller:
 def _caller_row_load(prefix: str) -> tuple | None:
     """A key-cache miss: the key with its team's entitlements, licence gate and the key's channel in one
     statement (usage.callers); the latter two go into this module's caches."""
+    generation = cache_generation()
     loaded = caller_row_load(prefix)
     if loaded is None:
         return None
     key_row, extra = loaded
     if "license_required_from" in extra:
-        _license_cache.put(key_row[1], extra["license_required_from"])
+        _license_cache.put(key_row[1], extra["license_required_from"], generation=generation)
     if "channel_partner_id" in extra:
         _channel_cache.put(key_row[0], extra["channel_partner_id"])
     return key_row
@@ -450,12 +452,6 @@ def headers_after(*, admission: Admission, tokens_delta: int, now: datetime) -> 
     """Rate-limit headers for an admitted request (``used_after``)."""
     used = used_after(admission=admission, tokens_delta=tokens_delta)
     return rate_limit_headers(limits=admission.limits, used=used, now=now)
-
-
-def license_gate_forget(*, team_id: int) -> None:
-    """Drop this process's cached licence gate of ``team_id`` (after a grant: seen here at once, and by
-    the other processes within TIERLAB_AUTH_CACHE_SECONDS)."""
-    _license_cache.invalidate(team_id)
 
 
 def metering_caches_clear() -> None:
