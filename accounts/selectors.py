@@ -194,8 +194,9 @@ def api_key_authenticate(
 ) -> AuthenticatedKey | None:
     """The key ``raw_key`` names, if it exists, matches, is not revoked and has not expired.
 
-    One indexed lookup by prefix (cached in-process for TIERLAB_AUTH_CACHE_SECONDS, misses too), then a
-    constant-time comparison of SHA-256 hashes. A revocation is therefore seen within that TTL.
+    One indexed lookup by prefix (cached in-process, dropped through the invalidation feed when the key
+    changes: core/invalidation.py; an unknown prefix for TIERLAB_AUTH_CACHE_SECONDS), then a
+    constant-time comparison of SHA-256 hashes. A revocation is seen within TIERLAB_AUTH_CACHE_SECONDS.
     ``load_row(prefix)``: the lookup of a caller that reads more in the same statement; it returns the
     values of API_KEY_ROW_FIELDS (first, in order) or None, and is cached like the plain lookup.
     """

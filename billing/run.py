@@ -23,7 +23,7 @@ from billing.models import Invoice, Payment
 from billing.payments import invoice_charge, payments_recheck
 from billing.services import FAILED_STATUSES, BillingRunResult, billing_now, free_tier
 from core.errors import ApplicationError
-from core.invalidation import cache_invalidations_apply
+from tiers.selectors import entitlements_cache_clear
 
 # After this many consecutive "Stripe unreachable" answers a pass stops charging: the rest would time
 # out one by one too. The next pass (a minute later) starts over.
@@ -54,7 +54,9 @@ def billing_periods_close(
         now=billing_now(now), free=free_tier(), batch_size=batch_size, concurrency=concurrency
     )
     if result.periods_closed:
-        cache_invalidations_apply()  # the trials ended, the downgrades and cancels applied
+        # This process at once, without a query (the trials ended, downgrades and cancels applied); the
+        # others through the invalidation feed the triggers wrote (core/invalidation.py).
+        entitlements_cache_clear()
     return result
 
 

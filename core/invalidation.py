@@ -41,7 +41,8 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import Error as DatabaseFailure
+from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class _Feed:
             self.polls += 1
             try:
                 rows = self._read()
-            except DatabaseError as error:
+            except DatabaseFailure as error:  # DatabaseError, InterfaceError (a closed connection)
                 logger.warning("cache invalidation feed unreadable, every cached entry dropped: %s", error)
                 self.apply(None)
                 return
@@ -192,7 +193,7 @@ def invalidation_triggers_sql(
     from core.models import CacheInvalidation
 
     columns = list(columns)
-    now = "now()" if vendor == "postgresql" else "CURRENT_TIMESTAMP"
+    now = "now()" if vendor == "postgresql" else "STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')"  # as Django's Now()
     insert = f"INSERT INTO {CacheInvalidation._meta.db_table} (team_id, created_at) VALUES"
 
     def changed(old: str, new: str, distinct: str) -> str:

@@ -1,9 +1,11 @@
-"""A small in-process cache with a time-to-live, for the model API's hot path.
+"""Small in-process caches with a time-to-live, for the model API's hot path.
 
-Each web worker process keeps its own copy, so nothing is shared and nothing is invalidated across
-processes: an entry is at most ``ttl`` seconds stale. That is the contract the API gives for
-revocations and tier changes ("within a few seconds"), and it keeps key and entitlement lookups off
-the database for all but one request per key per ``ttl``.
+Each web worker process keeps its own copy, so nothing is shared. ``TTLCache``: an entry is at most
+``ttl`` seconds stale. ``InvalidatedCache`` (keys, entitlements, licence gates): entries are kept for
+minutes and dropped within TIERLAB_AUTH_CACHE_SECONDS of a change through the invalidation feed
+(core/invalidation.py), the contract the API gives for revocations and tier changes ("within a few
+seconds"); so with thousands of active teams a key's lookup stays off the database for all but its
+first request per process.
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ Decisions written down here:
 - Operators' decisions are recorded on the agreement (``decided_by``, ``decided_at``; for a refusal
   the reason goes into ``terms``, since there are no terms to show) and in the admin's history.
 
-The request path caches the gate per process for ``TIERLAB_AUTH_CACHE_SECONDS``: a grant lifts the
-refusal within that time, as revoking an API key takes effect (DESIGN.md).
+The request path caches the gate per process; the agreement's triggers publish every change through the
+invalidation feed (core/invalidation.py), so a grant lifts the refusal within
+``TIERLAB_AUTH_CACHE_SECONDS``, as revoking an API key takes effect (DESIGN.md).
 """
 
 from __future__ import annotations

@@ -241,8 +241,9 @@ def entitlements_for_teams(*, team_ids: Iterable[int]) -> dict[int, Entitlements
 
 
 def entitlements_for_team(*, team_id: int) -> Entitlements | None:
-    """The team's entitlements (None without a current subscription), cached in-process for
-    TIERLAB_AUTH_CACHE_SECONDS: a tier or subscription change is seen within that time."""
+    """The team's entitlements (None without a current subscription), cached in-process: a tier or
+    subscription change is seen within TIERLAB_AUTH_CACHE_SECONDS (the invalidation feed,
+    core/invalidation.py)."""
     return _entitlements_cache.get_or_load(team_id, lambda: _load_entitlements(team_id))
 
 

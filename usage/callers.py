@@ -1,16 +1,15 @@
 """The model API's cold read: an API key with everything its request needs, in ONE statement.
 
-With thousands of active teams the per-process caches of the request path (the key, its team's
-entitlements, licence gate and the key's channel; each for TIERLAB_AUTH_CACHE_SECONDS, the channel
-longer) mostly miss: a team comes back after its entries expired, and a key never seen by this process
-has none. Read one by one, a miss cost three or four indexed statements (issue 17 measured 2.1 SQL
+A key never seen by this process (or whose team changed: the invalidation feed, core/invalidation.py)
+misses the per-process caches of the request path (the key, its team's entitlements, licence gate and
+the key's channel). Read one by one, a miss cost three or four indexed statements (issue 17 measured 2.1 SQL
 reads per request at 10,000 teams, each a round trip and about 0.1 ms of client CPU, plus the
 database's own). Here the key's row, its team's current subscription (an outer join: none is None),
 and whatever the apps above usage add through ``usage.extensions.caller_columns`` (partners: the key's
 channel partner, the team's licence gate) come back in one row, and each piece goes into the cache its
 owner keeps (accounts' key cache through ``api_key_authenticate(load_row=...)``, tiers' entitlements
 through ``entitlements_prime``, usage.metering's licence and channel caches), so the owners' own
-invalidation (``entitlements_cache_clear`` after a tier change, ...) keeps working unchanged. A tier's
+invalidation (the feed, ``entitlements_cache_clear`` ...) keeps working unchanged. A tier's
 terms and models are read once per tier and shared (tiers.selectors).
 
 Compiled once per process like every read of the hot path (core/compiled_query.py).

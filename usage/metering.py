@@ -186,7 +186,8 @@ def known_models() -> dict[str, date]:
 
 
 def license_required_from(*, team_id: int) -> date | None:
-    """The licence gate registered in usage.extensions, cached per process for TIERLAB_AUTH_CACHE_SECONDS."""
+    """The licence gate registered in usage.extensions, cached per process (a change of the team's
+    agreement is seen within TIERLAB_AUTH_CACHE_SECONDS: the invalidation feed, core/invalidation.py)."""
     return _license_cache.get_or_load(team_id, lambda: extensions.license_required_from(team_id=team_id))
 
 

@@ -59,7 +59,9 @@ def test_every_cached_table_has_its_three_triggers():
         else:
             cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tl_invalidate_%'")
         names = {row[0] for row in cursor.fetchall()}
-    assert names == {f"tl_invalidate_{table}_{event}" for table in CACHED_TABLES for event in ("insert", "update", "delete")}
+    assert names == {
+        f"tl_invalidate_{table}_{event}" for table in CACHED_TABLES for event in ("insert", "update", "delete")
+    }
 
 
 def test_the_database_publishes_what_a_cache_holds_and_nothing_else(catalog):
@@ -73,7 +75,9 @@ def test_the_database_publishes_what_a_cache_holds_and_nothing_else(catalog):
     assert _published() == [team.pk]
     # A period advance (the close) and a key's last use are not what the caches hold.
     now = timezone.now()
-    Subscription.objects.filter(team=other).update(current_period_start=now, current_period_end=now + timedelta(days=30))
+    Subscription.objects.filter(team=other).update(
+        current_period_start=now, current_period_end=now + timedelta(days=30)
+    )
     ApiKey = type(key)
     ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     assert _published() == [team.pk]
