@@ -33,7 +33,8 @@ A database that cannot answer (``OperationalError``, ``InterfaceError``) raises
 
 SQL statements per request: consume 2 in one transaction (UPDATE, INSERT); reserve 2 in one
 transaction (UPDATE, INSERT); settle 3 in one transaction (UPDATE, DELETE, INSERT); refund 2. A
-refusal, a held id or the team's first request add the SELECT (and a retry).
+refusal, a held id or the team's first request add the SELECT (and a retry). The statements are built in
+usage/quotas/database_sql.py.
 
 On PostgreSQL an admitted consume or reserve is ONE statement, its own transaction (issue 17: the two
 statements kept 0.22 of the unmetered endpoint). When the key's last-used time is due (once a minute
@@ -41,10 +42,11 @@ per key and process, usage.services) a consume moves it in the same statement (a
 UPDATE of its own: with thousands of active keys that UPDATE, through the ORM, came with most requests.
 
     WITH q AS (SELECT xmin FROM quota WHERE team = %s AND <every limit has room> FOR NO KEY UPDATE),
+         s AS (SELECT <q's xmin> = <the statement snapshot's xmin of the row> AS current),
          i AS (INSERT INTO <record | reservation> SELECT ... FROM q WHERE NOT EXISTS <the id held elsewhere>
-               AND <q's xmin = the statement snapshot's xmin of the row> ON CONFLICT DO NOTHING RETURNING id),
+               AND (SELECT current FROM s) ON CONFLICT DO NOTHING RETURNING id),
          u AS (UPDATE quota SET <the charge> WHERE team = %s AND EXISTS (SELECT 1 FROM i) RETURNING counters)
-    SELECT u.*, (SELECT id FROM i) FROM u
+    SELECT u.*, (SELECT id FROM i), NOT (SELECT current FROM s) FROM (SELECT 1) AS d LEFT JOIN u ON true
 
 It is exact for the same reasons as the transaction: q locks the team's row and, having waited for a
 concurrent step, checks the room on the row's newest version (READ COMMITTED re-evaluates a locking
@@ -53,9 +55,29 @@ the snapshot. What does depend on it is the NOT EXISTS over the other table (a r
 id for a record, a record for a reservation): the statement's snapshot predates the lock, so a step of
 the same team that committed while this one waited is not in it. Every step updates the team's row
 first, so such a step changed the row's ``xmin``: when the locked version's differs from the
-snapshot's, nothing is inserted or charged. Whenever the statement changes nothing (no room, a held id,
-the team's first request, that wait), the step takes the transactional path above, which says why, so
-contention costs one statement more, never a wrong answer.
+snapshot's (s), nothing is inserted or charged, and the last column says that this race was all that
+stopped the statement. Whenever the statement changes nothing for another reason (no room, a held id,
+the team's first request), the step takes the transactional path above, which says why.
+
+Under a server's threads (granian: 2 workers x 16 threads) every thread serving a team waited for its
+row, and most lost that race: for one team 1.83 SQL writes per request of the transactional path, and
+c/a 0.20-0.22 in bench/api_overhead.py (issue 17). Three changes keep the race rare and cheap; the
+exactness above never depends on winning it:
+
+- An id generated for this request (the client sent no ``X-Request-Id``: ``request_id_is_new``) is
+  held by nothing, and nothing can hold it before this step commits: the client learns it only from
+  this step's response. Its statement (``*_new``) has neither the NOT EXISTS nor s, so a wait costs
+  nothing; what is left is exact for the reasons above (q's room check on the newest version, u's
+  charge of it, the unique keys), whatever committed during the wait.
+- A client's id: a statement that lost only the race runs again, with a new snapshot, up to
+  ``one_statement_attempts`` times before the transactional path. Each run is exact by itself, and a
+  run that lost inserted and charged nothing.
+- The one statements of a team's steps run one at a time per process, under one of a fixed set of
+  thread locks (``team_lock_stripes``, by team id modulo their number: no memory per team), so at most
+  one thread per process waits for the team's row, and a race is lost only to another process or to a
+  transactional step (settle, refund, a refusal's path). The lock orders nothing across processes and
+  decides nothing: the row lock still does. Teams sharing a stripe wait for each other's statement
+  (a fraction of a millisecond) within a process.
 """
 
 from __future__ import annotations
