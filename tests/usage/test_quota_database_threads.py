@@ -17,13 +17,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 from django.db import connection, connections, transaction
 from django.db.models import Count
 
 from accounts.models import Team
-from accounts.services import team_create_personal
+from accounts.services import api_key_create, team_create_personal
 from tests.factories import UserFactory
 from tests.usage.test_quota_contract import NOW, RPD, event_for, limits_at, records_of
 from usage.models import TeamQuotaState, UsageRecord
@@ -116,17 +117,18 @@ def test_threads_racing_for_a_100_requests_a_day_key_admit_exactly_100_and_recor
     def step(number: int, n: int) -> Decision:
         # Mixed as a server sees them: ids generated for the request, clients' ids, and streams
         # (reserve, then settle).
-        request_id = f"t{number}-{n}"
-        if n % 3 == 0:
-            return consume(backend, team, f"req_{uuid.uuid4().hex}", new=True, limits=limits)
-        if n % 3 == 1:
-            return consume(backend, team, request_id, new=False, limits=limits)
-        decision = backend.reserve(team_id=team.id, request_id=request_id, limits=limits, tokens=100, now=NOW)
+        new = n % 2 == 0
+        request_id = f"req_{uuid.uuid4().hex}" if new else f"t{number}-{n}"
+        if n % 4 < 2:
+            return consume(backend, team, request_id, new=new, limits=limits)
+        decision = backend.reserve(
+            team_id=team.id, request_id=request_id, limits=limits, tokens=100, now=NOW, request_id_is_new=new
+        )
         if decision.reservation is not None:
             assert backend.settle(reservation=decision.reservation, event=event_for(team, request_id, tokens=40))
         return decision
 
-    results = hammer(THREADS, 6, step)  # 192 requests for 100
+    results = hammer(THREADS, 8, step)  # 256 requests for 100
     decisions = [decision for decision, _ in results]
     assert sum(d.allowed for d in decisions) == 100
     assert {d.denied for d in decisions if not d.allowed} == {RPD}
@@ -209,4 +211,20 @@ def test_a_consume_that_lost_the_race_for_the_row_runs_its_one_statement_again(p
     assert outcome["decision"].allowed and not outcome["decision"].duplicate
     assert len(outcome["statements"]) == 2  # lost the race once, then admitted: no transactional path
     assert all(sql.startswith("WITH q AS") for sql in outcome["statements"])
+    assert_counters_equal_records(team, 2, 80)
+
+
+def test_a_consume_of_a_generated_id_moves_the_keys_last_used_time_in_its_one_statement(postgresql, team):
+    key, _secret = api_key_create(team=team, name="k")
+    backend = DatabaseQuotaBackend()
+    consume(backend, team, "first", new=False)
+    event = replace(event_for(team, "req_generated", tokens=40), api_key_id=key.id)
+    with statements_run() as seen:
+        decision = backend.consume(
+            team_id=team.id, request_id="req_generated", limits=limits_at(NOW, rpm=10, rpd=10), tokens=100,
+            now=NOW, event=event, request_id_is_new=True,
+        )  # fmt: skip
+    assert decision.allowed and len(seen) == 1
+    key.refresh_from_db()
+    assert key.last_used_at == NOW
     assert_counters_equal_records(team, 2, 80)
