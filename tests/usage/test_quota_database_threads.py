@@ -148,9 +148,9 @@ def test_threads_hammering_one_team_take_one_statement_per_admitted_request(post
 
     results = hammer(THREADS, 8, step)
     assert all(decision.allowed and not decision.duplicate for decision, _ in results)
-    # One statement each: the steps of one team run their statement one at a time in a process, so
-    # none waited for the row while another committed (the code before took the transactional path,
-    # UPDATE + INSERT + SELECT, for most of these).
+    # One statement each (the code before took the transactional path, UPDATE + INSERT, for most of
+    # these): a generated id's statement has no race to lose, and a client id's statements of one team
+    # run one at a time in a process, so none waited for the row while another committed.
     per_step = Counter(len(seen) for _, seen in results)
     assert per_step == {1: THREADS * 8}
     assert all(seen[0].startswith("WITH q AS") for _, seen in results)
