@@ -33,7 +33,8 @@ A database that cannot answer (``OperationalError``, ``InterfaceError``) raises
 
 SQL statements per request: consume 2 in one transaction (UPDATE, INSERT); reserve 2 in one
 transaction (UPDATE, INSERT); settle 3 in one transaction (UPDATE, DELETE, INSERT); refund 2. A
-refusal, a held id or the team's first request add the SELECT (and a retry).
+refusal, a held id or the team's first request add the SELECT (and a retry). The statements are built in
+usage/quotas/database_sql.py.
 
 On PostgreSQL an admitted consume or reserve is ONE statement, its own transaction (issue 17: the two
 statements kept 0.22 of the unmetered endpoint). When the key's last-used time is due (once a minute
@@ -41,10 +42,11 @@ per key and process, usage.services) a consume moves it in the same statement (a
 UPDATE of its own: with thousands of active keys that UPDATE, through the ORM, came with most requests.
 
     WITH q AS (SELECT xmin FROM quota WHERE team = %s AND <every limit has room> FOR NO KEY UPDATE),
+         s AS (SELECT <q's xmin> = <the statement snapshot's xmin of the row> AS current),
          i AS (INSERT INTO <record | reservation> SELECT ... FROM q WHERE NOT EXISTS <the id held elsewhere>
-               AND <q's xmin = the statement snapshot's xmin of the row> ON CONFLICT DO NOTHING RETURNING id),
+               AND (SELECT current FROM s) ON CONFLICT DO NOTHING RETURNING id),
          u AS (UPDATE quota SET <the charge> WHERE team = %s AND EXISTS (SELECT 1 FROM i) RETURNING counters)
-    SELECT u.*, (SELECT id FROM i) FROM u
+    SELECT u.*, (SELECT id FROM i), NOT (SELECT current FROM s) FROM (SELECT 1) AS d LEFT JOIN u ON true
 
 It is exact for the same reasons as the transaction: q locks the team's row and, having waited for a
 concurrent step, checks the room on the row's newest version (READ COMMITTED re-evaluates a locking
@@ -53,14 +55,40 @@ the snapshot. What does depend on it is the NOT EXISTS over the other table (a r
 id for a record, a record for a reservation): the statement's snapshot predates the lock, so a step of
 the same team that committed while this one waited is not in it. Every step updates the team's row
 first, so such a step changed the row's ``xmin``: when the locked version's differs from the
-snapshot's, nothing is inserted or charged. Whenever the statement changes nothing (no room, a held id,
-the team's first request, that wait), the step takes the transactional path above, which says why, so
-contention costs one statement more, never a wrong answer.
+snapshot's (s), nothing is inserted or charged, and the last column says that this race was all that
+stopped the statement. Whenever the statement changes nothing for another reason (no room, a held id,
+the team's first request), the step takes the transactional path above, which says why.
+
+Under a server's threads (granian: 2 workers x 16 threads) every thread serving a team waited for its
+row, and most lost that race: for one team 1.83 SQL writes per request of the transactional path, and
+c/a 0.20-0.22 in bench/api_overhead.py (issue 17). Three changes keep the race rare and cheap; the
+exactness above never depends on winning it:
+
+- An id generated for this request (the client sent no ``X-Request-Id``: ``request_id_is_new``) is
+  held by nothing, and nothing can hold it before this step commits: the client learns it only from
+  this step's response. Its statement (``*_new``) has neither the NOT EXISTS nor s, so a wait costs
+  nothing; what is left is exact for the reasons above (q's room check on the newest version, u's
+  charge of it, the unique keys), whatever committed during the wait.
+- A client's id: a statement that lost only the race runs again, with a new snapshot, up to
+  ``one_statement_attempts`` times before the transactional path. Each run is exact by itself, and a
+  run that lost inserted and charged nothing.
+- And the checked statements of a team's steps run one at a time per process, under one of a fixed
+  set of thread locks (``team_lock_stripes``, by team id modulo their number: no memory per team), so
+  at most one thread per process waits for the team's row, and a race is lost only to another process
+  or to a transactional step (settle, refund, a refusal's path). The lock orders nothing across
+  processes and decides nothing: the row lock still does. Teams sharing a stripe wait for each other's
+  statement within a process. Generated ids do not take it: their statement has no race to lose, and
+  the lock made a hot team's queue wait for the GIL at each turn (the holder must get the GIL back to
+  release it, behind the threads running Python). Measured with 2 processes x 12 threads on one team
+  (about 2 ms of Python work per request, 4 interleaved rounds): client ids 329 req/s with the lock,
+  177 without (races retried); generated ids 420 req/s with it, 517 without.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,9 +97,8 @@ from typing import Any
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
-from accounts.services import api_key_mark_used_sql
-from core.sql import hot_cursor, param, quoted_table
-from usage.models import QuotaReservation, TeamQuotaState, UsageRecord
+from core.sql import hot_cursor, param
+from usage.models import QuotaReservation, TeamQuotaState
 from usage.quotas.base import (
     REFUSAL_ORDER,
     UNLIMITED,
@@ -85,8 +112,8 @@ from usage.quotas.base import (
     day_window,
     minute_window,
 )
+from usage.quotas.database_sql import COUNTERS, statements
 from usage.services import (
-    USAGE_RECORD_COLUMNS,
     api_key_mark_due,
     usage_record_insert,
     usage_record_values,
@@ -102,9 +129,7 @@ _COLUMN = {
     LimitName.REQUESTS_PER_DAY: ("day_requests", "day_start"),
     LimitName.MONTHLY_TOKENS: ("period_tokens", "period_start"),
 }
-# RETURNING / SELECT order of the counters.
-_COUNTERS = ("minute_requests", "minute_tokens", "day_requests", "period_tokens")
-_COUNTER_OF = {name: _COUNTERS.index(column) for name, (column, _) in _COLUMN.items()}
+_COUNTER_OF = {name: COUNTERS.index(column) for name, (column, _) in _COLUMN.items()}
 
 
 @dataclass(frozen=True)
@@ -137,148 +162,6 @@ def _adapted(vendor: str, value: datetime) -> Any:
     return param(value)
 
 
-def _positive(expression: str) -> str:
-    # Portable MAX(0, x): SQLite spells it MAX, PostgreSQL GREATEST.
-    return f"CASE WHEN {expression} > 0 THEN {expression} ELSE 0 END"
-
-
-def _current(column: str, start_column: str, param: str) -> str:
-    """The counter as seen from the window ``param``: zero if the row still holds an older window."""
-    return f"CASE WHEN {start_column} = %({param})s THEN {column} ELSE 0 END"
-
-
-def _sql() -> dict[str, str]:
-    quota = quoted_table(TeamQuotaState)
-    record = quoted_table(UsageRecord)
-    reservation = quoted_table(QuotaReservation)
-    minute_requests = _current("minute_requests", "minute_start", "minute")
-    minute_tokens = _current("minute_tokens", "minute_start", "minute")
-    day_requests = _current("day_requests", "day_start", "day")
-    period_tokens = _current("period_tokens", "period_start", "period")
-
-    def charge_set(with_period: bool) -> str:
-        # Checked with %(tokens)s (the reservation), consumed with %(charged)s (the same, or the actual
-        # tokens when consume records the request in the same transaction).
-        period_set = ""
-        if with_period:
-            period_set = f", period_tokens = {period_tokens} + %(charged)s, period_start = %(period)s"
-        return (
-            f" SET minute_requests = {minute_requests} + 1,"
-            f" minute_tokens = {minute_tokens} + %(charged)s,"
-            " minute_start = %(minute)s,"
-            f" day_requests = {day_requests} + 1,"
-            " day_start = %(day)s"
-            f"{period_set}"
-        )
-
-    def room(with_period: bool) -> str:
-        period_check = f" AND {period_tokens} + %(tokens)s <= %(monthly_tokens)s" if with_period else ""
-        return (
-            " WHERE team_id = %(team)s"
-            f" AND {minute_requests} + 1 <= %(requests_per_minute)s"
-            f" AND {minute_tokens} + %(tokens)s <= %(tokens_per_minute)s"
-            f" AND {day_requests} + 1 <= %(requests_per_day)s"
-            f"{period_check}"
-        )
-
-    def charge(with_period: bool) -> str:
-        return f"UPDATE {quota}{charge_set(with_period)}{room(with_period)} RETURNING {', '.join(_COUNTERS)}"
-
-    def charge_and(with_period: bool, insert: str, *, mark: bool = False) -> str:
-        # PostgreSQL: the charge and ``insert`` in ONE statement (the module docstring says why it is exact).
-        # ``mark``: the key's last-used time moves in it too, when inserted (a CTE that modifies runs
-        # whether or not the query reads it), instead of in an UPDATE of its own after the statement.
-        key_mark = f", k AS ({api_key_mark_used_sql()} AND EXISTS (SELECT 1 FROM i))" if mark else ""  # noqa: S608 - no values
-        return (
-            f"WITH q AS (SELECT xmin AS version FROM {quota}{room(with_period)} FOR NO KEY UPDATE),"  # noqa: S608 - identifiers from _meta, values as parameters
-            f" i AS ({insert}"
-            f" AND (SELECT version FROM q) = (SELECT xmin FROM {quota} WHERE team_id = %(team)s)"
-            " ON CONFLICT DO NOTHING RETURNING id),"
-            f" u AS (UPDATE {quota}{charge_set(with_period)} WHERE team_id = %(team)s AND EXISTS (SELECT 1 FROM i)"
-            f" RETURNING {', '.join(_COUNTERS)}){key_mark}"
-            " SELECT u.*, (SELECT id FROM i) FROM u"
-        )
-
-    # What each one-statement charge inserts: from q (so nothing without room), the id held by nothing.
-    record_insert = (
-        f"INSERT INTO {record} ({USAGE_RECORD_COLUMNS})"  # noqa: S608 - identifiers from _meta, values as parameters
-        f" SELECT {', '.join(f'%(r{n})s' for n in range(len(USAGE_RECORD_COLUMNS.split(','))))} FROM q"
-        f" WHERE NOT EXISTS (SELECT 1 FROM {reservation} WHERE team_id = %(team)s AND request_id = %(request_id)s)"
-    )
-    reservation_hold = (
-        f"INSERT INTO {reservation} (team_id, request_id, request_hash, tokens, minute_start, day_start,"  # noqa: S608 - identifiers from _meta, values as parameters
-        " period_start, reserved_at)"
-        " SELECT %(team)s, %(request_id)s, %(request_hash)s, %(tokens)s, %(minute)s, %(day)s, %(period)s,"
-        " %(reserved_at)s FROM q"
-        f" WHERE NOT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_key = %(request_id)s)"
-    )
-    one_statement = {}
-    if connection.vendor == "postgresql":
-        one_statement = {
-            "consume_one": charge_and(False, record_insert),
-            "consume_one_period": charge_and(True, record_insert),
-            "consume_one_mark": charge_and(False, record_insert, mark=True),
-            "consume_one_period_mark": charge_and(True, record_insert, mark=True),
-            "reserve_one": charge_and(False, reservation_hold),
-            "reserve_one_period": charge_and(True, reservation_hold),
-        }
-
-    def adjust(column: str, start_column: str, window: str, delta: str) -> str:
-        # Only in the window that was reserved: a rolled-over counter belongs to later requests.
-        return (
-            f"{column} = CASE WHEN {start_column} = %({window})s"
-            f" THEN {_positive(f'{column} + %({delta})s')} ELSE {column} END"
-        )
-
-    return {
-        **one_statement,
-        "charge": charge(with_period=False),
-        "charge_period": charge(with_period=True),
-        # The reservation holds the request id; not if a record holds it (or another reservation does:
-        # the unique key). After the quota UPDATE, so it sees every earlier step of the team.
-        "reservation_insert": (
-            f"INSERT INTO {reservation} (team_id, request_id, request_hash, tokens, minute_start, day_start,"  # noqa: S608 - identifiers from _meta, values as parameters
-            " period_start, reserved_at)"
-            " SELECT %(team)s, %(request_id)s, %(request_hash)s, %(tokens)s, %(minute)s, %(day)s, %(period)s,"
-            " %(reserved_at)s"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {record} WHERE team_id = %(team)s AND request_key = %(request_id)s)"
-            " ON CONFLICT (team_id, request_id) DO NOTHING RETURNING id"
-        ),
-        "reservation_delete": f"DELETE FROM {reservation} WHERE id = %(reservation)s RETURNING id",  # noqa: S608 - identifiers from _meta, values as parameters
-        # Why a step changed nothing: who holds the request id (a reservation: its hash; a record: its
-        # hash and whether it is within the retention), does the team's row exist, the counts. The LEFT
-        # JOINs from a one-row table answer all of it in one statement.
-        "explain": (
-            f"SELECT (SELECT request_hash FROM {reservation} WHERE team_id = %(team)s AND request_id = %(request_id)s),"  # noqa: S608 - identifiers from _meta, values as parameters
-            " r.id, r.request_hash, CASE WHEN r.created_at >= %(retained_since)s THEN 1 ELSE 0 END,"
-            f" q.team_id, {_current('q.minute_requests', 'q.minute_start', 'minute')},"
-            f" {_current('q.minute_tokens', 'q.minute_start', 'minute')},"
-            f" {_current('q.day_requests', 'q.day_start', 'day')},"
-            f" {_current('q.period_tokens', 'q.period_start', 'period')}"
-            f" FROM (SELECT 1 AS one) AS d"
-            f" LEFT JOIN {record} AS r ON r.team_id = %(team)s AND r.request_key = %(request_id)s"
-            f" LEFT JOIN {quota} AS q ON q.team_id = %(team)s"
-        ),
-        # A record past the retention gives its request id up (the release task's work, done early).
-        "release": (
-            f"UPDATE {record} SET request_key = NULL"  # noqa: S608 - identifiers from _meta, values as parameters
-            " WHERE team_id = %(team)s AND request_key = %(request_id)s AND created_at < %(retained_since)s"
-        ),
-        "used": (
-            f"SELECT {minute_requests}, {minute_tokens}, {day_requests}, {period_tokens}"  # noqa: S608 - identifiers from _meta, values as parameters
-            f" FROM {quota} WHERE team_id = %(team)s"
-        ),
-        "adjust": (
-            f"UPDATE {quota} SET"  # noqa: S608 - identifiers from _meta, values as parameters
-            f" {adjust('minute_requests', 'minute_start', 'minute', 'requests')},"
-            f" {adjust('minute_tokens', 'minute_start', 'minute', 'tokens')},"
-            f" {adjust('day_requests', 'day_start', 'day', 'requests')},"
-            f" {adjust('period_tokens', 'period_start', 'period', 'tokens')}"
-            " WHERE team_id = %(team)s"
-        ),
-    }
-
-
 class _Held(Exception):
     """The request id is held (or the reservation is gone): roll the step's transaction back."""
 
@@ -293,15 +176,24 @@ class DatabaseQuotaBackend(QuotaBackend):
     # Reads after a refused UPDATE that find room again (a settle or refund freed some in between)
     # try the UPDATE again, this many times at most.
     max_attempts = 4
+    # PostgreSQL: how many times one step runs the one statement that lost the race for the team's row
+    # (another step committed while it waited), before it takes the transactional path.
+    one_statement_attempts = 3
+    # PostgreSQL: the one statements of a team's steps with clients' request ids run one at a time per
+    # process, under the team's stripe of these locks (team id modulo their number: a fixed set, nothing
+    # kept per team), so at most one such thread per process waits for a team's row (the module
+    # docstring says why, and why generated ids do not take them).
+    team_lock_stripes = 64
 
     def __init__(self) -> None:
         self._statements: dict[str, dict[str, str]] = {}
+        self._team_locks = tuple(threading.Lock() for _ in range(self.team_lock_stripes))
 
     def _statement(self, name: str) -> str:
         # Per database vendor (quoting), built once.
         vendor = connection.vendor
         if vendor not in self._statements:
-            self._statements[vendor] = _sql()
+            self._statements[vendor] = statements()
         return self._statements[vendor][name]
 
     @staticmethod
@@ -373,7 +265,7 @@ class DatabaseQuotaBackend(QuotaBackend):
                 token=str(reservation_id),
             )
 
-        row = self._one_statement("reserve_one", params)
+        row = self._one_statement("reserve_one", params, new=request_id_is_new)
         if row is not None:
             return decision(row[:4], row[4])
         return self._charge(params=params, limits=limits, tokens=tokens, now=now, then=reserved)
@@ -404,28 +296,42 @@ class DatabaseQuotaBackend(QuotaBackend):
             mark = api_key_mark_due(event=event)
             if mark:
                 params.update(api_key=event.api_key_id, used_at=param(event.created_at))
-            row = self._one_statement("consume_one", params, mark=mark)
+            row = self._one_statement("consume_one", params, mark=mark, new=request_id_is_new)
             if row is not None:
                 usage_records_inserted(events=[event], keys_marked=mark)
                 return Decision(allowed=True, used=self._used(limits, row[:4]))
         return self._charge(params=params, limits=limits, tokens=tokens, now=now, then=recorded)
 
-    def _one_statement(self, name: str, params: dict[str, Any], *, mark: bool = False) -> Sequence[Any] | None:
+    def _one_statement(
+        self, name: str, params: dict[str, Any], *, mark: bool = False, new: bool = False
+    ) -> Sequence[Any] | None:
         """PostgreSQL: charge and insert (the record, or the reservation) in ONE statement, its own
-        transaction (``mark``: and move the key's last-used time); the counters and the inserted id, or
-        None when it changed nothing (no room, the id held, the team's first request, or another step of
-        the team committed while this one waited for the row: see the module docstring), and the caller
-        takes the transactional path, which says why."""
+        transaction (``mark``: and move the key's last-used time; ``new``: the request id was generated
+        for this request, so nothing else can hold it and the statement checks no other holder); the
+        counters and the inserted id, or None when it changed nothing (no room, the id held, the team's
+        first request, or it lost the race for the row ``one_statement_attempts`` times: see the module
+        docstring), and the caller takes the transactional path, which says why."""
         if connection.vendor != "postgresql":
             return None
-        period = "_period" if params["period"] is not None else ""
-        statement = self._statement(f"{name}{period}{'_mark' if mark else ''}")
+        statement = self._statement(
+            f"{name}{'_period' if params['period'] is not None else ''}{'_mark' if mark else ''}{'_new' if new else ''}"
+        )
         try:
-            with hot_cursor() as cursor:  # prepared once per connection (core.sql.hot_cursor)
-                cursor.execute(statement, params)
-                return cursor.fetchone()
+            # A generated id's statement never loses (it has no race to lose), so it queues on the row
+            # lock in the database alone: the thread lock would only add the GIL to the queue's turns.
+            lock = contextlib.nullcontext() if new else self._team_locks[params["team"] % self.team_lock_stripes]
+            with lock:
+                for _ in range(self.one_statement_attempts):
+                    with hot_cursor() as cursor:  # prepared once per connection (core.sql.hot_cursor)
+                        cursor.execute(statement, params)
+                        row = cursor.fetchone()
+                    if row[0] is not None:
+                        return row[:5]
+                    if not row[5]:  # not a lost race: no room, the id held, or no row yet
+                        return None
         except _UNAVAILABLE as error:
             raise QuotaBackendUnavailable(f"database quota backend: {error}") from error
+        return None
 
     def _charge(
         self,
