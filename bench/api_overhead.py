@@ -809,6 +809,7 @@ class Bench:
         self.pool_key_ids: dict[str, list[int]] = {}  # --caches warm: backend -> its pool's key ids
         self.pool_snapshots: dict[str, dict[str, int]] = {}  # --caches warm: backend -> the last snapshot
         self.warmups: dict[str, dict] = {}  # --caches warm: config code -> what its warm-up took
+        self.snapshot_seconds: list[float] = []  # --caches warm: each pool snapshot's time (untimed work)
         self.sql_runs: dict[str, dict[int, dict]] = {}  # run label -> worker pid -> SQL counts
         self.pool_team_ids: dict[str, list[int]] = {}
         self.pool_counters: dict[str, dict[str, int]] = {}
@@ -1038,7 +1039,9 @@ class Bench:
             "redis_url": self.redis_url,
             "pools": {backend: {"team_ids": self.pool_team_ids[backend]}},
         }
+        started = time.monotonic()
         result = _run_django("verify", self.env(), spec=spec, timeout=1800)
+        self.snapshot_seconds.append(time.monotonic() - started)
         now = {**result["keys"]["pool"], **result["pools"][backend]}
         before = self.pool_snapshots.get(backend, {})
         self.pool_snapshots[backend] = now
@@ -1461,6 +1464,11 @@ def report(
             f"cache warm-up of {code} (not measured): each of the {bench.teams:,} pool keys answered 200 by each of "
             f"its {warmup['workers']} workers: {warmup['requests']:,} requests in {warmup['passes']} pass(es), "
             f"{warmup['seconds']:.1f} s"
+        )
+    if bench.snapshot_seconds:
+        _say(
+            f"pool snapshots (records and counters before and after each run, between the runs): "
+            f"{len(bench.snapshot_seconds)} in {sum(bench.snapshot_seconds):.1f} s"
         )
     versions = bench.versions
     _say(
