@@ -242,7 +242,27 @@ def _last_json(output: str) -> dict:
     raise RuntimeError(f"no JSON in output:\n{output[-2000:]}")
 
 
+# PostgreSQL's refusals when every connection slot is taken (max_connections).
+_NO_SLOT = ("remaining connection slots are reserved", "too many clients already")
+
+
 def _run_django(command: str, env: dict, *, spec: dict | None = None, timeout: float = 300) -> dict:
+    """``bench._django_tasks <command>``'s JSON. drain and verify are tried again (6 times, 5 s apart) when
+    PostgreSQL had no connection slot free: a server shared with other jobs may have none for a moment
+    (the bench's own servers' threads keep theirs), and neither has done anything before it connects
+    (drain acknowledges a batch only after its commit; verify reads)."""
+    for attempt in range(7):
+        try:
+            return _run_django_once(command, env, spec=spec, timeout=timeout)
+        except RuntimeError as error:
+            if command not in ("drain", "verify") or attempt == 6 or not any(t in str(error) for t in _NO_SLOT):
+                raise
+            _say(f"    {command}: PostgreSQL has no connection slot free; again in 5 s ({attempt + 1}/6)")
+            time.sleep(5)
+    raise AssertionError("unreachable")
+
+
+def _run_django_once(command: str, env: dict, *, spec: dict | None = None, timeout: float = 300) -> dict:
     cmd = [str(PYTHON), "-m", "bench._django_tasks", command]
     if spec is not None:  # in a file: with --teams, thousands of key ids pass an argument's 128 KiB limit
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="spec-", delete=False) as handle:
@@ -779,10 +799,6 @@ def warm_pool(port: int, pool: list[str], *, workers: set[int], connections: int
     return {"requests": requests, "passes": passes, "statuses": dict(statuses), "workers": len(workers)}
 
 
-# PostgreSQL's refusals when every connection slot is taken (max_connections).
-_NO_SLOT = ("remaining connection slots are reserved", "too many clients already")
-
-
 # --- the benchmark ------------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
@@ -1044,17 +1060,7 @@ class Bench:
             "pools": {backend: {"team_ids": self.pool_team_ids[backend]}},
         }
         started = time.monotonic()
-        for attempt in range(7):
-            try:
-                result = _run_django("verify", self.env(), spec=spec, timeout=1800)
-                break
-            except RuntimeError as error:
-                # A PostgreSQL server shared with other jobs may have no connection slot left for a
-                # moment (the servers' threads keep theirs): a snapshot only reads, so try again.
-                if attempt == 6 or not any(text in str(error) for text in _NO_SLOT):
-                    raise
-                _say(f"    pool snapshot: PostgreSQL has no connection slot free; again in 5 s ({attempt + 1}/6)")
-                time.sleep(5)
+        result = _run_django("verify", self.env(), spec=spec, timeout=1800)
         self.snapshot_seconds.append(time.monotonic() - started)
         now = {**result["keys"]["pool"], **result["pools"][backend]}
         before = self.pool_snapshots.get(backend, {})
