@@ -242,6 +242,16 @@ def _last_json(output: str) -> dict:
     raise RuntimeError(f"no JSON in output:\n{output[-2000:]}")
 
 
+def entry_lifetime_setting() -> str:
+    """The setting that says how long a web process's caches keep an entry (--auth-cache-seconds):
+    TIERLAB_AUTH_CACHE_MAX_SECONDS where config/settings.py has it (the caches invalidated through a feed,
+    entries kept for minutes, TIERLAB_AUTH_CACHE_SECONDS then being how soon a change reaches every
+    process), else TIERLAB_AUTH_CACHE_SECONDS (entries kept that long, nothing invalidated). Read from the
+    file: this script imports no Django."""
+    lifetime = "TIERLAB_AUTH_CACHE_MAX_SECONDS"
+    return lifetime if lifetime in (ROOT / "config" / "settings.py").read_text() else "TIERLAB_AUTH_CACHE_SECONDS"
+
+
 # PostgreSQL's refusals when every connection slot is taken (max_connections).
 _NO_SLOT = ("remaining connection slots are reserved", "too many clients already")
 
@@ -850,8 +860,8 @@ class Bench:
             TIERLAB_QUOTA_BACKEND=config.backend if config else "redis",
             PYTHONUNBUFFERED="1",
         )
-        if self.args.auth_cache_seconds is not None:  # the per-process caches' lifetime (config/settings.py)
-            env["TIERLAB_AUTH_CACHE_SECONDS"] = f"{self.args.auth_cache_seconds:g}"
+        if self.args.auth_cache_seconds is not None:  # the per-process caches' entry lifetime
+            env[entry_lifetime_setting()] = f"{self.args.auth_cache_seconds:g}"
         env.update(extra)
         return env
 
@@ -1476,7 +1486,7 @@ def report(
         f"{server_description(args)}, {load}, {args.duration:g} s per slice, keys over "
         f"{bench.teams:,} team{'s' if bench.teams > 1 else ''}"
         + (f" (caches {args.caches})" if bench.teams > 1 else "")
-        + f", {args.rounds} round(s), {os.cpu_count()} CPUs; TIERLAB_AUTH_CACHE_SECONDS "
+        + f", {args.rounds} round(s), {os.cpu_count()} CPUs; {entry_lifetime_setting()} "
         + (f"{args.auth_cache_seconds:g}" if args.auth_cache_seconds is not None else "not passed (its default)")
     )
     for code, warmup in bench.warmups.items():
@@ -1612,7 +1622,7 @@ def report(
     if cold_runs:
         _say(
             f"WARNING: --caches warm, yet {', '.join(cold_runs)} read the database on more than 5% of the measured "
-            "requests: the caches dropped entries between the warm-up and the runs (TIERLAB_AUTH_CACHE_SECONDS "
+            f"requests: the caches dropped entries between the warm-up and the runs ({entry_lifetime_setting()} "
             "shorter than the run: pass --auth-cache-seconds) or hold fewer than the pool (core/local_cache.py)"
         )
 
@@ -1795,7 +1805,8 @@ def main(argv: list[str] | None = None) -> int:
         "--auth-cache-seconds",
         type=float,
         default=None,
-        help="TIERLAB_AUTH_CACHE_SECONDS for the servers: how long the per-process caches keep an entry\n"
+        help="how long the servers' per-process caches keep an entry: TIERLAB_AUTH_CACHE_SECONDS, or\n"
+        "TIERLAB_AUTH_CACHE_MAX_SECONDS where the settings have it (the caches invalidated through a feed)\n"
         "(default: not passed, the setting's own default); warm caches need it longer than the runs take",
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
