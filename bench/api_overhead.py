@@ -741,7 +741,9 @@ def warm_pool(port: int, pool: list[str], *, workers: set[int], connections: int
     granian keeps a connection on one worker, so a thread takes the keys its worker still lacks, and when
     that worker has none left opens a new connection (which the kernel may hand to another worker) for
     the keys another worker lacks; gunicorn's sync workers close every connection, so each request lands
-    anywhere. Passes repeat, for the pairs still missing, until none is (20 passes at most)."""
+    anywhere. Passes repeat, for the pairs still missing, until none is (20 passes at most). A refused
+    request (e.g. 503 when a shared PostgreSQL server has no connection slot free) or a dropped
+    connection leaves its pair missing for the next pass (100 dropped connections at most)."""
     body = json.dumps(REQUEST_BODY, separators=(",", ":"))
     served: dict[int, set[int]] = {pid: set() for pid in workers}  # worker -> indexes of keys it answered 200
     statuses: Counter = Counter()
@@ -772,18 +774,24 @@ def warm_pool(port: int, pool: list[str], *, workers: set[int], connections: int
                     "Authorization": f"Bearer {pool[index]}",
                     "X-Bench-Run": label,
                 }
-                conn.request("POST", ENDPOINT, body, headers)
-                response = conn.getresponse()
-                response.read()
+                try:
+                    conn.request("POST", ENDPOINT, body, headers)
+                    response = conn.getresponse()
+                    response.read()
+                except (OSError, http.client.HTTPException) as error:
+                    conn.close()  # the pair stays missing: the next pass sends it again
+                    conn, pid = None, 0
+                    with lock:
+                        errors.append(f"{type(error).__name__}: {error}")
+                        if len(errors) > 100:
+                            return
+                    continue
                 pid = int(response.getheader("X-Bench-Worker") or 0)
                 with lock:
                     requests += 1
                     statuses[response.status] += 1
                     if response.status == 200 and pid in served:
                         served[pid].add(index)
-        except (OSError, http.client.HTTPException) as error:
-            with lock:
-                errors.append(f"{type(error).__name__}: {error}")
         finally:
             if conn is not None:
                 conn.close()
@@ -792,7 +800,7 @@ def warm_pool(port: int, pool: list[str], *, workers: set[int], connections: int
         queues = {pid: collections.deque(i for i in range(len(pool)) if i not in got) for pid, got in served.items()}
         if not any(queues.values()):
             break
-        if passes >= 20 or errors:
+        if passes >= 20 or len(errors) > 100:
             missing = sum(len(queue) for queue in queues.values())
             raise RuntimeError(
                 f"cache warm-up ({label}): {missing} (key, worker) pairs still unserved after {passes} passes; "
@@ -806,7 +814,13 @@ def warm_pool(port: int, pool: list[str], *, workers: set[int], connections: int
             thread.join(1800)
         if any(thread.is_alive() for thread in threads):
             raise RuntimeError(f"cache warm-up ({label}) did not finish within 30 minutes")
-    return {"requests": requests, "passes": passes, "statuses": dict(statuses), "workers": len(workers)}
+    return {
+        "requests": requests,
+        "passes": passes,
+        "statuses": dict(statuses),
+        "workers": len(workers),
+        "errors": len(errors),
+    }
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------
@@ -1055,6 +1069,8 @@ class Bench:
         _say(
             f"  warm-up of {config.code}: each of the {len(pool):,} pool keys answered by each of its {len(workers)} "
             f"workers: {result['requests']:,} requests in {result['passes']} pass(es), {result['seconds']:.1f} s"
+            + (f"; statuses {result['statuses']}" if set(result["statuses"]) != {200} else "")
+            + (f"; {result['errors']} dropped connection(s)" if result["errors"] else "")
         )
         if config.backend == "redis":
             _run_django("drain", self.env(config), timeout=600)
