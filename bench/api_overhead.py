@@ -36,7 +36,23 @@ bench/gunicorn_hooks.py):
   - no over-admission: for b and c, concurrent clients race one key whose tier allows RACE_QUOTA
     requests a day; exactly RACE_QUOTA are answered 200 (and recorded, and counted), the rest 429.
 With wrk, its own 2xx count may be lower than the server's by the requests it abandoned in flight when
-its time ran out (at most one per connection).
+its time ran out (at most one per connection). Every run's requests carry ``X-Bench-Run: <label>``, by
+which the servers count their responses and SQL statements per run and per worker.
+
+Many teams (--teams N, issue 17) and the per-process caches (--caches):
+  warm  (default) the steady state of N active teams: a configuration's runs share one pool of N keys
+        (one per team); before the first run, every worker process has served every key of the pool
+        (driven until each (key, worker) pair has been answered 200, as the response's X-Bench-Worker
+        says; granian keeps a connection on one worker). Not measured. The caches then hold the pool
+        for as long as they keep entries: pass --auth-cache-seconds longer than the bench takes when the
+        setting's default is shorter. The records == admitted == counter check compares the pool's
+        change over each run (snapshots before and after, b's stream drained first).
+  cold  every measured request a key its worker has never seen: each run its own N fresh keys, taken in
+        turn (the worst case: just after a deploy, or the caches' lifetime shorter than a team's pause).
+Warm is the default because it is what N active teams cost once the caches keep entries longer than a
+team's pause between requests: that is the figure the goal is about; cold is the bound from below. The
+report prints the SQL reads per request of the measured runs, per worker (warm ~0, cold ~0.5+), and
+warns when a warm run read the database on more than 5% of its requests.
 
 Load generator: wrk (Debian's `wrk` package) when installed; otherwise (or with --load python) a
 small threaded client in this script, a new connection per request (wrk keeps its connections open
@@ -58,6 +74,7 @@ disturbed (not in --quick).
                                                       # the what-if and the drain loop (every helper
                                                       # module runs): the CI check
     .venv/bin/python bench/api_overhead.py --database-url postgres://u:p@127.0.0.1/postgres
+    .venv/bin/python bench/api_overhead.py --teams 10000 --caches warm --auth-cache-seconds 600
 
 Needs redis-server. Exit status: 0 when the benchmark ran and its checks held (goals met or not;
 --fail-on-miss makes a missed goal exit 1 too), 1 when a check failed or a step broke, 2 when
@@ -68,6 +85,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import collections
 import contextlib
 import http.client
 import json
@@ -162,6 +180,7 @@ class RunResult:
     foreign_top: str = ""
     cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU during the measured window
     drain: dict | None = None
+    pool_delta: dict[str, int] | None = None  # --caches warm: the pool's records and counters, after - before
     kind: str = "measure"  # "measure" (a timed slice), "race" (the quota race), "whatif" (the --quick smoke)
 
     @property
@@ -223,7 +242,37 @@ def _last_json(output: str) -> dict:
     raise RuntimeError(f"no JSON in output:\n{output[-2000:]}")
 
 
+def entry_lifetime_setting() -> str:
+    """The setting that says how long a web process's caches keep an entry (--auth-cache-seconds):
+    TIERLAB_AUTH_CACHE_MAX_SECONDS where config/settings.py has it (the caches invalidated through a feed,
+    entries kept for minutes, TIERLAB_AUTH_CACHE_SECONDS then being how soon a change reaches every
+    process), else TIERLAB_AUTH_CACHE_SECONDS (entries kept that long, nothing invalidated). Read from the
+    file: this script imports no Django."""
+    lifetime = "TIERLAB_AUTH_CACHE_MAX_SECONDS"
+    return lifetime if lifetime in (ROOT / "config" / "settings.py").read_text() else "TIERLAB_AUTH_CACHE_SECONDS"
+
+
+# PostgreSQL's refusals when every connection slot is taken (max_connections).
+_NO_SLOT = ("remaining connection slots are reserved", "too many clients already")
+
+
 def _run_django(command: str, env: dict, *, spec: dict | None = None, timeout: float = 300) -> dict:
+    """``bench._django_tasks <command>``'s JSON. drain and verify are tried again (6 times, 5 s apart) when
+    PostgreSQL had no connection slot free: a server shared with other jobs may have none for a moment
+    (the bench's own servers' threads keep theirs), and neither has done anything before it connects
+    (drain acknowledges a batch only after its commit; verify reads)."""
+    for attempt in range(7):
+        try:
+            return _run_django_once(command, env, spec=spec, timeout=timeout)
+        except RuntimeError as error:
+            if command not in ("drain", "verify") or attempt == 6 or not any(t in str(error) for t in _NO_SLOT):
+                raise
+            _say(f"    {command}: PostgreSQL has no connection slot free; again in 5 s ({attempt + 1}/6)")
+            time.sleep(5)
+    raise AssertionError("unreachable")
+
+
+def _run_django_once(command: str, env: dict, *, spec: dict | None = None, timeout: float = 300) -> dict:
     cmd = [str(PYTHON), "-m", "bench._django_tasks", command]
     if spec is not None:  # in a file: with --teams, thousands of key ids pass an argument's 128 KiB limit
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="spec-", delete=False) as handle:
@@ -455,7 +504,9 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text) or "(no log)"
 
 
-def read_worker_stats(folder: Path) -> tuple[dict[str, int], dict[str, int], list[Path]]:
+def read_worker_stats(folder: Path) -> tuple[dict[str, int], dict[str, int], list[Path], dict[str, dict[int, dict]]]:
+    """Every worker's counts, summed: (responses by "<run or key suffix> <status>", SQL by kind, profile
+    files, and per tagged run, per worker pid, SQL by kind with the run's ``responses``)."""
     # bench/counting_wsgi.py marks each worker it loaded in: every one of them must have written its counts
     # (a worker killed before it could, e.g. after granian's --workers-kill-timeout, would lose them).
     ready = {path.name.removeprefix("ready-") for path in folder.glob("ready-*")}
@@ -465,15 +516,18 @@ def read_worker_stats(folder: Path) -> tuple[dict[str, int], dict[str, int], lis
     responses: dict[str, int] = {}
     sql: dict[str, int] = {}
     profiles = []
+    sql_runs: dict[str, dict[int, dict]] = {}
     for path in sorted(folder.glob("worker-*.json")):
         data = json.loads(path.read_text())
+        for run, counts in data.get("sql_runs", {}).items():
+            sql_runs.setdefault(run, {})[int(data["pid"])] = counts
         for key, count in data.get("responses", {}).items():
             responses[key] = responses.get(key, 0) + count
         for kind, count in data.get("sql", {}).items():
             sql[kind] = sql.get(kind, 0) + count
         if data.get("profile"):
             profiles.append(Path(data["profile"]["path"]))
-    return responses, sql, profiles
+    return responses, sql, profiles, sql_runs
 
 
 # --- wrk ----------------------------------------------------------------------------------------------------
@@ -482,6 +536,7 @@ wrk.method = "POST"
 wrk.body = [==[{body}]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {secret}"
+wrk.headers["X-Bench-Run"] = "{label}"
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -495,11 +550,13 @@ end
 
 
 # --teams N: each request takes the next key of the run's pool (one per team), each wrk thread from its
-# own offset; the baseline gets a pool of key-shaped strings, so wrk does the same work for a, b and c.
+# own offset (and each run from its own start, so that with --caches warm, where the runs of a
+# configuration share one pool, a run does not replay the previous one's order); the baseline gets a
+# pool of key-shaped strings, so wrk does the same work for a, b and c.
 LUA_POOL = """
 local thread_no = 0
 function setup(thread)
-  thread:set("offset", thread_no * 7919)
+  thread:set("offset", {start} + thread_no * 7919)
   thread_no = thread_no + 1
 end
 local keys = {{{secrets}}}
@@ -513,13 +570,21 @@ end
 """
 
 
-def write_lua(tmp: Path, label: str, secret: str, pool: list[str] | None = None) -> Path:
+def write_lua(tmp: Path, label: str, secret: str, pool: list[str] | None = None, start: int = 0) -> Path:
+    """wrk's script for ``label``'s run: its requests tagged ``X-Bench-Run: <label>`` (the servers count
+    responses and SQL per tag: bench/counting_wsgi.py, bench/gunicorn_hooks.py)."""
     path = tmp / f"post-{label}.lua"
-    text = LUA_TEMPLATE.format(body=json.dumps(REQUEST_BODY, separators=(",", ":")), secret=secret)
+    text = LUA_TEMPLATE.format(body=json.dumps(REQUEST_BODY, separators=(",", ":")), secret=secret, label=label)
     if pool:
-        text += LUA_POOL.format(secrets=",".join(f'"Bearer {s}"' for s in pool))
+        text += LUA_POOL.format(secrets=",".join(f'"Bearer {s}"' for s in pool), start=start)
     path.write_text(text)
     return path
+
+
+def run_start(label: str) -> int:
+    """Where ``label``'s run starts in its pool: the round's number spreads the runs of a configuration."""
+    digits = re.sub(r"\D", "", label.split("r", 1)[0]) or "0"
+    return int(digits) * 3001
 
 
 _LATENCY_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -586,7 +651,16 @@ def run_wrk(url: str, lua: Path, *, seconds: float, connections: int, threads: i
     }
 
 
-def run_python_load(port: int, secret: str, *, seconds: float, connections: int, pool: list[str] | None = None) -> dict:
+def run_python_load(
+    port: int,
+    secret: str,
+    *,
+    seconds: float,
+    connections: int,
+    pool: list[str] | None = None,
+    label: str = "",
+    start: int = 0,
+) -> dict:
     """wrk's stand-in where wrk is not installed (CI): ``connections`` threads, each sending the request
     on a new connection until the time is up (as gunicorn's sync workers close every connection after
     the response, for wrk too). A request started before the deadline is finished and counted, so nothing
@@ -594,7 +668,9 @@ def run_python_load(port: int, secret: str, *, seconds: float, connections: int,
     body = json.dumps(REQUEST_BODY, separators=(",", ":")).encode()
     head = (
         f"POST {ENDPOINT} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {secret}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Authorization: Bearer {secret}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+        + (f"X-Bench-Run: {label}\r\n" if label else "")
+        + "\r\n"
     )
     requests_by_key = [
         head.replace(f"Bearer {secret}", f"Bearer {other}").encode() + body for other in (pool or [secret])
@@ -632,7 +708,8 @@ def run_python_load(port: int, secret: str, *, seconds: float, connections: int,
 
     started = time.monotonic()
     threads = [
-        threading.Thread(target=client, args=(started + seconds, n * 7919), daemon=True) for n in range(connections)
+        threading.Thread(target=client, args=(started + seconds, start + n * 7919), daemon=True)
+        for n in range(connections)
     ]
     for thread in threads:
         thread.start()
@@ -654,6 +731,95 @@ def run_python_load(port: int, secret: str, *, seconds: float, connections: int,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "socket_errors": errors[0],
+    }
+
+
+def warm_pool(port: int, pool: list[str], *, workers: set[int], connections: int, label: str) -> dict:
+    """Until every key of ``pool`` has been answered 200 by every one of ``workers`` (pids): the cache
+    warm-up of --caches warm. ``connections`` threads, each on a keep-alive connection, send the request
+    tagged ``X-Bench-Run: <label>``; the response's ``X-Bench-Worker`` names the worker that served it.
+    granian keeps a connection on one worker, so a thread takes the keys its worker still lacks, and when
+    that worker has none left opens a new connection (which the kernel may hand to another worker) for
+    the keys another worker lacks; gunicorn's sync workers close every connection, so each request lands
+    anywhere. Passes repeat, for the pairs still missing, until none is (20 passes at most). A refused
+    request (e.g. 503 when a shared PostgreSQL server has no connection slot free) or a dropped
+    connection leaves its pair missing for the next pass (100 dropped connections at most)."""
+    body = json.dumps(REQUEST_BODY, separators=(",", ":"))
+    served: dict[int, set[int]] = {pid: set() for pid in workers}  # worker -> indexes of keys it answered 200
+    statuses: Counter = Counter()
+    requests = passes = 0
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def client(queues: dict[int, collections.deque]) -> None:
+        nonlocal requests
+        conn: http.client.HTTPConnection | None = None
+        pid = 0  # the worker this thread's connection is on (0: not known yet)
+        try:
+            while True:
+                with lock:
+                    queue = queues.get(pid)
+                    if not queue:
+                        queue = max(queues.values(), key=len)  # the worker that lacks the most keys
+                        if not queue:
+                            return
+                        if conn is not None:  # another worker's keys: a new connection may reach it
+                            conn.close()
+                            conn = None
+                    index = queue.popleft()
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                headers = {
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {pool[index]}",
+                    "X-Bench-Run": label,
+                }
+                try:
+                    conn.request("POST", ENDPOINT, body, headers)
+                    response = conn.getresponse()
+                    response.read()
+                except (OSError, http.client.HTTPException) as error:
+                    conn.close()  # the pair stays missing: the next pass sends it again
+                    conn, pid = None, 0
+                    with lock:
+                        errors.append(f"{type(error).__name__}: {error}")
+                        if len(errors) > 100:
+                            return
+                    continue
+                pid = int(response.getheader("X-Bench-Worker") or 0)
+                with lock:
+                    requests += 1
+                    statuses[response.status] += 1
+                    if response.status == 200 and pid in served:
+                        served[pid].add(index)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    while True:
+        queues = {pid: collections.deque(i for i in range(len(pool)) if i not in got) for pid, got in served.items()}
+        if not any(queues.values()):
+            break
+        if passes >= 20 or len(errors) > 100:
+            missing = sum(len(queue) for queue in queues.values())
+            raise RuntimeError(
+                f"cache warm-up ({label}): {missing} (key, worker) pairs still unserved after {passes} passes; "
+                f"statuses {dict(statuses)}; errors {errors[:3]}"
+            )
+        passes += 1
+        threads = [threading.Thread(target=client, args=(queues,), daemon=True) for _ in range(connections)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(1800)
+        if any(thread.is_alive() for thread in threads):
+            raise RuntimeError(f"cache warm-up ({label}) did not finish within 30 minutes")
+    return {
+        "requests": requests,
+        "passes": passes,
+        "statuses": dict(statuses),
+        "workers": len(workers),
+        "errors": len(errors),
     }
 
 
@@ -681,6 +847,14 @@ class Bench:
             self.database_url, self.drop_database = scratch_database(args.database_url, "api_overhead")
             self.db_vendor = "postgresql"
         self.teams = args.teams
+        # --caches warm: every measured run of a configuration draws on one pool of N keys (one per team),
+        # which every worker has served before the first run; cold: each run its own N fresh keys.
+        self.warm = args.caches == "warm" and args.teams > 1
+        self.pool_key_ids: dict[str, list[int]] = {}  # --caches warm: backend -> its pool's key ids
+        self.pool_snapshots: dict[str, dict[str, int]] = {}  # --caches warm: backend -> the last snapshot
+        self.warmups: dict[str, dict] = {}  # --caches warm: config code -> what its warm-up took
+        self.snapshot_seconds: list[float] = []  # --caches warm: each pool snapshot's time (untimed work)
+        self.sql_runs: dict[str, dict[int, dict]] = {}  # run label -> worker pid -> SQL counts
         self.pool_team_ids: dict[str, list[int]] = {}
         self.pool_counters: dict[str, dict[str, int]] = {}
         self.servers: dict[str, tuple[subprocess.Popen, int, Path]] = {}
@@ -700,6 +874,8 @@ class Bench:
             TIERLAB_QUOTA_BACKEND=config.backend if config else "redis",
             PYTHONUNBUFFERED="1",
         )
+        if self.args.auth_cache_seconds is not None:  # the per-process caches' entry lifetime
+            env[entry_lifetime_setting()] = f"{self.args.auth_cache_seconds:g}"
         env.update(extra)
         return env
 
@@ -719,32 +895,40 @@ class Bench:
         race_labels = [f"race-{c.code}" for c in CONFIGS if c.metering]
         run_id = f"{int(time.time())}-{os.getpid()}"
         # --teams N: the measured runs' keys spread over a pool of N teams (b and c: real keys, one per
-        # team and run; a: key-shaped strings, which the baseline does not check).
+        # team and run, or with --caches warm one per team shared by the configuration's runs; a:
+        # key-shaped strings, which the baseline does not check).
         pooled = {label for label in labels if label[0] in "abc" and label[1:2].isdigit()} if self.teams > 1 else set()
+        if self.warm:
+            pool_labels = {c.backend: [f"{c.code}pool"] for c in CONFIGS if c.metering}
+        else:
+            pool_labels = {
+                c.backend: sorted(label for label in pooled if label[0] == c.code) for c in CONFIGS if c.metering
+            }
         spec = {
             "run_id": run_id,
             "keys": labels,
             "race_keys": race_labels,
             "race_quota": RACE_QUOTA,
             "teams": self.teams,
-            "pool_labels": {
-                c.backend: sorted(label for label in pooled if label[0] == c.code) for c in CONFIGS if c.metering
-            },
+            "pool_labels": pool_labels,
         }
         result = _run_django("setup", self.env(), spec=spec, timeout=1800)
         self.keys = result["keys"]
         self.versions = result["versions"]
         pools = result.get("pools") or {}
         self.pool_team_ids = pools.get("team_ids", {})
+        for config in CONFIGS:
+            if self.warm and config.metering:
+                self.pool_key_ids[config.backend] = pools["labels"][f"{config.code}pool"]["key_ids"]
         for label, info in self.keys.items():
             if label in pooled:
-                pool = pools["labels"].get(label) or {
+                pool = pools["labels"].get(f"{label[0]}pool" if self.warm else label) or {
                     "secrets": [f"tl-baseline{n:06d}{info['secret'][17:]}" for n in range(self.teams)],
                     "key_ids": [],
                 }
                 info["pool"] = pool["secrets"]
                 info["key_ids"] = pool["key_ids"]
-            info["lua"] = write_lua(self.tmp, label, info["secret"], info.get("pool"))
+            info["lua"] = write_lua(self.tmp, label, info["secret"], info.get("pool"), run_start(label))
 
     def load(self, port: int, label: str, seconds: float) -> dict:
         """Drive ``port`` for ``seconds`` with ``label``'s key, with wrk or the Python client."""
@@ -762,6 +946,8 @@ class Bench:
             seconds=seconds,
             connections=self.args.connections,
             pool=self.keys[label].get("pool"),
+            label=label,
+            start=run_start(label),
         )
 
     def _spawn_server(self, config: Config, name: str, *, profile: str = "", whatif: str = ""):
@@ -854,6 +1040,58 @@ class Bench:
         for config in CONFIGS:
             if self.args.warmup > 0:  # imports, caches, the team's first quota row: not measured
                 self.load(self.servers[config.code][1], "warm", 2 * self.args.warmup)
+        if self.warm:
+            for config in CONFIGS:
+                if config.metering:
+                    self.warm_caches(config)
+
+    def server_workers(self, code: str) -> set[int]:
+        """The worker processes of ``code``'s server (the Procfile's: those that have loaded the app)."""
+        proc, _port, stats_dir = self.servers[code]
+        pids = _children_of(proc.pid)
+        if self.args.server == "procfile":
+            pids = [pid for pid in pids if (stats_dir / f"ready-{pid}").exists()]
+        return set(pids)
+
+    def warm_caches(self, config: Config) -> None:
+        """--caches warm: the steady state of N active teams, in which every worker process has served
+        every key of the pool before (the per-process caches hold its key, entitlements and licence
+        gate). Not measured. Every (key, worker) pair is checked, not assumed: bench/counting_wsgi.py
+        (bench/gunicorn_hooks.py) names the worker that answered each tagged request."""
+        _proc, port, _stats_dir = self.servers[config.code]
+        workers = self.server_workers(config.code)
+        label = f"warmup-{config.code}"
+        pool = self.keys[f"{config.code}1"]["pool"]
+        started = time.monotonic()
+        result = warm_pool(port, pool, workers=workers, connections=self.args.connections, label=label)
+        result["seconds"] = time.monotonic() - started
+        self.warmups[config.code] = result
+        _say(
+            f"  warm-up of {config.code}: each of the {len(pool):,} pool keys answered by each of its {len(workers)} "
+            f"workers: {result['requests']:,} requests in {result['passes']} pass(es), {result['seconds']:.1f} s"
+            + (f"; statuses {result['statuses']}" if set(result["statuses"]) != {200} else "")
+            + (f"; {result['errors']} dropped connection(s)" if result["errors"] else "")
+        )
+        if config.backend == "redis":
+            _run_django("drain", self.env(config), timeout=600)
+        self.pool_snapshot(config)
+
+    def pool_snapshot(self, config: Config) -> dict[str, int]:
+        """--caches warm: the pool's usage records and quota counters now (after draining, for b); returns
+        the change since the previous snapshot of this backend."""
+        backend = config.backend
+        spec = {
+            "keys": {"pool": {"key_id": 0, "key_ids": self.pool_key_ids[backend], "team_id": 0, "backend": None}},
+            "redis_url": self.redis_url,
+            "pools": {backend: {"team_ids": self.pool_team_ids[backend]}},
+        }
+        started = time.monotonic()
+        result = _run_django("verify", self.env(), spec=spec, timeout=1800)
+        self.snapshot_seconds.append(time.monotonic() - started)
+        now = {**result["keys"]["pool"], **result["pools"][backend]}
+        before = self.pool_snapshots.get(backend, {})
+        self.pool_snapshots[backend] = now
+        return {name: value - before.get(name, 0) for name, value in now.items()}
 
     def stop_servers(self, runs: list[RunResult]) -> dict[str, dict[str, int]]:
         """Stop the servers; fill each run's server-side response counts (by its key); returns the SQL
@@ -862,7 +1100,8 @@ class Bench:
         responses: dict[str, int] = {}
         for code, (proc, _port, stats_dir) in self.servers.items():
             _stop(proc, grace=20)
-            server_responses, sql, _ = read_worker_stats(stats_dir)
+            server_responses, sql, _, sql_runs = read_worker_stats(stats_dir)
+            self.sql_runs.update(sql_runs)  # the run labels differ between servers
             sql["responses"] = sum(server_responses.values())
             sql_by_config[code] = sql
             responses.update(server_responses)  # the keys' suffixes differ between servers' runs
@@ -874,12 +1113,11 @@ class Bench:
         return sql_by_config
 
     def responses_of(self, label: str, responses: dict[str, int]) -> dict[int, int]:
-        info = self.keys[label]
-        suffixes = {secret[-8:] for secret in info.get("pool") or [info["secret"]]}
+        """The server's responses to ``label``'s run (its requests carry ``X-Bench-Run: <label>``)."""
         found: dict[int, int] = {}
         for key, count in responses.items():
-            key_suffix, status = key.rsplit(" ", 1)
-            if key_suffix in suffixes:
+            run, status = key.rsplit(" ", 1)
+            if run == label:
                 found[int(status)] = found.get(int(status), 0) + count
         return found
 
@@ -970,6 +1208,8 @@ class Bench:
         if config.backend == "redis" and config.metering:
             # What the Celery task does in production, off the request path (untimed, between runs).
             run.drain = {**(run.drain or {}), "after": _run_django("drain", self.env(config), timeout=600)}
+        if self.warm and config.metering:
+            run.pool_delta = self.pool_snapshot(config)  # untimed, between runs
         return run
 
     def race(self, config: Config) -> RunResult:
@@ -1016,7 +1256,7 @@ class Bench:
             result = self.load(port, "whatif", self.args.duration)
         finally:
             _stop(proc, grace=20)
-        responses, _, _ = read_worker_stats(stats_dir)
+        responses, _, _, _ = read_worker_stats(stats_dir)
         run = RunResult(
             config=config,
             round=0,
@@ -1047,7 +1287,7 @@ class Bench:
             _stop(proc, grace=20)
         if config.backend == "redis" and config.metering:
             _run_django("drain", self.env(config), timeout=600)
-        _, _, profiles = read_worker_stats(stats_dir)
+        _, _, profiles, _ = read_worker_stats(stats_dir)
         if not profiles:
             raise RuntimeError(f"no profile written for {config.code}: see {self.log(name)}")
         requests = sum(json.loads(p.with_suffix(".json").read_text())["profile"]["requests"] for p in profiles)
@@ -1075,6 +1315,8 @@ class Bench:
         _run_django("drain", self.env(CONFIGS[1]), timeout=600)
         spec_keys = {}
         for run in runs:
+            if run.pool_delta is not None:
+                continue  # --caches warm: checked by its snapshots' difference
             info = self.keys[run.label]
             metered = run.config.metering and run.kind != "whatif"
             spec_keys[run.label] = {
@@ -1084,7 +1326,7 @@ class Bench:
                 "backend": run.config.backend if metered else None,
             }
         pools = {}
-        if self.pool_team_ids:
+        if self.pool_team_ids and not self.warm:  # warm: the pools' counters are checked per run
             pools = {backend: {"team_ids": team_ids} for backend, team_ids in self.pool_team_ids.items()}
         spec = {"keys": spec_keys, "redis_url": self.redis_url, "pools": pools}
         result = _run_django("verify", self.env(), spec=spec, timeout=1800)
@@ -1258,9 +1500,22 @@ def report(
     _say(
         f"TierLab model API overhead: POST {ENDPOINT} ({MODEL}, max_completion_tokens 64), "
         f"{server_description(args)}, {load}, {args.duration:g} s per slice, keys over "
-        f"{bench.teams:,} team{'s' if bench.teams > 1 else ''}, "
-        f"{args.rounds} round(s), {os.cpu_count()} CPUs"
+        f"{bench.teams:,} team{'s' if bench.teams > 1 else ''}"
+        + (f" (caches {args.caches})" if bench.teams > 1 else "")
+        + f", {args.rounds} round(s), {os.cpu_count()} CPUs; {entry_lifetime_setting()} "
+        + (f"{args.auth_cache_seconds:g}" if args.auth_cache_seconds is not None else "not passed (its default)")
     )
+    for code, warmup in bench.warmups.items():
+        _say(
+            f"cache warm-up of {code} (not measured): each of the {bench.teams:,} pool keys answered 200 by each of "
+            f"its {warmup['workers']} workers: {warmup['requests']:,} requests in {warmup['passes']} pass(es), "
+            f"{warmup['seconds']:.1f} s"
+        )
+    if bench.snapshot_seconds:
+        _say(
+            f"pool snapshots (records and counters before and after each run, between the runs): "
+            f"{len(bench.snapshot_seconds)} in {sum(bench.snapshot_seconds):.1f} s"
+        )
     versions = bench.versions
     _say(
         f"database: {versions['database'].strip()}{' (temporary file)' if bench.db_vendor == 'sqlite' else ''}; "
@@ -1361,6 +1616,32 @@ def report(
             "included)"
         )
 
+    # SQL reads per request in the measured runs alone (per worker, from the runs' tags): warm caches read
+    # nothing, cold ones about one statement per request (usage/callers.py's one-statement cold read).
+    _say("SQL reads per request in the measured runs (per worker: the caches are per process):")
+    cold_runs = []
+    for config in CONFIGS:
+        per_worker: dict[int, list[int]] = {}
+        for run in (r for r in runs if r.config.code == config.code):
+            for pid, counts in bench.sql_runs.get(run.label, {}).items():
+                entry = per_worker.setdefault(pid, [0, 0])
+                entry[0] += counts.get("read", 0)
+                entry[1] += counts.get("responses", 0)
+        reads = sum(entry[0] for entry in per_worker.values())
+        answered = sum(entry[1] for entry in per_worker.values())
+        workers_text = ", ".join(
+            f"worker {pid} {read / max(1, n):.3f} ({n})" for pid, (read, n) in sorted(per_worker.items())
+        )
+        _say(f"  {config.code}: {reads / max(1, answered):.3f} over {answered} requests; {workers_text or '-'}")
+        if bench.warm and config.metering and answered and reads / answered > 0.05:
+            cold_runs.append(config.code)
+    if cold_runs:
+        _say(
+            f"WARNING: --caches warm, yet {', '.join(cold_runs)} read the database on more than 5% of the measured "
+            f"requests: the caches dropped entries between the warm-up and the runs ({entry_lifetime_setting()} "
+            "shorter than the run: pass --auth-cache-seconds) or hold fewer than the pool (core/local_cache.py)"
+        )
+
     per_request = {}
     for config in CONFIGS:
         rs = [r for r in runs if r.config.code == config.code]
@@ -1416,6 +1697,25 @@ def report(
         elif run.config.code == "b" and args.what_if:
             ok = True
             note = f"not checked: --what-if {args.what_if}"
+        elif run.pool_delta is not None:
+            # --caches warm: the runs share the pool, so the pool's records and counters are compared by
+            # their change over this run (snapshots before and after it, b's stream drained first).
+            delta = run.pool_delta
+            records, counter = delta["records"], delta["counter_requests_today"]
+            tokens = f"{delta['record_tokens']}/{delta['counter_tokens_period']}"
+            in_flight = served - run.wrk_2xx
+            ok = (
+                records == served == counter
+                and delta["record_tokens"] == delta["counter_tokens_period"]
+                and other == 0
+                and 0 <= in_flight <= args.connections
+            )
+            note = f"{bench.teams:,} teams, warm: the pool's change over the run"
+            if not ok:
+                failed.append(
+                    f"run {run.label}: the pool's records +{records}, server 200 {served}, counter +{counter}, "
+                    f"tokens {tokens}, other statuses {other}, client 2xx {run.wrk_2xx}"
+                )
         elif run.config.metering and bench.keys[run.label].get("pool"):
             # A pool's teams are shared by the runs of a backend: its counters are checked summed, below.
             in_flight = served - run.wrk_2xx
@@ -1503,8 +1803,27 @@ def main(argv: list[str] | None = None) -> int:
         "--teams",
         type=int,
         default=1,
-        help="spread each measured run's keys over this many teams (one key per team, taken in turn): the "
-        "in-process caches then miss as they do with that many active teams (default 1: one key, always cached)",
+        help="spread each measured run's keys over this many teams (one key per team, taken in turn): the\n"
+        "steady state of that many active teams (default 1: one key, always cached); see --caches",
+    )
+    parser.add_argument(
+        "--caches",
+        choices=["warm", "cold"],
+        default="warm",
+        help="with --teams N > 1, the per-process caches (API key, entitlements, licence gate) during the runs:\n"
+        "warm (default): the steady state of N active teams: a configuration's runs share one pool of N keys\n"
+        "  (one per team), and before the first run every worker has served every key of the pool (checked,\n"
+        "  not measured); the caches then hold them for as long as they keep entries (--auth-cache-seconds);\n"
+        "cold: every measured request a key its worker has never seen (each run its own N fresh keys): the\n"
+        "  worst case, e.g. just after a deploy",
+    )
+    parser.add_argument(
+        "--auth-cache-seconds",
+        type=float,
+        default=None,
+        help="how long the servers' per-process caches keep an entry: TIERLAB_AUTH_CACHE_SECONDS, or\n"
+        "TIERLAB_AUTH_CACHE_MAX_SECONDS where the settings have it (the caches invalidated through a feed)\n"
+        "(default: not passed, the setting's own default); warm caches need it longer than the runs take",
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument(

@@ -6,11 +6,18 @@ The app it wraps is ``$BENCH_COUNTED_APP`` (``module:attribute``; default ``conf
 bench/profiled_wsgi.py or bench/whatif_wsgi.py for the profile and what-if servers). Inside each worker
 process it counts, thread-safely (requests are served by many threads at once):
 
-- responses by (last 8 characters of the Authorization header, status code): keys are per run;
+- responses by (run, status code): the run is the request's ``X-Bench-Run`` header (bench/api_overhead.py
+  tags each run's requests with its label), or, untagged, the last 8 characters of its Authorization
+  header;
 - SQL statements executed while serving requests, by kind (read / write / other), through an execute
   wrapper on the connection of the thread that serves the request (Django's connections are per
   thread), and how many answered (2xx) requests executed at least one write (``requests_with_write``;
-  refused ones apart, in ``refused_with_write``, as in bench/gunicorn_hooks.py).
+  refused ones apart, in ``refused_with_write``, as in bench/gunicorn_hooks.py); per tagged run too
+  (``sql_runs``: run -> kind -> count, with ``responses``), so the bench can tell a warm run (no SQL
+  read) from a cold one in each worker.
+
+A tagged request's response carries ``X-Bench-Worker: <pid>``: the worker that served it, so the bench's
+cache warm-up can see that every worker has served every key (granian keeps a connection on one worker).
 
 A request is counted when the server closes its response (after the body is sent), as gunicorn's
 ``post_request`` hook does. Once the wrapped app is imported the worker writes
@@ -40,6 +47,7 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 _lock = threading.Lock()
 _responses: Counter = Counter()
 _sql: Counter = Counter()
+_sql_runs: dict[str, Counter] = {}
 _local = threading.local()  # .request: the _Request this thread is serving
 _dumped: list[str] = []
 
@@ -53,23 +61,25 @@ _app = _load(os.environ.get("BENCH_COUNTED_APP") or "config.wsgi:application")
 
 
 class _Request:
-    __slots__ = ("key", "status", "writes")
+    __slots__ = ("key", "status", "tagged", "writes")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, tagged: bool) -> None:
         self.key = key
         self.status = 0
         self.writes = 0
+        self.tagged = tagged
 
 
 def _count_sql(execute, sql, params, many, context):
     head = sql.lstrip()[:7].upper()
     kind = "read" if head.startswith("SELECT") else "write" if head.startswith(_WRITES) else "other"
+    request = getattr(_local, "request", None)
     with _lock:
         _sql[kind] += 1
-    if kind == "write":
-        request = getattr(_local, "request", None)
-        if request is not None:
-            request.writes += 1
+        if request is not None and request.tagged:
+            _sql_runs.setdefault(request.key, Counter())[kind] += 1
+    if kind == "write" and request is not None:
+        request.writes += 1
     return execute(sql, params, many, context)
 
 
@@ -85,6 +95,8 @@ def _watch_this_threads_connections() -> None:
 def _record(request: _Request) -> None:
     with _lock:
         _responses[f"{request.key} {request.status}"] += 1
+        if request.tagged:
+            _sql_runs.setdefault(request.key, Counter())["responses"] += 1
         if request.writes:
             _sql["requests_with_write" if 200 <= request.status < 300 else "refused_with_write"] += 1
 
@@ -115,11 +127,14 @@ def application(environ, start_response):
     if not getattr(_local, "watching", False):
         _watch_this_threads_connections()
         _local.watching = True
-    request = _Request(environ.get("HTTP_AUTHORIZATION", "")[-8:])
+    run = environ.get("HTTP_X_BENCH_RUN")
+    request = _Request(run or environ.get("HTTP_AUTHORIZATION", "")[-8:], bool(run))
     _local.request = request
 
     def counted_start_response(status, headers, exc_info=None):
         request.status = int(status.split(" ", 1)[0])
+        if run:
+            headers = [*headers, ("X-Bench-Worker", str(os.getpid()))]
         return start_response(status, headers, exc_info)
 
     return _CountedResponse(_app(environ, counted_start_response), request)
@@ -132,7 +147,12 @@ def dump() -> None:
         return
     _dumped.append(folder)
     with _lock:
-        payload = {"pid": os.getpid(), "responses": dict(_responses), "sql": dict(_sql)}
+        payload = {
+            "pid": os.getpid(),
+            "responses": dict(_responses),
+            "sql": dict(_sql),
+            "sql_runs": {run: dict(counts) for run, counts in _sql_runs.items()},
+        }
     mode = os.environ.get("BENCH_PROFILE", "")
     profiled_wsgi = sys.modules.get("bench.profiled_wsgi")
     if mode in ("cprofile", "timers") and profiled_wsgi is not None:

@@ -10,7 +10,9 @@ equal a direct count per bucket, a second fold adds nothing, the usage pages ans
 small scenario's figures add up, and split over two Celery workers it gives the single run's summary.json;
 serving — every configuration (gunicorn sync, gthread, granian, the Procfile's own web line) answers
 200 and records what it answered. api_overhead runs with ``--teams 20``: its keys spread over teams;
-twice, under the Procfile's server (its default) and under gunicorn's sync workers.
+three times: under the Procfile's server (its default) and under gunicorn's sync workers with warm
+caches (its default: every worker has served every key of the pool first), and under the Procfile's
+server with ``--caches cold`` (each run its own fresh keys).
 
 On the embedded default the scripts use their own temporary SQLite files. When DATABASE_URL names a
 PostgreSQL server (CI's second run), it is passed as each script's ``--database-url``: the scripts make
@@ -62,6 +64,7 @@ def _args(script: str, postgres: str | None) -> list[str]:
 SCRIPTS = [
     "api_overhead",
     "api_overhead-gunicorn-sync",
+    "api_overhead-cold",
     "billing_close",
     "partner_ingest",
     "rollup",
@@ -69,8 +72,12 @@ SCRIPTS = [
     "simulate",
 ]
 # A variant runs its script with more arguments: api_overhead serves the Procfile's web line by default,
-# and gunicorn's sync workers (the earlier setting, kept for comparison) with --server gunicorn-sync.
-VARIANTS = {"api_overhead-gunicorn-sync": ("api_overhead", ["--server", "gunicorn-sync"])}
+# and gunicorn's sync workers (the earlier setting, kept for comparison) with --server gunicorn-sync;
+# its caches are warm by default (issue 17's steady state), cold with --caches cold.
+VARIANTS = {
+    "api_overhead-gunicorn-sync": ("api_overhead", ["--server", "gunicorn-sync"]),
+    "api_overhead-cold": ("api_overhead", ["--caches", "cold"]),
+}
 NEEDS = {"api_overhead": ["redis-server"], "serving": ["redis-server", "wrk"]}
 
 

@@ -34,6 +34,22 @@ def _request(port: int, path: str, key: str) -> int:
         conn.close()
 
 
+def _tagged_requests(port: int, path: str, run: str, count: int) -> list[tuple[int, str | None]]:
+    """``count`` requests tagged ``X-Bench-Run: <run>`` on one keep-alive connection: (status, the
+    X-Bench-Worker header) each."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    answers = []
+    try:
+        for _ in range(count):
+            conn.request("GET", path, headers={"Authorization": "Bearer untagged", "X-Bench-Run": run})
+            response = conn.getresponse()
+            response.read()
+            answers.append((response.status, response.getheader("X-Bench-Worker")))
+    finally:
+        conn.close()
+    return answers
+
+
 def test_web_command_serves_another_app_on_the_given_port():
     command = web_command(port=4321, venv_bin=Path("/venv/bin"), app="bench.counting_wsgi:application")
     assert command[:2] == ["/bin/sh", "-c"]
@@ -83,7 +99,14 @@ def test_counts_of_every_worker_add_up_under_concurrent_threads(tmp_path):
         sent = [("/read", "key-read")] * 120 + [("/write", "keywrite")] * 60 + [("/write/refused", "key-refu")] * 20
         with ThreadPoolExecutor(max_workers=24) as pool:
             statuses = list(pool.map(lambda item: _request(port, *item), sent))
+            # bench/api_overhead.py's runs: requests tagged X-Bench-Run, counted per run whatever their key,
+            # answered with the pid of the worker that served them (the same for a keep-alive connection).
+            tagged = list(pool.map(lambda n: _tagged_requests(port, "/read", "run-1", 5), range(6)))
+            tagged += list(pool.map(lambda n: _tagged_requests(port, "/write", "run-2", 5), range(2)))
         assert Counter(statuses) == {200: 180, 429: 20}
+        assert all(status == 200 for answers in tagged for status, _ in answers)
+        for answers in tagged:
+            assert len({pid for _, pid in answers}) == 1  # granian keeps a connection on one worker
     finally:
         os.kill(server.pid, signal.SIGTERM)  # granian stops its workers gracefully; each writes its counts
         try:
@@ -101,10 +124,25 @@ def test_counts_of_every_worker_add_up_under_concurrent_threads(tmp_path):
     for dump in dumps:
         responses.update(dump["responses"])
         sql.update(dump["sql"])
-    assert responses == {"key-read 200": 120, "keywrite 200": 60, "key-refu 429": 20, "probe000 200": probes}
-    assert sql["read"] == 200 + probes
-    assert sql["write"] == 80
-    assert sql["requests_with_write"] == 60
+    assert responses == {
+        "key-read 200": 120,
+        "keywrite 200": 60,
+        "key-refu 429": 20,
+        "probe000 200": probes,
+        "run-1 200": 30,
+        "run-2 200": 10,
+    }
+    assert sql["read"] == 200 + probes + 40
+    assert sql["write"] == 80 + 10
+    assert sql["requests_with_write"] == 60 + 10
+    # Per run and per worker: each connection's answers came from the worker its header named.
+    runs: dict[str, Counter] = {}
+    for dump in dumps:
+        for run, counts in dump["sql_runs"].items():
+            runs.setdefault(run, Counter()).update(counts)
+    assert runs == {"run-1": {"responses": 30, "read": 30}, "run-2": {"responses": 10, "read": 10, "write": 10}}
+    by_worker = Counter(pid for answers in tagged[:6] for _, pid in answers)
+    assert by_worker == {str(d["pid"]): d["sql_runs"]["run-1"]["responses"] for d in dumps if "run-1" in d["sql_runs"]}
     assert sql["refused_with_write"] == 20
     with sqlite3.connect(database) as db:
-        assert db.execute("SELECT count(*) FROM bench_counted").fetchone() == (80,)
+        assert db.execute("SELECT count(*) FROM bench_counted").fetchone() == (90,)
