@@ -21,6 +21,7 @@ from django.test import Client
 from accounts import services, throttling
 from accounts.models import ApiKey, Membership
 from accounts.selectors import api_key_authenticate, api_key_cache_clear, team_for_user
+from core.invalidation import cache_invalidations_poll
 from tiers import services as tier_services
 from tiers.selectors import subscription_current
 
@@ -196,6 +197,7 @@ def test_scopes_come_with_the_cached_key_at_no_extra_query(owner, django_assert_
     _, team = owner
     _, secret = services.api_key_create(team=team, name="reader", scopes=["read"])
     api_key_cache_clear()
+    cache_invalidations_poll(force=True)  # the invalidation feed's read, once a second: not due below
     with django_assert_num_queries(1):
         key = api_key_authenticate(raw_key=secret)
     assert key.scopes == frozenset({"read"}) and not key.has_scope("model")
